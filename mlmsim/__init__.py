@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from mlmsim import datasets
+from mlmsim.engine import FitResult, fit
 
 __version__ = "0.1.0"
 
-__all__ = ["datasets", "__version__"]
+__all__ = ["datasets", "fit", "FitResult", "__version__"]

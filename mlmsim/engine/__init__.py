@@ -1,0 +1,10 @@
+"""The fitting engine: profiled ML/REML from per-group sufficient statistics.
+
+stats (once) -> deviance(theta) (many times) -> optimize -> result (once);
+inference holds the covariance-parameter Hessian, SEs and df.
+"""
+
+from mlmsim.engine.fit import fit, fit_design
+from mlmsim.engine.result import FitResult
+
+__all__ = ["fit", "fit_design", "FitResult"]

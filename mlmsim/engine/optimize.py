@@ -1,0 +1,239 @@
+"""Minimise the profiled deviance over theta, for one data set or R at once.
+
+The optimiser is a damped Newton method run in lock-step over replicates:
+each iteration evaluates, in one vectorised call, the deviance and analytic
+gradient at theta and at theta +- h e_i, which gives a central-difference
+Hessian H of the analytic gradient. The step is p = -|H|^{-1} g, with |H| the
+Hessian whose eigenvalues are replaced by their absolute values (floored), so
+that a saddle is left rather than approached; a backtracking line search
+(Armijo) keeps every accepted step a descent step. Replicates that have
+converged are frozen and leave the batch.
+
+The bound on Lambda's diagonal. The deviance is unchanged when a column of
+Lambda changes sign (T = sigma^2 Lambda Lambda'), so the bound theta_ii >= 0
+of lme4 is a symmetry, not a constraint: the optimiser works over all of
+R^k and the result is reflected to the canonical form (diagonal >= 0). A
+boundary fit (a variance estimated as 0) is then an interior minimum at
+theta_ii = 0, which Newton's method reaches without the stalls of a bounded
+optimiser at the edge (the reason lme4 needs ``restart_edge``). A theta with
+a whole column exactly 0 is a stationary point by symmetry; the start
+(Lambda = I, as lme4) and the saddle-avoiding step keep the iterates away
+from it unless it is the minimum.
+
+Convergence: the Newton decrement g'|H|^{-1}g falls below ``tol`` (deviance
+units), or the gradient's largest element is below ``gtol``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlmsim.engine.deviance import Packed, ThetaMap, deviance_grad
+from mlmsim.engine.stats import GroupStats
+
+__all__ = ["OptResult", "minimize_theta", "canonical_theta", "take"]
+
+
+@dataclass(frozen=True)
+class OptResult:
+    """Per replicate (leading dimension R): theta (R, k), deviance (R,), grad (R, k),
+    hessian (R, k, k) of the deviance in theta, iterations (R,), converged (R,)."""
+
+    theta: np.ndarray
+    deviance: np.ndarray
+    grad: np.ndarray
+    hessian: np.ndarray
+    iterations: np.ndarray
+    converged: np.ndarray
+
+
+def take(pk: Packed, idx: np.ndarray | None, expand: int = 0) -> Packed:
+    """Select replicates ``idx`` of batched statistics (None adds a batch axis of 1),
+    then insert ``expand`` unit axes after the batch axis (for trial points)."""
+
+    if idx is not None and expand == 0 and idx.size == pk.Av.shape[0]:
+        if np.array_equal(idx, np.arange(idx.size)):
+            return pk
+
+    def sel(a: np.ndarray) -> np.ndarray:
+        out = a[None] if idx is None else a[idx]
+        return out.reshape(out.shape[:1] + (1,) * expand + out.shape[1:])
+
+    st = pk.stats
+    stats = GroupStats(*(sel(getattr(st, f)) for f in GroupStats.__dataclass_fields__))
+    return Packed(stats, sel(pk.Av), sel(pk.Aq), sel(pk.Af), sel(pk.BC))
+
+
+def canonical_theta(theta: np.ndarray, tmap: ThetaMap) -> tuple[np.ndarray, np.ndarray]:
+    """Reflect columns of Lambda with a negative diagonal: theta with diagonal >= 0.
+
+    Flipping the sign of a column of Lambda leaves Lambda Lambda' unchanged.
+    Returns the reflected theta (R, k) and the signs applied (R, k), so that a
+    gradient g and Hessian H transform as D g and D H D with D = diag(signs).
+    """
+    theta = np.array(theta, dtype=float, copy=True)
+    signs = np.ones_like(theta)
+    for k in np.flatnonzero(tmap.diagonal):
+        in_col = tmap.cols == tmap.cols[k]
+        flip = theta[..., k] < 0
+        signs[..., in_col] = np.where(flip[..., None], -1.0, 1.0)
+        theta[..., in_col] *= signs[..., in_col]
+    return theta, signs
+
+
+def _fd_hessian(pk: Packed, theta: np.ndarray, tmap: ThetaMap, reml: bool):
+    """Deviance, gradient and central-difference Hessian of the gradient, batched.
+
+    pk has batch shape (R,); theta (R, k). One vectorised evaluation at
+    2k + 1 points per replicate.
+    """
+    R, k = theta.shape
+    h = 1e-4 * (1.0 + np.abs(theta))
+    E = np.eye(k)
+    pts = np.concatenate(
+        (theta[:, None, :], theta[:, None, :] + h[:, None, :] * E, theta[:, None, :] - h[:, None, :] * E),
+        axis=1,
+    )
+    st = take(pk, np.arange(R), expand=1)
+    d, g, _ = deviance_grad(st, pts, tmap, reml)
+    H = (g[:, 1 : k + 1, :] - g[:, k + 1 :, :]) / (2.0 * h[:, :, None])
+    H = 0.5 * (H + np.swapaxes(H, -1, -2))
+    return d[:, 0], g[:, 0, :], H
+
+
+def _curvature(H: np.ndarray):
+    """Split an exact Hessian into the positive definite |H| (eigenvalues by absolute
+    value, floored at 1e-8 of the largest) used for steps, and its most negative
+    curvature: the smallest eigenvalue (absolute, and relative to the largest) and
+    its eigenvector (R, k)."""
+    w, V = np.linalg.eigh(H)
+    scale = np.maximum(np.abs(w).max(axis=-1, keepdims=True), 1e-300)
+    w_mod = np.maximum(np.abs(w), 1e-8 * scale)
+    Habs = np.einsum("rik,rk,rjk->rij", V, w_mod, V)
+    return Habs, w[..., 0] / scale[..., 0], w[..., 0], V[..., 0]
+
+
+def _direction(g: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Quasi-Newton step p = -B^{-1} g for positive definite B, and the decrement g'B^{-1}g."""
+    p = -np.linalg.solve(B, g[..., None])[..., 0]
+    return p, -np.einsum("rk,rk->r", g, p)
+
+
+def minimize_theta(
+    pk: Packed,
+    tmap: ThetaMap,
+    reml: bool,
+    theta0: np.ndarray | None = None,
+    *,
+    max_iter: int = 300,
+    tol: float = 1e-10,
+    gtol: float = 1e-8,
+    max_step: float = 2.0,
+) -> OptResult:
+    """Minimise d(theta) (ML) or d_R(theta) (REML) for each of R replicates.
+
+    ``pk`` carries batch shape (R,) (use R = 1 for one data set); ``theta0``
+    is (R, k) or None for lme4's start (Lambda = I). Quasi-Newton in lock-step:
+    the Hessian starts as the central-difference Hessian of the analytic
+    gradient, is updated by BFGS after each step, and is recomputed exactly
+    whenever a replicate looks converged, so convergence (and the absence of a
+    saddle) is always judged on the exact Hessian. Returns theta in canonical
+    form (Lambda's diagonal >= 0) with the deviance, gradient and Hessian there.
+    """
+    R = pk.Av.shape[0]
+    k = tmap.size
+    theta = np.tile(tmap.start(), (R, 1)) if theta0 is None else np.array(theta0, dtype=float)
+    f, g, H = _fd_hessian(pk, theta, tmap, reml)
+    B, lam_rel, lam_min, v_neg = _curvature(H)
+    exact = np.ones(R, dtype=bool)
+    iters = np.zeros(R, dtype=np.intp)
+    converged = np.zeros(R, dtype=bool)
+    out_f, out_g, out_H = f.copy(), g.copy(), H.copy()
+    active = np.arange(R)
+    for it in range(max_iter + 1):
+        p, dec = _direction(g, B)
+        stationary = (dec < tol) | (np.abs(g).max(axis=-1) < gtol)
+        recheck = stationary & ~exact
+        if recheck.any():
+            # judge convergence on the exact Hessian, never on the BFGS approximation
+            ix = np.flatnonzero(recheck)
+            fe, ge, He = _fd_hessian(take(pk, active[ix]), theta[active[ix]], tmap, reml)
+            f[ix], g[ix], H[ix] = fe, ge, He
+            B[ix], lam_rel[ix], lam_min[ix], v_neg[ix] = _curvature(He)
+            exact[ix] = True
+            p, dec = _direction(g, B)
+            stationary = (dec < tol) | (np.abs(g).max(axis=-1) < gtol)
+        saddle = stationary & (lam_rel < -1e-5)
+        done = stationary & ~saddle
+        out_f[active], out_g[active], out_H[active] = f, g, H
+        iters[active] = it
+        converged[active[done]] = True
+        # at a saddle (e.g. a whole column of Lambda at 0 by symmetry) step along
+        # the direction of negative curvature; the model decrease is lam_min / 2
+        sgn = np.where(np.einsum("rk,rk->r", g, v_neg) > 0, -1.0, 1.0)
+        p[saddle] = sgn[saddle, None] * v_neg[saddle]
+        slope = np.einsum("rk,rk->r", g, p)
+        slope[saddle] = np.minimum(slope[saddle], 0.5 * lam_min[saddle])
+        keep = ~done
+        if it == max_iter:
+            break
+        active, f, g, H, B, p, slope, exact, lam_rel, lam_min, v_neg = (
+            a[keep] for a in (active, f, g, H, B, p, slope, exact, lam_rel, lam_min, v_neg)
+        )
+        if active.size == 0:
+            break
+        big = np.abs(p).max(axis=-1)
+        shrink = np.minimum(1.0, max_step / np.maximum(big, 1e-300))
+        p *= shrink[:, None]
+        slope *= shrink
+        alpha = np.ones(active.size)
+        searching = np.arange(active.size)
+        f_new, g_new = f.copy(), g.copy()
+        accepted = np.zeros(active.size, dtype=bool)
+        for _ in range(40):
+            idx = active[searching]
+            trial = theta[idx] + alpha[searching, None] * p[searching]
+            ft, gt, _ = deviance_grad(take(pk, idx), trial, tmap, reml)
+            ok = np.isfinite(ft) & (ft <= f[searching] + 1e-4 * alpha[searching] * slope[searching])
+            acc = searching[ok]
+            theta[idx[ok]] = trial[ok]
+            f_new[acc], g_new[acc] = ft[ok], gt[ok]
+            accepted[acc] = True
+            searching = searching[~ok]
+            if searching.size == 0:
+                break
+            alpha[searching] *= 0.5
+        # BFGS update of the working Hessian: B + yy'/y's - Bs s'B / s'Bs
+        s = alpha[:, None] * p
+        y = g_new - g
+        sy = np.einsum("rk,rk->r", s, y)
+        Bs = np.einsum("rij,rj->ri", B, s)
+        sBs = np.einsum("rk,rk->r", s, Bs)
+        upd = accepted & (sy > 1e-10 * np.sqrt(sBs * np.einsum("rk,rk->r", y, y))) & (sBs > 0)
+        if upd.any():
+            B[upd] += (
+                np.einsum("ri,rj->rij", y[upd], y[upd]) / sy[upd, None, None]
+                - np.einsum("ri,rj->rij", Bs[upd], Bs[upd]) / sBs[upd, None, None]
+            )
+        f, g = f_new, g_new
+        # a failed line search on an approximate Hessian is retried with the exact one;
+        # on the exact Hessian it means no further progress is possible: stop there
+        stalled = ~accepted & exact
+        retry = np.flatnonzero(~accepted & ~exact)
+        if retry.size:
+            fe, ge, He = _fd_hessian(take(pk, active[retry]), theta[active[retry]], tmap, reml)
+            f[retry], g[retry], H[retry] = fe, ge, He
+            B[retry], lam_rel[retry], lam_min[retry], v_neg[retry] = _curvature(He)
+        exact = ~accepted
+        out_f[active], out_g[active], out_H[active] = f, g, H
+        keep = ~stalled
+        active, f, g, H, B, exact, lam_rel, lam_min, v_neg = (
+            a[keep] for a in (active, f, g, H, B, exact, lam_rel, lam_min, v_neg)
+        )
+        if active.size == 0:
+            break
+    theta, flip = canonical_theta(theta, tmap)
+    return OptResult(theta, out_f, out_g * flip, out_H * flip[:, :, None] * flip[:, None, :],
+                     iters, converged)

@@ -1,0 +1,292 @@
+"""FitResult: what a fitted two-level model reports, and its summary.
+
+Plain attributes in the seed's notation (``fixef`` = gamma-hat, ``T``,
+``sigma2``, ``theta``), the SAS covariance-parameter table (``covparms``),
+flags (``converged``, ``singular``, ``hessian_pd``, ``identifiable``) and
+plain-language ``messages``. Nothing is printed as a side effect;
+``summary()`` returns a string laid out like lme4's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from mlmsim.engine import inference
+
+if TYPE_CHECKING:
+    from mlmsim.engine.stats import GroupStats
+    from mlmsim.formula import Design
+
+__all__ = ["FitResult", "covparm_names", "DDF_METHODS"]
+
+DDF_METHODS = ("satterthwaite", "containment", "between-within", "residual")
+
+
+def covparm_names(random_names, rows, cols) -> tuple[list[str], list[str]]:
+    """Names of phi's elements: ``var(a)``, ``cov(a,b)`` (row variable first) and
+    ``sigma2``; and SAS's ``UN(i,j)`` / ``Residual`` labels."""
+    names, sas = [], []
+    for r, c in zip(rows, cols, strict=True):
+        a, b = random_names[r], random_names[c]
+        names.append(f"var({a})" if r == c else f"cov({a},{b})")
+        sas.append(f"UN({r + 1},{c + 1})")
+    return names + ["sigma2"], sas + ["Residual"]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """A fitted two-level linear mixed model (ML or REML).
+
+    Attributes
+    ----------
+    fixef, fixef_se : pd.Series
+        gamma-hat and its standard errors sqrt(diag(vcov)).
+    vcov : pd.DataFrame
+        sigma2-hat * (X'V^{-1}X)^{-1} in sigma^2 units, as lme4's ``vcov``.
+    T : pd.DataFrame
+        T-hat = sigma2-hat Lambda Lambda', labelled by the random-effect names.
+    sigma2 : float
+        Residual variance: r2/N (ML) or r2/(N - p) (REML).
+    theta : np.ndarray
+        Free elements of Lambda (lme4's order), diagonal >= 0.
+    deviance : float
+        -2 log L (ML) or the REML criterion -2 log L_R (REML), as lme4 reports.
+    loglik, aic, bic : float
+        -deviance/2; deviance + 2 k; deviance + k log N, k = p + len(theta) + 1.
+    converged, singular : bool
+        The optimiser met its criterion; T-hat is rank-deficient (some diagonal
+        element of Lambda below 1e-4, lme4's ``isSingular`` rule).
+    hessian : np.ndarray
+        H = d^2 (objective) / dphi dphi' at the estimate, phi = (T elements in
+        ``covparms`` order, sigma^2).
+    hessian_pd : bool
+        All eigenvalues of H exceed 1e-6 times the largest absolute eigenvalue.
+    identifiable : bool
+        False when the random-effect columns are linearly dependent within every
+        group (see ``messages``).
+    covparms : pd.DataFrame
+        SAS's "Covariance Parameter Estimates" with COVTEST: index the names of
+        :func:`covparm_names`; columns ``sas``, ``estimate``, ``se``, ``z``, ``p``
+        (one-sided for variances, two-sided for covariances, as SAS's Pr Z).
+    covparms_cov : pd.DataFrame
+        2 H^{-1}, NaN where H is not positive definite.
+    ranef : pd.DataFrame
+        EBLUPs U_j-hat = Lambda M_j^{-1} Lambda' (c_j - B_j gamma-hat), one row per group.
+    fitted, resid : np.ndarray
+        X gamma-hat + Z_j U_j-hat, and y minus it, over the rows used.
+    n_dropped : int
+        Rows not used (missing or non-finite values).
+    """
+
+    formula: str
+    method: str
+    fixef: pd.Series
+    fixef_se: pd.Series
+    vcov: pd.DataFrame
+    T: pd.DataFrame
+    sigma2: float
+    theta: np.ndarray
+    deviance: float
+    loglik: float
+    aic: float
+    bic: float
+    nobs: int
+    ngroups: int
+    converged: bool
+    singular: bool
+    hessian: np.ndarray
+    hessian_eigenvalues: np.ndarray
+    hessian_pd: bool
+    identifiable: bool
+    covparms: pd.DataFrame
+    covparms_cov: pd.DataFrame
+    ranef: pd.DataFrame
+    ranef_condvar: np.ndarray = field(repr=False)
+    fitted: np.ndarray = field(repr=False)
+    resid: np.ndarray = field(repr=False)
+    n_dropped: int = 0
+    messages: tuple[str, ...] = ()
+    iterations: int = 0
+    gradient: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    design: Design | None = field(default=None, repr=False, compare=False)
+    stats: GroupStats | None = field(default=None, repr=False, compare=False)
+    cov_structure: Any = field(default=None, repr=False, compare=False)
+
+    # ---- derived quantities -------------------------------------------------
+    @property
+    def reml(self) -> bool:
+        return self.method == "REML"
+
+    @property
+    def npar(self) -> int:
+        """Number of parameters: fixed effects + theta + sigma (as lme4's df)."""
+        return int(self.fixef.shape[0] + self.theta.shape[0] + 1)
+
+    @property
+    def params(self) -> pd.Series:
+        """Fixed effects then covariance parameters, one flat Series."""
+        return pd.concat([self.fixef, self.covparms["estimate"]])
+
+    @property
+    def random_names(self) -> list[str]:
+        return list(self.T.index)
+
+    @property
+    def corr(self) -> pd.DataFrame:
+        """Correlation matrix of the random effects (NaN where a variance is 0)."""
+        sd = np.sqrt(np.diag(self.T.to_numpy()))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c = self.T.to_numpy() / np.outer(sd, sd)
+        return pd.DataFrame(c, index=self.T.index, columns=self.T.columns)
+
+    def coef_table(self, ddf: str = "satterthwaite", level: float = 0.95) -> pd.DataFrame:
+        """Fixed effects: estimate, se, df, t, p (two-sided, t with df) and the CI.
+
+        ``ddf``: "satterthwaite" (lmerTest), "containment" (SAS's default with
+        RANDOM ... SUBJECT=), "between-within" (SAS DDFM=BW) or "residual"
+        (N - p).
+        """
+        df = self.ddf(ddf)
+        est = self.fixef.to_numpy()
+        se = self.fixef_se.to_numpy()
+        t = est / se
+        p = inference.wald_p(t, df)
+        with np.errstate(invalid="ignore"):
+            crit = sps.t.ppf(0.5 + level / 2.0, df)
+        return pd.DataFrame(
+            {"estimate": est, "se": se, "df": df, "t": t, "p": p,
+             "ci_lower": est - crit * se, "ci_upper": est + crit * se},
+            index=self.fixef.index,
+        )
+
+    def ddf(self, method: str = "satterthwaite") -> np.ndarray:
+        """Denominator degrees of freedom for each fixed effect (see :meth:`coef_table`)."""
+        method = method.lower()
+        if method not in DDF_METHODS:
+            raise ValueError(f"unknown ddf method {method!r}; choose one of {', '.join(DDF_METHODS)}")
+        st, d = self.stats, self.design
+        if method == "residual":
+            return np.full(self.fixef.shape[0], float(self.nobs - self.fixef.shape[0]))
+        if method == "satterthwaite":
+            phi = self.covparms["estimate"].to_numpy()
+            C, dC = inference.vcov_derivatives(st, self.cov_structure, phi, self.reml)
+            acov = self.covparms_cov.to_numpy()
+            return inference.satterthwaite_df(C, dC, acov)
+        if method == "containment":
+            fv = [_variables(n) for n in self.fixef.index]
+            rv = [_variables(n) for n in self.random_names]
+            return inference.containment_df(st, fv, rv, [])
+        varies = _varies_within(d.X, d.group_codes, d.ngroups)
+        return inference.between_within_df(st, varies)
+
+    def covparms_ci(self, level: float = 0.95, scale: str = "variance") -> pd.DataFrame:
+        """Wald intervals for the covariance parameters.
+
+        ``scale="variance"``: estimate +- z SE. ``scale="logsd"`` (variances
+        only; covariances keep the variance scale): the interval for log sd =
+        log(var)/2 with SE_var / (2 var), transformed back to the variance scale.
+        """
+        z = sps.norm.ppf(0.5 + level / 2.0)
+        cp = self.covparms
+        est, se = cp["estimate"].to_numpy(), cp["se"].to_numpy()
+        lo, hi = est - z * se, est + z * se
+        if scale == "logsd":
+            isvar = self.cov_structure.is_variance
+            with np.errstate(divide="ignore", invalid="ignore"):
+                se_l = se / (2.0 * est)
+                lsd = 0.5 * np.log(est)
+                lo = np.where(isvar, np.exp(2 * (lsd - z * se_l)), lo)
+                hi = np.where(isvar, np.exp(2 * (lsd + z * se_l)), hi)
+        elif scale != "variance":
+            raise ValueError("scale must be 'variance' or 'logsd'")
+        return pd.DataFrame({"estimate": est, "ci_lower": lo, "ci_upper": hi}, index=cp.index)
+
+    def simulate(self, nsim: int = 1, rng: np.random.Generator | int | None = None) -> np.ndarray:
+        """Parametric bootstrap responses (nsim, N) on the same design, as lme4's simulate.
+
+        y* = X gamma-hat + Z_j U*_j + R*, U*_j ~ N(0, T-hat), R* ~ N(0, sigma2-hat).
+        T-hat is factored by its eigen-decomposition, so singular T-hat works.
+        """
+        rng = np.random.default_rng(rng)
+        d = self.design
+        w, V = np.linalg.eigh(self.T.to_numpy())
+        F = V * np.sqrt(np.clip(w, 0.0, None))
+        U = rng.standard_normal((nsim, self.ngroups, F.shape[0])) @ F.T
+        mean = d.X @ self.fixef.to_numpy()
+        zu = np.einsum("nq,snq->sn", d.Z, U[:, d.group_codes, :])
+        return mean + zu + np.sqrt(self.sigma2) * rng.standard_normal((nsim, d.nobs))
+
+    def summary(self) -> str:
+        """A text summary laid out like lme4's ``summary(lmer(...))``."""
+        how = "maximum likelihood" if self.method == "ML" else "REML"
+        lines = [f"Linear mixed model fit by {how} (mlmsim)", f"Formula: {self.formula}", ""]
+        crit = "deviance" if self.method == "ML" else "REML criterion"
+        lines.append(f"{'AIC':>12}{'BIC':>12}{'logLik':>12}{crit:>16}{'df.resid':>10}")
+        lines.append(
+            f"{self.aic:12.1f}{self.bic:12.1f}{self.loglik:12.1f}{self.deviance:16.1f}"
+            f"{self.nobs - self.npar:10d}"
+        )
+        lines += ["", "Random effects:"]
+        grp = self.design.formula.group if self.design is not None else "group"
+        T = self.T.to_numpy()
+        sd = np.sqrt(np.clip(np.diag(T), 0, None))
+        corr = self.corr.to_numpy()
+        names = self.random_names
+        lines.append(f" {'Groups':<10}{'Name':<16}{'Variance':>12}{'Std.Dev.':>10}  Corr")
+        for i, nm in enumerate(names):
+            cor = " ".join(f"{corr[i, j]:6.2f}" for j in range(i) if T[i, j] != 0 or True)
+            lines.append(f" {grp if i == 0 else '':<10}{nm:<16}{T[i, i]:12.4f}{sd[i]:10.4f}  {cor}")
+        lines.append(f" {'Residual':<10}{'':<16}{self.sigma2:12.4f}{np.sqrt(self.sigma2):10.4f}")
+        lines.append(f"Number of obs: {self.nobs}, groups: {grp}, {self.ngroups}")
+        lines += ["", "Fixed effects:"]
+        ct = self.coef_table("satterthwaite")
+        lines.append(f"{'':<16}{'Estimate':>12}{'Std. Error':>12}{'df':>10}{'t value':>10}{'Pr(>|t|)':>11}")
+        for nm, row in ct.iterrows():
+            lines.append(
+                f"{nm:<16}{row.estimate:12.4f}{row.se:12.4f}{row.df:10.1f}{row.t:10.2f}"
+                f"{_fmt_p(row.p):>11}"
+            )
+        lines += ["", "Covariance parameters (COVTEST):"]
+        lines.append(f"{'':<22}{'SAS':<10}{'Estimate':>12}{'Std. Error':>12}{'Z':>8}{'Pr Z':>10}")
+        for nm, row in self.covparms.iterrows():
+            lines.append(
+                f"{nm:<22}{row.sas:<10}{row.estimate:12.5g}{row.se:12.4f}{row.z:8.2f}"
+                f"{_fmt_p(row.p):>10}"
+            )
+        if self.n_dropped:
+            lines.append(f"\nObservations not used: {self.n_dropped}")
+        if self.messages:
+            lines += [""] + [f"Note: {m}" for m in self.messages]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def _fmt_p(p: float) -> str:
+    if not np.isfinite(p):
+        return "NA"
+    return "<2e-16" if p < 2e-16 else f"{p:.4g}"
+
+
+def _variables(name: str) -> frozenset:
+    """Variables of a column name: 'Intercept' -> {}, 'x:z' -> {x, z}, 'f[T.b]' -> {f}."""
+    if name == "Intercept":
+        return frozenset()
+    return frozenset(part.split("[")[0] for part in name.split(":"))
+
+
+def _varies_within(X: np.ndarray, codes: np.ndarray, J: int) -> np.ndarray:
+    """True for columns of X that are not constant within every group."""
+    n = np.bincount(codes, minlength=J)
+    s = np.zeros((J, X.shape[1]))
+    np.add.at(s, codes, X)
+    mean = s / np.maximum(n, 1)[:, None]
+    dev = np.abs(X - mean[codes]).max(axis=0)
+    scale = np.maximum(np.abs(X).max(axis=0), 1e-300)
+    return dev > 1e-10 * scale

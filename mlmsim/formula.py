@@ -1,0 +1,413 @@
+"""lme4-style formula -> fixed design X, random design Z, grouping factor.
+
+A formula ``y ~ fixed + (re | g) + (re2 || g)`` is split into its response,
+its fixed part and its bar terms; formulaic (a maintained Wilkinson-formula
+library) parses every part and names the columns (``Intercept``, ``x``,
+``x:z``, ``f[T.b]``). The only syntax mlmsim adds is lme4's bar: ``(expr | g)``
+(correlated random effects), ``(expr || g)`` (uncorrelated: one block per
+term). Several bar terms on the same grouping factor give a block-diagonal T.
+
+Design construction has a fast path: when every factor of every term is a
+plain numeric column, the columns are products of data columns, computed with
+numpy (the same values and names formulaic gives; a test pins this). Anything
+else (categorical columns, transforms such as ``C(x)`` or ``I(x**2)``) goes
+through formulaic's materializer.
+
+Rows with a missing or non-finite value in any used column are dropped and
+counted (``Design.n_dropped``), as SAS reports "Observations Not Used".
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+from formulaic import Formula, model_matrix
+from formulaic.errors import FormulaSyntaxError
+
+__all__ = ["RandomTerm", "ParsedFormula", "Design", "parse_formula", "model_design"]
+
+
+@dataclass(frozen=True)
+class RandomTerm:
+    """One bar term ``(expr | group)``; ``correlated`` is False for ``||``."""
+
+    expr: str
+    group: str
+    correlated: bool
+
+
+@dataclass(frozen=True)
+class ParsedFormula:
+    """An lme4 formula split into response, fixed part and bar terms."""
+
+    formula: str
+    response: str
+    fixed: str
+    random: tuple[RandomTerm, ...]
+
+    @property
+    def group(self) -> str:
+        """The grouping factor (exactly one is supported)."""
+        return self.random[0].group
+
+
+@dataclass(frozen=True)
+class Design:
+    """Model matrices of a two-level model, rows in the order of the data used.
+
+    y (N,), X (N, p), Z (N, q); ``group_codes`` (N,) in 0..J-1 index
+    ``group_labels`` (J,). ``blocks`` lists, per block of T, the indices of the
+    random-effect columns it covers (one block per ``|`` term, one block per
+    term of a ``||`` term). ``used_rows`` are the positions (0-based, in the
+    input data) of the rows used.
+    """
+
+    formula: ParsedFormula
+    y: np.ndarray
+    X: np.ndarray
+    Z: np.ndarray
+    group_codes: np.ndarray
+    group_labels: np.ndarray
+    fixed_names: tuple[str, ...]
+    random_names: tuple[str, ...]
+    blocks: tuple[tuple[int, ...], ...]
+    n_dropped: int
+    used_rows: np.ndarray
+    dropped_fixed: tuple[str, ...] = ()
+
+    @property
+    def nobs(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def ngroups(self) -> int:
+        return int(self.group_labels.shape[0])
+
+
+_BAR = re.compile(r"\|\|?")
+
+
+def _split_bars(rhs: str) -> tuple[str, list[tuple[str, str, bool]]]:
+    """Cut ``( lhs | g )`` and ``( lhs || g )`` groups out of a right-hand side.
+
+    Returns the rest (the fixed part) and the bar terms as (lhs, group,
+    correlated). Only parentheses that contain a top-level bar are cut.
+    """
+    fixed: list[str] = []
+    bars: list[tuple[str, str, bool]] = []
+    i, depth, start = 0, 0, None
+    for i, ch in enumerate(rhs):
+        if ch == "(":
+            if depth == 0:
+                start = i
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"formula has an unmatched ')' at position {i}: {rhs!r}")
+            if depth == 0 and start is not None:
+                inner = rhs[start + 1 : i]
+                top = _top_level_bar(inner)
+                if top is None:
+                    fixed.append(rhs[start : i + 1])
+                else:
+                    pos, width = top
+                    bars.append((inner[:pos].strip(), inner[pos + width :].strip(), width == 1))
+                start = None
+        elif depth == 0:
+            fixed.append(ch)
+    if depth != 0:
+        raise ValueError(f"formula has an unmatched '(': {rhs!r}")
+    return "".join(fixed), bars
+
+
+def _top_level_bar(inner: str) -> tuple[int, int] | None:
+    depth = 0
+    for i, ch in enumerate(inner):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            return i, 2 if inner[i + 1 : i + 2] == "|" else 1
+    return None
+
+
+@lru_cache(maxsize=256)
+def parse_formula(formula: str) -> ParsedFormula:
+    """Split an lme4 formula into response, fixed part and bar terms.
+
+    >>> p = parse_formula("y ~ x + (1 + x | g)")
+    >>> p.response, p.fixed, p.random[0].expr, p.group
+    ('y', '1 + x', '1 + x', 'g')
+    """
+    if not isinstance(formula, str) or "~" not in formula:
+        raise ValueError(f"formula must be a string 'response ~ terms', got {formula!r}")
+    lhs, _, rhs = formula.partition("~")
+    response = lhs.strip()
+    if not response:
+        raise ValueError(f"formula has no response on the left of '~': {formula!r}")
+    if not re.fullmatch(r"[A-Za-z_.][A-Za-z0-9_.]*", response):
+        raise ValueError(
+            f"the response must be a column name, got {response!r} in {formula!r}"
+        )
+    fixed_text, bars = _split_bars(rhs)
+    if not bars:
+        raise ValueError(
+            f"formula {formula!r} has no random-effects term such as (1 | group); "
+            "a mixed model needs at least one"
+        )
+    fixed = _fixed_terms_text(fixed_text, formula)
+    groups = {g for _, g, _ in bars}
+    for lhs_b, g, _ in bars:
+        if not re.fullmatch(r"[A-Za-z_.][A-Za-z0-9_.]*", g):
+            if "/" in g or ":" in g:
+                raise ValueError(
+                    f"nested grouping '{g}' (three-level model) is out of scope: "
+                    "mlmsim fits two-level models with one grouping factor"
+                )
+            raise ValueError(f"the grouping factor must be a column name, got {g!r}")
+        if not lhs_b:
+            raise ValueError(f"empty random-effects term in {formula!r}")
+        _check_syntax(lhs_b, formula)
+    if len(groups) > 1:
+        raise ValueError(
+            f"formula {formula!r} has {len(groups)} grouping factors ({', '.join(sorted(groups))}); "
+            "crossed or multi-level random effects are out of scope: one grouping factor only"
+        )
+    random = tuple(RandomTerm(e, g, c) for e, g, c in bars)
+    return ParsedFormula(formula=formula, response=response, fixed=fixed, random=random)
+
+
+def _fixed_terms_text(text: str, formula: str) -> str:
+    """The fixed part as a formulaic right-hand side, with the cut-out bars' ``+`` removed.
+
+    Only bar terms given means an intercept-only fixed part, as in lme4.
+    """
+    pieces, depth, current = [], 0, []
+    for ch in text:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "+" and depth == 0:
+            pieces.append("".join(current).strip())
+            current = []
+        else:
+            current.append(ch)
+    pieces.append("".join(current).strip())
+    cleaned = " + ".join(p for p in pieces if p) or "1"
+    _check_syntax(cleaned, formula)
+    return cleaned
+
+
+def _check_syntax(rhs: str, formula: str) -> None:
+    try:
+        _parse_rhs(rhs)
+    except (FormulaSyntaxError, Exception) as exc:  # formulaic raises several types
+        raise ValueError(f"formula syntax error in {formula!r} (part {rhs!r}): {exc}") from None
+
+
+@lru_cache(maxsize=512)
+def _parse_rhs(rhs: str) -> Formula:
+    return Formula(rhs)
+
+
+def _term_factors(rhs: str) -> list[list[str]]:
+    """The terms of a right-hand side as lists of factor expressions ('1' is the intercept)."""
+    return [[str(f) for f in term.factors] for term in _parse_rhs(rhs)]
+
+
+def _required_columns(rhs: str) -> set[str]:
+    return set(_parse_rhs(rhs).required_variables)
+
+
+_PLAIN = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
+
+
+def _is_fast(terms: list[list[str]], data: pd.DataFrame) -> bool:
+    for factors in terms:
+        for f in factors:
+            if f == "1":
+                continue
+            if not _PLAIN.fullmatch(f) or f not in data.columns:
+                return False
+            dt = data[f].dtype
+            if not (pd.api.types.is_numeric_dtype(dt) and not pd.api.types.is_bool_dtype(dt)):
+                return False
+    return True
+
+
+def _fast_matrix(terms: list[list[str]], cols: dict[str, np.ndarray], n: int):
+    names, columns = [], []
+    for factors in terms:
+        if factors == ["1"]:
+            names.append("Intercept")
+            columns.append(np.ones(n))
+            continue
+        col = cols[factors[0]]
+        for f in factors[1:]:
+            col = col * cols[f]
+        names.append(":".join(factors))
+        columns.append(col)
+    mat = np.column_stack(columns) if columns else np.empty((n, 0))
+    return mat, names
+
+
+def _matrix(rhs: str, data: pd.DataFrame, cols: dict[str, np.ndarray], n: int):
+    terms = _term_factors(rhs)
+    if _is_fast(terms, data):
+        mat, names = _fast_matrix(terms, cols, n)
+        return mat, names, [[i] for i in range(len(names))]
+    mm = model_matrix(rhs, data, na_action="ignore", ensure_full_rank=True)
+    names = list(mm.columns)
+    # group columns by the formula term that produced them (for '||' blocks)
+    term_slices = mm.model_spec.term_indices
+    groups = [list(idx) for idx in term_slices.values()]
+    return np.asarray(mm, dtype=float), names, groups
+
+
+def model_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
+    """Build y, X, Z and the grouping factor from an lme4 formula and a DataFrame.
+
+    Raises ValueError naming the problem for: a missing column, a non-numeric
+    response, an empty data set, a single group, or as many groups as
+    observations. Rows with NaN/inf in any used column are dropped with a
+    warning and counted in ``n_dropped``. Linearly dependent fixed-effect
+    columns are dropped (the later ones, as lme4 does) with a warning, and
+    named in ``dropped_fixed``.
+    """
+    pf = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
+    if not isinstance(data, pd.DataFrame):
+        raise ValueError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    if data.shape[0] == 0:
+        raise ValueError("data has no rows: an empty data frame cannot be fitted")
+    g = pf.group
+    needed = {pf.response, g} | _required_columns(pf.fixed)
+    for term in pf.random:
+        needed |= _required_columns(term.expr)
+    missing = sorted(c for c in needed if c not in data.columns)
+    if missing:
+        raise ValueError(
+            f"column(s) {', '.join(repr(m) for m in missing)} named in the formula are not in the "
+            f"data; available columns: {', '.join(map(str, data.columns))}"
+        )
+    yraw = data[pf.response]
+    if not pd.api.types.is_numeric_dtype(yraw.dtype) or pd.api.types.is_bool_dtype(yraw.dtype):
+        raise ValueError(
+            f"the response {pf.response!r} must be numeric, but has dtype {yraw.dtype}"
+        )
+    keep = np.ones(data.shape[0], dtype=bool)
+    for c in needed:
+        col = data[c]
+        if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
+            keep &= np.isfinite(col.to_numpy(dtype=float, na_value=np.nan))
+        else:
+            keep &= ~col.isna().to_numpy()
+    n_dropped = int((~keep).sum())
+    if n_dropped:
+        warnings.warn(
+            f"{n_dropped} row(s) with missing or non-finite values in the model's columns "
+            "were dropped (observations not used)",
+            stacklevel=3,
+        )
+        data = data.loc[keep]
+    n = int(data.shape[0])
+    if n == 0:
+        raise ValueError("no rows left after dropping rows with missing or non-finite values")
+    used_rows = np.flatnonzero(keep)
+    cols = {}
+    for c in needed:
+        col = data[c]
+        if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
+            cols[c] = col.to_numpy(dtype=float)
+    y = cols[pf.response]
+    codes, labels = pd.factorize(data[g], sort=True)
+    codes = np.asarray(codes, dtype=np.intp)
+    labels = np.asarray(labels)
+    J = labels.shape[0]
+    if J < 2:
+        raise ValueError(
+            f"the grouping factor {g!r} has {J} level(s); a two-level model needs at least 2 groups"
+        )
+    if J >= n:
+        raise ValueError(
+            f"the grouping factor {g!r} has {J} levels for {n} observations; the number of groups "
+            "must be smaller than the number of observations (else the random effects and the "
+            "residual cannot be told apart)"
+        )
+    X, fixed_names, _ = _matrix(pf.fixed, data, cols, n)
+    X, fixed_names, dropped = _drop_dependent(X, fixed_names)
+    Zs, rnames, blocks = [], [], []
+    offset = 0
+    for term in pf.random:
+        Zt, names_t, groups_t = _matrix(term.expr, data, cols, n)
+        if Zt.shape[1] == 0:
+            raise ValueError(f"random-effects term ({term.expr} | {term.group}) has no columns")
+        if term.correlated:
+            blocks.append(tuple(range(offset, offset + Zt.shape[1])))
+        else:
+            blocks.extend(tuple(offset + i for i in grp) for grp in groups_t)
+        Zs.append(Zt)
+        rnames.extend(names_t)
+        offset += Zt.shape[1]
+    dup = sorted({nm for nm in rnames if rnames.count(nm) > 1})
+    if dup:
+        raise ValueError(
+            f"random effect(s) {', '.join(dup)} appear in more than one bar term for {g!r}"
+        )
+    Z = np.column_stack(Zs) if len(Zs) > 1 else Zs[0]
+    return Design(
+        formula=pf,
+        y=y,
+        X=np.ascontiguousarray(X),
+        Z=np.ascontiguousarray(Z),
+        group_codes=codes,
+        group_labels=labels,
+        fixed_names=tuple(fixed_names),
+        random_names=tuple(rnames),
+        blocks=tuple(blocks),
+        n_dropped=n_dropped,
+        used_rows=used_rows,
+        dropped_fixed=tuple(dropped),
+    )
+
+
+def _drop_dependent(X: np.ndarray, names: list[str], tol: float = 1e-7):
+    """Drop columns of X in the span of earlier ones (lme4 keeps the earlier columns).
+
+    A column j is dropped when its squared residual on the kept columns before
+    it is below ``tol`` times its squared norm (Gram-Schmidt on X'X).
+    """
+    p = X.shape[1]
+    if p == 0:
+        return X, names, []
+    XtX = X.T @ X
+    keep: list[int] = []
+    for j in range(p):
+        norm2 = XtX[j, j]
+        if norm2 <= 0:
+            continue
+        if keep:
+            K = XtX[np.ix_(keep, keep)]
+            k = XtX[keep, j]
+            try:
+                resid = norm2 - k @ np.linalg.solve(K, k)
+            except np.linalg.LinAlgError:
+                resid = 0.0
+        else:
+            resid = norm2
+        if resid > tol * norm2:
+            keep.append(j)
+    if len(keep) == p:
+        return X, names, []
+    dropped = [names[j] for j in range(p) if j not in keep]
+    warnings.warn(
+        "fixed-effect model matrix is rank deficient so dropping "
+        f"{len(dropped)} column(s): {', '.join(dropped)}",
+        stacklevel=3,
+    )
+    return X[:, keep], [names[j] for j in keep], dropped
