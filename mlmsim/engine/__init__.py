@@ -5,6 +5,7 @@ inference holds the covariance-parameter Hessian, SEs and df.
 """
 
 from mlmsim.engine.fit import fit, fit_design
+from mlmsim.engine.lrt import LRTResult, lrt
 from mlmsim.engine.result import FitResult
 
-__all__ = ["fit", "fit_design", "FitResult"]
+__all__ = ["fit", "fit_design", "FitResult", "lrt", "LRTResult"]

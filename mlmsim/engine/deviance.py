@@ -30,6 +30,7 @@ evaluation costs a few dozen vectorised operations whatever J is.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -110,9 +111,24 @@ class Packed:
         return self.stats.p
 
 
+@lru_cache(maxsize=16)
 def _pairs(q: int) -> tuple[np.ndarray, np.ndarray]:
-    a, b = np.tril_indices(q)
-    return a, b
+    """Row and column indices of the row-wise lower triangle (vech order)."""
+    return np.tril_indices(q)
+
+
+@lru_cache(maxsize=16)
+def _vech_index(q: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Flat indices into Lambda (q*q,) for :func:`_vech_map`, and vech's diagonal slots."""
+    a, b = _pairs(q)
+    ia, ib, ic, id_ = a[:, None], b[:, None], a[None, :], b[None, :]
+    first = (ic * q + ia, id_ * q + ib)
+    second = (id_ * q + ia, ic * q + ib)
+    off = np.broadcast_to((a != b)[None, :], first[0].shape)
+    i1 = np.stack(first).reshape(2, -1)
+    i2 = np.stack(second).reshape(2, -1)
+    diag = np.cumsum(np.arange(1, q + 1)) - 1
+    return i1, i2, off.reshape(-1), diag
 
 
 def pack(stats: GroupStats) -> Packed:
@@ -142,7 +158,7 @@ class Profile:
     Minv: np.ndarray
     S: np.ndarray
     XtVX: np.ndarray
-    XtVX_chol: np.ndarray
+    XtVX_inv: np.ndarray
     beta: np.ndarray
     r2: np.ndarray
     logdetM: np.ndarray
@@ -154,12 +170,12 @@ def _vech_map(L: np.ndarray, q: int) -> np.ndarray:
 
     K[(a,b),(c,d)] = L[c,a] L[d,b] + [c != d] L[d,a] L[c,b].
     """
-    a, b = _pairs(q)
-    ia, ib = a[:, None], b[:, None]
-    ic, id_ = a[None, :], b[None, :]
-    K = L[..., ic, ia] * L[..., id_, ib]
-    off = (a != b)[None, :]
-    return K + np.where(off, L[..., id_, ia] * L[..., ic, ib], 0.0)
+    i1, i2, off, _ = _vech_index(q)
+    Lf = L.reshape(L.shape[:-2] + (q * q,))
+    K = Lf[..., i1[0]] * Lf[..., i1[1]]
+    K[..., off] += Lf[..., i2[0][off]] * Lf[..., i2[1][off]]
+    s = q * (q + 1) // 2
+    return K.reshape(L.shape[:-2] + (s, s))
 
 
 def _inv_logdet(Mv: np.ndarray, q: int) -> tuple[np.ndarray, np.ndarray]:
@@ -214,8 +230,7 @@ def profile(pk: Packed, theta: np.ndarray, tmap: ThetaMap) -> Profile:
     L = tmap.Lambda(theta)
     K = _vech_map(L, q)
     Mv = pk.Av @ np.swapaxes(K, -1, -2)
-    diag = np.cumsum(np.arange(1, q + 1)) - 1
-    Mv[..., diag] += 1.0
+    Mv[..., _vech_index(q)[3]] += 1.0
     Minv, logdet_j = _inv_logdet(Mv, q)
     logdetM = logdet_j.sum(-1)
     Lt = np.swapaxes(L, -1, -2)
@@ -232,16 +247,15 @@ def profile(pk: Packed, theta: np.ndarray, tmap: ThetaMap) -> Profile:
     XtVy = st.Xty - corr[..., :p, p]
     ytVy = st.yty - corr[..., p, p]
     cholX = np.linalg.cholesky(XtVX)
-    beta = _chol_solve(cholX, XtVy)
+    sol = np.linalg.solve(XtVX, np.concatenate((XtVy[..., None], _eye(p, XtVX.shape)), axis=-1))
+    beta, C = sol[..., 0], sol[..., 1:]
     r2 = ytVy - np.einsum("...a,...a->...", beta, XtVy)
     logdetX = 2.0 * np.log(np.diagonal(cholX, axis1=-2, axis2=-1)).sum(axis=-1)
-    return Profile(L, Minv, S, XtVX, cholX, beta, r2, logdetM, logdetX)
+    return Profile(L, Minv, S, XtVX, C, beta, r2, logdetM, logdetX)
 
 
-def _chol_solve(chol: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Solve (C C') x = b for lower-triangular C, batched over leading dimensions."""
-    z = np.linalg.solve(chol, b[..., None])
-    return np.linalg.solve(np.swapaxes(chol, -1, -2), z)[..., 0]
+def _eye(p: int, shape: tuple[int, ...]) -> np.ndarray:
+    return np.broadcast_to(np.eye(p), shape)
 
 
 def _objective(st: GroupStats, pr: Profile, reml: bool) -> np.ndarray:
@@ -290,7 +304,7 @@ def deviance_grad(
         WB = (L @ SB.reshape(SB.shape[:-3] + (q, J * p))).reshape(SB.shape)
         AWB = (pk.Aq[..., None] * WB[..., None, :, :, :]).sum(-3)
         GtB = pk.BC[..., :p] - AWB
-        C = np.linalg.inv(pr.XtVX)
+        C = pr.XtVX_inv
         SBC = SB @ C[..., None, :, :]
         d_logdetX = -2.0 * (
             GtB.reshape(GtB.shape[:-3] + (q, J * p))

@@ -116,7 +116,7 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
     # covariance parameters, Hessian in phi, COVTEST table
     cs = inference.CovStructure.from_blocks(q, design.blocks)
     phi = cs.phi(Tm, sigma2)
-    H = inference.phi_hessian(stats, cs, phi, reml)
+    H = inference.phi_hessian(pk, cs, phi, reml)
     eig = np.linalg.eigvalsh(H)
     hessian_pd = bool(eig[0] > HESSIAN_PD_RTOL * np.abs(eig).max())
     names, sas = covparm_names(rnames, cs.rows, cs.cols)
@@ -125,13 +125,6 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
         acov = 0.5 * (acov + acov.T)
     else:
         acov = np.full(H.shape, np.nan)
-    se = np.sqrt(np.diag(acov))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = phi / se
-    from scipy import stats as sps
-
-    pz = np.where(cs.is_variance, sps.norm.sf(z), 2.0 * sps.norm.sf(np.abs(z)))
-    covparms = pd.DataFrame({"sas": sas, "estimate": phi, "se": se, "z": z, "p": pz}, index=names)
     dependent = random_dependence(design, stats)
     singular_at = [rnames[tmap.rows[k]] for k in np.flatnonzero(tmap.diagonal)
                    if theta[k] < SINGULAR_TOL]
@@ -146,10 +139,13 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
     return FitResult(
         formula=design.formula.formula,
         method=method,
-        fixef=pd.Series(beta, index=fixed, name="estimate"),
-        fixef_se=pd.Series(np.sqrt(np.diag(vcov)), index=fixed, name="se"),
-        vcov=pd.DataFrame(vcov, index=fixed, columns=fixed),
-        T=pd.DataFrame(Tm, index=rnames, columns=rnames),
+        fixed_names=tuple(fixed),
+        random_names=tuple(rnames),
+        covparm_names=tuple(names),
+        covparm_sas=tuple(sas),
+        beta=beta,
+        vcov_matrix=vcov,
+        T_matrix=Tm,
         sigma2=sigma2,
         theta=theta.copy(),
         deviance=dev,
@@ -164,10 +160,10 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
         hessian_eigenvalues=eig,
         hessian_pd=hessian_pd,
         identifiable=not dependent,
-        covparms=covparms,
-        covparms_cov=pd.DataFrame(acov, index=names, columns=names),
-        ranef=pd.DataFrame(U, index=pd.Index(design.group_labels, name=design.formula.group),
-                           columns=rnames),
+        phi=phi,
+        acov=acov,
+        group_labels=design.group_labels,
+        U=U,
         ranef_condvar=condvar,
         fitted=fitted,
         resid=design.y - fitted,

@@ -28,10 +28,13 @@ Acov = 2 H^{-1}:  df = 2 (l'Cl)^2 / (g' Acov g),  g_k = l' dC/dphi_k l.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy import stats as sps
 
+from mlmsim.engine.deviance import Packed, _group_apply, pack
+from mlmsim.engine.optimize import take
 from mlmsim.engine.stats import GroupStats
 
 __all__ = [
@@ -92,88 +95,160 @@ class CovStructure:
         return T
 
 
+@lru_cache(maxsize=16)
+def _general_index(q: int):
+    """Index maps for M'_j = sigma^2 I + T A_j as a linear map of vech(A_j), and for
+    sum_j A_j D_j A_j as a linear map of the D_j (both built from flat indices)."""
+    a, b = np.tril_indices(q)
+    s = a.shape[0]
+    # vech position of A[c, b] for every (c, b)
+    pos = np.empty((q, q), dtype=np.intp)
+    pos[a, b] = np.arange(s)
+    pos[b, a] = np.arange(s)
+    return pos
+
+
+def _as_packed(st) -> Packed:
+    return st if isinstance(st, Packed) else pack(st)
+
+
+def _inv_det_general(Mf: np.ndarray, q: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse (..., q*q, row-major) and determinant of general q x q matrices given flat."""
+    if q == 1:
+        return 1.0 / Mf, Mf[..., 0]
+    if q == 2:
+        a, b, c, d = (Mf[..., i] for i in range(4))
+        det = a * d - b * c
+        return np.stack((d, -b, -c, a), axis=-1) / det[..., None], det
+    if q == 3:
+        m = [Mf[..., i] for i in range(9)]
+        c00 = m[4] * m[8] - m[5] * m[7]
+        c01 = m[2] * m[7] - m[1] * m[8]
+        c02 = m[1] * m[5] - m[2] * m[4]
+        c10 = m[5] * m[6] - m[3] * m[8]
+        c11 = m[0] * m[8] - m[2] * m[6]
+        c12 = m[2] * m[3] - m[0] * m[5]
+        c20 = m[3] * m[7] - m[4] * m[6]
+        c21 = m[1] * m[6] - m[0] * m[7]
+        c22 = m[0] * m[4] - m[1] * m[3]
+        det = m[0] * c00 + m[1] * c10 + m[2] * c20
+        adj = np.stack((c00, c01, c02, c10, c11, c12, c20, c21, c22), axis=-1)
+        return adj / det[..., None], det
+    M = Mf.reshape(Mf.shape[:-1] + (q, q))
+    return np.linalg.inv(M).reshape(Mf.shape), np.linalg.det(M)
+
+
 @dataclass(frozen=True)
 class _PhiParts:
+    """At phi (batched): D_j (..., J, q, q); D_j [B_j c_j] (..., q, J, p+1); XtVX and its
+    inverse; beta; r2; sigma^2; sum_j log|I + T A_j / sigma^2|; all V_j PD."""
+
     D: np.ndarray
+    DBC: np.ndarray
     XtVX: np.ndarray
+    XtVX_inv: np.ndarray
     beta: np.ndarray
     r2: np.ndarray
     sigma2: np.ndarray
     logdet: np.ndarray
-    sign: np.ndarray
+    valid: np.ndarray
 
 
-def _parts(st: GroupStats, cs: CovStructure, phi: np.ndarray) -> _PhiParts:
+def _parts(pk: Packed, cs: CovStructure, phi: np.ndarray) -> _PhiParts:
+    """D_j = (sigma^2 I + T A_j)^{-1} T and the GLS quantities at phi."""
+    q, p = cs.q, pk.p
     T = cs.T(phi)
     s2 = phi[..., -1]
-    q = cs.q
-    Tg = np.broadcast_to(T[..., None, :, :], np.broadcast_shapes(T[..., None, :, :].shape,
-                                                                  st.A.shape))
-    Mj = s2[..., None, None, None] * np.eye(q) + Tg @ st.A
-    sign, logdet = np.linalg.slogdet(Mj)
-    D = np.linalg.solve(Mj, Tg)
+    pos = _general_index(q)
+    # M'_j[a, b] = sigma^2 [a = b] + sum_c T[a, c] A_j[c, b]: gather A's columns from vech
+    Acol = pk.Av[..., pos]  # (..., J, q, q) = A_j[c, b]
+    Mf = (T[..., None, :, :] @ Acol).reshape(np.broadcast_shapes(
+        T[..., None, :, :].shape, Acol.shape)[:-2] + (q * q,))
+    Mf[..., :: q + 1] += s2[..., None, None]
+    inv, det = _inv_det_general(Mf, q)
+    J = inv.shape[-2]
+    D = (inv.reshape(inv.shape[:-2] + (J * q, q)) @ T).reshape(inv.shape[:-2] + (J, q, q))
     D = 0.5 * (D + np.swapaxes(D, -1, -2))
-    DB = D @ st.B
-    Dc = (D @ st.c[..., None])[..., 0]
-    XtVX = st.XtX - np.einsum("...jqa,...jqb->...ab", st.B, DB)
+    DBC = _group_apply(D, pk.BC)
+    BCf = pk.BC.reshape(pk.BC.shape[:-3] + (q * J, p + 1))
+    DBCf = DBC.reshape(DBC.shape[:-3] + (q * J, p + 1))
+    corr = np.swapaxes(BCf, -1, -2) @ DBCf
+    st = pk.stats
+    XtVX = st.XtX - corr[..., :p, :p]
     XtVX = 0.5 * (XtVX + np.swapaxes(XtVX, -1, -2))
-    XtVy = st.Xty - np.einsum("...jqa,...jq->...a", st.B, Dc)
-    ytVy = st.yty - np.einsum("...jq,...jq->...", st.c, Dc)
-    beta = np.linalg.solve(XtVX, XtVy[..., None])[..., 0]
+    XtVy = st.Xty - corr[..., :p, p]
+    ytVy = st.yty - corr[..., p, p]
+    sol = np.linalg.solve(XtVX, np.concatenate(
+        (XtVy[..., None], np.broadcast_to(np.eye(p), XtVX.shape)), axis=-1))
+    beta, Cs = sol[..., 0], sol[..., 1:]
     r2 = ytVy - np.einsum("...a,...a->...", beta, XtVy)
-    return _PhiParts(D, XtVX, beta, r2, s2, (logdet - q * np.log(s2)[..., None]).sum(-1),
-                     np.all(sign > 0, axis=-1))
+    valid = np.all(det > 0, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        logdet = (np.log(det) - q * np.log(s2)[..., None]).sum(-1)
+    return _PhiParts(D, DBC, XtVX, Cs, beta, r2, s2, logdet, valid)
 
 
-def phi_objective(st: GroupStats, cs: CovStructure, phi: np.ndarray, reml: bool) -> np.ndarray:
-    """f(phi) or f_R(phi) of the module docstring (+inf where some V_j is not PD)."""
-    pp = _parts(st, cs, np.asarray(phi, dtype=float))
-    N, p = st.N, st.p
+def phi_objective(st, cs: CovStructure, phi: np.ndarray, reml: bool) -> np.ndarray:
+    """f(phi) or f_R(phi) of the module docstring (+inf where some V_j is not PD).
+
+    ``st``: GroupStats or its packed form.
+    """
+    pk = _as_packed(st)
+    pp = _parts(pk, cs, np.asarray(phi, dtype=float))
+    N, p = pk.stats.N, pk.p
     nu = N - p if reml else N
     f = nu * (_LOG2PI + np.log(pp.sigma2)) + pp.logdet + pp.r2 / pp.sigma2
     if reml:
         f = f + np.linalg.slogdet(pp.XtVX)[1]
-    return np.where(pp.sign, f, np.inf)
+    return np.where(pp.valid, f, np.inf)
 
 
-def _grad_pieces(st: GroupStats, cs: CovStructure, phi: np.ndarray, reml: bool):
-    pp = _parts(st, cs, phi)
+def _grad_pieces(pk: Packed, cs: CovStructure, phi: np.ndarray, reml: bool):
+    """The gradient in phi and, for Satterthwaite, F_j (..., q, J, p), C and X'V^{-2}X."""
+    q, p = cs.q, pk.p
+    st = pk.stats
+    pp = _parts(pk, cs, phi)
     s2 = pp.sigma2
-    inv_s2 = (1.0 / s2)[..., None, None, None]
-    D = pp.D
-    AD = st.A @ D
-    u = st.c - np.einsum("...jqp,...p->...jq", st.B, pp.beta)
-    Du = (D @ u[..., None])[..., 0]
-    Q = (st.A - AD @ st.A) * inv_s2
-    s = (u - (st.A @ Du[..., None])[..., 0]) * inv_s2[..., 0]
-    F = (st.B - AD @ st.B) * inv_s2
-    C = np.linalg.inv(pp.XtVX) * s2[..., None, None]
-    G = Q.sum(-3) - np.einsum("...ja,...jb->...ab", s, s)
-    # X'V^{-2}X and r'V^{-2}r from the totals (sum over groups is linear)
-    DB = D @ st.B
-    BDB = np.einsum("...jqa,...jqb->...ab", st.B, DB)
-    BDADB = np.einsum("...jqa,...jqb->...ab", DB, st.A @ DB)
-    XV2X = (st.XtX - 2.0 * BDB + BDADB) / (s2**2)[..., None, None]
     beta = pp.beta
+    J = pp.D.shape[-3]
+    b = beta[..., None, :, None]
+    u = pk.BC[..., p] - (pk.BC[..., :p] @ b)[..., 0]                   # (..., q, J)
+    Du = pp.DBC[..., p] - (pp.DBC[..., :p] @ b)[..., 0]                # (..., q, J)
+    ADu = (pk.Aq * Du[..., None, :, :]).sum(-2)                         # (..., q, J)
+    s = (u - ADu) / s2[..., None, None]
+    # sum_j A_j D_j A_j: A_j[a, c] D_j[c, d] A_j[d, b]
+    ADA = np.einsum("...acj,...jcd,...dbj->...ab", pk.Aq, pp.D, pk.Aq)
+    G = (st.A.sum(-3) - ADA) / s2[..., None, None] - s @ np.swapaxes(s, -1, -2)
+    DB = pp.DBC[..., :p]
+    ADB = (pk.Aq[..., None] * DB[..., None, :, :, :]).sum(-3)          # (..., q, J, p)
+    F = (pk.BC[..., :p] - ADB) / s2[..., None, None, None]
+    C = pp.XtVX_inv * s2[..., None, None]
+    BCf = pk.BC[..., :p].reshape(pk.BC.shape[:-3] + (q * J, p))
+    DBf = DB.reshape(DB.shape[:-3] + (q * J, p))
+    ADBf = ADB.reshape(ADB.shape[:-3] + (q * J, p))
+    BDB = np.swapaxes(BCf, -1, -2) @ DBf
+    BDADB = np.swapaxes(DBf, -1, -2) @ ADBf
+    XV2X = (st.XtX - 2.0 * BDB + BDADB) / (s2**2)[..., None, None]
     ee = (st.yty - 2.0 * np.einsum("...a,...a->...", beta, st.Xty)
           + np.einsum("...a,...ab,...b->...", beta, st.XtX, beta))
-    uDu = np.einsum("...jq,...jq->...", u, Du)
-    uDADu = np.einsum("...jq,...jq->...", Du, (st.A @ Du[..., None])[..., 0])
+    uDu = (u * Du).sum((-1, -2))
+    uDADu = (Du * ADu).sum((-1, -2))
     rV2r = (ee - 2.0 * uDu + uDADu) / s2**2
-    trVinv = (st.N - np.einsum("...jab,...jba->...", D, st.A)) / s2
-    g_s2 = trVinv - rV2r
+    trDA = np.einsum("...jab,...abj->...", pp.D, pk.Aq)
+    g_s2 = (st.N - trDA) / s2 - rV2r
     if reml:
         FC = F @ C[..., None, :, :]
-        G = G - np.einsum("...jap,...jbp->...ab", FC, F)
+        G = G - FC.reshape(FC.shape[:-3] + (q, J * p)) @ np.swapaxes(
+            F.reshape(F.shape[:-3] + (q, J * p)), -1, -2)
         g_s2 = g_s2 - np.einsum("...ab,...ba->...", C, XV2X)
     mult = np.where(cs.rows == cs.cols, 1.0, 2.0)
     g = np.concatenate((G[..., cs.rows, cs.cols] * mult, g_s2[..., None]), -1)
     return g, pp, F, C, XV2X
 
 
-def phi_gradient(st: GroupStats, cs: CovStructure, phi: np.ndarray, reml: bool) -> np.ndarray:
+def phi_gradient(st, cs: CovStructure, phi: np.ndarray, reml: bool) -> np.ndarray:
     """The analytic gradient of f (or f_R) in phi; shape (..., m)."""
-    return _grad_pieces(st, cs, np.asarray(phi, dtype=float), reml)[0]
+    return _grad_pieces(_as_packed(st), cs, np.asarray(phi, dtype=float), reml)[0]
 
 
 def _steps(cs: CovStructure, phi: np.ndarray) -> np.ndarray:
@@ -199,9 +274,10 @@ def phi_hessian(st: GroupStats, cs: CovStructure, phi: np.ndarray, reml: bool) -
     E = np.eye(m)
     pts = np.concatenate((phi[..., None, :] + h[..., None, :] * E,
                           phi[..., None, :] - h[..., None, :] * E), axis=-2)
-    st_e = GroupStats(*(np.expand_dims(getattr(st, f), phi.ndim - 1)
-                        for f in GroupStats.__dataclass_fields__))
-    g = phi_gradient(st_e, cs, pts, reml)
+    pk = _as_packed(st)
+    if phi.ndim > 1:
+        pk = take(pk, np.arange(phi.shape[0]), expand=1)
+    g = _grad_pieces(pk, cs, pts, reml)[0]
     H = (g[..., :m, :] - g[..., m:, :]) / (2.0 * h[..., :, None])
     return 0.5 * (H + np.swapaxes(H, -1, -2))
 
@@ -209,10 +285,10 @@ def phi_hessian(st: GroupStats, cs: CovStructure, phi: np.ndarray, reml: bool) -
 def vcov_derivatives(st: GroupStats, cs: CovStructure, phi: np.ndarray, reml: bool):
     """C = (X'V^{-1}X)^{-1} (p, p) and dC/dphi_k = C M_k C (m, p, p), with
     M_k = X'V^{-1} (dV/dphi_k) V^{-1}X: sum_j F_j' E_ab F_j for T_ab, X'V^{-2}X for sigma^2."""
-    _, _, F, C, XV2X = _grad_pieces(st, cs, np.asarray(phi, dtype=float), reml)
-    Fa = F[..., cs.rows, :]
-    Fb = F[..., cs.cols, :]
-    Mk = np.einsum("...jkp,...jkr->...kpr", Fa, Fb)
+    _, _, F, C, XV2X = _grad_pieces(_as_packed(st), cs, np.asarray(phi, dtype=float), reml)
+    # M_k for T_ab: sum_j F_j[a]' F_j[b] (+ transpose when a != b)
+    FF = np.einsum("...ajp,...bjr->...abpr", F, F)
+    Mk = FF[..., cs.rows, cs.cols, :, :]
     Mk = Mk + np.swapaxes(Mk, -1, -2) * (cs.rows != cs.cols)[:, None, None]
     Mk = np.concatenate((Mk, XV2X[..., None, :, :]), axis=-3)
     dC = C[..., None, :, :] @ Mk @ C[..., None, :, :]

@@ -10,6 +10,7 @@ plain-language ``messages``. Nothing is printed as a side effect;
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -85,10 +86,13 @@ class FitResult:
 
     formula: str
     method: str
-    fixef: pd.Series
-    fixef_se: pd.Series
-    vcov: pd.DataFrame
-    T: pd.DataFrame
+    fixed_names: tuple[str, ...]
+    random_names: tuple[str, ...]
+    covparm_names: tuple[str, ...]
+    covparm_sas: tuple[str, ...]
+    beta: np.ndarray
+    vcov_matrix: np.ndarray = field(repr=False)
+    T_matrix: np.ndarray = field(repr=False)
     sigma2: float
     theta: np.ndarray
     deviance: float
@@ -99,13 +103,14 @@ class FitResult:
     ngroups: int
     converged: bool
     singular: bool
-    hessian: np.ndarray
+    hessian: np.ndarray = field(repr=False)
     hessian_eigenvalues: np.ndarray
     hessian_pd: bool
     identifiable: bool
-    covparms: pd.DataFrame
-    covparms_cov: pd.DataFrame
-    ranef: pd.DataFrame
+    phi: np.ndarray
+    acov: np.ndarray = field(repr=False)
+    group_labels: np.ndarray = field(repr=False)
+    U: np.ndarray = field(repr=False)
     ranef_condvar: np.ndarray = field(repr=False)
     fitted: np.ndarray = field(repr=False)
     resid: np.ndarray = field(repr=False)
@@ -117,6 +122,47 @@ class FitResult:
     stats: GroupStats | None = field(default=None, repr=False, compare=False)
     cov_structure: Any = field(default=None, repr=False, compare=False)
 
+    # ---- labelled views (built on first access) ------------------------------
+    @cached_property
+    def fixef(self) -> pd.Series:
+        return pd.Series(self.beta, index=list(self.fixed_names), name="estimate")
+
+    @cached_property
+    def fixef_se(self) -> pd.Series:
+        return pd.Series(np.sqrt(np.diag(self.vcov_matrix)), index=list(self.fixed_names),
+                         name="se")
+
+    @cached_property
+    def vcov(self) -> pd.DataFrame:
+        names = list(self.fixed_names)
+        return pd.DataFrame(self.vcov_matrix, index=names, columns=names)
+
+    @cached_property
+    def T(self) -> pd.DataFrame:  # noqa: N802 - the seed's notation
+        names = list(self.random_names)
+        return pd.DataFrame(self.T_matrix, index=names, columns=names)
+
+    @cached_property
+    def covparms(self) -> pd.DataFrame:
+        se = np.sqrt(np.diag(self.acov))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = self.phi / se
+        isvar = np.array([n.startswith("var(") or n == "sigma2" for n in self.covparm_names])
+        p = np.where(isvar, sps.norm.sf(z), 2.0 * sps.norm.sf(np.abs(z)))
+        return pd.DataFrame({"sas": list(self.covparm_sas), "estimate": self.phi, "se": se,
+                             "z": z, "p": p}, index=list(self.covparm_names))
+
+    @cached_property
+    def covparms_cov(self) -> pd.DataFrame:
+        names = list(self.covparm_names)
+        return pd.DataFrame(self.acov, index=names, columns=names)
+
+    @cached_property
+    def ranef(self) -> pd.DataFrame:
+        grp = self.design.formula.group if self.design is not None else "group"
+        return pd.DataFrame(self.U, index=pd.Index(self.group_labels, name=grp),
+                            columns=list(self.random_names))
+
     # ---- derived quantities -------------------------------------------------
     @property
     def reml(self) -> bool:
@@ -125,16 +171,12 @@ class FitResult:
     @property
     def npar(self) -> int:
         """Number of parameters: fixed effects + theta + sigma (as lme4's df)."""
-        return int(self.fixef.shape[0] + self.theta.shape[0] + 1)
+        return int(self.beta.shape[0] + self.theta.shape[0] + 1)
 
     @property
     def params(self) -> pd.Series:
         """Fixed effects then covariance parameters, one flat Series."""
         return pd.concat([self.fixef, self.covparms["estimate"]])
-
-    @property
-    def random_names(self) -> list[str]:
-        return list(self.T.index)
 
     @property
     def corr(self) -> pd.DataFrame:

@@ -1,0 +1,1061 @@
+"""The study runner: conditions x replicates x methods, with seeds, parallelism and resume.
+
+This module owns the execution of a simulation study in the ADEMP frame (Morris, White
+and Crowther 2019): a :class:`Study` holds the conditions (the data-generating
+mechanisms' parameters, one row per condition), a ``generate(condition, rng) -> data``
+callable, the methods applied to every replicate, the estimands with their true values,
+the number of replicates and one root seed. :meth:`Study.run` runs every
+(condition, replicate) once, records one tidy row per condition x replicate x method x
+parameter, and owns everything else: per-replicate seeds (:mod:`mlmsim.study.seeds`),
+error accounting (a replicate whose generation or fit raises is recorded with its error,
+never dropped or redrawn), parallel execution over chunks of replicates (joblib/loky, or
+a ``dask.distributed`` cluster), checkpoints and resume (:mod:`mlmsim.study.storage`) and
+a progress bar. Records are bit-identical whatever ``n_jobs``, backend, chunk size or
+resume history, except the ``seconds`` column, which measures wall-clock time.
+
+A method is any callable ``method(data) -> estimates`` or ``method(data, rng) ->
+estimates``; estimates may be a number (the single estimand), a mapping or Series
+``parameter -> estimate``, a mapping ``parameter -> {"estimate", "se", "ci_lower",
+"ci_upper"}``, a DataFrame indexed by parameter with those columns, an
+:class:`Estimates`, or a fitted model with ``params`` (a ``FitResult``).
+:class:`FormulaMethod` fits an lme4-style formula by ML or REML with ``mlmsim.fit``.
+A method object may offer ``fit_batch(datasets) -> list`` to fit all replicates of a
+chunk at once; the runner then uses it (unless the method's ``batch`` is False).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+import numbers
+import os
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mlmsim.study.seeds import (
+    as_root_seed,
+    method_rng,
+    replicate_rng,
+    replicate_rngs,
+    replicate_seed,
+    replicate_seeds,
+)
+from mlmsim.study.storage import (
+    FORMAT,
+    CorruptChunkWarning,
+    StudyDirectory,
+    StudyDirectoryError,
+    canonical,
+    digest,
+)
+
+__all__ = [
+    "RECORD_COLUMNS",
+    "Condition",
+    "CorruptChunkWarning",
+    "Estimates",
+    "FormulaMethod",
+    "Study",
+    "StudyDirectoryError",
+    "StudyResult",
+    "load_study",
+]
+
+#: Columns of the tidy records, in order; the condition variables follow ``condition``.
+RECORD_COLUMNS = (
+    "condition", "rep", "method", "parameter", "truth", "estimate", "se", "ci_lower",
+    "ci_upper", "converged", "singular", "hessian_pd", "identifiable", "error", "messages",
+    "seconds", "seed",
+)
+_RESERVED = frozenset(RECORD_COLUMNS) | {"measure", "mcse", "n"}
+_RECORD_FORMAT = 1
+_FLAGS = ("converged", "singular", "hessian_pd", "identifiable")
+_MAX_CHUNK = 1000
+_NAN = float("nan")
+
+
+def _mlmsim_version() -> str:
+    from mlmsim import __version__
+
+    return __version__
+
+
+# ---------------------------------------------------------------------------
+# Conditions
+# ---------------------------------------------------------------------------
+
+
+class Condition(Mapping):
+    """One row of the conditions table, read-only: ``cond["n_groups"]`` or ``cond.n_groups``.
+
+    ``index`` is the row's position in the table (the condition's number in the records).
+    """
+
+    __slots__ = ("index", "_values")
+
+    def __init__(self, index: int, values: Mapping[str, Any]):
+        object.__setattr__(self, "index", int(index))
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"condition has no variable {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a Condition is read-only")
+
+    def __reduce__(self):
+        return (Condition, (self.index, self._values))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self._values.items())
+        return f"Condition({self.index}: {inner})"
+
+
+def _scalar(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _conditions_frame(conditions: Mapping | pd.DataFrame | None) -> pd.DataFrame:
+    """The conditions table: a DataFrame as given, or the full grid of a dict of lists.
+
+    For a dict, the grid is ``itertools.product`` of the values in key order: the first
+    variable varies slowest. A scalar value is a one-level factor.
+    """
+    if conditions is None:
+        return pd.DataFrame(index=pd.RangeIndex(1))
+    if isinstance(conditions, pd.DataFrame):
+        frame = conditions.reset_index(drop=True).copy()
+    elif isinstance(conditions, Mapping):
+        keys = list(conditions)
+        levels = []
+        for key in keys:
+            value = conditions[key]
+            if isinstance(value, str) or not isinstance(value, Iterable):
+                value = [value]
+            levels.append([_scalar(v) for v in value])
+        rows = list(itertools.product(*levels))
+        frame = pd.DataFrame(rows, columns=keys)
+    else:
+        raise TypeError("conditions must be a dict of lists, a DataFrame, or None")
+    if len(frame) == 0:
+        raise ValueError("the study has no conditions")
+    for col in frame.columns:
+        if not isinstance(col, str):
+            raise TypeError(f"condition variable names must be strings, got {col!r}")
+        if col in _RESERVED:
+            raise ValueError(f"condition variable {col!r} clashes with a column of the "
+                             f"records or of the summary; reserved: {sorted(_RESERVED)}")
+    return frame
+
+
+# ---------------------------------------------------------------------------
+# Methods and their estimates
+# ---------------------------------------------------------------------------
+
+
+def _z(level: float) -> float:
+    return statistics.NormalDist().inv_cdf(0.5 + level / 2.0)
+
+
+@dataclass(frozen=True)
+class Estimates:
+    """What a method returns for one replicate.
+
+    ``estimate`` maps parameter -> estimate; ``se``, ``ci_lower``, ``ci_upper`` map
+    parameter -> value (missing parameters are NaN). The flags are None when the method
+    does not report them; ``messages`` are the method's warnings and notes.
+    """
+
+    estimate: Mapping[str, float] | pd.Series
+    se: Mapping[str, float] | pd.Series | None = None
+    ci_lower: Mapping[str, float] | pd.Series | None = None
+    ci_upper: Mapping[str, float] | pd.Series | None = None
+    converged: bool | None = None
+    singular: bool | None = None
+    hessian_pd: bool | None = None
+    identifiable: bool | None = None
+    messages: Sequence[str] = field(default_factory=tuple)
+
+    @classmethod
+    def from_fit(cls, res: Any, level: float = 0.95) -> Estimates:
+        """Estimates of a fitted model (``FitResult``): ``params``, their SEs, Wald CIs.
+
+        ``params`` are the fixed effects gamma then the covariance parameters (vech T,
+        sigma2); their SEs are ``fixef_se`` and ``covparms["se"]`` (from 2 H^{-1}, NaN
+        where the Hessian H is not positive definite); the interval is the Wald interval
+        estimate +- z_{(1+level)/2} SE.
+        """
+        params = pd.Series(res.params, dtype=float)
+        se = pd.Series(np.nan, index=params.index)
+        fixef_se = getattr(res, "fixef_se", None)
+        if fixef_se is not None:
+            se.update(pd.Series(fixef_se, dtype=float))
+        covparms = getattr(res, "covparms", None)
+        if covparms is not None and "se" in covparms:
+            se.update(pd.Series(covparms["se"], dtype=float))
+        z = _z(level)
+        return cls(
+            estimate=params, se=se, ci_lower=params - z * se, ci_upper=params + z * se,
+            converged=_flag(getattr(res, "converged", None)),
+            singular=_flag(getattr(res, "singular", None)),
+            hessian_pd=_flag(getattr(res, "hessian_pd", None)),
+            identifiable=_flag(getattr(res, "identifiable", None)),
+            messages=tuple(str(m) for m in (getattr(res, "messages", None) or ())),
+        )
+
+
+def _flag(value: Any) -> bool | None:
+    return None if value is None else bool(value)
+
+
+class FormulaMethod:
+    """Fit ``formula`` by ML or REML with ``mlmsim.fit`` and record ``res.params``.
+
+    Records, per parameter (fixed effects gamma, then the covariance parameters
+    ``var(...)``, ``cov(...)``, ``sigma2``): the estimate, its SE, the Wald interval
+    estimate +- z_{(1+level)/2} SE, and the fit's flags ``converged``, ``singular``,
+    ``hessian_pd``, ``identifiable`` and ``messages``. ``options`` go to ``mlmsim.fit``.
+
+    ``batch_fitter``, if given, is ``batch_fitter(formula, datasets, method=..., **options)
+    -> list`` of fit results (or exceptions), one per data set; the runner then fits a whole
+    chunk in one call through :meth:`fit_batch`. Its result for one data set must not
+    depend on the other data sets of the batch, so that records stay independent of the
+    chunk size. ``batch=False`` turns the batched path off.
+    """
+
+    takes_rng = False
+
+    def __init__(self, formula: str, method: str = "REML", *, level: float = 0.95,
+                 name: str | None = None, batch: bool = True,
+                 batch_fitter: Callable | None = None, **options: Any):
+        if method not in ("ML", "REML"):
+            raise ValueError(f"method must be 'ML' or 'REML', got {method!r}")
+        if not 0.0 < level < 1.0:
+            raise ValueError("level must lie in (0, 1)")
+        self.formula = formula
+        self.method = method
+        self.level = float(level)
+        self.name = name or method
+        self.batch = bool(batch)
+        self.batch_fitter = batch_fitter
+        self.options = dict(options)
+
+    def __call__(self, data: Any) -> Estimates:
+        from mlmsim import fit
+
+        res = fit(self.formula, data, method=self.method, **self.options)
+        return Estimates.from_fit(res, self.level)
+
+    @property
+    def fit_batch(self) -> Callable[[list], list] | None:
+        """``fit_batch(datasets) -> list of Estimates or exceptions``, or None if unavailable."""
+        if self.batch_fitter is None or not self.batch:
+            return None
+        return self._fit_batch
+
+    def _fit_batch(self, datasets: list) -> list:
+        results = self.batch_fitter(self.formula, datasets, method=self.method, **self.options)
+        return [r if isinstance(r, BaseException) else Estimates.from_fit(r, self.level)
+                for r in results]
+
+    def descriptor(self) -> dict:
+        return {"formula": self.formula, "method": self.method, "level": self.level,
+                "options": canonical(self.options), "batch": self.fit_batch is not None,
+                "batch_fitter": canonical(self.batch_fitter)}
+
+    def __repr__(self) -> str:
+        return f"FormulaMethod({self.formula!r}, method={self.method!r})"
+
+
+def _takes_rng(fn: Callable) -> bool:
+    flag = getattr(fn, "takes_rng", None)
+    if flag is not None:
+        return bool(flag)
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    positional = 0
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            return True
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            positional += 1
+    return positional >= 2
+
+
+@dataclass(frozen=True)
+class _Method:
+    name: str
+    fn: Callable
+    takes_rng: bool
+
+
+def _methods(methods: Any) -> list[_Method]:
+    if callable(methods) and not isinstance(methods, Mapping):
+        methods = [methods]
+    if isinstance(methods, Mapping):
+        items = list(methods.items())
+    else:
+        items = []
+        for m in methods:
+            name = getattr(m, "name", None) or getattr(m, "__name__", None)
+            if not isinstance(name, str) or name == "<lambda>":
+                raise ValueError("cannot name a method; pass methods as a dict name -> method")
+            items.append((name, m))
+    out, names = [], set()
+    for name, fn in items:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"method names must be non-empty strings, got {name!r}")
+        if name in names:
+            raise ValueError(f"duplicate method name {name!r}; pass methods as a dict")
+        if not callable(fn):
+            raise TypeError(f"method {name!r} is not callable")
+        names.add(name)
+        out.append(_Method(name, fn, _takes_rng(fn)))
+    if not out:
+        raise ValueError("the study has no methods")
+    return out
+
+
+def _mapping(values: Any) -> dict[str, float]:
+    if values is None:
+        return {}
+    if isinstance(values, pd.Series):
+        values = values.to_dict()
+    if not isinstance(values, Mapping):
+        raise TypeError(f"true values must be a mapping parameter -> value, got {type(values)}")
+    return {str(k): float(v) for k, v in values.items()}
+
+
+def _values(mapping: Any, names: list[str]) -> list[float] | None:
+    if mapping is None:
+        return None
+    if isinstance(mapping, pd.Series):
+        mapping = mapping.to_dict()
+    return [float(mapping.get(n, _NAN)) if mapping.get(n) is not None else _NAN for n in names]
+
+
+def _normalise(out: Any, scalar_name: str | None):
+    """Any supported method result -> (names, estimates, se, lo, hi, flags, messages)."""
+    if isinstance(out, Estimates):
+        est = out.estimate.to_dict() if isinstance(out.estimate, pd.Series) else out.estimate
+        names = [str(k) for k in est]
+        values = [float(v) for v in est.values()]
+        flags = (out.converged, out.singular, out.hessian_pd, out.identifiable)
+        return (names, values, _values(out.se, names), _values(out.ci_lower, names),
+                _values(out.ci_upper, names), flags, [str(m) for m in out.messages])
+    if hasattr(out, "params") and hasattr(out, "converged"):
+        return _normalise(Estimates.from_fit(out), scalar_name)
+    if isinstance(out, pd.DataFrame):
+        if "estimate" not in out:
+            raise TypeError("a DataFrame result needs an 'estimate' column")
+        names = [str(k) for k in out.index]
+        cols = [out[c].astype(float).tolist() if c in out else None
+                for c in ("se", "ci_lower", "ci_upper")]
+        return (names, out["estimate"].astype(float).tolist(), *cols, (None,) * 4, [])
+    if isinstance(out, pd.Series):
+        return [str(k) for k in out.index], out.astype(float).tolist(), None, None, None, \
+            (None,) * 4, []
+    if isinstance(out, Mapping):
+        names = [str(k) for k in out]
+        rows = list(out.values())
+        if rows and isinstance(rows[0], Mapping):
+            est = [float(r["estimate"]) for r in rows]
+            extra = [[float(r.get(c, _NAN)) for r in rows] for c in ("se", "ci_lower", "ci_upper")]
+            return names, est, *extra, (None,) * 4, []
+        return names, [float(v) for v in rows], None, None, None, (None,) * 4, []
+    if isinstance(out, numbers.Real):
+        if scalar_name is None:
+            raise TypeError("a method returned a single number but the study declares several "
+                            "estimands; return a mapping parameter -> estimate")
+        return [scalar_name], [float(out)], None, None, None, (None,) * 4, []
+    raise TypeError(f"unsupported method result of type {type(out).__name__}")
+
+
+# ---------------------------------------------------------------------------
+# Running one chunk of replicates (in a worker)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything a worker needs to compute the records of any chunk (pickled once per task)."""
+
+    root: int
+    conditions: tuple[Condition, ...]
+    cond_schema: pa.Schema
+    generate: Callable
+    methods: tuple[_Method, ...]
+    truths: tuple[dict[str, float], ...]
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _warning_texts(log: list, start: int) -> list[str]:
+    texts = [f"{w.category.__name__}: {w.message}" for w in log[start:]]
+    del log[start:]
+    return texts
+
+
+class _Records:
+    """Column buffers of one chunk: one entry per fit, one per record (fit x parameter)."""
+
+    def __init__(self, plan: _Plan, condition: int):
+        self.plan = plan
+        self.condition = condition
+        estimands = list(plan.truths[condition])
+        self.estimands = estimands or [None]
+        self.scalar_name = estimands[0] if len(estimands) == 1 else (
+            "value" if not estimands else None)
+        # per fit: (rep offset, method index, number of records, 4 flags, error, messages,
+        # seconds)
+        self.fits: list[tuple] = []
+        self.names: list[str | None] = []
+        self.est: list[float] = []
+        self.extra: list[tuple] = []  # (first record, se, lo, hi) for results with SEs/CIs
+
+    def ok(self, i: int, k: int, out: Any, seconds: float, notes: list[str] | None) -> None:
+        if type(out) is dict:
+            try:
+                values = [float(v) for v in out.values()]
+            except (TypeError, ValueError):
+                values = None
+            if values is not None:
+                self.names.extend(out)
+                self.est.extend(values)
+                self.fits.append((i, k, len(values), None, None, None, None, None,
+                                  "\n".join(notes) if notes else "", seconds))
+                return
+        if type(out) is float and self.scalar_name is not None:
+            self.names.append(self.scalar_name)
+            self.est.append(out)
+            self.fits.append((i, k, 1, None, None, None, None, None,
+                              "\n".join(notes) if notes else "", seconds))
+            return
+        try:
+            names, est, se, lo, hi, flags, messages = _normalise(out, self.scalar_name)
+        except Exception as exc:  # noqa: BLE001 - a bad result is the method's error
+            self.error(i, k, f"result: {_error_text(exc)}", seconds, notes)
+            return
+        if notes:
+            messages = messages + notes
+        if se is not None or lo is not None or hi is not None:
+            self.extra.append((len(self.est), se, lo, hi))
+        self.names.extend(names)
+        self.est.extend(est)
+        self.fits.append((i, k, len(names), *flags, None, "\n".join(messages), seconds))
+
+    def error(self, i: int, k: int, message: str, seconds: float,
+              notes: list[str] | None) -> None:
+        n = len(self.estimands)
+        self.names.extend(self.estimands)
+        self.est.extend([_NAN] * n)
+        self.fits.append((i, k, n, None, None, None, None, message,
+                          "\n".join(notes) if notes else "", seconds))
+
+    def table(self, start: int, seeds: np.ndarray) -> pa.Table:
+        plan = self.plan
+        n = len(self.est)
+        if self.fits:
+            offs, meth, counts, conv, sing, hpd, ident, err, msgs, secs = zip(
+                *self.fits, strict=True)
+        else:
+            offs = meth = counts = conv = sing = hpd = ident = err = msgs = secs = ()
+        fit_idx = np.repeat(np.arange(len(self.fits)), np.asarray(counts, dtype=np.int64))
+        take = pa.array(fit_idx, type=pa.int64())
+        rep_off = np.asarray(offs, dtype=np.int64)[fit_idx]
+        truth_map = plan.truths[self.condition]
+        se = np.full(n, np.nan)
+        lo = np.full(n, np.nan)
+        hi = np.full(n, np.nan)
+        for first, s, l, h in self.extra:
+            for arr, vals in ((se, s), (lo, l), (hi, h)):
+                if vals is not None:
+                    arr[first:first + len(vals)] = vals
+        method_names = pa.array([m.name for m in plan.methods], type=pa.string())
+        method_idx = pa.array(np.asarray(meth, dtype=np.int32)[fit_idx], type=pa.int32())
+        columns: dict[str, pa.Array] = {
+            "condition": pa.array(np.full(n, self.condition, dtype=np.int64)),
+        }
+        values = plan.conditions[self.condition]
+        for fld in plan.cond_schema:
+            columns[fld.name] = pa.repeat(pa.scalar(values[fld.name], type=fld.type), n)
+        columns.update({
+            "rep": pa.array(rep_off + start),
+            "method": pa.DictionaryArray.from_arrays(method_idx, method_names)
+            .dictionary_decode(),
+            "parameter": pa.array(self.names, type=pa.string()),
+            "truth": pa.array(np.array([truth_map.get(p, _NAN) for p in self.names],
+                                       dtype=float)),
+            "estimate": pa.array(np.asarray(self.est, dtype=float)),
+            "se": pa.array(se),
+            "ci_lower": pa.array(lo),
+            "ci_upper": pa.array(hi),
+            "converged": pa.array(conv, type=pa.bool_()).take(take),
+            "singular": pa.array(sing, type=pa.bool_()).take(take),
+            "hessian_pd": pa.array(hpd, type=pa.bool_()).take(take),
+            "identifiable": pa.array(ident, type=pa.bool_()).take(take),
+            "error": pa.array(err, type=pa.string()).take(take),
+            "messages": pa.array(msgs, type=pa.string()).take(take),
+            "seconds": pa.array(np.asarray(secs, dtype=float)[fit_idx]),
+            "seed": pa.array(seeds[rep_off], type=pa.uint64()),
+        })
+        return pa.table(columns, schema=_record_schema(plan.cond_schema))
+
+
+def _record_schema(cond_schema: pa.Schema) -> pa.Schema:
+    f64, b = pa.float64(), pa.bool_()
+    fields = [pa.field("condition", pa.int64()), *cond_schema,
+              pa.field("rep", pa.int64()), pa.field("method", pa.string()),
+              pa.field("parameter", pa.string()), pa.field("truth", f64),
+              pa.field("estimate", f64), pa.field("se", f64), pa.field("ci_lower", f64),
+              pa.field("ci_upper", f64), pa.field("converged", b), pa.field("singular", b),
+              pa.field("hessian_pd", b), pa.field("identifiable", b),
+              pa.field("error", pa.string()), pa.field("messages", pa.string()),
+              pa.field("seconds", f64), pa.field("seed", pa.uint64())]
+    return pa.schema(fields)
+
+
+def _batch_fn(method: _Method) -> Callable | None:
+    fn = getattr(method.fn, "fit_batch", None)
+    if fn is None or not callable(fn) or getattr(method.fn, "batch", True) is False:
+        return None
+    return fn
+
+
+def run_chunk(plan: _Plan, condition: int, start: int, stop: int) -> pa.Table:
+    """Records of replicates [start, stop) of one condition, as an Arrow table.
+
+    For each replicate r with seed s = seed(condition, r): data = generate(condition,
+    default_rng(s)); then every method on data (method k with its own stream if it asks
+    for one). Exceptions are recorded, never raised; warnings become messages.
+    """
+    cond = plan.conditions[condition]
+    seeds = replicate_seeds(plan.root, condition, np.arange(start, stop))
+    rec = _Records(plan, condition)
+    generate = plan.generate
+    methods = list(enumerate(plan.methods))
+    batched = {k: _batch_fn(m) for k, m in methods}
+    clock = time.perf_counter
+    with warnings.catch_warnings(record=True) as log:
+        warnings.simplefilter("always")
+        if not any(batched.values()):
+            for i, rng in enumerate(replicate_rngs(seeds)):
+                try:
+                    data = generate(cond, rng)
+                except Exception as exc:  # noqa: BLE001
+                    notes = _warning_texts(log, 0) if log else None
+                    text = f"generate: {_error_text(exc)}"
+                    for k, _ in methods:
+                        rec.error(i, k, text, _NAN, notes)
+                    continue
+                gen_notes = [f"generate: {t}" for t in _warning_texts(log, 0)] if log else None
+                for k, m in methods:
+                    t0 = clock()
+                    try:
+                        out = m.fn(data, method_rng(seeds[i], k)) if m.takes_rng else m.fn(data)
+                    except Exception as exc:  # noqa: BLE001
+                        seconds = clock() - t0
+                        notes = _merge(gen_notes, _warning_texts(log, 0) if log else None)
+                        rec.error(i, k, f"method: {_error_text(exc)}", seconds, notes)
+                        continue
+                    seconds = clock() - t0
+                    notes = _merge(gen_notes, _warning_texts(log, 0) if log else None)
+                    rec.ok(i, k, out, seconds, notes)
+        else:
+            _run_batched(plan, cond, seeds, rec, batched, log)
+    return rec.table(start, seeds)
+
+
+def _merge(a: list[str] | None, b: list[str] | None) -> list[str] | None:
+    if a and b:
+        return a + b
+    return a or b
+
+
+def _run_batched(plan: _Plan, cond: Condition, seeds: np.ndarray, rec: _Records,
+                 batched: dict[int, Callable | None], log: list) -> None:
+    """The chunk loop when a method fits whole batches: generate all, fit, emit in order."""
+    clock = time.perf_counter
+    n = len(seeds)
+    datas: list[Any] = [None] * n
+    gen_error: dict[int, str] = {}
+    gen_notes: list[list[str] | None] = [None] * n
+    for i, rng in enumerate(replicate_rngs(seeds)):
+        try:
+            datas[i] = plan.generate(cond, rng)
+        except Exception as exc:  # noqa: BLE001
+            gen_error[i] = f"generate: {_error_text(exc)}"
+        gen_notes[i] = [f"generate: {t}" for t in _warning_texts(log, 0)] if log else None
+    ok = [i for i in range(n) if i not in gen_error]
+    # outcomes[k][i] = (result or exception, seconds, notes)
+    outcomes: list[list[tuple | None]] = []
+    for k, m in enumerate(plan.methods):
+        column: list[tuple | None] = [None] * n
+        fit_batch = batched[k]
+        if fit_batch is not None and ok:
+            t0 = clock()
+            try:
+                results = list(fit_batch([datas[i] for i in ok]))
+                if len(results) != len(ok):
+                    raise ValueError(f"fit_batch returned {len(results)} results for "
+                                     f"{len(ok)} data sets")
+            except Exception as exc:  # noqa: BLE001
+                results = [exc] * len(ok)
+            seconds = (clock() - t0) / len(ok)
+            notes = _warning_texts(log, 0) if log else None
+            for i, r in zip(ok, results, strict=True):
+                column[i] = (r, seconds, notes)
+        else:
+            for i in ok:
+                t0 = clock()
+                try:
+                    r = m.fn(datas[i], method_rng(seeds[i], k)) if m.takes_rng \
+                        else m.fn(datas[i])
+                except Exception as exc:  # noqa: BLE001
+                    r = exc
+                column[i] = (r, clock() - t0, _warning_texts(log, 0) if log else None)
+        outcomes.append(column)
+    datas.clear()
+    for i in range(n):
+        for k in range(len(plan.methods)):
+            if i in gen_error:
+                rec.error(i, k, gen_error[i], _NAN, gen_notes[i])
+                continue
+            r, seconds, notes = outcomes[k][i]
+            notes = _merge(gen_notes[i], notes)
+            if isinstance(r, BaseException):
+                rec.error(i, k, f"method: {_error_text(r)}", seconds, notes)
+            else:
+                rec.ok(i, k, r, seconds, notes)
+
+
+def _run_task(plan: _Plan, task: tuple[int, int, int]) -> tuple[tuple[int, int, int], pa.Table]:
+    return task, run_chunk(plan, *task)
+
+
+# ---------------------------------------------------------------------------
+# The study
+# ---------------------------------------------------------------------------
+
+
+class Study:
+    """A simulation study: conditions, data generation, methods, estimands, replicates.
+
+    Parameters
+    ----------
+    conditions : dict of lists (full factorial grid, first key slowest), DataFrame (one row
+        per condition) or None (a single condition without variables).
+    generate : ``generate(condition, rng) -> data``; ``condition`` is a read-only
+        :class:`Condition` (``cond.n_groups`` or ``cond["n_groups"]``), ``rng`` a
+        ``numpy.random.Generator`` that is the replicate's own stream.
+    methods : a dict name -> method, a list of named methods, or one method. A method is
+        ``method(data)`` or ``method(data, rng)`` returning estimates (module docstring),
+        e.g. a :class:`FormulaMethod`.
+    truth : the estimands and their true values: a mapping parameter -> value (the same in
+        every condition), a callable ``truth(condition) -> mapping``, or a sequence of
+        mappings, one per condition. If None, ``generate.truth(condition)`` is used when
+        ``generate`` has it; otherwise no estimands are declared (truth is NaN).
+    n_reps : replicates per condition.
+    seed : root seed (non-negative integer); None draws 128 random bits, kept in
+        ``study.seed`` and in the manifest.
+    """
+
+    def __init__(self, conditions: Mapping | pd.DataFrame | None, generate: Callable,
+                 methods: Any, truth: Any = None, n_reps: int = 100,
+                 seed: int | None = None):
+        if not callable(generate):
+            raise TypeError("generate must be a callable (condition, rng) -> data")
+        n_reps = int(n_reps)
+        if not 1 <= n_reps < 2**32:
+            raise ValueError("n_reps must lie in [1, 2**32)")
+        self.conditions = _conditions_frame(conditions)
+        if len(self.conditions) >= 10**6:
+            raise ValueError("at most 999,999 conditions")
+        self.generate = generate
+        self._methods = _methods(methods)
+        self.n_reps = n_reps
+        self.seed = as_root_seed(seed)
+        self._conds = tuple(
+            Condition(i, {k: _scalar(v) for k, v in row.items()})
+            for i, row in enumerate(self.conditions.to_dict(orient="records")))
+        self.truths = tuple(self._truths(truth))
+        self._cond_schema = pa.Schema.from_pandas(self.conditions, preserve_index=False) \
+            .remove_metadata()
+
+    def _truths(self, truth: Any) -> list[dict[str, float]]:
+        if truth is None and callable(getattr(self.generate, "truth", None)):
+            truth = self.generate.truth
+        if truth is None:
+            return [{} for _ in self._conds]
+        if callable(truth) and not isinstance(truth, Mapping | pd.Series):
+            return [_mapping(truth(c)) for c in self._conds]
+        if isinstance(truth, Mapping | pd.Series):
+            one = _mapping(truth)
+            return [dict(one) for _ in self._conds]
+        truths = [_mapping(t) for t in truth]
+        if len(truths) != len(self._conds):
+            raise ValueError(f"truth has {len(truths)} entries for {len(self._conds)} "
+                             "conditions")
+        return truths
+
+    @property
+    def methods(self) -> dict[str, Callable]:
+        """The methods, name -> callable, in the order they are applied."""
+        return {m.name: m.fn for m in self._methods}
+
+    # -- identity ---------------------------------------------------------
+    def definition(self) -> dict[str, str]:
+        """Hashes of the parts of the study's identity (see :mod:`mlmsim.study.storage`).
+
+        Conditions, generate, methods, truth, root seed and record format; not the number
+        of replicates or the chunk size, which change neither seeds nor records.
+        """
+        return {
+            "conditions": digest(self.conditions),
+            "generate": digest(self.generate),
+            "methods": digest([[m.name, m.fn] for m in self._methods]),
+            "truth": digest(list(self.truths)),
+            "seed": digest(str(self.seed)),
+            "record_format": digest(_RECORD_FORMAT),
+        }
+
+    @property
+    def definition_hash(self) -> str:
+        """SHA-256 of the study's identity (:meth:`definition`)."""
+        return digest(self.definition())
+
+    def _manifest(self) -> dict:
+        return {
+            "format": FORMAT,
+            "mlmsim_version": _mlmsim_version(),
+            "definition_hash": self.definition_hash,
+            "components": self.definition(),
+            "root_seed": str(self.seed),
+            "n_reps": self.n_reps,
+            "methods": [m.name for m in self._methods],
+            "conditions": {"columns": list(self.conditions.columns),
+                           "data": [[canonical(_scalar(v)) for v in row]
+                                    for row in self.conditions.itertuples(index=False)]},
+            "truth": [dict(t) for t in self.truths],
+            "python": sys.version.split()[0],
+            "numpy": np.__version__,
+        }
+
+    def _plan(self) -> _Plan:
+        return _Plan(self.seed, self._conds, self._cond_schema, self.generate,
+                     tuple(self._methods), self.truths)
+
+    # -- single replicates -------------------------------------------------
+    def replicate_seed(self, condition: int, rep: int) -> int:
+        """The 64-bit seed of replicate ``rep`` of condition ``condition``."""
+        return replicate_seed(self.seed, condition, rep)
+
+    def regenerate(self, condition: int, rep: int) -> Any:
+        """The data set of one replicate, drawn again alone: identical to the run's."""
+        return self.generate(self._conds[condition],
+                             replicate_rng(self.replicate_seed(condition, rep)))
+
+    def run_replicate(self, condition: int, rep: int) -> pd.DataFrame:
+        """The records of one replicate, computed alone: identical to the run's (but seconds)."""
+        return _to_pandas(run_chunk(self._plan(), condition, rep, rep + 1))
+
+    # -- running ------------------------------------------------------------
+    def run(self, out_dir: str | os.PathLike | None = None, *, n_jobs: int = 1,
+            backend: str = "loky", chunk_size: int | None = None, scheduler: Any = None,
+            progress: bool | None = None) -> StudyResult:
+        """Run every replicate of every condition not already in ``out_dir``.
+
+        Parameters
+        ----------
+        out_dir : study directory; finished chunks are written there as they complete,
+            and a second run resumes (finished chunks are skipped; corrupt ones are set
+            aside and recomputed). None keeps the records in memory.
+        n_jobs : parallel workers (joblib convention, -1 = all cores).
+        backend : "loky" (joblib processes) or "dask" (a ``dask.distributed`` cluster:
+            ``scheduler`` is its address or a ``Client``; None starts a LocalCluster with
+            ``n_jobs`` single-threaded worker processes).
+        chunk_size : replicates per chunk (per task and per file); default
+            ceil(total / max(16, 4 workers)), at most 1000 and at most ``n_reps``.
+        progress : a tqdm bar of replicates done; None shows it only on a terminal.
+        """
+        if backend not in ("loky", "dask"):
+            raise ValueError(f"backend must be 'loky' or 'dask', got {backend!r}")
+        plan = self._plan()
+        directory = None
+        done: list[tuple[int, int, int]] = []
+        if out_dir is not None:
+            directory = StudyDirectory(out_dir)
+            directory.open_for(self._manifest())
+            done = [(c.condition, c.start, c.stop)
+                    for c in directory.valid_chunks(self.definition_hash)]
+        workers = _n_workers(n_jobs, backend, scheduler)
+        if chunk_size is None:
+            total = len(self._conds) * self.n_reps
+            chunk_size = math.ceil(total / max(16, 4 * workers))
+            chunk_size = max(1, min(chunk_size, _MAX_CHUNK, self.n_reps))
+        chunk_size = int(chunk_size)
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
+        tasks, n_done = _tasks(len(self._conds), self.n_reps, chunk_size, done)
+        tables: dict[tuple[int, int], pa.Table] = {}
+        bar = _progress_bar(len(self._conds) * self.n_reps, n_done, progress)
+        try:
+            for (c, a, b), table in _execute(plan, tasks, n_jobs, backend, scheduler, workers):
+                if directory is not None:
+                    directory.write_chunk(table, c, a, b, self.definition_hash)
+                else:
+                    tables[(c, a)] = table
+                bar.update(b - a)
+        finally:
+            bar.close()
+        return StudyResult(
+            conditions=self.conditions, methods=[m.name for m in self._methods],
+            n_reps=self.n_reps, seed=self.seed, definition_hash=self.definition_hash,
+            directory=directory, tables=None if directory is not None else
+            [tables[k] for k in sorted(tables)])
+
+    def __repr__(self) -> str:
+        return (f"Study({len(self._conds)} conditions x {self.n_reps} replicates x "
+                f"{len(self._methods)} methods, seed={self.seed})")
+
+
+def _n_workers(n_jobs: int, backend: str, scheduler: Any) -> int:
+    if backend == "dask" and scheduler is not None:
+        return max(1, n_jobs if n_jobs > 0 else os.cpu_count() or 1)
+    if n_jobs is None or n_jobs == 0:
+        raise ValueError("n_jobs must be a non-zero integer")
+    if n_jobs < 0:
+        return max(1, (os.cpu_count() or 1) + 1 + n_jobs)
+    return n_jobs
+
+
+def _tasks(n_conditions: int, n_reps: int, chunk_size: int,
+           done: list[tuple[int, int, int]]) -> tuple[list[tuple[int, int, int]], int]:
+    """Chunks (condition, start, stop) covering the replicates not in ``done``.
+
+    Chunk boundaries are multiples of ``chunk_size`` (within the gaps left by finished
+    files). Returns the tasks and the number of finished replicates below ``n_reps``.
+    """
+    covered: dict[int, list[tuple[int, int]]] = {}
+    n_done = 0
+    for c, a, b in done:
+        if c < n_conditions:
+            covered.setdefault(c, []).append((a, b))
+            n_done += max(0, min(b, n_reps) - a)
+    tasks = []
+    for c in range(n_conditions):
+        pos = 0
+        for a, b in sorted(covered.get(c, [])) + [(n_reps, n_reps)]:
+            gap_end = min(a, n_reps)
+            while pos < gap_end:
+                stop = min(gap_end, (pos // chunk_size + 1) * chunk_size)
+                tasks.append((c, pos, stop))
+                pos = stop
+            pos = max(pos, b)
+            if pos >= n_reps:
+                break
+    return tasks, n_done
+
+
+def _progress_bar(total: int, initial: int, progress: bool | None):
+    from tqdm.auto import tqdm
+
+    disable = None if progress is None else not progress
+    if progress is None and not sys.stderr.isatty():
+        disable = True
+    return tqdm(total=total, initial=initial, disable=disable, unit="rep", desc="replicates",
+                smoothing=0.1)
+
+
+def _execute(plan: _Plan, tasks: list, n_jobs: int, backend: str, scheduler: Any,
+             workers: int) -> Iterator[tuple[tuple[int, int, int], pa.Table]]:
+    """Run tasks and yield ((condition, start, stop), table) as each finishes."""
+    if not tasks:
+        return
+    if backend == "dask":
+        yield from _execute_dask(plan, tasks, scheduler, workers)
+    elif workers == 1:
+        for task in tasks:
+            yield _run_task(plan, task)
+    else:
+        from joblib import Parallel, delayed
+
+        parallel = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")
+        yield from parallel(delayed(_run_task)(plan, task) for task in tasks)
+
+
+def _execute_dask(plan: _Plan, tasks: list, scheduler: Any,
+                  workers: int) -> Iterator[tuple[tuple[int, int, int], pa.Table]]:
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError('backend="dask" needs dask.distributed: '
+                          'pip install "mlmsim[dask]"') from exc
+    cluster = client = None
+    own_client = not isinstance(scheduler, Client)
+    try:
+        if scheduler is None:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
+            client = Client(cluster)
+        elif isinstance(scheduler, Client):
+            client = scheduler
+        else:
+            client = Client(scheduler)
+        [plan_future] = client.scatter([plan], broadcast=True, hash=False)
+        futures = [client.submit(_run_task, plan_future, task, pure=False) for task in tasks]
+        for future in as_completed(futures):
+            result = future.result()
+            future.release()
+            yield result
+    finally:
+        if own_client and client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+# ---------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------
+
+
+def _to_pandas(table: pa.Table) -> pd.DataFrame:
+    return table.to_pandas(types_mapper={pa.bool_(): pd.BooleanDtype()}.get)
+
+
+class StudyResult:
+    """The records of a study run, in memory or streamed from its directory.
+
+    Records are ordered by condition, replicate, method (study order) and parameter
+    (method order). With a directory, chunks are read one at a time and verified as they
+    are read, so :meth:`summarise` works on studies larger than memory.
+    """
+
+    def __init__(self, *, conditions: pd.DataFrame, methods: list[str], n_reps: int | None,
+                 seed: int, definition_hash: str, directory: StudyDirectory | None = None,
+                 tables: list[pa.Table] | None = None):
+        self.conditions = conditions
+        self.methods = list(methods)
+        self.n_reps = n_reps
+        self.seed = seed
+        self.definition_hash = definition_hash
+        self.directory = directory
+        self._tables = tables
+        self._records: pd.DataFrame | None = None
+
+    @property
+    def out_dir(self) -> Path | None:
+        return None if self.directory is None else self.directory.path
+
+    def iter_tables(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        """Arrow tables of the records, one chunk at a time (replicates < ``n_reps``)."""
+        if self._tables is not None:
+            tables: Iterable[pa.Table] = iter(self._tables)
+        else:
+            chunks = self.directory.chunk_files()
+            tables = (t for _, t in self.directory.iter_tables(chunks, self.definition_hash))
+        for table in tables:
+            if self.n_reps is not None:
+                reps = table.column("rep")
+                if pc.max(reps).as_py() is not None and pc.max(reps).as_py() >= self.n_reps:
+                    table = table.filter(pc.less(reps, self.n_reps))
+            if columns is not None:
+                table = table.select(columns)
+            if table.num_rows:
+                yield table
+
+    def iter_records(self, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
+        """The records as DataFrames, one chunk at a time."""
+        for table in self.iter_tables(columns):
+            yield _to_pandas(table)
+
+    @property
+    def records(self) -> pd.DataFrame:
+        """All records in one DataFrame (columns :data:`RECORD_COLUMNS` + condition vars)."""
+        if self._records is None:
+            tables = list(self.iter_tables())
+            if tables:
+                table = pa.concat_tables(tables)
+            else:
+                table = _record_schema(pa.Schema.from_pandas(
+                    self.conditions, preserve_index=False).remove_metadata()).empty_table()
+            self._records = _to_pandas(table)
+        return self._records
+
+    def summarise(self, **kwargs: Any) -> pd.DataFrame:
+        """Performance measures with Monte Carlo SEs: :func:`mlmsim.study.summarise`."""
+        from mlmsim.study.measures import summarise
+
+        return summarise(self, **kwargs)
+
+    summarize = summarise
+
+    def missing(self) -> pd.DataFrame:
+        """Replicates (condition, rep) below ``n_reps`` that have no records."""
+        n_reps = self.n_reps or 0
+        present = np.zeros((len(self.conditions), n_reps), dtype=bool)
+        for table in self.iter_tables(["condition", "rep"]):
+            c = table.column("condition").to_numpy()
+            r = table.column("rep").to_numpy()
+            present[c, r] = True
+        c, r = np.nonzero(~present)
+        return pd.DataFrame({"condition": c, "rep": r})
+
+    def __repr__(self) -> str:
+        where = f" in {self.out_dir}" if self.out_dir is not None else ""
+        return (f"StudyResult({len(self.conditions)} conditions x {self.n_reps} replicates x "
+                f"{len(self.methods)} methods{where})")
+
+
+def load_study(out_dir: str | os.PathLike, n_reps: int | None = None) -> StudyResult:
+    """Open a study directory for reading (no code is run: JSON and Parquet only).
+
+    ``n_reps`` limits the records to replicates below it; None reads all there are.
+    Corrupt chunk files are skipped with a :class:`CorruptChunkWarning`.
+    """
+    directory = StudyDirectory(out_dir)
+    manifest = directory.read_manifest()
+    if manifest is None:
+        raise StudyDirectoryError(f"{out_dir} has no study manifest")
+    conds = manifest["conditions"]
+    conditions = pd.DataFrame(conds["data"], columns=conds["columns"])
+    if not conds["columns"]:
+        conditions = pd.DataFrame(index=pd.RangeIndex(len(conds["data"])))
+    return StudyResult(conditions=conditions, methods=manifest["methods"], n_reps=n_reps,
+                       seed=int(manifest["root_seed"]),
+                       definition_hash=manifest["definition_hash"], directory=directory)
+
+
+__all__ += ["run_chunk"]
+_ = CorruptChunkWarning  # re-exported for users catching it
