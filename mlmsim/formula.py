@@ -177,7 +177,8 @@ def parse_formula(formula: str) -> ParsedFormula:
         _check_syntax(lhs_b, formula)
     if len(groups) > 1:
         raise ValueError(
-            f"formula {formula!r} has {len(groups)} grouping factors ({', '.join(sorted(groups))}); "
+            f"formula {formula!r} has {len(groups)} grouping factors "
+            f"({', '.join(sorted(groups))}); "
             "crossed or multi-level random effects are out of scope: one grouping factor only"
         )
     random = tuple(RandomTerm(e, g, c) for e, g, c in bars)

@@ -106,7 +106,8 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
     C = np.linalg.inv(pr.XtVX)
     vcov = sigma2 * 0.5 * (C + C.T)
     fixed, rnames = list(design.fixed_names), list(design.random_names)
-    # EBLUPs: U_j = Lambda M_j^{-1} Lambda' u_j; conditional covariance sigma^2 Lambda M_j^{-1} Lambda'
+    # EBLUPs U_j = Lambda M_j^{-1} Lambda' u_j, conditional covariance
+    # sigma^2 Lambda M_j^{-1} Lambda'
     _, Pu = residual_effects(pk, pr)
     U = (L @ Pu).T
     condvar = sigma2 * np.einsum("ab,jbc,dc->jad", L, pr.Minv, L)

@@ -92,10 +92,8 @@ def _fd_hessian(pk: Packed, theta: np.ndarray, tmap: ThetaMap, reml: bool):
     R, k = theta.shape
     h = 1e-4 * (1.0 + np.abs(theta))
     E = np.eye(k)
-    pts = np.concatenate(
-        (theta[:, None, :], theta[:, None, :] + h[:, None, :] * E, theta[:, None, :] - h[:, None, :] * E),
-        axis=1,
-    )
+    t, hE = theta[:, None, :], h[:, None, :] * E
+    pts = np.concatenate((t, t + hE, t - hE), axis=1)
     st = take(pk, np.arange(R), expand=1)
     d, g, _ = deviance_grad(st, pts, tmap, reml)
     H = (g[:, 1 : k + 1, :] - g[:, k + 1 :, :]) / (2.0 * h[:, :, None])
@@ -190,7 +188,6 @@ def minimize_theta(
     form (Lambda's diagonal >= 0) with the deviance, gradient and Hessian there.
     """
     R = pk.Av.shape[0]
-    k = tmap.size
     theta = moment_start(pk, tmap) if theta0 is None else np.array(theta0, dtype=float)
     f, g, H = _fd_hessian(pk, theta, tmap, reml)
     B, lam_rel, lam_min, v_neg = _curvature(H)

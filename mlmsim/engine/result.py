@@ -210,7 +210,9 @@ class FitResult:
         """Denominator degrees of freedom for each fixed effect (see :meth:`coef_table`)."""
         method = method.lower()
         if method not in DDF_METHODS:
-            raise ValueError(f"unknown ddf method {method!r}; choose one of {', '.join(DDF_METHODS)}")
+            raise ValueError(
+                f"unknown ddf method {method!r}; choose one of {', '.join(DDF_METHODS)}"
+            )
         st, d = self.stats, self.design
         if method == "residual":
             return np.full(self.fixef.shape[0], float(self.nobs - self.fixef.shape[0]))
@@ -287,7 +289,8 @@ class FitResult:
         lines.append(f"Number of obs: {self.nobs}, groups: {grp}, {self.ngroups}")
         lines += ["", "Fixed effects:"]
         ct = self.coef_table("satterthwaite")
-        lines.append(f"{'':<16}{'Estimate':>12}{'Std. Error':>12}{'df':>10}{'t value':>10}{'Pr(>|t|)':>11}")
+        lines.append(f"{'':<16}{'Estimate':>12}{'Std. Error':>12}{'df':>10}{'t value':>10}"
+                     f"{'Pr(>|t|)':>11}")
         for nm, row in ct.iterrows():
             lines.append(
                 f"{nm:<16}{row.estimate:12.4f}{row.se:12.4f}{row.df:10.1f}{row.t:10.2f}"

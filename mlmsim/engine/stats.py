@@ -42,7 +42,9 @@ class GroupStats:
         return int(self.B.shape[-1])
 
 
-def group_stats(y: np.ndarray, X: np.ndarray, Z: np.ndarray, codes: np.ndarray, J: int) -> GroupStats:
+def group_stats(
+    y: np.ndarray, X: np.ndarray, Z: np.ndarray, codes: np.ndarray, J: int
+) -> GroupStats:
     """Accumulate A_j, B_j, c_j and the totals from one data set.
 
     y (N,), X (N, p), Z (N, q), codes (N,) integers in 0..J-1. Rows sorted by
