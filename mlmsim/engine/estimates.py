@@ -1,0 +1,168 @@
+"""Read estimates, inference and flags off an optimum, for R replicates at once.
+
+At theta-hat (R, k), from one profile evaluation:
+
+    sigma2 = r2 / N (ML) or r2 / (N - p) (REML)
+    gamma  = XtVX^{-1} XtVy,   vcov = sigma2 XtVX^{-1}
+    T      = sigma2 Lambda Lambda'
+    phi    = (T's distinct elements, sigma2);  H = Hessian of the objective in phi
+    Acov   = 2 H^{-1} where H is positive definite (else NaN)
+
+and the flags: ``singular`` (a diagonal element of Lambda below SINGULAR_TOL,
+lme4's isSingular rule), ``hessian_pd`` (smallest eigenvalue of H above
+HESSIAN_PD_RTOL times the largest absolute one), ``identifiable`` (the
+random-effect columns are not dependent within every group), and lme4's
+convergence check (the gradient scaled by the Hessian in theta below 0.002).
+Used by the single fit (R = 1) and the batch path alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlmsim.engine import inference
+from mlmsim.engine.deviance import Packed, ThetaMap, profile
+from mlmsim.engine.optimize import OptResult
+
+__all__ = ["Estimates", "estimates", "messages", "dependent_columns", "SINGULAR_TOL",
+           "HESSIAN_PD_RTOL", "GRAD_TOL"]
+
+SINGULAR_TOL = 1e-4
+"""A diagonal element of Lambda below this is on the boundary (lme4's isSingular tol)."""
+
+HESSIAN_PD_RTOL = 1e-6
+"""H is positive definite when its smallest eigenvalue exceeds this times the largest."""
+
+GRAD_TOL = 2e-3
+"""lme4's check.conv.grad tolerance on the Hessian-scaled gradient in theta."""
+
+
+@dataclass(frozen=True)
+class Estimates:
+    """Batched estimates (leading dimension R); see the module docstring."""
+
+    theta: np.ndarray
+    beta: np.ndarray
+    vcov: np.ndarray
+    sigma2: np.ndarray
+    T: np.ndarray
+    phi: np.ndarray
+    hessian: np.ndarray
+    hessian_eigenvalues: np.ndarray
+    hessian_pd: np.ndarray
+    acov: np.ndarray
+    deviance: np.ndarray
+    converged: np.ndarray
+    grad_ok: np.ndarray
+    scaled_grad: np.ndarray
+    singular: np.ndarray
+    dependent: np.ndarray
+
+    @property
+    def beta_se(self) -> np.ndarray:
+        return np.sqrt(np.diagonal(self.vcov, axis1=-2, axis2=-1))
+
+    @property
+    def phi_se(self) -> np.ndarray:
+        return np.sqrt(np.diagonal(self.acov, axis1=-2, axis2=-1))
+
+    @property
+    def identifiable(self) -> np.ndarray:
+        return ~self.dependent.any(axis=-1)
+
+
+def dependent_columns(pk: Packed) -> np.ndarray:
+    """(R, q) bool: random-effect columns involved in a dependence holding in every group.
+
+    A group's Z_j has dependent columns when A_j = Z_j'Z_j is singular; if that
+    holds in every group with at least q rows (intercept + female + male; a
+    random slope on a variable constant within groups), T is not identifiable.
+    """
+    A = pk.stats.A
+    n = pk.stats.n
+    R, J, q, _ = A.shape
+    out = np.zeros((R, q), dtype=bool)
+    if q < 2:
+        return out
+    d = np.sqrt(np.maximum(np.einsum("rjii->rji", A), 1e-300))
+    C = A / (d[..., :, None] * d[..., None, :])
+    w, V = np.linalg.eigh(C)
+    big = n >= q
+    none_big = ~big.any(axis=-1)
+    big[none_big] = (n > 0)[none_big]
+    dep = w[..., 0] < 1e-9 * np.maximum(w[..., -1], 1e-300)
+    all_dep = np.where(big, dep, True).all(axis=-1) & big.any(axis=-1)
+    involved = ((np.abs(V[..., :, 0]) > 1e-6) & big[..., None]).any(axis=-2)
+    out[all_dep] = involved[all_dep]
+    return out
+
+
+def estimates(pk: Packed, tmap: ThetaMap, cs: inference.CovStructure, opt: OptResult,
+              reml: bool) -> Estimates:
+    """Everything a fit reports about its parameters, for each replicate (batch axis R)."""
+    theta = opt.theta
+    pr = profile(pk, theta, tmap)
+    st = pk.stats
+    N = st.N.astype(float)
+    p = st.p
+    sigma2 = pr.r2 / (N - p if reml else N)
+    L = pr.Lambda
+    T = sigma2[:, None, None] * (L @ np.swapaxes(L, -1, -2))
+    C = pr.XtVX_inv
+    vcov = sigma2[:, None, None] * 0.5 * (C + np.swapaxes(C, -1, -2))
+    phi = cs.phi(T, sigma2)
+    H = inference.phi_hessian(pk, cs, phi, reml)
+    eig = np.linalg.eigvalsh(H)
+    pd = eig[:, 0] > HESSIAN_PD_RTOL * np.abs(eig).max(axis=-1)
+    acov = np.full(H.shape, np.nan)
+    if pd.any():
+        inv = 2.0 * np.linalg.inv(H[pd])
+        acov[pd] = 0.5 * (inv + np.swapaxes(inv, -1, -2))
+    try:
+        scaled = np.linalg.solve(opt.hessian, opt.grad[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        scaled = opt.grad.copy()
+    scaled = np.where(np.isfinite(scaled), scaled, opt.grad)
+    grad_ok = np.abs(scaled).max(axis=-1, initial=0.0) <= GRAD_TOL
+    singular = (theta[:, tmap.diagonal] < SINGULAR_TOL).any(axis=-1)
+    return Estimates(
+        theta=theta, beta=pr.beta, vcov=vcov, sigma2=sigma2, T=T, phi=phi, hessian=H,
+        hessian_eigenvalues=eig, hessian_pd=pd, acov=acov, deviance=opt.deviance,
+        converged=opt.converged, grad_ok=grad_ok, scaled_grad=scaled, singular=singular,
+        dependent=dependent_columns(pk),
+    )
+
+
+def messages(est: Estimates, r: int, tmap: ThetaMap, random_names, dropped_fixed=(),
+             n_dropped: int = 0) -> list[str]:
+    """Plain-language notes on replicate r's fit, in the spirit of SAS's and lme4's."""
+    out = []
+    if not est.converged[r]:
+        out.append("The optimiser stopped early: the iteration limit was reached before the "
+                   "convergence criterion held")
+    if not est.grad_ok[r]:
+        out.append(f"Model failed to converge with max|grad| = "
+                   f"{np.abs(est.scaled_grad[r]).max():.3g} (gradient scaled by the Hessian in "
+                   f"theta; tolerance {GRAD_TOL})")
+    dep = [random_names[i] for i in np.flatnonzero(est.dependent[r])]
+    if dep:
+        out.append("Random-effect columns " + ", ".join(dep) + " are linearly dependent "
+                   "within every group: T is not identifiable from these data")
+    if not est.hessian_pd[r]:
+        eig = est.hessian_eigenvalues[r]
+        out.append("Convergence criteria met but final Hessian is not positive definite "
+                   f"(smallest eigenvalue {eig[0]:.3g}, largest {eig[-1]:.3g})")
+    theta = est.theta[r]
+    at = [random_names[tmap.rows[k]] for k in np.flatnonzero(tmap.diagonal)
+          if theta[k] < SINGULAR_TOL]
+    if at:
+        out.append("boundary (singular) fit: estimated T is singular (G matrix not positive "
+                   "definite); a zero variance or a correlation of +-1 at: " + ", ".join(at))
+    if dropped_fixed:
+        out.append("fixed-effect model matrix is rank deficient so dropping "
+                   f"{len(dropped_fixed)} column(s): " + ", ".join(dropped_fixed))
+    if n_dropped:
+        out.append(f"{n_dropped} observation(s) not used (missing or non-finite values)")
+    return out
