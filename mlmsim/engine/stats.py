@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GroupStats", "group_stats"]
+__all__ = ["GroupStats", "group_stats", "stack_stats"]
 
 
 @dataclass(frozen=True)
@@ -45,42 +45,70 @@ class GroupStats:
 def group_stats(
     y: np.ndarray, X: np.ndarray, Z: np.ndarray, codes: np.ndarray, J: int
 ) -> GroupStats:
-    """Accumulate A_j, B_j, c_j and the totals from one data set.
+    """Accumulate A_j, B_j, c_j and the totals from one data set or a stack of them.
 
-    y (N,), X (N, p), Z (N, q), codes (N,) integers in 0..J-1. Rows sorted by
-    group are summed with ``np.add.reduceat``; otherwise each needed product
-    column is summed with ``np.bincount`` (both O(N (q + p + 1) q)).
+    y (..., N), X (..., N, p), Z (..., N, q), with leading replicate dimensions
+    allowed (X and Z may also be shared, without them); codes (N,) integers in
+    0..J-1, shared by the stack. Rows are put in group order once (a stable
+    sort, skipped when already sorted) and summed with ``np.add.reduceat``:
+    O(N (q + p + 1) q) per data set.
     """
-    N, p = X.shape
-    q = Z.shape[1]
-    F = np.empty((N, q + p + 1))
-    F[:, :q] = Z
-    F[:, q : q + p] = X
-    F[:, q + p] = y
+    y = np.asarray(y, dtype=float)
+    X = np.asarray(X, dtype=float)
+    Z = np.asarray(Z, dtype=float)
+    codes = np.asarray(codes)
+    N = codes.shape[0]
+    batch = y.shape[:-1]
+    X = np.broadcast_to(X, batch + X.shape[-2:])
+    Z = np.broadcast_to(Z, batch + Z.shape[-2:])
+    p, q = X.shape[-1], Z.shape[-1]
+    if N > 1 and not bool(np.all(codes[1:] >= codes[:-1])):
+        order = np.argsort(codes, kind="stable")
+        codes, y, X, Z = codes[order], y[..., order], X[..., order, :], Z[..., order, :]
     n = np.bincount(codes, minlength=J)
-    ordered = N < 2 or bool(np.all(codes[1:] >= codes[:-1]))
-    S = np.empty((J, q, q + p + 1))
-    if ordered:
-        starts = np.concatenate(([0], np.cumsum(n)[:-1]))
-        nonempty = n > 0
-        for a in range(q):
-            prod = F * Z[:, a : a + 1]
-            S[nonempty, a, :] = np.add.reduceat(prod, starts[nonempty], axis=0)
-            S[~nonempty, a, :] = 0.0
-    else:
-        for a in range(q):
-            for b in range(q + p + 1):
-                S[:, a, b] = np.bincount(codes, weights=Z[:, a] * F[:, b], minlength=J)
-    A = S[:, :, :q]
+    F = np.concatenate((Z, X, y[..., None]), axis=-1)
+    nonempty = n > 0
+    starts = (np.cumsum(n) - n)[nonempty]
+    S = np.zeros(batch + (J, q, q + p + 1))
+    for a in range(q):
+        S[..., nonempty, a, :] = np.add.reduceat(F * Z[..., a : a + 1], starts, axis=-2)
+    A = S[..., :q]
     A = 0.5 * (A + np.swapaxes(A, -1, -2))
-    XtX = X.T @ X
+    XtX = np.swapaxes(X, -1, -2) @ X
     return GroupStats(
         A=np.ascontiguousarray(A),
-        B=np.ascontiguousarray(S[:, :, q : q + p]),
-        c=np.ascontiguousarray(S[:, :, q + p]),
-        XtX=0.5 * (XtX + XtX.T),
-        Xty=X.T @ y,
-        yty=np.asarray(y @ y),
-        n=n,
-        N=np.asarray(N),
+        B=np.ascontiguousarray(S[..., q : q + p]),
+        c=np.ascontiguousarray(S[..., q + p]),
+        XtX=0.5 * (XtX + np.swapaxes(XtX, -1, -2)),
+        Xty=(np.swapaxes(X, -1, -2) @ y[..., None])[..., 0],
+        yty=np.einsum("...n,...n->...", y, y),
+        n=np.broadcast_to(n, batch + (J,)).copy(),
+        N=np.full(batch, float(N)),
+    )
+
+
+def stack_stats(stats: list[GroupStats]) -> GroupStats:
+    """Stack single-data-set statistics along a new replicate axis, padding J.
+
+    Replicates with fewer groups get empty groups (A_j = 0, B_j = 0, c_j = 0,
+    n_j = 0), which contribute nothing to the deviance (M_j = I).
+    """
+    J = max(s.A.shape[-3] for s in stats)
+
+    def pad(a: np.ndarray, axis_len: int) -> np.ndarray:
+        extra = J - axis_len
+        if extra == 0:
+            return a
+        widths = [(0, extra)] + [(0, 0)] * (a.ndim - 1)
+        return np.pad(a, widths)
+
+    return GroupStats(
+        A=np.stack([pad(s.A, s.A.shape[0]) for s in stats]),
+        B=np.stack([pad(s.B, s.B.shape[0]) for s in stats]),
+        c=np.stack([pad(s.c, s.c.shape[0]) for s in stats]),
+        XtX=np.stack([s.XtX for s in stats]),
+        Xty=np.stack([s.Xty for s in stats]),
+        yty=np.stack([np.asarray(s.yty) for s in stats]),
+        n=np.stack([pad(s.n, s.n.shape[0]) for s in stats]),
+        N=np.stack([np.asarray(s.N, dtype=float) for s in stats]),
     )

@@ -264,7 +264,7 @@ def _fsync_dir(path: Path) -> None:
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temporary file, fsync, ``os.replace``."""
-    tmp = path.parent / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}{path.suffix}"
+    tmp = path.parent / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}.part"
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -341,7 +341,7 @@ class StudyDirectory:
         """
         old = self.read_manifest()
         if old is None:
-            if self.chunk_dir.exists() and any(self.chunk_dir.glob("*.parquet")):
+            if self.chunk_dir.exists() and any(self.chunk_files()):
                 raise StudyDirectoryError(
                     f"{self.path} holds chunk files but no {MANIFEST}; refusing to mix "
                     "results of an unknown study. Use a new directory.")
