@@ -79,6 +79,7 @@ _COLUMNS = ["condition", "rep", "method", "parameter", "truth", "estimate", "se"
             "seconds"]
 # Moments pooled across chunks: name -> (count column, mean column, M2 column)
 _MOMENTS = ("est", "err2", "pest", "s2")
+_BATCH_ROWS = 500_000
 
 
 def _z(p: float) -> float:
@@ -97,7 +98,7 @@ def _chunk_source(source: Any, where: Callable | None
         result = source
 
         def chunks() -> Iterator[pd.DataFrame]:
-            return result.iter_records(_COLUMNS)
+            return _batches(result.iter_tables(_COLUMNS))
 
         conditions = result.conditions.copy()
         conditions.insert(0, "condition", np.arange(len(conditions)))
@@ -125,6 +126,23 @@ def _chunk_source(source: Any, where: Callable | None
             yield df[np.asarray(where(df), dtype=bool)]
 
     return filtered, conditions, methods
+
+
+def _batches(tables: Iterable, rows: int = _BATCH_ROWS) -> Iterator[pd.DataFrame]:
+    """Concatenate chunk tables into DataFrames of about ``rows`` rows (bounded memory)."""
+    import pyarrow as pa
+
+    from mlmsim.study.runner import _to_pandas
+
+    pending, n = [], 0
+    for table in tables:
+        pending.append(table)
+        n += table.num_rows
+        if n >= rows:
+            yield _to_pandas(pa.concat_tables(pending))
+            pending, n = [], 0
+    if pending:
+        yield _to_pandas(pa.concat_tables(pending))
 
 
 def _pass1(df: pd.DataFrame, level: float, alpha: float, null: float
