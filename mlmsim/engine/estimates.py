@@ -88,14 +88,17 @@ def dependent_columns(pk: Packed) -> np.ndarray:
         return out
     d = np.sqrt(np.maximum(np.einsum("rjii->rji", A), 1e-300))
     C = A / (d[..., :, None] * d[..., None, :])
-    w, V = np.linalg.eigh(C)
     big = n >= q
     none_big = ~big.any(axis=-1)
     big[none_big] = (n > 0)[none_big]
-    dep = w[..., 0] < 1e-9 * np.maximum(w[..., -1], 1e-300)
-    all_dep = np.where(big, dep, True).all(axis=-1) & big.any(axis=-1)
-    involved = ((np.abs(V[..., :, 0]) > 1e-6) & big[..., None]).any(axis=-2)
-    out[all_dep] = involved[all_dep]
+    # screen with the determinant of the correlation-scaled A_j (in [0, 1]); only
+    # replicates where every group looks singular need the eigen-decomposition
+    det = np.linalg.det(C)
+    cand = np.where(big, det < 1e-6, True).all(axis=-1) & big.any(axis=-1)
+    for r in np.flatnonzero(cand):
+        w, V = np.linalg.eigh(C[r][big[r]])
+        if np.all(w[:, 0] < 1e-9 * np.maximum(w[:, -1], 1e-300)):
+            out[r] = (np.abs(V[:, :, 0]) > 1e-6).any(axis=0)
     return out
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlmsim.engine.deviance import Packed, ThetaMap, deviance_grad
+from mlmsim.engine.deviance import Packed, ThetaMap, _inv_logdet, _pairs, deviance_grad
 from mlmsim.engine.stats import GroupStats
 
 __all__ = ["OptResult", "minimize_theta", "moment_start", "canonical_theta", "take"]
@@ -121,6 +121,29 @@ def _direction(g: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return p, -np.einsum("rk,rk->r", g, p)
 
 
+def _vech_outer(d: np.ndarray, q: int) -> np.ndarray:
+    """vech of d d' for d (..., q): the scaling of vech(A) to a correlation matrix."""
+    a, b = _pairs(q)
+    return d[..., a] * d[..., b]
+
+
+def _group_inverses(pk: Packed, d: np.ndarray, q: int):
+    """A_j^{-1} (R, J, q, q) where A_j is well conditioned (det of the correlation-scaled
+    A_j above 1e-8, and n_j >= q), else 0; and that mask (R, J). Closed form for q <= 3."""
+    st = pk.stats
+    if q <= 3:
+        Ainv_s, logdet = _inv_logdet(pk.Av / _vech_outer(d, q), q)
+    else:
+        w, V = np.linalg.eigh(st.A / (d[..., :, None] * d[..., None, :]))
+        w_safe = np.maximum(w, 1e-300)
+        Ainv_s = np.einsum("rjab,rjb,rjcb->rjac", V, 1.0 / w_safe, V)
+        logdet = np.log(w_safe).sum(-1)
+    okj = np.nan_to_num(logdet, nan=-np.inf) > np.log(1e-8)
+    okj &= st.n >= q
+    Ainv = np.where(okj[..., None, None], Ainv_s / (d[..., :, None] * d[..., None, :]), 0.0)
+    return Ainv, okj
+
+
 def moment_start(pk: Packed, tmap: ThetaMap) -> np.ndarray:
     """A method-of-moments start for theta (R, k), from the per-group statistics.
 
@@ -138,17 +161,17 @@ def moment_start(pk: Packed, tmap: ThetaMap) -> np.ndarray:
     q = st.q
     beta = np.linalg.solve(st.XtX, st.Xty[..., None])[..., 0]
     u = st.c - np.einsum("rjqp,rp->rjq", st.B, beta)
-    w, V = np.linalg.eigh(st.A)
-    wmax = np.maximum(w[..., -1:], 1e-300)
-    ok = w > 1e-8 * wmax
-    winv = np.where(ok, 1.0 / np.where(ok, w, 1.0), 0.0)
-    Ainv = np.einsum("rjab,rjb,rjcb->rjac", V, winv, V)
+    # A_j^{-1} in closed form (q <= 3) for groups whose A_j is well conditioned
+    # (det of the correlation-scaled A_j above 1e-8); other groups are left out
+    d = np.sqrt(np.maximum(np.einsum("rjii->rji", st.A), 1e-300))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        Ainv, okj = _group_inverses(pk, d, q)
     b = np.einsum("rjab,rjb->rja", Ainv, u)
     rr = st.yty - np.einsum("rp,rp->r", beta, st.Xty)
-    dof = np.maximum(st.N - ok.sum(axis=(-1, -2)), 1)
+    dof = np.maximum(st.N - q * okj.sum(axis=-1), 1)
     s2 = np.maximum((rr - np.einsum("rja,rja->r", u, b)) / dof, 1e-12 * np.maximum(rr, 1e-300)
                     / np.maximum(st.N, 1))
-    full = (ok.sum(-1) == q) & (st.n > 0)
+    full = okj
     nfull = np.maximum(full.sum(-1), 1)
     bm = (b * full[..., None]).sum(-2) / nfull[:, None]
     dev = (b - bm[:, None, :]) * full[..., None]

@@ -128,12 +128,13 @@ def _chunk_source(source: Any, where: Callable | None
     return filtered, conditions, methods
 
 
-def _batches(tables: Iterable, rows: int = _BATCH_ROWS) -> Iterator[pd.DataFrame]:
+def _batches(tables: Iterable, rows: int | None = None) -> Iterator[pd.DataFrame]:
     """Concatenate chunk tables into DataFrames of about ``rows`` rows (bounded memory)."""
     import pyarrow as pa
 
     from mlmsim.study.runner import _to_pandas
 
+    rows = rows or _BATCH_ROWS
     pending, n = [], 0
     for table in tables:
         pending.append(table)
