@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 from mlmsim import datasets
-from mlmsim.engine import FitResult, LRTResult, fit, lrt
+from mlmsim.engine import BatchFit, FitResult, LRTResult, fit, fit_arrays, fit_batch, lrt
 
 __version__ = "0.1.0"
 
-__all__ = ["datasets", "fit", "FitResult", "lrt", "LRTResult", "__version__"]
+__all__ = [
+    "datasets",
+    "fit",
+    "fit_batch",
+    "fit_arrays",
+    "BatchFit",
+    "FitResult",
+    "lrt",
+    "LRTResult",
+    "__version__",
+]

@@ -4,8 +4,10 @@ stats (once) -> deviance(theta) (many times) -> optimize -> result (once);
 inference holds the covariance-parameter Hessian, SEs and df.
 """
 
+from mlmsim.engine.batch import BatchFit, fit_arrays, fit_batch
 from mlmsim.engine.fit import fit, fit_design
 from mlmsim.engine.lrt import LRTResult, lrt
 from mlmsim.engine.result import FitResult
 
-__all__ = ["fit", "fit_design", "FitResult", "lrt", "LRTResult"]
+__all__ = ["fit", "fit_design", "fit_batch", "fit_arrays", "BatchFit", "FitResult", "lrt",
+           "LRTResult"]

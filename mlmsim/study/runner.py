@@ -234,36 +234,49 @@ def _flag(value: Any) -> bool | None:
     return None if value is None else bool(value)
 
 
+def _engine_fit_batch() -> Callable | None:
+    try:
+        from mlmsim.engine.batch import fit_batch
+    except ImportError:  # an engine without the batched path
+        return None
+    return fit_batch
+
+
 class FormulaMethod:
     """Fit ``formula`` by ML or REML with ``mlmsim.fit`` and record ``res.params``.
 
     Records, per parameter (fixed effects gamma, then the covariance parameters
     ``var(...)``, ``cov(...)``, ``sigma2``): the estimate, its SE, the Wald interval
     estimate +- z_{(1+level)/2} SE, and the fit's flags ``converged``, ``singular``,
-    ``hessian_pd``, ``identifiable`` and ``messages``. ``options`` go to ``mlmsim.fit``.
+    ``hessian_pd``, ``identifiable`` and ``messages``. ``options`` go to the engine.
 
-    ``batch_fitter``, if given, is ``batch_fitter(formula, datasets, method=..., **options)
-    -> list`` of fit results (or exceptions), one per data set; the runner then fits a whole
-    chunk in one call through :meth:`fit_batch`. Its result for one data set must not
-    depend on the other data sets of the batch, so that records stay independent of the
-    chunk size. ``batch=False`` turns the batched path off.
+    With ``batch=True`` (the default) the runner fits the replicates of a chunk together
+    through :meth:`fit_batch` (``mlmsim.engine.batch.fit_batch``: all replicates in one
+    vectorised pass), in blocks of ``batch_size`` replicates aligned to the replicate
+    index: replicates kB .. (k+1)B - 1 always share a block, whatever the chunk size or the
+    number of workers, so records stay bit-identical across runs. (A batched fit equals the
+    single fit to rounding, about 1e-13, but not bit for bit; a block whose batched fit
+    raises is fitted one replicate at a time.) ``batch=False`` fits every replicate alone
+    with ``mlmsim.fit``.
     """
 
     takes_rng = False
 
     def __init__(self, formula: str, method: str = "REML", *, level: float = 0.95,
-                 name: str | None = None, batch: bool = True,
-                 batch_fitter: Callable | None = None, **options: Any):
+                 name: str | None = None, batch: bool = True, batch_size: int = 32,
+                 **options: Any):
         if method not in ("ML", "REML"):
             raise ValueError(f"method must be 'ML' or 'REML', got {method!r}")
         if not 0.0 < level < 1.0:
             raise ValueError("level must lie in (0, 1)")
+        if int(batch_size) < 1:
+            raise ValueError("batch_size must be at least 1")
         self.formula = formula
         self.method = method
         self.level = float(level)
         self.name = name or method
         self.batch = bool(batch)
-        self.batch_fitter = batch_fitter
+        self.batch_size = int(batch_size)
         self.options = dict(options)
 
     def __call__(self, data: Any) -> Estimates:
@@ -274,20 +287,34 @@ class FormulaMethod:
 
     @property
     def fit_batch(self) -> Callable[[list], list] | None:
-        """``fit_batch(datasets) -> list of Estimates or exceptions``, or None if unavailable."""
-        if self.batch_fitter is None or not self.batch:
+        """``fit_batch(datasets) -> list of Estimates``, or None when batching is off."""
+        if not self.batch or _engine_fit_batch() is None:
             return None
         return self._fit_batch
 
-    def _fit_batch(self, datasets: list) -> list:
-        results = self.batch_fitter(self.formula, datasets, method=self.method, **self.options)
-        return [r if isinstance(r, BaseException) else Estimates.from_fit(r, self.level)
-                for r in results]
+    def _fit_batch(self, datasets: list) -> list[Estimates]:
+        res = _engine_fit_batch()(self.formula, datasets, method=self.method, **self.options)
+        names = list(res.param_names)
+        z = _z(self.level)
+        with np.errstate(invalid="ignore"):
+            params, se = np.asarray(res.params, dtype=float), np.asarray(res.se, dtype=float)
+        lo, hi = params - z * se, params + z * se
+        flags = [np.asarray(getattr(res, f), dtype=bool) for f in _FLAGS]
+        return [
+            Estimates(dict(zip(names, params[r].tolist(), strict=True)),
+                      se=dict(zip(names, se[r].tolist(), strict=True)),
+                      ci_lower=dict(zip(names, lo[r].tolist(), strict=True)),
+                      ci_upper=dict(zip(names, hi[r].tolist(), strict=True)),
+                      converged=bool(flags[0][r]), singular=bool(flags[1][r]),
+                      hessian_pd=bool(flags[2][r]), identifiable=bool(flags[3][r]),
+                      messages=tuple(res.messages[r]))
+            for r in range(len(datasets))
+        ]
 
     def descriptor(self) -> dict:
         return {"formula": self.formula, "method": self.method, "level": self.level,
                 "options": canonical(self.options), "batch": self.fit_batch is not None,
-                "batch_fitter": canonical(self.batch_fitter)}
+                "batch_size": self.batch_size}
 
     def __repr__(self) -> str:
         return f"FormulaMethod({self.formula!r}, method={self.method!r})"
@@ -545,11 +572,23 @@ def _record_schema(cond_schema: pa.Schema) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _batch_fn(method: _Method) -> Callable | None:
+def _batch_spec(method: _Method) -> tuple[Callable, int | None] | None:
+    """(fit_batch, batch_size) of a method that fits batches, else None."""
     fn = getattr(method.fn, "fit_batch", None)
     if fn is None or not callable(fn) or getattr(method.fn, "batch", True) is False:
         return None
-    return fn
+    size = getattr(method.fn, "batch_size", None)
+    return fn, (int(size) if size else None)
+
+
+def _alignment(methods: Sequence[_Method]) -> int:
+    """Chunk boundaries must be multiples of this: the lcm of the methods' batch sizes."""
+    align = 1
+    for m in methods:
+        spec = _batch_spec(m)
+        if spec is not None and spec[1]:
+            align = math.lcm(align, spec[1])
+    return align
 
 
 def run_chunk(plan: _Plan, condition: int, start: int, stop: int) -> pa.Table:
@@ -564,7 +603,7 @@ def run_chunk(plan: _Plan, condition: int, start: int, stop: int) -> pa.Table:
     rec = _Records(plan, condition)
     generate = plan.generate
     methods = list(enumerate(plan.methods))
-    batched = {k: _batch_fn(m) for k, m in methods}
+    batched = {k: _batch_spec(m) for k, m in methods}
     clock = time.perf_counter
     with warnings.catch_warnings(record=True) as log:
         warnings.simplefilter("always")
@@ -592,7 +631,7 @@ def run_chunk(plan: _Plan, condition: int, start: int, stop: int) -> pa.Table:
                     notes = _merge(gen_notes, _warning_texts(log, 0) if log else None)
                     rec.ok(i, k, out, seconds, notes)
         else:
-            _run_batched(plan, cond, seeds, rec, batched, log)
+            _run_batched(plan, cond, start, seeds, rec, batched, log)
     return rec.table(start, seeds)
 
 
@@ -602,9 +641,13 @@ def _merge(a: list[str] | None, b: list[str] | None) -> list[str] | None:
     return a or b
 
 
-def _run_batched(plan: _Plan, cond: Condition, seeds: np.ndarray, rec: _Records,
-                 batched: dict[int, Callable | None], log: list) -> None:
-    """The chunk loop when a method fits whole batches: generate all, fit, emit in order."""
+def _run_batched(plan: _Plan, cond: Condition, start: int, seeds: np.ndarray, rec: _Records,
+                 batched: dict[int, tuple | None], log: list) -> None:
+    """The chunk loop when a method fits batches: generate all, fit, emit in replicate order.
+
+    A method with a ``batch_size`` B gets the replicates in blocks {r : r // B = k} (those
+    whose generation succeeded); without one, the whole chunk is one batch.
+    """
     clock = time.perf_counter
     n = len(seeds)
     datas: list[Any] = [None] * n
@@ -621,29 +664,36 @@ def _run_batched(plan: _Plan, cond: Condition, seeds: np.ndarray, rec: _Records,
     outcomes: list[list[tuple | None]] = []
     for k, m in enumerate(plan.methods):
         column: list[tuple | None] = [None] * n
-        fit_batch = batched[k]
-        if fit_batch is not None and ok:
-            t0 = clock()
-            try:
-                results = list(fit_batch([datas[i] for i in ok]))
-                if len(results) != len(ok):
-                    raise ValueError(f"fit_batch returned {len(results)} results for "
-                                     f"{len(ok)} data sets")
-            except Exception as exc:  # noqa: BLE001
-                results = [exc] * len(ok)
-            seconds = (clock() - t0) / len(ok)
-            notes = _warning_texts(log, 0) if log else None
-            for i, r in zip(ok, results, strict=True):
-                column[i] = (r, seconds, notes)
-        else:
+        spec = batched[k]
+        singles = list(ok)
+        if spec is not None and ok:
+            fit_batch, size = spec
+            singles = []
+            blocks: dict[int, list[int]] = {}
             for i in ok:
+                blocks.setdefault((start + i) // size if size else 0, []).append(i)
+            for block in blocks.values():
                 t0 = clock()
                 try:
-                    r = m.fn(datas[i], method_rng(seeds[i], k)) if m.takes_rng \
-                        else m.fn(datas[i])
-                except Exception as exc:  # noqa: BLE001
-                    r = exc
-                column[i] = (r, clock() - t0, _warning_texts(log, 0) if log else None)
+                    results = list(fit_batch([datas[i] for i in block]))
+                    if len(results) != len(block):
+                        raise ValueError(f"fit_batch returned {len(results)} results for "
+                                         f"{len(block)} data sets")
+                except Exception:  # noqa: BLE001 - fall back to fitting one at a time
+                    _warning_texts(log, 0)
+                    singles.extend(block)
+                    continue
+                seconds = (clock() - t0) / len(block)
+                notes = _warning_texts(log, 0) if log else None
+                for i, r in zip(block, results, strict=True):
+                    column[i] = (r, seconds, notes)
+        for i in sorted(singles):
+            t0 = clock()
+            try:
+                r = m.fn(datas[i], method_rng(seeds[i], k)) if m.takes_rng else m.fn(datas[i])
+            except Exception as exc:  # noqa: BLE001
+                r = exc
+            column[i] = (r, clock() - t0, _warning_texts(log, 0) if log else None)
         outcomes.append(column)
     datas.clear()
     for i in range(n):
@@ -786,8 +836,17 @@ class Study:
                              replicate_rng(self.replicate_seed(condition, rep)))
 
     def run_replicate(self, condition: int, rep: int) -> pd.DataFrame:
-        """The records of one replicate, computed alone: identical to the run's (but seconds)."""
-        return _to_pandas(run_chunk(self._plan(), condition, rep, rep + 1))
+        """The records of one replicate, computed again: identical to the run's (but seconds).
+
+        With a batched method the replicate's whole block (:class:`FormulaMethod`) is
+        fitted, since a batched fit depends on its block to rounding.
+        """
+        align = _alignment(self._methods)
+        start = rep // align * align
+        stop = min(start + align, self.n_reps) if rep < self.n_reps else rep + 1
+        table = run_chunk(self._plan(), condition, start, stop)
+        table = table.filter(pc.equal(table.column("rep"), rep))
+        return _to_pandas(table)
 
     # -- running ------------------------------------------------------------
     def run(self, out_dir: str | os.PathLike | None = None, *, n_jobs: int = 1,
@@ -805,7 +864,8 @@ class Study:
             ``scheduler`` is its address or a ``Client``; None starts a LocalCluster with
             ``n_jobs`` single-threaded worker processes).
         chunk_size : replicates per chunk (per task and per file); default
-            ceil(total / max(16, 4 workers)), at most 1000 and at most ``n_reps``.
+            ceil(total / max(16, 4 workers)), at most 1000 and at most ``n_reps``;
+            rounded up to a multiple of the batched methods' ``batch_size``.
         progress : a tqdm bar of replicates done; None shows it only on a terminal.
         """
         if backend not in ("loky", "dask"):
@@ -826,6 +886,8 @@ class Study:
         chunk_size = int(chunk_size)
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
+        align = _alignment(self._methods)
+        chunk_size = math.ceil(chunk_size / align) * align
         tasks, n_done = _tasks(len(self._conds), self.n_reps, chunk_size, done)
         tables: dict[tuple[int, int], pa.Table] = {}
         bar = _progress_bar(len(self._conds) * self.n_reps, n_done, progress)
