@@ -217,35 +217,43 @@ def _parse_rhs(rhs: str) -> Formula:
     return Formula(rhs)
 
 
-def _term_factors(rhs: str) -> list[list[str]]:
-    """The terms of a right-hand side as lists of factor expressions ('1' is the intercept)."""
-    return [[str(f) for f in term.factors] for term in _parse_rhs(rhs)]
+@lru_cache(maxsize=512)
+def _term_factors(rhs: str) -> tuple[tuple[str, ...], ...]:
+    """The terms of a right-hand side as tuples of factor expressions ('1' is the intercept)."""
+    return tuple(tuple(str(f) for f in term.factors) for term in _parse_rhs(rhs))
 
 
-def _required_columns(rhs: str) -> set[str]:
-    return set(_parse_rhs(rhs).required_variables)
+@lru_cache(maxsize=512)
+def _required_columns(rhs: str) -> frozenset[str]:
+    return frozenset(_parse_rhs(rhs).required_variables)
+
+
+@lru_cache(maxsize=256)
+def _needed_columns(pf: ParsedFormula) -> tuple[str, ...]:
+    """Every data column the formula uses (response, grouping factor, predictors)."""
+    needed = {pf.response, pf.group} | _required_columns(pf.fixed)
+    for term in pf.random:
+        needed |= _required_columns(term.expr)
+    return tuple(sorted(needed))
+
+
+def _is_numeric(values: pd.Series) -> bool:
+    dt = values.dtype
+    return pd.api.types.is_numeric_dtype(dt) and not pd.api.types.is_bool_dtype(dt)
 
 
 _PLAIN = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
 
 
-def _is_fast(terms: list[list[str]], data: pd.DataFrame) -> bool:
-    for factors in terms:
-        for f in factors:
-            if f == "1":
-                continue
-            if not _PLAIN.fullmatch(f) or f not in data.columns:
-                return False
-            dt = data[f].dtype
-            if not (pd.api.types.is_numeric_dtype(dt) and not pd.api.types.is_bool_dtype(dt)):
-                return False
-    return True
+def _is_fast(terms, cols: dict[str, np.ndarray]) -> bool:
+    """True when every factor is a plain name of a numeric column (no transforms)."""
+    return all(f == "1" or (f in cols and _PLAIN.fullmatch(f)) for fs in terms for f in fs)
 
 
 def _fast_matrix(terms: list[list[str]], cols: dict[str, np.ndarray], n: int):
     names, columns = [], []
     for factors in terms:
-        if factors == ["1"]:
+        if factors == ("1",):
             names.append("Intercept")
             columns.append(np.ones(n))
             continue
@@ -260,7 +268,7 @@ def _fast_matrix(terms: list[list[str]], cols: dict[str, np.ndarray], n: int):
 
 def _matrix(rhs: str, data: pd.DataFrame, cols: dict[str, np.ndarray], n: int):
     terms = _term_factors(rhs)
-    if _is_fast(terms, data):
+    if _is_fast(terms, cols):
         mat, names = _fast_matrix(terms, cols, n)
         return mat, names, [[i] for i in range(len(names))]
     mm = model_matrix(rhs, data, na_action="ignore", ensure_full_rank=True)
@@ -287,28 +295,27 @@ def model_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
     if data.shape[0] == 0:
         raise ValueError("data has no rows: an empty data frame cannot be fitted")
     g = pf.group
-    needed = {pf.response, g} | _required_columns(pf.fixed)
-    for term in pf.random:
-        needed |= _required_columns(term.expr)
-    missing = sorted(c for c in needed if c not in data.columns)
+    needed = _needed_columns(pf)
+    missing = [c for c in needed if c not in data.columns]
     if missing:
         raise ValueError(
             f"column(s) {', '.join(repr(m) for m in missing)} named in the formula are not in the "
             f"data; available columns: {', '.join(map(str, data.columns))}"
         )
-    yraw = data[pf.response]
-    if not pd.api.types.is_numeric_dtype(yraw.dtype) or pd.api.types.is_bool_dtype(yraw.dtype):
+    series = {c: data[c] for c in needed}
+    if not _is_numeric(series[pf.response]):
         raise ValueError(
-            f"the response {pf.response!r} must be numeric, but has dtype {yraw.dtype}"
+            f"the response {pf.response!r} must be numeric, but has dtype "
+            f"{series[pf.response].dtype}"
         )
-    keep = np.ones(data.shape[0], dtype=bool)
-    for c in needed:
-        col = data[c]
-        if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
-            keep &= np.isfinite(col.to_numpy(dtype=float, na_value=np.nan))
-        else:
-            keep &= ~col.isna().to_numpy()
-    n_dropped = int((~keep).sum())
+    cols = {c: v.to_numpy(dtype=float, na_value=np.nan) for c, v in series.items()
+            if _is_numeric(v)}
+    keep = None
+    for c, v in series.items():
+        bad = ~np.isfinite(cols[c]) if c in cols else v.isna().to_numpy()
+        if bad.any():
+            keep = ~bad if keep is None else keep & ~bad
+    n_dropped = 0 if keep is None else int((~keep).sum())
     if n_dropped:
         warnings.warn(
             f"{n_dropped} row(s) with missing or non-finite values in the model's columns "
@@ -316,19 +323,21 @@ def model_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
             stacklevel=3,
         )
         data = data.loc[keep]
+        cols = {c: v[keep] for c, v in cols.items()}
+        series = {c: v.loc[keep] for c, v in series.items()}
     n = int(data.shape[0])
     if n == 0:
         raise ValueError("no rows left after dropping rows with missing or non-finite values")
-    used_rows = np.flatnonzero(keep)
-    cols = {}
-    for c in needed:
-        col = data[c]
-        if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
-            cols[c] = col.to_numpy(dtype=float)
+    used_rows = np.arange(n) if keep is None else np.flatnonzero(keep)
     y = cols[pf.response]
-    codes, labels = pd.factorize(data[g], sort=True)
+    if g in cols:
+        labels, codes = np.unique(cols[g], return_inverse=True)
+        if np.all(labels == np.round(labels)):
+            labels = labels.astype(np.int64)
+    else:
+        codes, labels = pd.factorize(series[g], sort=True)
+        labels = np.asarray(labels)
     codes = np.asarray(codes, dtype=np.intp)
-    labels = np.asarray(labels)
     J = labels.shape[0]
     if J < 2:
         raise ValueError(
