@@ -351,6 +351,11 @@ def model_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
         )
     X, fixed_names, _ = _matrix(pf.fixed, data, cols, n)
     X, fixed_names, dropped = _drop_dependent(X, fixed_names)
+    if X.shape[1] >= n:
+        raise ValueError(
+            f"the fixed-effects design has rank {X.shape[1]} for {n} observations: no residual "
+            "degrees of freedom are left; use fewer fixed effects"
+        )
     Zs, rnames, blocks = [], [], []
     offset = 0
     for term in pf.random:

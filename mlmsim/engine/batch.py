@@ -28,7 +28,7 @@ from mlmsim.engine.deviance import ThetaMap, pack
 from mlmsim.engine.estimates import Estimates, estimates, messages
 from mlmsim.engine.optimize import OptResult, minimize_theta, take
 from mlmsim.engine.result import covparm_names
-from mlmsim.engine.stats import GroupStats, group_stats, stack_stats
+from mlmsim.engine.stats import GroupStats, group_stats, residual_check, stack_stats
 from mlmsim.formula import model_design
 
 __all__ = ["BatchFit", "fit_batch", "fit_arrays", "fit_stats"]
@@ -42,7 +42,8 @@ class BatchFit:
     ``param_names``, as ``FitResult.params``); ``se`` the matching standard
     errors (fixed effects: sqrt(diag vcov); covariance parameters: from 2 H^{-1},
     NaN where H is not positive definite). ``estimates`` holds everything else
-    (T, sigma2, theta, Hessians, flags); ``messages`` one tuple per replicate.
+    (T, sigma2, theta, Hessians, flags); ``messages`` one tuple per replicate;
+    ``errors`` None, or why a replicate could not be fitted (its estimates are NaN).
     """
 
     method: str
@@ -52,6 +53,7 @@ class BatchFit:
     estimates: Estimates
     messages: tuple[tuple[str, ...], ...]
     refitted: np.ndarray
+    errors: tuple[str | None, ...] = ()
 
     @property
     def n(self) -> int:
@@ -114,22 +116,35 @@ def _method(method: str) -> bool:
 def fit_stats(stats: GroupStats, blocks: tuple[tuple[int, ...], ...], method: str,
               fixed_names: Sequence[str], random_names: Sequence[str],
               max_iter: int = 300) -> BatchFit:
-    """Fit R replicates from stacked statistics (batch axis R first)."""
+    """Fit R replicates from stacked statistics (batch axis R first).
+
+    A replicate that cannot be fitted (its fixed effects fit y exactly) gets NaN
+    estimates and its reason in ``errors``; the others are fitted as usual.
+    """
     reml = _method(method)
     q = stats.A.shape[-1]
     tmap = ThetaMap.from_blocks(q, blocks)
     cs = inference.CovStructure.from_blocks(q, blocks)
-    pk = pack(stats)
-    opt = minimize_theta(pk, tmap, reml, max_iter=max_iter)
-    refit = np.flatnonzero(~opt.converged)
-    refitted = np.zeros(opt.converged.shape[0], dtype=bool)
-    if refit.size:
-        opt = _refit_alone(pk, tmap, reml, opt, refit)
-        refitted[refit] = True
-    est = estimates(pk, tmap, cs, opt, reml)
+    errors = residual_check(stats)
+    R = errors.shape[0]
+    good = np.flatnonzero(np.equal(errors, None))
+    pk = take(pack(stats), good)
+    refitted = np.zeros(R, dtype=bool)
+    if good.size:
+        opt = minimize_theta(pk, tmap, reml, max_iter=max_iter)
+        refit = np.flatnonzero(~opt.converged)
+        if refit.size:
+            opt = _refit_alone(pk, tmap, reml, opt, refit)
+            refitted[good[refit]] = True
+        est = _scatter(estimates(pk, tmap, cs, opt, reml), good, R)
+    else:
+        est = _scatter(None, good, R, like=(stats, tmap, cs))
     rnames = list(random_names)
     notes = []
-    for r in range(opt.theta.shape[0]):
+    for r in range(R):
+        if errors[r] is not None:
+            notes.append((f"error: {errors[r]}",))
+            continue
         flagged = (refitted[r] or not est.converged[r] or not est.grad_ok[r]
                    or not est.hessian_pd[r] or est.singular[r] or est.dependent[r].any())
         m = messages(est, r, tmap, rnames) if flagged else []
@@ -138,7 +153,33 @@ def fit_stats(stats: GroupStats, blocks: tuple[tuple[int, ...], ...], method: st
         notes.append(tuple(m))
     cp_names, _ = covparm_names(rnames, cs.rows, cs.cols)
     return BatchFit("REML" if reml else "ML", tuple(fixed_names), tuple(rnames),
-                    tuple(cp_names), est, tuple(notes), refitted)
+                    tuple(cp_names), est, tuple(notes), refitted, tuple(errors.tolist()))
+
+
+def _scatter(est: Estimates | None, good: np.ndarray, R: int, like=None) -> Estimates:
+    """Estimates for all R replicates: the fitted ones at ``good``, NaN/False elsewhere."""
+    if est is not None and good.size == R:
+        return est
+    if est is None:
+        stats, tmap, cs = like
+        q, p, k, m = stats.A.shape[-1], stats.B.shape[-1], tmap.size, cs.size
+        shapes = {"theta": (k,), "beta": (p,), "vcov": (p, p), "sigma2": (), "T": (q, q),
+                  "phi": (m,), "hessian": (m, m), "hessian_eigenvalues": (m,), "acov": (m, m),
+                  "deviance": (), "scaled_grad": (k,), "hessian_pd": (), "converged": (),
+                  "grad_ok": (), "singular": (), "dependent": (q,)}
+        dtypes = {f: bool for f in ("hessian_pd", "converged", "grad_ok", "singular",
+                                    "dependent")}
+        fields = {f: np.full((R,) + shp, False if f in dtypes else np.nan,
+                             dtype=dtypes.get(f, float)) for f, shp in shapes.items()}
+        return Estimates(**fields)
+    fields = {}
+    for f in Estimates.__dataclass_fields__:
+        a = getattr(est, f)
+        fill = False if a.dtype == bool else np.nan
+        out = np.full((R,) + a.shape[1:], fill, dtype=a.dtype)
+        out[good] = a
+        fields[f] = out
+    return Estimates(**fields)
 
 
 def _refit_alone(pk, tmap, reml, opt: OptResult, idx: np.ndarray) -> OptResult:

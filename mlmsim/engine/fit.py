@@ -20,7 +20,7 @@ from mlmsim.engine.deviance import ThetaMap, pack, profile, residual_effects
 from mlmsim.engine.estimates import estimates, messages
 from mlmsim.engine.optimize import OptResult, minimize_theta, take
 from mlmsim.engine.result import FitResult, covparm_names
-from mlmsim.engine.stats import GroupStats, group_stats
+from mlmsim.engine.stats import GroupStats, group_stats, residual_check
 from mlmsim.formula import Design, model_design
 
 __all__ = ["fit", "fit_design", "result_from_theta"]
@@ -53,6 +53,9 @@ def fit_design(design: Design, method: str = "REML", theta0: np.ndarray | None =
     method = _method(method)
     reml = method == "REML"
     stats = group_stats(design.y, design.X, design.Z, design.group_codes, design.ngroups)
+    problem = residual_check(stats)
+    if problem.item() is not None:
+        raise ValueError(problem.item())
     pk = pack(stats)
     tmap = ThetaMap.from_blocks(design.Z.shape[1], design.blocks)
     start = None if theta0 is None else np.atleast_2d(theta0)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GroupStats", "group_stats", "stack_stats"]
+__all__ = ["GroupStats", "group_stats", "stack_stats", "residual_check"]
 
 
 @dataclass(frozen=True)
@@ -112,3 +112,21 @@ def stack_stats(stats: list[GroupStats]) -> GroupStats:
         n=np.stack([pad(s.n, s.n.shape[0]) for s in stats]),
         N=np.stack([np.asarray(s.N, dtype=float) for s in stats]),
     )
+
+
+def residual_check(stats: GroupStats) -> np.ndarray:
+    """Per replicate, None or a message when the fixed effects fit y exactly.
+
+    The OLS residual sum of squares y'y - y'X (X'X)^{-1} X'y below 1e-12 of
+    y'y (a constant response, or as many fixed effects as distinct values)
+    leaves no residual variance to estimate: sigma^2-hat would be 0 and the
+    deviance -infinity.
+    """
+    XtX, Xty, yty = stats.XtX, stats.Xty, np.asarray(stats.yty, dtype=float)
+    beta = np.linalg.lstsq(XtX, Xty, rcond=None)[0] if XtX.ndim == 2 else \
+        np.linalg.solve(XtX, Xty[..., None])[..., 0]
+    rss = yty - np.einsum("...a,...a->...", beta, Xty)
+    bad = rss <= 1e-12 * np.maximum(yty, 1e-300)
+    msg = ("the response is fitted exactly by the fixed effects (e.g. a constant response): "
+           "zero residual variance, nothing to estimate")
+    return np.where(bad, msg, None)

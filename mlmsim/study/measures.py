@@ -429,10 +429,11 @@ __all__ += ["summarize"]
 def summary_table(summary: pd.DataFrame, measures: Sequence[str] = (
         "bias", "empse", "modse", "relerror", "cover", "rejection"),
         digits: int = 3, fit_measures: Sequence[str] = (
-        "error_rate", "nonconverged_rate", "singular_rate", "nonpd_hessian_rate")
+        "n_fits", "error_rate", "nonconverged_rate", "singular_rate", "nonpd_hessian_rate")
         ) -> pd.DataFrame:
     """A wide, printable table: one row per condition x method x parameter, one column
-    per measure, cells ``"estimate (mcse)"``; the fit rates are added as columns too.
+    per measure, cells ``"estimate (mcse)"``; the per-fit counts and rates (the same for
+    every parameter of a fit) are added as columns, except flags no method reports.
     """
     cond_vars = [c for c in summary.columns
                  if c not in ("condition", "method", "parameter", "measure", "estimate",
@@ -448,7 +449,8 @@ def summary_table(summary: pd.DataFrame, measures: Sequence[str] = (
 
     part = summary[summary["measure"].isin(measures)].copy()
     part["cell"] = part.apply(cell, axis=1) if len(part) else []
-    wide = part.pivot(index=index, columns="measure", values="cell")
+    order = pd.MultiIndex.from_frame(part[index].drop_duplicates())
+    wide = part.pivot(index=index, columns="measure", values="cell").reindex(order)
     wide = wide[[m for m in measures if m in wide.columns]]
     fits = summary[(summary["parameter"] == FIT_PARAMETER)
                    & summary["measure"].isin(fit_measures)].copy()
@@ -457,7 +459,7 @@ def summary_table(summary: pd.DataFrame, measures: Sequence[str] = (
         fit_wide = fits.pivot(index=["condition", *cond_vars, "method"], columns="measure",
                               values="cell")
         fit_wide = fit_wide[[m for m in fit_measures if m in fit_wide.columns]]
+        fit_wide = fit_wide.loc[:, (fit_wide != "-").any(axis=0)]  # flags nobody reports
         wide = wide.join(fit_wide, on=["condition", *cond_vars, "method"])
-    wide = wide.sort_index(level="condition", sort_remaining=False)
     wide.columns.name = None
     return wide.droplevel("condition")
