@@ -29,7 +29,7 @@ from mlmsim.engine.estimates import Estimates, estimates, messages
 from mlmsim.engine.optimize import OptResult, minimize_theta, take
 from mlmsim.engine.result import covparm_names
 from mlmsim.engine.stats import GroupStats, group_stats, residual_check, stack_stats
-from mlmsim.formula import model_design
+from mlmsim.formula import model_design, stacked_design
 
 __all__ = ["BatchFit", "fit_batch", "fit_arrays", "fit_stats"]
 
@@ -215,7 +215,9 @@ def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REM
     """Fit one lme4 formula to each DataFrame of ``datasets`` in one batch.
 
     All data sets must give the same fixed and random columns (the same names);
-    the number of groups and rows may differ.
+    the number of groups and rows may differ. Data sets with the same rows and
+    grouping column and plain numeric terms take a fast lane
+    (:func:`mlmsim.formula.stacked_design`): one stacked design for all.
 
     >>> import mlmsim
     >>> nels = mlmsim.datasets.load("nels88")
@@ -224,6 +226,12 @@ def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REM
     [3730.494, 3730.494]
     """
     _method(method)
+    stacked = stacked_design(formula, datasets)
+    if stacked is not None:
+        J = stacked.group_labels.shape[0]
+        stats = group_stats(stacked.y, stacked.X, stacked.Z, stacked.group_codes, J)
+        return fit_stats(stats, stacked.blocks, method, stacked.fixed_names,
+                         stacked.random_names)
     designs = [model_design(formula, d) for d in datasets]
     first = designs[0]
     for i, d in enumerate(designs[1:], start=1):

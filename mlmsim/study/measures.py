@@ -280,13 +280,13 @@ def _parameter_measures(acc: pd.DataFrame) -> dict[str, tuple]:
     with np.errstate(all="ignore"):
         nn = n.where(n > 0)
         n1 = (n - 1).where(n > 1)
-        bias = (mean - theta).where(n > 0)
-        bias_mcse = np.sqrt(s2 / (nn * n1))
+        ne = acc["n_err2"]
+        bias = (mean - theta).where(ne > 0)
+        bias_mcse = np.sqrt(s2 / (nn * n1)).where(ne > 0)
         relbias = bias / theta.where(theta != 0)
         relbias_mcse = bias_mcse / np.abs(theta.where(theta != 0))
         empse = np.sqrt(s2 / n1)
         empse_mcse = empse / np.sqrt(2.0 * n1)
-        ne = acc["n_err2"]
         ne_ = ne.where(ne > 0)
         mse = acc["mean_err2"].where(ne > 0)
         mse_mcse = np.sqrt(acc["m2_err2"] / (ne_ * (ne - 1).where(ne > 1)))

@@ -67,6 +67,7 @@ __all__ = [
     "CorruptChunkWarning",
     "Estimates",
     "FormulaMethod",
+    "FromSpec",
     "Study",
     "StudyDirectoryError",
     "StudyResult",
@@ -318,6 +319,54 @@ class FormulaMethod:
 
     def __repr__(self) -> str:
         return f"FormulaMethod({self.formula!r}, method={self.method!r})"
+
+
+class FromSpec:
+    """Data generation from a model specification: ``mlmsim.simulate`` per replicate.
+
+    ``FromSpec(spec, n_groups="n_groups", group_size="group_size")`` is a ``generate``
+    for :class:`Study`: ``spec`` is a ``ModelSpec`` or a callable ``spec(condition) ->
+    ModelSpec``; ``n_groups`` and ``group_size`` are numbers or names of condition
+    variables. Each replicate is ``simulate(spec, n_groups, group_size, rng=rng)``, and
+    the study's true values default to ``spec.truth.params`` of each condition.
+    """
+
+    def __init__(self, spec: Any, n_groups: int | str = "n_groups",
+                 group_size: int | str | None = None):
+        self.spec = spec
+        self.n_groups = n_groups
+        self.group_size = group_size
+        self._specs: dict[int, Any] = {}
+
+    def _value(self, value: Any, condition: Condition) -> Any:
+        return condition[value] if isinstance(value, str) else value
+
+    def model(self, condition: Condition) -> Any:
+        """The ModelSpec of a condition (built once per condition and process)."""
+        key = getattr(condition, "index", None)
+        if key is not None and key in self._specs:
+            return self._specs[key]
+        spec = self.spec(condition) if callable(self.spec) else self.spec
+        if key is not None:
+            self._specs[key] = spec
+        return spec
+
+    def __call__(self, condition: Condition, rng: np.random.Generator) -> Any:
+        from mlmsim import simulate
+
+        return simulate(self.model(condition), self._value(self.n_groups, condition),
+                        group_size=self._value(self.group_size, condition), rng=rng)
+
+    def truth(self, condition: Condition) -> pd.Series:
+        """True parameter values of a condition: ``spec.truth.params``."""
+        return self.model(condition).truth.params
+
+    def descriptor(self) -> dict:
+        return {"spec": canonical(self.spec), "n_groups": self.n_groups,
+                "group_size": self.group_size}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_specs": {}}
 
 
 def _takes_rng(fn: Callable) -> bool:
@@ -867,6 +916,10 @@ class Study:
             ceil(total / max(16, 4 workers)), at most 1000 and at most ``n_reps``;
             rounded up to a multiple of the batched methods' ``batch_size``.
         progress : a tqdm bar of replicates done; None shows it only on a terminal.
+
+        Warnings raised while generating or fitting become the record's ``messages``;
+        they are caught per process, so give dask workers one thread each (as the
+        LocalCluster started here does) or warnings may land on another replicate.
         """
         if backend not in ("loky", "dask"):
             raise ValueError(f"backend must be 'loky' or 'dask', got {backend!r}")
@@ -970,9 +1023,13 @@ def _execute(plan: _Plan, tasks: list, n_jobs: int, backend: str, scheduler: Any
         for task in tasks:
             yield _run_task(plan, task)
     else:
+        import joblib
         from joblib import Parallel, delayed
 
-        parallel = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")
+        # results in completion order (joblib >= 1.4), else in submission order
+        version = tuple(int(v) for v in joblib.__version__.split(".")[:2] if v.isdigit())
+        order = "generator_unordered" if version >= (1, 4) else "generator"
+        parallel = Parallel(n_jobs=n_jobs, backend="loky", return_as=order)
         yield from parallel(delayed(_run_task)(plan, task) for task in tasks)
 
 
