@@ -201,18 +201,24 @@ def minimize_theta(
     tol: float = 1e-10,
     gtol: float = 1e-8,
     max_step: float = 2.0,
+    edge: float = 1e-2,
 ) -> OptResult:
     """Minimise d(theta) (ML) or d_R(theta) (REML) for each of R replicates.
 
     ``pk`` carries batch shape (R,) (use R = 1 for one data set); ``theta0``
     is (R, k) or None for lme4's start (Lambda = I). Quasi-Newton in lock-step:
     the Hessian starts as the central-difference Hessian of the analytic
-    gradient, is updated by BFGS after each step, and is recomputed exactly
-    whenever a replicate looks converged, so convergence (and the absence of a
-    saddle) is always judged on the exact Hessian. Returns theta in canonical
-    form (Lambda's diagonal >= 0) with the deviance, gradient and Hessian there.
+    gradient and is updated by BFGS after each step. A saddle of the deviance
+    arises (by the sign symmetry of Lambda's columns) only where a column of
+    Lambda is near 0, so a replicate that looks converged with some diagonal
+    |theta_ii| < ``edge`` has its Hessian recomputed exactly and convergence
+    (and the absence of a saddle) judged on it; elsewhere the BFGS matrix,
+    which approximates the Hessian closely at a superlinearly converging
+    optimum, is kept. Returns theta in canonical form (Lambda's diagonal >= 0)
+    with the deviance, gradient and Hessian (exact or BFGS) there.
     """
     R = pk.Av.shape[0]
+    diag = np.flatnonzero(tmap.diagonal)
     theta = moment_start(pk, tmap) if theta0 is None else np.array(theta0, dtype=float)
     f, g, H = _fd_hessian(pk, theta, tmap, reml)
     B, lam_rel, lam_min, v_neg = _curvature(H)
@@ -224,7 +230,10 @@ def minimize_theta(
     for it in range(max_iter + 1):
         p, dec = _direction(g, B)
         stationary = (dec < tol) | (np.abs(g).max(axis=-1) < gtol)
-        recheck = stationary & ~exact
+        # a saddle can only arise by symmetry where a column of Lambda is near 0: there,
+        # judge convergence on the exact Hessian, never on the BFGS approximation
+        near_edge = (np.abs(theta[active][:, diag]) < edge).any(axis=-1)
+        recheck = stationary & ~exact & near_edge
         if recheck.any():
             # judge convergence on the exact Hessian, never on the BFGS approximation
             ix = np.flatnonzero(recheck)
@@ -234,7 +243,7 @@ def minimize_theta(
             exact[ix] = True
             p, dec = _direction(g, B)
             stationary = (dec < tol) | (np.abs(g).max(axis=-1) < gtol)
-        saddle = stationary & (lam_rel < -1e-5)
+        saddle = stationary & exact & (lam_rel < -1e-5)
         done = stationary & ~saddle
         out_f[active], out_g[active], out_H[active] = f, g, H
         iters[active] = it
