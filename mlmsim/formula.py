@@ -145,7 +145,7 @@ def parse_formula(formula: str) -> ParsedFormula:
 
     >>> p = parse_formula("y ~ x + (1 + x | g)")
     >>> p.response, p.fixed, p.random[0].expr, p.group
-    ('y', '1 + x', '1 + x', 'g')
+    ('y', 'x', '1 + x', 'g')
     """
     if not isinstance(formula, str) or "~" not in formula:
         raise ValueError(f"formula must be a string 'response ~ terms', got {formula!r}")

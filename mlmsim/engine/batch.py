@@ -222,7 +222,7 @@ def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REM
     >>> import mlmsim
     >>> nels = mlmsim.datasets.load("nels88")
     >>> b = fit_batch("math ~ homework + (1 | school)", [nels, nels], method="ML")
-    >>> [round(d, 3) for d in b.deviance]
+    >>> [round(float(d), 3) for d in b.deviance]
     [3730.494, 3730.494]
     """
     _method(method)
