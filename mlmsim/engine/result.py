@@ -283,7 +283,7 @@ class FitResult:
         names = self.random_names
         lines.append(f" {'Groups':<10}{'Name':<16}{'Variance':>12}{'Std.Dev.':>10}  Corr")
         for i, nm in enumerate(names):
-            cor = " ".join(f"{corr[i, j]:6.2f}" for j in range(i) if T[i, j] != 0 or True)
+            cor = " ".join(f"{corr[i, j]:6.2f}" for j in range(i))
             lines.append(f" {grp if i == 0 else '':<10}{nm:<16}{T[i, i]:12.4f}{sd[i]:10.4f}  {cor}")
         lines.append(f" {'Residual':<10}{'':<16}{self.sigma2:12.4f}{np.sqrt(self.sigma2):10.4f}")
         lines.append(f"Number of obs: {self.nobs}, groups: {grp}, {self.ngroups}")
@@ -297,11 +297,13 @@ class FitResult:
                 f"{_fmt_p(row.p):>11}"
             )
         lines += ["", "Covariance parameters (COVTEST):"]
-        lines.append(f"{'':<22}{'SAS':<10}{'Estimate':>12}{'Std. Error':>12}{'Z':>8}{'Pr Z':>10}")
+        width = max(22, max(len(n) for n in self.covparm_names) + 2)
+        lines.append(f"{'':<{width}}{'SAS':<10}{'Estimate':>12}{'Std. Error':>12}{'Z':>8}"
+                     f"{'Pr Z':>10}")
         for nm, row in self.covparms.iterrows():
             lines.append(
-                f"{nm:<22}{row.sas:<10}{row.estimate:12.5g}{row.se:12.4f}{row.z:8.2f}"
-                f"{_fmt_p(row.p):>10}"
+                f"{nm:<{width}}{row.sas:<10}{row.estimate:12.4f}{row.se:12.4f}{row.z:8.2f}"
+                f"{_fmt_p_sas(row.p):>10}"
             )
         if self.n_dropped:
             lines.append(f"\nObservations not used: {self.n_dropped}")
@@ -314,9 +316,17 @@ class FitResult:
 
 
 def _fmt_p(p: float) -> str:
+    """A p-value as lme4 prints it."""
     if not np.isfinite(p):
         return "NA"
-    return "<2e-16" if p < 2e-16 else f"{p:.4g}"
+    return "<2e-16" if p < 2e-16 else f"{p:.3g}"
+
+
+def _fmt_p_sas(p: float) -> str:
+    """A p-value as SAS prints it."""
+    if not np.isfinite(p):
+        return "."
+    return "<.0001" if p < 1e-4 else f"{p:.4f}"
 
 
 def _variables(name: str) -> frozenset:
