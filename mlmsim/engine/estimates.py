@@ -8,8 +8,9 @@ At theta-hat (R, k), from one profile evaluation:
     phi    = (T's distinct elements, sigma2);  H = Hessian of the objective in phi
     Acov   = 2 H^{-1} where H is positive definite (else NaN)
 
-and the flags: ``singular`` (a diagonal element of Lambda below SINGULAR_TOL,
-lme4's isSingular rule), ``hessian_pd`` (smallest eigenvalue of H above
+and the flags: ``singular`` (T-hat rank-deficient: an eigenvalue of
+T / sigma^2 below 1e-8, or a diagonal element of Lambda below SINGULAR_TOL =
+1e-4, lme4's isSingular rule), ``hessian_pd`` (smallest eigenvalue of H above
 HESSIAN_PD_RTOL times the largest absolute one), ``identifiable`` (the
 random-effect columns are not dependent within every group), and lme4's
 convergence check (the gradient scaled by the Hessian in theta below 0.002).
@@ -24,7 +25,7 @@ import numpy as np
 
 from mlmsim.engine import inference
 from mlmsim.engine.deviance import Packed, ThetaMap, profile
-from mlmsim.engine.optimize import OptResult
+from mlmsim.engine.optimize import OptResult, near_singular
 
 __all__ = ["Estimates", "estimates", "messages", "dependent_columns", "SINGULAR_TOL",
            "HESSIAN_PD_RTOL", "GRAD_TOL"]
@@ -129,7 +130,7 @@ def estimates(pk: Packed, tmap: ThetaMap, cs: inference.CovStructure, opt: OptRe
         scaled = opt.grad.copy()
     scaled = np.where(np.isfinite(scaled), scaled, opt.grad)
     grad_ok = np.abs(scaled).max(axis=-1, initial=0.0) <= GRAD_TOL
-    singular = (theta[:, tmap.diagonal] < SINGULAR_TOL).any(axis=-1)
+    singular = near_singular(theta, tmap)
     return Estimates(
         theta=theta, beta=pr.beta, vcov=vcov, sigma2=sigma2, T=T, phi=phi, hessian=H,
         hessian_eigenvalues=eig, hessian_pd=pd, acov=acov, deviance=opt.deviance,
@@ -160,6 +161,8 @@ def messages(est: Estimates, r: int, tmap: ThetaMap, random_names, dropped_fixed
     theta = est.theta[r]
     at = [random_names[tmap.rows[k]] for k in np.flatnonzero(tmap.diagonal)
           if theta[k] < SINGULAR_TOL]
+    if est.singular[r] and not at:
+        at = ["a combination of " + ", ".join(random_names)]
     if at:
         out.append("boundary (singular) fit: estimated T is singular (G matrix not positive "
                    "definite); a zero variance or a correlation of +-1 at: " + ", ".join(at))

@@ -33,7 +33,8 @@ import numpy as np
 from mlmsim.engine.deviance import Packed, ThetaMap, _inv_logdet, _pairs, deviance_grad
 from mlmsim.engine.stats import GroupStats
 
-__all__ = ["OptResult", "minimize_theta", "moment_start", "canonical_theta", "take"]
+__all__ = ["OptResult", "minimize_theta", "moment_start", "canonical_theta", "take",
+           "near_singular", "SINGULAR_EIG"]
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,9 @@ def moment_start(pk: Packed, tmap: ThetaMap) -> np.ndarray:
     block |= block.T
     T0 = np.where(block, T0, 0.0)
     wt, Vt = np.linalg.eigh(T0 / s2[:, None, None])
-    wt = np.maximum(wt, 1e-2)
+    # a start, not an estimate: keep T0 / sigma0^2 within [1e-2, 1e2] (tiny sigma0^2
+    # from many singleton groups can make it huge, and Newton steps from there crawl)
+    wt = np.clip(wt, 1e-2, 1e2)
     rel = np.einsum("rab,rb,rcb->rac", Vt, wt, Vt)
     L = np.linalg.cholesky(rel)
     theta0 = tmap.theta(L)
@@ -191,7 +194,7 @@ def moment_start(pk: Packed, tmap: ThetaMap) -> np.ndarray:
     return theta0
 
 
-def minimize_theta(
+def _minimize(
     pk: Packed,
     tmap: ThetaMap,
     reml: bool,
@@ -216,6 +219,9 @@ def minimize_theta(
     which approximates the Hessian closely at a superlinearly converging
     optimum, is kept. Returns theta in canonical form (Lambda's diagonal >= 0)
     with the deviance, gradient and Hessian (exact or BFGS) there.
+
+    ``out_H`` reports the exact Hessian where it was last recomputed, else the
+    BFGS matrix at the optimum.
     """
     R = pk.Av.shape[0]
     diag = np.flatnonzero(tmap.diagonal)
@@ -245,7 +251,8 @@ def minimize_theta(
             stationary = (dec < tol) | (np.abs(g).max(axis=-1) < gtol)
         saddle = stationary & exact & (lam_rel < -1e-5)
         done = stationary & ~saddle
-        out_f[active], out_g[active], out_H[active] = f, g, H
+        out_f[active], out_g[active] = f, g
+        out_H[active] = np.where(exact[:, None, None], H, B)
         iters[active] = it
         converged[active[done]] = True
         # at a saddle (e.g. a whole column of Lambda at 0 by symmetry) step along
@@ -305,7 +312,8 @@ def minimize_theta(
             f[retry], g[retry], H[retry] = fe, ge, He
             B[retry], lam_rel[retry], lam_min[retry], v_neg[retry] = _curvature(He)
         exact = ~accepted
-        out_f[active], out_g[active], out_H[active] = f, g, H
+        out_f[active], out_g[active] = f, g
+        out_H[active] = np.where(exact[:, None, None], H, B)
         keep = ~stalled
         active, f, g, H, B, exact, lam_rel, lam_min, v_neg = (
             a[keep] for a in (active, f, g, H, B, exact, lam_rel, lam_min, v_neg)
@@ -315,3 +323,54 @@ def minimize_theta(
     theta, flip = canonical_theta(theta, tmap)
     return OptResult(theta, out_f, out_g * flip, out_H * flip[:, :, None] * flip[:, None, :],
                      iters, converged)
+
+
+def minimize_theta(
+    pk: Packed,
+    tmap: ThetaMap,
+    reml: bool,
+    theta0: np.ndarray | None = None,
+    *,
+    max_iter: int = 300,
+    **options,
+) -> OptResult:
+    """Minimise d(theta) (ML) or d_R(theta) (REML) for each of R replicates.
+
+    ``pk`` carries batch shape (R,) (use R = 1 for one data set); ``theta0``
+    is (R, k), or None for the moment start (:func:`moment_start`). A profiled
+    likelihood can have more than one local minimum, typically one on the
+    boundary (|corr| = 1 or a zero variance) and one inside. So, with the
+    moment start, a replicate that ends singular (T-hat of rank < q) or not
+    converged is fitted again from lme4's start, Lambda = I, and the lower
+    deviance is kept. The optimiser itself is :func:`_minimize`.
+    """
+    opt = _minimize(pk, tmap, reml, theta0, max_iter=max_iter, **options)
+    if theta0 is not None:
+        return opt
+    again = np.flatnonzero(~opt.converged | near_singular(opt.theta, tmap))
+    if again.size == 0:
+        return opt
+    start = np.tile(tmap.start(), (again.size, 1))
+    alt = _minimize(take(pk, again), tmap, reml, start, max_iter=max_iter, **options)
+    better = (alt.deviance < opt.deviance[again] - 1e-10 * np.abs(opt.deviance[again])) | (
+        alt.converged & ~opt.converged[again] & (alt.deviance <= opt.deviance[again]
+                                                 + 1e-10 * np.abs(opt.deviance[again])))
+    if not better.any():
+        return opt
+    fields = {f: getattr(opt, f).copy() for f in OptResult.__dataclass_fields__}
+    for f in fields:
+        fields[f][again[better]] = getattr(alt, f)[better]
+    return OptResult(**fields)
+
+
+SINGULAR_EIG = 1e-8
+"""T-hat / sigma^2 with an eigenvalue below this is rank-deficient (singular)."""
+
+
+def near_singular(theta: np.ndarray, tmap: ThetaMap, tol: float = SINGULAR_EIG) -> np.ndarray:
+    """(R,) bool: Lambda Lambda' = T / sigma^2 has an eigenvalue below ``tol``, or a
+    diagonal element of Lambda is below sqrt(tol) = 1e-4 (lme4's isSingular rule)."""
+    L = tmap.Lambda(theta)
+    w = np.linalg.eigvalsh(L @ np.swapaxes(L, -1, -2))
+    small_diag = (np.abs(theta[..., tmap.diagonal]) < np.sqrt(tol)).any(axis=-1)
+    return small_diag | (w[..., 0] < tol)
