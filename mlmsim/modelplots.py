@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -195,15 +195,17 @@ def plot_group_lines(fit: FitResult, x: str | None = None, n_groups: int | None 
         with x is not itself a column of the model (e.g. ``x:sector`` without ``sector``).
     points : scatter the observations of the groups drawn.
 
-    Returns the Axes: one Line2D per group drawn (``gid`` "group"), then the average line
-    (``gid`` "average"); the points form one PathCollection (``gid`` "data").
+    Returns the Axes: one Line2D per group drawn (``gid`` "group", label "_" + the group's
+    label), then the average line (``gid`` "average"); the points form one PathCollection
+    (``gid`` "data").
     """
     d = _design(fit)
     x = default_x(fit) if x is None else x
     xv = _values(fit, x, data)
-    if xv is None:
-        raise ValueError(f"{x!r} is not a column of the model {fit.formula!r}; choose one of "
-                         f"{', '.join(n for n in fit.fixed_names if n != 'Intercept')}")
+    in_model = any(x in (_variables(n) or ()) for n in (*d.fixed_names, *d.random_names))
+    if xv is None or not in_model:
+        raise ValueError(f"{x!r} is not a predictor of the model {fit.formula!r}; choose one "
+                         f"of {', '.join(n for n in fit.fixed_names if n != 'Intercept')}")
     af, bf, af_all, bf_all = _line_parts(fit, d.fixed_names, d.X, x, data)
     ar, br, _, _ = _line_parts(fit, d.random_names, d.Z, x, data)
     gamma, U = fit.beta, fit.U
@@ -228,7 +230,8 @@ def plot_group_lines(fit: FitResult, x: str | None = None, n_groups: int | None 
     for c, j in zip(colors, shown, strict=True):
         (line,) = ax.plot([lo[j], hi[j]], [intercept[j] + slope[j] * lo[j],
                                            intercept[j] + slope[j] * hi[j]],
-                          color=c, linewidth=1.0, alpha=0.9, zorder=2)
+                          color=c, linewidth=1.0, alpha=0.9, zorder=2,
+                          label=f"_{d.group_labels[j]}")
         line.set_gid("group")
     a0, b0 = af_all @ gamma, bf_all @ gamma
     xs = np.array([xv.min(), xv.max()])
@@ -429,6 +432,11 @@ def within_between_slopes(data: pd.DataFrame, x: str, y: str, group: str) -> dic
     - total: b_T, ordinary least squares of y on x ignoring the groups.
 
     Returns {"within", "between", "between_intercept", "total", "total_intercept"}.
+
+    >>> from mlmsim import datasets
+    >>> s = within_between_slopes(datasets.load("nels88"), "homework", "math", "school")
+    >>> round(s["within"], 4), round(s["between"], 4)  # gamma_10 of the seed's RS + GpM: 2.3610
+    (2.361, 3.6466)
     """
     df = _wb_frame(data, x, y, group)
     dx, dy = df[x] - df["_xbar"], df[y] - df["_ybar"]
@@ -437,7 +445,7 @@ def within_between_slopes(data: pd.DataFrame, x: str, y: str, group: str) -> dic
         raise ValueError(f"{x!r} does not vary within the groups of {group!r}, so there is no "
                          "within-group regression; choose a level-1 variable")
     means = df.groupby(group, sort=False)[[x, y]].mean()
-    if len(means) < 3 or float(means[x].var()) <= 0.0:
+    if len(means) < 3 or float(means[x].var()) <= 1e-10 * float(df[x].var()):
         raise ValueError(f"the group means of {x!r} do not vary (or fewer than 3 groups), so "
                          "there is no between-group regression; use the raw (uncentred) "
                          "variable")

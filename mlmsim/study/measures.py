@@ -149,6 +149,7 @@ def _batches(tables: Iterable, rows: int | None = None) -> Iterator[pd.DataFrame
 def _pass1(df: pd.DataFrame, level: float, alpha: float, null: float
            ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-group counts, means and sums of squares (M2) of one chunk of records."""
+    fits = _fit_partial(df)  # every fit, including those without a parameter row
     df = df[df["parameter"].notna()] if df["parameter"].isna().any() else df
     est = df["estimate"].to_numpy(dtype=float, na_value=np.nan)
     truth = df["truth"].to_numpy(dtype=float, na_value=np.nan)
@@ -184,7 +185,6 @@ def _pass1(df: pd.DataFrame, level: float, alpha: float, null: float
     part["n_rej"] = g["rej"].count()
     part["hits_rej"] = g["rej"].sum()
     part["truth"] = g["truth"].first()
-    fits = _fit_partial(df)
     return part.reset_index(), fits
 
 

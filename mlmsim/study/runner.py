@@ -18,9 +18,15 @@ estimates``; estimates may be a number (the single estimand), a mapping or Serie
 ``parameter -> estimate``, a mapping ``parameter -> {"estimate", "se", "ci_lower",
 "ci_upper"}``, a DataFrame indexed by parameter with those columns, an
 :class:`Estimates`, or a fitted model with ``params`` (a ``FitResult``).
-:class:`FormulaMethod` fits an lme4-style formula by ML or REML with ``mlmsim.fit``.
-A method object may offer ``fit_batch(datasets) -> list`` to fit all replicates of a
-chunk at once; the runner then uses it (unless the method's ``batch`` is False).
+:class:`FormulaMethod` fits an lme4-style formula by ML or REML with ``mlmsim.fit``,
+and :class:`FromSpec` draws each replicate from a ``ModelSpec`` with ``mlmsim.simulate``.
+
+A method object may offer ``fit_batch(datasets) -> list`` (one result or exception per
+data set) to fit many replicates at once; the runner then uses it, unless the object's
+``batch`` is False. If it also has ``batch_size`` B, the runner passes blocks of the
+replicates r with the same r // B (and keeps chunk boundaries at multiples of B), so a
+batched result that depends on its batch, even to rounding, is still the same in every
+run; without ``batch_size`` the batch is the chunk.
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ __all__ = [
     "StudyDirectoryError",
     "StudyResult",
     "load_study",
+    "run_chunk",
 ]
 
 #: Columns of the tidy records, in order; the condition variables follow ``condition``.
@@ -83,7 +90,7 @@ RECORD_COLUMNS = (
 _RESERVED = frozenset(RECORD_COLUMNS) | {"measure", "mcse", "n"}
 _RECORD_FORMAT = 1
 _FLAGS = ("converged", "singular", "hessian_pd", "identifiable")
-_MAX_CHUNK = 1000
+_MAX_CHUNK = 10_000
 _NAN = float("nan")
 
 
@@ -352,7 +359,7 @@ class FromSpec:
         return spec
 
     def __call__(self, condition: Condition, rng: np.random.Generator) -> Any:
-        from mlmsim import simulate
+        from mlmsim.simulate import simulate
 
         return simulate(self.model(condition), self._value(self.n_groups, condition),
                         group_size=self._value(self.group_size, condition), rng=rng)
@@ -525,8 +532,8 @@ class _Records:
                 values = [float(v) for v in out.values()]
             except (TypeError, ValueError):
                 values = None
-            if values is not None:
-                self.names.extend(out)
+            if values:
+                self.names.extend([k if type(k) is str else str(k) for k in out])
                 self.est.extend(values)
                 self.fits.append((i, k, len(values), None, None, None, None, None,
                                   "\n".join(notes) if notes else "", seconds))
@@ -544,6 +551,8 @@ class _Records:
             return
         if notes:
             messages = messages + notes
+        if not names:  # a fit that returned no estimates is still a fit: one empty row
+            names, est, se, lo, hi = [None], [_NAN], None, None, None
         if se is not None or lo is not None or hi is not None:
             self.extra.append((len(self.est), se, lo, hi))
         self.names.extend(names)
@@ -680,7 +689,15 @@ def run_chunk(plan: _Plan, condition: int, start: int, stop: int) -> pa.Table:
                     notes = _merge(gen_notes, _warning_texts(log, 0) if log else None)
                     rec.ok(i, k, out, seconds, notes)
         else:
-            _run_batched(plan, cond, start, seeds, rec, batched, log)
+            # one block at a time, so that only a block's data sets are held in memory
+            sizes = [spec[1] for spec in batched.values() if spec is not None]
+            block = math.lcm(*sizes) if all(sizes) else stop - start
+            a = start
+            while a < stop:
+                b = min(stop, (a // block + 1) * block)
+                _run_batched(plan, cond, a, seeds[a - start:b - start], rec, batched, log,
+                             offset=a - start)
+                a = b
     return rec.table(start, seeds)
 
 
@@ -691,11 +708,12 @@ def _merge(a: list[str] | None, b: list[str] | None) -> list[str] | None:
 
 
 def _run_batched(plan: _Plan, cond: Condition, start: int, seeds: np.ndarray, rec: _Records,
-                 batched: dict[int, tuple | None], log: list) -> None:
-    """The chunk loop when a method fits batches: generate all, fit, emit in replicate order.
+                 batched: dict[int, tuple | None], log: list, offset: int = 0) -> None:
+    """Replicates start, start + 1, ... (seeds ``seeds``) when a method fits batches:
+    generate all, fit, record in replicate order (at ``offset`` within the chunk).
 
     A method with a ``batch_size`` B gets the replicates in blocks {r : r // B = k} (those
-    whose generation succeeded); without one, the whole chunk is one batch.
+    whose generation succeeded); without one, all of them form one batch.
     """
     clock = time.perf_counter
     n = len(seeds)
@@ -748,14 +766,14 @@ def _run_batched(plan: _Plan, cond: Condition, start: int, seeds: np.ndarray, re
     for i in range(n):
         for k in range(len(plan.methods)):
             if i in gen_error:
-                rec.error(i, k, gen_error[i], _NAN, gen_notes[i])
+                rec.error(offset + i, k, gen_error[i], _NAN, gen_notes[i])
                 continue
             r, seconds, notes = outcomes[k][i]
             notes = _merge(gen_notes[i], notes)
             if isinstance(r, BaseException):
-                rec.error(i, k, f"method: {_error_text(r)}", seconds, notes)
+                rec.error(offset + i, k, f"method: {_error_text(r)}", seconds, notes)
             else:
-                rec.ok(i, k, r, seconds, notes)
+                rec.ok(offset + i, k, r, seconds, notes)
 
 
 def _run_task(plan: _Plan, task: tuple[int, int, int]) -> tuple[tuple[int, int, int], pa.Table]:
@@ -787,6 +805,22 @@ class Study:
     n_reps : replicates per condition.
     seed : root seed (non-negative integer); None draws 128 random bits, kept in
         ``study.seed`` and in the manifest.
+
+    Examples
+    --------
+    The sample mean of N(1, 1) samples of two sizes: 2 conditions x 200 replicates.
+
+    >>> study = Study({"size": [10, 40]}, lambda cond, rng: rng.normal(1.0, 1.0, cond.size),
+    ...               {"mean": lambda x: {"mu": x.mean()}}, truth={"mu": 1.0},
+    ...               n_reps=200, seed=1)
+    >>> res = study.run(progress=False)
+    >>> res.records.shape
+    (400, 18)
+    >>> s = res.summarise()
+    >>> s[s.measure == "empse"][["size", "estimate", "mcse", "n"]]
+        size  estimate      mcse    n
+    2     10  0.332413  0.016662  200
+    24    40  0.155338  0.007786  200
     """
 
     def __init__(self, conditions: Mapping | pd.DataFrame | None, generate: Callable,
@@ -913,7 +947,7 @@ class Study:
             ``scheduler`` is its address or a ``Client``; None starts a LocalCluster with
             ``n_jobs`` single-threaded worker processes).
         chunk_size : replicates per chunk (per task and per file); default
-            ceil(total / max(16, 4 workers)), at most 1000 and at most ``n_reps``;
+            ceil(total / max(16, 4 workers)), at most 10,000 and at most ``n_reps``;
             rounded up to a multiple of the batched methods' ``batch_size``.
         progress : a tqdm bar of replicates done; None shows it only on a terminal.
 
@@ -1175,6 +1209,3 @@ def load_study(out_dir: str | os.PathLike, n_reps: int | None = None) -> StudyRe
                        seed=int(manifest["root_seed"]),
                        definition_hash=manifest["definition_hash"], directory=directory)
 
-
-__all__ += ["run_chunk"]
-_ = CorruptChunkWarning  # re-exported for users catching it

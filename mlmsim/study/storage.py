@@ -21,10 +21,16 @@ callable, the methods (name and description), the true values and the root seed.
 Callables are identified by qualified name, a hash of their source (its syntax tree, so
 comments and layout do not count; the bytecode when no source is available), and the
 data they close over (defaults, closure cells, module-level constants and helper
-functions they use). The number of replicates and the chunk size are not part of the
+functions they use; so a module-level cache that a generator fills changes its
+identity: keep caches elsewhere, or give the callable a ``descriptor()`` that states its
+identity). The number of replicates and the chunk size are not part of the
 identity: replicate r of condition c has the same seed and the same records whatever the
 total and however replicates are grouped into files, so a study can be resumed with
-another chunk size and extended with more replicates in the same directory.
+another chunk size and extended with more replicates in the same directory. (With a
+batched method, whose fits depend on their block of ``batch_size`` replicates to rounding,
+an extension equals a fresh run bit for bit when the old total was a multiple of the
+batch size.) A directory written for another definition, or by another mlmsim version
+(whose engine may estimate differently), is refused with :class:`StudyDirectoryError`.
 """
 
 from __future__ import annotations
@@ -194,12 +200,16 @@ def describe_callable(fn: object, _seen: frozenset[int] = frozenset()) -> dict:
       functions of the same module (described in turn);
     - ``functools.partial``: the function and its bound arguments;
     - bound methods: the function and the instance (as data);
-    - objects with a ``descriptor()`` method: its result; other callable objects: their
-      class (name and source hash) and ``__dict__``.
+    - anything with a ``descriptor()`` method (or attribute, for a function): its result,
+      which then is the whole identity; other callable objects: their class (name and
+      source hash) and ``__dict__``.
     The module name is not part of the identity, so a function imported under another
     module path (a script run directly, or imported) keeps its identity.
     """
     seen = _seen | {id(fn)}
+    descriptor = getattr(fn, "descriptor", None)
+    if callable(descriptor) and not isinstance(fn, type):
+        return {"object": type(fn).__qualname__, "descriptor": canonical(descriptor(), seen)}
     if isinstance(fn, functools.partial):
         return {"partial": canonical(fn.func, seen), "args": canonical(list(fn.args), seen),
                 "keywords": canonical(dict(fn.keywords), seen)}
@@ -235,9 +245,6 @@ def describe_callable(fn: object, _seen: frozenset[int] = frozenset()) -> dict:
         return {"builtin": f"{getattr(fn, '__module__', '')}.{fn.__qualname__}"}
     if isinstance(fn, type):
         return {"class": fn.__qualname__, "code": _code_digest(fn)}
-    descriptor = getattr(fn, "descriptor", None)
-    if callable(descriptor):
-        return {"object": type(fn).__qualname__, "descriptor": canonical(descriptor(), seen)}
     cls = type(fn)
     state = getattr(fn, "__dict__", None)
     return {"object": cls.__qualname__, "code": _code_digest(cls),
@@ -262,8 +269,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temporary file, fsync, ``os.replace``."""
+def atomic_write(path: Path, data: bytes, sync_dir: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically: temporary file, fsync, ``os.replace``.
+
+    ``sync_dir`` also fsyncs the directory, so the rename itself survives a power cut;
+    chunk files skip it (a lost rename only means the chunk is computed again).
+    """
     tmp = path.parent / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}.part"
     try:
         with open(tmp, "wb") as fh:
@@ -274,7 +285,8 @@ def atomic_write(path: Path, data: bytes) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-    _fsync_dir(path.parent)
+    if sync_dir:
+        _fsync_dir(path.parent)
 
 
 # ---------------------------------------------------------------------------
@@ -397,7 +409,7 @@ class StudyDirectory:
         data = sink.getvalue().to_pybytes()
         sha = _sha256(data)[:16]
         path = self.chunk_dir / f"c{condition:06d}-r{start:09d}-{stop:09d}-{sha}.parquet"
-        atomic_write(path, data)
+        atomic_write(path, data, sync_dir=False)
         return ChunkFile(condition, start, stop, sha, path)
 
     def read_chunk(self, chunk: ChunkFile, definition_hash: str | None = None,

@@ -1,0 +1,330 @@
+"""Draw simulated data sets from a :class:`~mlmsim.spec.ModelSpec`.
+
+One data set is a DataFrame (:func:`simulate`); R replicates at once are arrays
+(:func:`simulate_batch`), drawn in one vectorised pass, for a study runner and a
+batched fitting engine. Both follow the seed's model::
+
+    y_j = X_j gamma + Z_j U_j + R_j,   U_j = F e_j,   R_ij = sigma e_ij,
+
+where F (q x r) is an eigen factor of T (F F' = T, r = rank T), so a singular T is
+drawn exactly in its column space, and e has iid standardised components of the
+spec's distributions. Randomness comes only from the ``numpy.random.Generator`` (or
+``SeedSequence`` / int seed) passed in: the same seed gives the same data, bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlmsim.spec import (
+    _DUMMY,
+    Binary,
+    Categorical,
+    Complement,
+    Continuous,
+    Distribution,
+    GroupCentered,
+    GroupMean,
+    Indicator,
+    Level2Binary,
+    Level2Continuous,
+    ModelSpec,
+    Normal,
+    PoissonSizes,
+    SizeList,
+    UniformSizes,
+    Values,
+    _count,
+    factor_T,
+    group_sizes,
+)
+
+__all__ = ["simulate", "simulate_batch", "SimBatch", "factor_T", "draw_effects",
+           "draw_group_sizes", "as_generator"]
+
+
+def as_generator(rng: Any = None) -> np.random.Generator:
+    """A ``numpy.random.Generator`` from a Generator (used as is), a ``SeedSequence`` or
+    an int seed, or None (fresh entropy). No global random state is ever used."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, np.random.SeedSequence | int | np.integer):
+        return np.random.default_rng(rng)
+    raise ValueError(f"rng must be a numpy Generator, a SeedSequence, an int seed or None, "
+                     f"got {type(rng).__name__}")
+
+
+def draw_effects(T: Any, size: int | tuple[int, ...], rng: Any = None,
+                 dist: Distribution | None = None) -> np.ndarray:
+    """Random effects U = F e (shape ``size + (q,)``) with cov(U) = T: F from
+    :func:`factor_T`, e with iid components of the standardised ``dist`` (normal by
+    default), drawn as one array of shape ``size + (r,)``."""
+    F = factor_T(T)
+    size = (size,) if isinstance(size, int | np.integer) else tuple(size)
+    dist = Normal() if dist is None else dist
+    e = dist.standard(as_generator(rng), size + (F.shape[1],))
+    return e @ F.T
+
+
+def draw_group_sizes(rule: Any, n_groups: int | None, rng: Any = None) -> np.ndarray:
+    """Group sizes (J,) from a rule: an int n (all n), a list or :class:`SizeList`
+    (as given; ``resample=True`` draws J of them with replacement),
+    :class:`PoissonSizes` or :class:`UniformSizes` (drawn). ``n_groups`` may be None
+    for a list used as given."""
+    rule = group_sizes(rule)
+    if n_groups is None:
+        if isinstance(rule, SizeList) and not rule.resample:
+            n_groups = len(rule.sizes)
+        else:
+            raise ValueError("the number of groups is needed: pass n_groups (or set the spec's "
+                             "n_groups)")
+    J = _count(n_groups, "n_groups (the number of groups)")
+    if isinstance(rule, int):
+        return np.full(J, rule, dtype=np.int64)
+    if isinstance(rule, SizeList):
+        sizes = np.asarray(rule.sizes, dtype=np.int64)
+        if rule.resample:
+            return as_generator(rng).choice(sizes, size=J, replace=True)
+        if sizes.shape[0] != J:
+            raise ValueError(f"the group sizes list {sizes.shape[0]} groups but n_groups is {J}; "
+                             "use SizeList(..., resample=True) to draw J sizes from the list")
+        return sizes
+    gen = as_generator(rng)
+    if isinstance(rule, PoissonSizes):
+        return rule.minimum + gen.poisson(rule.mean - rule.minimum, size=J).astype(np.int64)
+    if isinstance(rule, UniformSizes):
+        return gen.integers(rule.low, rule.high + 1, size=J, dtype=np.int64)
+    raise ValueError(f"unknown group-size rule {rule!r}")  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------
+# the batch
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class SimBatch:
+    """R simulated data sets of one spec with one group layout, as arrays.
+
+    Shapes (R replicates, J groups, N = sum n_j rows, p fixed and q random effects):
+
+    - ``y`` (R, N): the response.
+    - ``X`` (R, N, p): the true model's fixed design, columns ``fixed_names`` (the
+      engine's order for ``spec.formula``); ``X @ spec.truth.gamma`` is E(y | X).
+    - ``Z`` (R, N, q): the random design, columns ``random_names``.
+    - ``U`` (R, J, q): the drawn U_j, columns ``random_names``.
+    - ``codes`` (N,): group of each row, 0..J-1, rows sorted by group; ``sizes`` (J,).
+      Shared by all replicates: random group sizes are drawn once per batch.
+    - ``columns``: each numeric predictor, (R, N); ``categories``: each categorical
+      predictor as level codes (R, N) into its ``levels``.
+
+    ``fit_arrays(**batch.arrays(), method="REML")`` fits the true model to all R
+    replicates; :meth:`frame` gives replicate r as :func:`simulate`'s DataFrame.
+    """
+
+    spec: ModelSpec
+    y: np.ndarray
+    X: np.ndarray
+    Z: np.ndarray
+    U: np.ndarray
+    codes: np.ndarray
+    sizes: np.ndarray
+    columns: dict[str, np.ndarray] = field(repr=False)
+    categories: dict[str, np.ndarray] = field(repr=False)
+
+    @property
+    def n_replicates(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.sizes.shape[0])
+
+    @property
+    def nobs(self) -> int:
+        return int(self.y.shape[1])
+
+    @property
+    def fixed_names(self) -> tuple[str, ...]:
+        return self.spec.fixed_names
+
+    @property
+    def random_names(self) -> tuple[str, ...]:
+        return self.spec.random_names
+
+    def arrays(self) -> dict[str, Any]:
+        """Keyword arguments for ``mlmsim.fit_arrays``: y, X, Z, codes, fixed_names,
+        random_names, n_groups."""
+        return {"y": self.y, "X": self.X, "Z": self.Z, "codes": self.codes,
+                "fixed_names": self.fixed_names, "random_names": self.random_names,
+                "n_groups": self.n_groups}
+
+    def frame(self, r: int = 0, effects: bool = False) -> pd.DataFrame:
+        """Replicate r as a DataFrame: the group id, the predictors (in the spec's
+        order; 0/1 columns as integers, categorical ones as pandas categoricals), y, and
+        with ``effects=True`` the true U_j as columns ``U_<name>``."""
+        spec = self.spec
+        data: dict[str, Any] = {spec.group: self.codes.copy()}
+        for p in spec.predictors:
+            if isinstance(p, Categorical):
+                data[p.name] = pd.Categorical.from_codes(self.categories[p.name][r],
+                                                         categories=list(p.levels))
+            elif isinstance(p, Binary | Complement | Indicator | Level2Binary):
+                data[p.name] = self.columns[p.name][r].astype(np.int64)
+            else:
+                data[p.name] = np.array(self.columns[p.name][r], dtype=float)
+        data[spec.response] = self.y[r].copy()
+        if effects:
+            U = self.U[r][self.codes]
+            for k, name in enumerate(self.random_names):
+                col = f"U_{name}"
+                if col in data:
+                    raise ValueError(f"the effect column {col!r} clashes with a predictor")
+                data[col] = U[:, k]
+        return pd.DataFrame(data)
+
+    def frames(self, effects: bool = False) -> list[pd.DataFrame]:
+        """All replicates as DataFrames."""
+        return [self.frame(r, effects) for r in range(self.n_replicates)]
+
+
+def simulate_batch(spec: ModelSpec, n_replicates: int, n_groups: int | None = None,
+                   group_size: Any = None, rng: Any = None) -> SimBatch:
+    """Draw R replicates of a spec at once, vectorised over replicates (no Python loop
+    over replicates or groups); see :class:`SimBatch` for the arrays.
+
+    ``n_groups`` defaults to the spec's; ``group_size`` (an int, a list, or a size
+    rule) overrides the spec's ``group_sizes``. Random group sizes are drawn once for
+    the whole batch, so all replicates share one layout (as a batched fit needs).
+    The draws, in this order from ``rng``: the group sizes (if random), each drawn
+    predictor in the spec's order, e for U (R, J, r), e for R (R, N).
+
+    >>> from mlmsim.spec import ModelSpec
+    >>> b = simulate_batch(ModelSpec.example(), 1000, 30, 5, rng=1)
+    >>> b.y.shape, b.X.shape, b.Z.shape, b.U.shape, b.codes.shape
+    ((1000, 150), (1000, 150, 4), (1000, 150, 2), (1000, 30, 2), (150,))
+    """
+    if not isinstance(spec, ModelSpec):
+        raise ValueError(f"spec must be a ModelSpec, got {type(spec).__name__}")
+    R = _count(n_replicates, "n_replicates (the number of replicates)")
+    gen = as_generator(rng)
+    rule = spec.group_sizes if group_size is None else group_sizes(group_size)
+    if rule is None:
+        raise ValueError("no group size: pass group_size or set the spec's group_sizes")
+    sizes = draw_group_sizes(rule, spec.n_groups if n_groups is None else n_groups, gen)
+    J, N = int(sizes.shape[0]), int(sizes.sum())
+    codes = np.repeat(np.arange(J, dtype=np.intp), sizes)
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.intp)
+    columns, categories = _draw_predictors(spec, R, sizes, codes, starts, gen)
+    X = _design(spec.fixed_names, columns, categories, spec, (R, N))
+    Z = _design(spec.random_names, columns, categories, spec, (R, N))
+    F = spec.layout.factor
+    U = spec.u_dist.standard(gen, (R, J, F.shape[1])) @ F.T
+    resid = spec.r_dist.standard(gen, (R, N))
+    y = X @ spec.layout.gamma + np.einsum("rnq,rnq->rn", Z, U[:, codes])
+    y += np.sqrt(spec.sigma2) * resid
+    return SimBatch(spec, y, X, Z, U, codes, sizes, columns, categories)
+
+
+def simulate(spec: ModelSpec, n_groups: int | None = None, group_size: Any = None,
+             rng: Any = None, *, effects: bool = False) -> pd.DataFrame:
+    """Draw one data set from a spec: a DataFrame with one row per level-1 unit.
+
+    Columns: the group id (``spec.group``, 0..J-1), the predictors, y
+    (``spec.response``) and, with ``effects=True``, the true U_j as ``U_<name>``.
+    ``n_groups`` J defaults to the spec's; ``group_size`` (an int n, a list of sizes,
+    or a size rule) overrides the spec's ``group_sizes``. ``rng``: a Generator, a
+    SeedSequence or an int seed (None: fresh entropy). Equal to
+    ``simulate_batch(spec, 1, n_groups, group_size, rng).frame(0, effects)``.
+
+    >>> from mlmsim.spec import ModelSpec
+    >>> data = simulate(ModelSpec.example(), 30, 5, rng=1)
+    >>> data.shape, list(data.columns)
+    ((150, 4), ['g', 'x', 'z', 'y'])
+    """
+    return simulate_batch(spec, 1, n_groups, group_size, rng).frame(0, effects)
+
+
+# ---------------------------------------------------------------------------
+# predictors and design columns
+# ---------------------------------------------------------------------------
+
+def _group_mean(x: np.ndarray, starts: np.ndarray, sizes: np.ndarray,
+                codes: np.ndarray) -> np.ndarray:
+    """Per-row sample group mean x-bar_j of x (R, N); rows sorted by group."""
+    return (np.add.reduceat(x, starts, axis=1) / sizes)[:, codes]
+
+
+def _draw_predictors(spec: ModelSpec, R: int, sizes: np.ndarray, codes: np.ndarray,
+                     starts: np.ndarray, gen: np.random.Generator):
+    """Numeric predictor columns (R, N) and categorical level codes (R, N)."""
+    J, N = int(sizes.shape[0]), int(codes.shape[0])
+    cols: dict[str, np.ndarray] = {}
+    cats: dict[str, np.ndarray] = {}
+    for p in spec.predictors:
+        if isinstance(p, Continuous):
+            b = gen.standard_normal((R, J))
+            w = gen.standard_normal((R, N))
+            cols[p.name] = p.mean + np.sqrt(p.var_between) * b[:, codes] \
+                + np.sqrt(p.var_within) * w
+        elif isinstance(p, Binary):
+            if p.p_sd ** 2 > 0:  # (a p_sd so small that its square is 0 means p_j = p)
+                a, b_ = p.beta_parameters()
+                pj = gen.beta(a, b_, (R, J))[:, codes]
+            else:
+                pj = p.p
+            cols[p.name] = (gen.random((R, N)) < pj).astype(float)
+        elif isinstance(p, Categorical):
+            cum = np.cumsum(p.probabilities)
+            cats[p.name] = np.searchsorted(cum[:-1] / cum[-1], gen.random((R, N)),
+                                           side="right").astype(np.intp)
+        elif isinstance(p, Values):
+            v = np.asarray(p.values, dtype=float)
+            if p.per == "position":
+                pos = np.arange(N) - starts[codes]
+                col = v[pos % v.shape[0]]
+            else:
+                if v.shape[0] != N:
+                    raise ValueError(f"values {p.name!r} has {v.shape[0]} values (per row) but "
+                                     f"the data set has {N} rows")
+                col = v
+            cols[p.name] = np.broadcast_to(col, (R, N))
+        elif isinstance(p, Level2Continuous):
+            cols[p.name] = (p.mean + np.sqrt(p.var) * gen.standard_normal((R, J)))[:, codes]
+        elif isinstance(p, Level2Binary):
+            cols[p.name] = (gen.random((R, J)) < p.p).astype(float)[:, codes]
+    for p in spec.predictors:
+        if isinstance(p, Complement):
+            cols[p.name] = 1.0 - cols[p.of]
+        elif isinstance(p, Indicator):
+            src = spec.predictor(p.of)
+            cols[p.name] = (cats[p.of] == src.levels.index(p.category)).astype(float)
+        elif isinstance(p, GroupMean):
+            cols[p.name] = _group_mean(cols[p.of], starts, sizes, codes)
+        elif isinstance(p, GroupCentered):
+            cols[p.name] = cols[p.of] - _group_mean(cols[p.of], starts, sizes, codes)
+    return cols, cats
+
+
+def _design(names: tuple[str, ...], cols: dict[str, np.ndarray], cats: dict[str, np.ndarray],
+            spec: ModelSpec, shape: tuple[int, int]) -> np.ndarray:
+    """Design columns (R, N, k) named as formulaic names them, as products of predictor
+    columns: ``Intercept``, ``x``, ``x:z``, ``f[T.b]`` (1 where f is b), ``f[b]``."""
+    out = np.empty(shape + (len(names),))
+    for k, name in enumerate(names):
+        col: Any = 1.0
+        for f in name.split(":"):
+            if f == "Intercept":
+                continue
+            if f in cols:
+                col = col * cols[f]
+            else:
+                m = _DUMMY.fullmatch(f)
+                var, level = m["var"], m["level"]  # type: ignore[index]
+                idx = spec.predictor(var).levels.index(level)  # type: ignore[attr-defined]
+                col = col * (cats[var] == idx)
+        out[..., k] = col
+    return out

@@ -1,0 +1,242 @@
+"""Checkpoints and resume: atomic chunk files, refusal of foreign studies, corrupt chunks,
+and a run killed with SIGKILL part-way then resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlmsim.study import CorruptChunkWarning, Study, StudyDirectoryError, load_study
+from mlmsim.study.storage import MANIFEST, StudyDirectory, describe_callable, digest
+
+REPO = Path(__file__).resolve().parents[1]
+SLEEP = 0.0  # seconds per replicate; the killed subprocess sets it through the environment
+
+
+def generate(cond, rng):
+    delay = float(os.environ.get("MLMSIM_TEST_SLEEP", SLEEP))
+    if delay:
+        time.sleep(delay)
+    x = rng.normal(size=cond.size)
+    return x + cond.shift
+
+
+def mean_se(data):
+    if data[0] > 2.0:
+        raise ValueError("outlier")
+    return {"m": {"estimate": float(np.mean(data)),
+                  "se": float(np.std(data, ddof=1) / np.sqrt(len(data)))}}
+
+
+def build_study(n_reps: int = 30, seed: int = 11) -> Study:
+    """The study of these tests (also run, and killed, in a subprocess)."""
+    return Study({"size": [4, 9], "shift": [0.0, 0.5]}, generate,
+                 {"mean": mean_se, "max": lambda d: {"m": float(np.max(d))}},
+                 truth=lambda c: {"m": c.shift}, n_reps=n_reps, seed=seed)
+
+
+def strip(records: pd.DataFrame) -> pd.DataFrame:
+    return records.drop(columns="seconds")
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return build_study().run(progress=False).records
+
+
+def chunk_paths(path: Path) -> dict[str, float]:
+    return {p.name: p.stat().st_mtime_ns for p in (path / "chunks").glob("c*.parquet")}
+
+
+def test_directory_holds_data_only_and_resumes(tmp_path, reference):
+    res = build_study().run(tmp_path, chunk_size=8, progress=False)
+    pd.testing.assert_frame_equal(strip(res.records), strip(reference))
+    files = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert MANIFEST in files
+    assert all(f.endswith((".parquet", ".json")) for f in files)
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    assert manifest["root_seed"] == "11"
+    assert manifest["definition_hash"] == build_study().definition_hash
+    assert manifest["mlmsim_version"]
+    before = chunk_paths(tmp_path)
+    assert len(before) == 4 * 4  # 4 conditions x ceil(30 / 8) chunks
+    again = build_study().run(tmp_path, chunk_size=8, progress=False)
+    assert chunk_paths(tmp_path) == before  # nothing recomputed or rewritten
+    pd.testing.assert_frame_equal(strip(again.records), strip(reference))
+    # reading back needs no code: manifest and Parquet only
+    loaded = load_study(tmp_path, n_reps=30)
+    pd.testing.assert_frame_equal(strip(loaded.records), strip(reference))
+    assert loaded.missing().empty
+
+
+def test_resume_with_other_chunk_size_and_more_replicates(tmp_path, reference):
+    build_study(n_reps=12).run(tmp_path, chunk_size=5, progress=False)
+    files = sorted((tmp_path / "chunks").glob("c*.parquet"))
+    files[1].unlink()  # a chunk that never finished
+    res = build_study(n_reps=30).run(tmp_path, chunk_size=7, progress=False)
+    rec = res.records
+    pd.testing.assert_frame_equal(strip(rec), strip(reference))
+    assert not rec.duplicated(["condition", "rep", "method", "parameter"]).any()
+    fewer = build_study(n_reps=10).run(tmp_path, progress=False).records
+    pd.testing.assert_frame_equal(
+        strip(fewer), strip(reference[reference.rep < 10].reset_index(drop=True)))
+
+
+def test_other_definition_is_refused(tmp_path):
+    build_study(n_reps=4).run(tmp_path, chunk_size=4, progress=False)
+    with pytest.raises(StudyDirectoryError, match=r"differs \(changed: seed\)"):
+        build_study(n_reps=4, seed=12).run(tmp_path, progress=False)
+    other = Study({"size": [4, 9], "shift": [0.0, 0.5]}, generate, {"mean": mean_se},
+                  truth=lambda c: {"m": c.shift}, n_reps=4, seed=11)
+    with pytest.raises(StudyDirectoryError, match="methods"):
+        other.run(tmp_path, progress=False)
+    conds = Study({"size": [4, 9], "shift": [0.0, 1.5]}, generate,
+                  {"mean": mean_se, "max": lambda d: {"m": float(np.max(d))}},
+                  truth=lambda c: {"m": c.shift}, n_reps=4, seed=11)
+    with pytest.raises(StudyDirectoryError, match="conditions"):
+        conds.run(tmp_path, progress=False)
+    # the refused runs wrote nothing
+    assert len(chunk_paths(tmp_path)) == 4
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    manifest["mlmsim_version"] = "0.0.1"
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(StudyDirectoryError, match="mlmsim 0.0.1"):
+        build_study(n_reps=4).run(tmp_path, progress=False)
+    (tmp_path / MANIFEST).unlink()
+    with pytest.raises(StudyDirectoryError, match="no manifest"):
+        build_study(n_reps=4).run(tmp_path, progress=False)
+
+
+def test_corrupt_and_truncated_chunks_are_recomputed(tmp_path, reference):
+    build_study().run(tmp_path, chunk_size=10, progress=False)
+    files = sorted((tmp_path / "chunks").glob("c*.parquet"))
+    truncated, flipped, misnamed = files[0], files[5], files[7]
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    # a valid file (hash matches its name) claiming another replicate range
+    victim = files[8]
+    wrong = victim.name.replace("-r000000020-000000030-", "-r000000010-000000020-")
+    assert wrong != victim.name
+    misnamed.unlink()
+    (tmp_path / "chunks" / wrong).write_bytes(victim.read_bytes())
+    # a temporary file left by a killed writer
+    (tmp_path / "chunks" / ".tmp-123-abc.part").write_bytes(b"partial")
+
+    with pytest.warns(CorruptChunkWarning) as caught:
+        loaded = load_study(tmp_path, n_reps=30)
+        assert len(loaded.missing()) > 0
+    assert len(caught) >= 3
+    with pytest.warns(CorruptChunkWarning) as caught:
+        res = build_study().run(tmp_path, chunk_size=10, progress=False)
+    reasons = " ".join(str(w.message) for w in caught)
+    assert "content hash" in reasons and "metadata does not match" in reasons
+    pd.testing.assert_frame_equal(strip(res.records), strip(reference))
+    assert len(list((tmp_path / "chunks").glob("*.corrupt"))) == 3
+    assert not list((tmp_path / "chunks").glob(".tmp-*"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pd.testing.assert_frame_equal(strip(load_study(tmp_path).records), strip(reference))
+
+
+def test_overlapping_chunks_are_refused(tmp_path):
+    build_study(n_reps=10).run(tmp_path, chunk_size=5, progress=False)
+    build = StudyDirectory(tmp_path)
+    table = build_study(n_reps=10)
+    from mlmsim.study.runner import run_chunk
+
+    extra = run_chunk(table._plan(), 0, 3, 8)
+    build.write_chunk(extra, 0, 3, 8, table.definition_hash)
+    with pytest.raises(StudyDirectoryError, match="overlap"):
+        build_study(n_reps=10).run(tmp_path, progress=False)
+
+
+def test_identity_of_callables():
+    def f(x, k=1):
+        return x + k
+
+    def g(x, k=2):
+        return x + k
+
+    assert describe_callable(f) != describe_callable(g)
+    scale = 2.0
+
+    def h(x):
+        return x * scale
+
+    d1 = digest(h)
+    scale = 3.0  # noqa: F841 - the closure sees the new value
+    assert digest(h) != d1
+    assert digest(np.arange(3)) != digest(np.arange(3.0))
+
+
+def _load(path: Path, source: str, name: str):
+    import importlib.util
+
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.k
+
+
+def test_identity_ignores_comments_and_layout(tmp_path):
+    k1 = _load(tmp_path / "a.py", "def k(x):\n    return x + 1  # one\n", "mod_a")
+    k2 = _load(tmp_path / "b.py", "def k(x):\n\n    # two\n    return (x + 1)\n", "mod_b")
+    k3 = _load(tmp_path / "c.py", "def k(x):\n    return x + 2\n", "mod_c")
+    assert digest(k1) == digest(k2)
+    assert digest(k1) != digest(k3)
+    # without source (exec), the bytecode identifies the function
+    ns1, ns2 = {}, {}
+    exec(compile("def k(x):\n    return x + 1\n", "<a>", "exec"), ns1)
+    exec(compile("def k(x):\n    return x + 2\n", "<b>", "exec"), ns2)
+    assert digest(ns1["k"]) != digest(ns2["k"])
+
+
+def test_sigkill_part_way_then_resume(tmp_path, reference):
+    out = tmp_path / "study"
+    env = dict(os.environ, MLMSIM_TEST_SLEEP="0.02",
+               PYTHONPATH=os.pathsep.join([str(REPO), str(Path(__file__).parent)]))
+    code = ("import test_study_storage as t; "
+            f"t.build_study().run({str(out)!r}, chunk_size=3, n_jobs=1, progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=str(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            if out.exists() and len(list((out / "chunks").glob("c*.parquet"))) >= 4:
+                break
+            time.sleep(0.005)
+        assert proc.poll() is None, proc.stderr.read().decode()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done = list((out / "chunks").glob("c*.parquet"))
+    assert 4 <= len(done) < 4 * 10  # killed part-way: 4 conditions x 10 chunks in all
+    res = build_study().run(out, chunk_size=3, progress=False)
+    rec = res.records
+    assert not rec.duplicated(["condition", "rep", "method", "parameter"]).any()
+    assert res.missing().empty
+    assert not list((out / "chunks").glob(".tmp-*"))
+    assert rec.drop_duplicates(["condition", "rep"]).shape[0] == 4 * 30
+    pd.testing.assert_frame_equal(strip(rec), strip(reference))
+    # the files written before the kill were kept, not recomputed
+    assert {p.name for p in done} <= {p.name for p in (out / "chunks").glob("c*.parquet")}
