@@ -1034,7 +1034,8 @@ def _known_reason(fa, fb, x: str, equivalent: bool, reasons: list[str], da: Desi
     if fa[1] != fb[1]:
         why = (f"{fa[0]} and {fb[0]} differ in their random part: one has a random slope of "
                f"{x}, the other does not")
-        return why if not equivalent else "; ".join(reasons)
+        return why if not equivalent else "one model in two parameterisations (X_a = X_b M, " \
+            "Z_a = Z_b A)"
     ok, why = _form_reason(fa[0], fb[0], fa[1], x)
     if ok and equivalent:
         return why

@@ -91,6 +91,7 @@ class Design:
 
 
 _BAR = re.compile(r"\|\|?")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _split_bars(rhs: str) -> tuple[str, list[tuple[str, str, bool]]]:
@@ -210,7 +211,8 @@ def _check_syntax(rhs: str, formula: str) -> None:
     try:
         _parse_rhs(rhs)
     except (FormulaSyntaxError, Exception) as exc:  # formulaic raises several types
-        raise ValueError(f"formula syntax error in {formula!r} (part {rhs!r}): {exc}") from None
+        text = _ANSI.sub("", str(exc))
+        raise ValueError(f"formula syntax error in {formula!r} (part {rhs!r}): {text}") from None
 
 
 @lru_cache(maxsize=512)
@@ -372,6 +374,12 @@ def model_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
         Zs.append(Zt)
         rnames.extend(names_t)
         offset += Zt.shape[1]
+    if n <= J * len(rnames):
+        raise ValueError(
+            f"number of observations ({n}) <= number of random effects ({J * len(rnames)} = "
+            f"{J} groups x {len(rnames)}): the random effects and the residual variance cannot "
+            "be told apart; use fewer random effects or more observations per group"
+        )
     dup = sorted({nm for nm in rnames if rnames.count(nm) > 1})
     if dup:
         raise ValueError(
@@ -397,32 +405,20 @@ def model_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
 def _drop_dependent(X: np.ndarray, names: list[str], tol: float = 1e-7):
     """Drop columns of X in the span of earlier ones (lme4 keeps the earlier columns).
 
-    A column j is dropped when its squared residual on the kept columns before
-    it is below ``tol`` times its squared norm (Gram-Schmidt on X'X).
+    As lme4 (``qr(X, tol = 1e-7)``): in the Householder QR factor of X, a column
+    whose |R_jj| is below ``tol`` times its norm adds nothing to the span of the
+    columns before it.
     """
     p = X.shape[1]
     if p == 0:
         return X, names, []
-    XtX = X.T @ X
-    keep: list[int] = []
-    for j in range(p):
-        norm2 = XtX[j, j]
-        if norm2 <= 0:
-            continue
-        if keep:
-            K = XtX[np.ix_(keep, keep)]
-            k = XtX[keep, j]
-            try:
-                resid = norm2 - k @ np.linalg.solve(K, k)
-            except np.linalg.LinAlgError:
-                resid = 0.0
-        else:
-            resid = norm2
-        if resid > tol * norm2:
-            keep.append(j)
-    if len(keep) == p:
+    norms = np.linalg.norm(X, axis=0)
+    R = np.linalg.qr(X, mode="r")
+    keep = np.flatnonzero(np.abs(np.diagonal(R)[:p]) > tol * np.maximum(norms, 1e-300))
+    keep = keep[norms[keep] > 0]
+    if keep.size == p:
         return X, names, []
-    dropped = [names[j] for j in range(p) if j not in keep]
+    dropped = [names[j] for j in range(p) if j not in set(keep)]
     warnings.warn(
         "fixed-effect model matrix is rank deficient so dropping "
         f"{len(dropped)} column(s): {', '.join(dropped)}",

@@ -151,9 +151,6 @@ def test_constant_response(df):
     assert not isinstance(err.value, np.linalg.LinAlgError)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: no check of N > J q (lme4's check.nobs.vs.nRE): "
-                   "N = J q crashes with LinAlgError in the optimiser (or runs to the iteration "
-                   "limit with sigma2 ~ 1e-12) instead of a ValueError")
 @pytest.mark.parametrize("method", ["ML", "REML"])
 def test_as_many_random_effects_as_observations(method):
     """lme4: 'number of observations (=24) <= number of random effects (=24) for term

@@ -146,11 +146,6 @@ def test_satterthwaite_df_interior_fits(entry):
         assert ct.loc[lme4_name(k), "df"] == pytest.approx(v, rel=1e-2), k
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (reported): at a singular fit the Satterthwaite df are computed with the full "
-    "phi-space 2 H^-1, boundary parameters included; lmerTest (and SAS) treat parameters on "
-    "the boundary as fixed. E.g. tinyvar_1 (tau0^2 = 0): lmerTest 50 / 49 (= N, N - p), "
-    "mlmsim 8.3 / 8.9; slope_var0 x: lmerTest 128.9, mlmsim 6.1; corr1_b ML: NaN"))
 @pytest.mark.parametrize("entry", _satterthwaite_cases(singular=True))
 def test_satterthwaite_df_singular_fits(entry):
     ct = _fit(entry).coef_table("satterthwaite")

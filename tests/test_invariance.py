@@ -230,11 +230,6 @@ def _phi_objective(formula, df, reml):
 # criterion as the centred data: checked with R for the seeds below)
 # ---------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: formula._drop_dependent compares the *squared* residual norm with tol = 1e-7, i.e. "
-    "a norm ratio of 3e-4, where lme4 (qr(X, tol = 1e-7), LINPACK dqrdc2) uses the norm "
-    "ratio 1e-7: a covariate with |mean| / sd > ~3000 is dropped as 'rank deficient' "
-    "(lme4 keeps it; the criterion then differs by ~100)"))
 def test_covariate_with_a_large_mean_is_kept(simulate):
     for seed in (0, 1, 2):
         df = simulate(np.random.default_rng(seed), [8] * 20, q=2, p_extra=2)

@@ -11,6 +11,7 @@ Diagnostics live in :func:`mlmsim.engine.estimates.messages` and speak in plain 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,7 @@ from mlmsim.engine.result import FitResult, covparm_names
 from mlmsim.engine.stats import GroupStats, group_stats, residual_check
 from mlmsim.formula import Design, model_design
 
-__all__ = ["fit", "fit_design", "result_from_theta"]
+__all__ = ["fit", "fit_design", "result_from_theta", "Centering"]
 
 _METHODS = {"ML": "ML", "REML": "REML"}
 
@@ -48,11 +49,57 @@ def fit(formula: str, data: pd.DataFrame, method: str = "REML") -> FitResult:
     return fit_design(design, method)
 
 
+@dataclass(frozen=True)
+class Centering:
+    """A shift of y and of X's non-intercept columns by their means, for numerical accuracy.
+
+    With an intercept column, X = X_c + 1 m' (m = column means, 0 for the intercept) and
+    y = y_c + ybar span the same models: the deviance, REML criterion (|L| = 1), T,
+    sigma^2 and the EBLUPs are unchanged, and the fixed effects map back exactly as
+    gamma = L gamma_c + ybar e_0, vcov = L vcov_c L', with L = I except row 0:
+    L[0, k] = -m_k. The sums of squares behind the deviance then carry no large
+    means (a response or covariate with mean 1e3 residual SDs would cost ~6 digits).
+    """
+
+    L: np.ndarray
+    offset: np.ndarray
+
+    @classmethod
+    def of(cls, design: Design) -> tuple[np.ndarray, np.ndarray, Centering]:
+        X, y = design.X, design.y
+        p = X.shape[1]
+        ones = np.flatnonzero(np.all(X == 1.0, axis=0))
+        if ones.size == 0:
+            return y, X, cls(np.eye(p), np.zeros(p))
+        i0 = ones[0]
+        m = X.mean(axis=0)
+        m[i0] = 0.0
+        ybar = float(y.mean())
+        L = np.eye(p)
+        L[i0, :] -= m
+        L[i0, i0] = 1.0
+        offset = np.zeros(p)
+        offset[i0] = ybar
+        return y - ybar, X - m, cls(L, offset)
+
+    def beta(self, beta_c: np.ndarray) -> np.ndarray:
+        return self.L @ beta_c + self.offset
+
+    def cov(self, cov_c: np.ndarray) -> np.ndarray:
+        """L C L' for C (..., p, p)."""
+        return self.L @ cov_c @ self.L.T
+
+
 def fit_design(design: Design, method: str = "REML", theta0: np.ndarray | None = None) -> FitResult:
-    """Fit from a :class:`~mlmsim.formula.Design` (formula already turned into matrices)."""
+    """Fit from a :class:`~mlmsim.formula.Design` (formula already turned into matrices).
+
+    The statistics are computed from the centred y and X (:class:`Centering`), and the
+    fixed effects mapped back.
+    """
     method = _method(method)
     reml = method == "REML"
-    stats = group_stats(design.y, design.X, design.Z, design.group_codes, design.ngroups)
+    y_c, X_c, centering = Centering.of(design)
+    stats = group_stats(y_c, X_c, design.Z, design.group_codes, design.ngroups)
     problem = residual_check(stats)
     if problem.item() is not None:
         raise ValueError(problem.item())
@@ -60,12 +107,18 @@ def fit_design(design: Design, method: str = "REML", theta0: np.ndarray | None =
     tmap = ThetaMap.from_blocks(design.Z.shape[1], design.blocks)
     start = None if theta0 is None else np.atleast_2d(theta0)
     opt = minimize_theta(take(pk, None), tmap, reml, start)
-    return result_from_theta(design, stats, tmap, opt, method)
+    return result_from_theta(design, stats, tmap, opt, method, centering)
 
 
 def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: OptResult,
-                      method: str) -> FitResult:
-    """Read the estimates, inference and diagnostics off a single fit's optimum (R = 1)."""
+                      method: str, centering: Centering | None = None) -> FitResult:
+    """Read the estimates, inference and diagnostics off a single fit's optimum (R = 1).
+
+    ``stats`` are those the optimum was found from (of the centred data when
+    ``centering`` is given; the fixed effects are then mapped back).
+    """
+    p = stats.p
+    centering = centering or Centering(np.eye(p), np.zeros(p))
     reml = method == "REML"
     pk = take(pack(stats), None)
     cs = inference.CovStructure.from_blocks(stats.q, design.blocks)
@@ -80,7 +133,7 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
     U = (L @ Pu[0]).T
     sigma2 = float(est.sigma2[0])
     condvar = sigma2 * np.einsum("ab,jbc,dc->jad", L, pr.Minv[0], L)
-    beta = est.beta[0]
+    beta = centering.beta(est.beta[0])
     fitted = design.X @ beta + np.einsum("nq,nq->n", design.Z, U[design.group_codes])
     dev = float(est.deviance[0])
     npar = stats.p + tmap.size + 1
@@ -98,7 +151,7 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
         covparm_names=tuple(names),
         covparm_sas=tuple(sas),
         beta=beta,
-        vcov_matrix=est.vcov[0],
+        vcov_matrix=centering.cov(est.vcov[0]),
         T_matrix=est.T[0],
         sigma2=sigma2,
         theta=theta.copy(),
@@ -128,4 +181,6 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
         design=design,
         stats=stats,
         cov_structure=cs,
+        theta_map=tmap,
+        fixed_map=centering.L,
     )

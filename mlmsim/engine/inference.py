@@ -44,6 +44,8 @@ __all__ = [
     "phi_hessian",
     "phi_hessian_fd",
     "satterthwaite_df",
+    "satterthwaite_theta",
+    "theta_jacobians",
     "containment_df",
     "between_within_df",
 ]
@@ -418,6 +420,69 @@ def vcov_derivatives(st: GroupStats, cs: CovStructure, phi: np.ndarray, reml: bo
     Mk = np.concatenate((Mk, XV2X[..., None, :, :]), axis=-3)
     dC = C[..., None, :, :] @ Mk @ C[..., None, :, :]
     return C, dC
+
+
+def theta_jacobians(cs: CovStructure, tmap, theta: np.ndarray, sigma: float):
+    """d phi / d psi (m, k+1) and d^2 phi / d psi^2 (m, k+1, k+1) for psi = (theta, sigma).
+
+    phi_e = sigma^2 (Lambda Lambda')_ab for T's element e = (a, b), phi_m = sigma^2. With
+    theta_t at Lambda[r_t, c_t]: d(Lambda Lambda')_ab / d theta_t = [a = r_t] Lambda[b, c_t]
+    + [b = r_t] Lambda[a, c_t], and d^2 / d theta_t d theta_u = [c_t = c_u] ([a = r_t]
+    [b = r_u] + [a = r_u][b = r_t]).
+    """
+    L = tmap.Lambda(theta)
+    LL = L @ L.T
+    a, b = cs.rows, cs.cols
+    r, c = tmap.rows, tmap.cols
+    k, K = r.shape[0], a.shape[0]
+    ar = np.equal.outer(a, r).astype(float)   # [a_e = r_t]  (K, k)
+    br = np.equal.outer(b, r).astype(float)
+    D = ar * L[b][:, c] + br * L[a][:, c]     # (K, k)
+    same_c = np.equal.outer(c, c).astype(float)
+    D2 = (ar[:, :, None] * br[:, None, :] + ar[:, None, :] * br[:, :, None]) * same_c
+    J = np.zeros((K + 1, k + 1))
+    J[:K, :k] = sigma**2 * D
+    J[:K, k] = 2.0 * sigma * LL[a, b]
+    J[K, k] = 2.0 * sigma
+    H2 = np.zeros((K + 1, k + 1, k + 1))
+    H2[:K, :k, :k] = sigma**2 * D2
+    H2[:K, :k, k] = H2[:K, k, :k] = 2.0 * sigma * D
+    H2[:K, k, k] = 2.0 * LL[a, b]
+    H2[K, k, k] = 2.0
+    return J, H2
+
+
+def satterthwaite_theta(st, cs: CovStructure, tmap, theta: np.ndarray, sigma2: float,
+                        reml: bool, fixed_map: np.ndarray | None = None,
+                        L: np.ndarray | None = None) -> np.ndarray:
+    """Satterthwaite df as lmerTest computes them: in psi = (theta, sigma).
+
+    The asymptotic covariance of psi-hat is 2 H_psi^{-1}, with H_psi = J' H_phi J +
+    sum_e (df/dphi_e) d^2 phi_e / dpsi^2 the Hessian of the objective in psi (the
+    second term matters where a variance sits on the boundary), and dC/dpsi = sum_e
+    dC/dphi_e J_e. Inside the parameter space this equals the phi-space result
+    (Satterthwaite's df do not depend on the parameterisation); on the boundary a
+    column of Lambda at 0 has d phi / d theta = 0 and drops out, as in lmerTest.
+    ``fixed_map`` maps the fixed effects of ``st`` to the reported ones (C -> M C M').
+    """
+    pk = _as_packed(st)
+    T = sigma2 * (tmap.Lambda(theta) @ tmap.Lambda(theta).T)
+    phi = cs.phi(T, sigma2)
+    H_phi = phi_hessian(pk, cs, phi, reml)
+    g_phi = phi_gradient(pk, cs, phi, reml)
+    C, dC = vcov_derivatives(pk, cs, phi, reml)
+    J, H2 = theta_jacobians(cs, tmap, theta, float(np.sqrt(sigma2)))
+    H = J.T @ H_phi @ J + np.einsum("e,eij->ij", g_phi, H2)
+    H = 0.5 * (H + H.T)
+    dC_psi = np.einsum("epq,ej->jpq", dC, J)
+    if fixed_map is not None:
+        C = fixed_map @ C @ fixed_map.T
+        dC_psi = fixed_map @ dC_psi @ fixed_map.T
+    w = np.linalg.eigvalsh(H)
+    if w[0] <= 1e-10 * np.abs(w).max():
+        return np.full(C.shape[-1] if L is None else np.atleast_2d(L).shape[0], np.nan)
+    acov = 2.0 * np.linalg.inv(H)
+    return satterthwaite_df(C, dC_psi, acov, L)
 
 
 def satterthwaite_df(C: np.ndarray, dC: np.ndarray, acov: np.ndarray,

@@ -121,6 +121,8 @@ class FitResult:
     design: Design | None = field(default=None, repr=False, compare=False)
     stats: GroupStats | None = field(default=None, repr=False, compare=False)
     cov_structure: Any = field(default=None, repr=False, compare=False)
+    theta_map: Any = field(default=None, repr=False, compare=False)
+    fixed_map: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     # ---- labelled views (built on first access) ------------------------------
     @cached_property
@@ -217,10 +219,9 @@ class FitResult:
         if method == "residual":
             return np.full(self.fixef.shape[0], float(self.nobs - self.fixef.shape[0]))
         if method == "satterthwaite":
-            phi = self.covparms["estimate"].to_numpy()
-            C, dC = inference.vcov_derivatives(st, self.cov_structure, phi, self.reml)
-            acov = self.covparms_cov.to_numpy()
-            return inference.satterthwaite_df(C, dC, acov)
+            return inference.satterthwaite_theta(st, self.cov_structure, self.theta_map,
+                                                 self.theta, self.sigma2, self.reml,
+                                                 self.fixed_map)
         if method == "containment":
             fv = [_variables(n) for n in self.fixef.index]
             rv = [_variables(n) for n in self.random_names]

@@ -442,7 +442,8 @@ def _values(mapping: Any, names: list[str]) -> list[float] | None:
         return None
     if isinstance(mapping, pd.Series):
         mapping = mapping.to_dict()
-    return [float(mapping.get(n, _NAN)) if mapping.get(n) is not None else _NAN for n in names]
+    values = [mapping.get(n) for n in names]
+    return [_NAN if v is None else float(v) for v in values]
 
 
 def _normalise(out: Any, scalar_name: str | None):
