@@ -269,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown case(s) {unknown}; choose from {', '.join(CASES)}")
     wanted = [t.strip() for t in args.tools.split(",") if t.strip()]
+    if bad := [t for t in wanted if t not in TOOLS]:
+        ap.error(f"unknown tool(s) {bad}; choose from {', '.join(TOOLS)}")
     if args.no_r:
         wanted = [t for t in wanted if t != "lme4"]
     status = {t: peers.available(t) for t in wanted}

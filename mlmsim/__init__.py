@@ -9,7 +9,14 @@ sigma^2, predictors, groups) -> :func:`simulate` (data sets) -> :func:`fit`
 
 from __future__ import annotations
 
-from mlmsim import datasets, studies
+from mlmsim import centering, datasets, studies
+from mlmsim.centering import (
+    CenteredForms,
+    Equivalence,
+    add_centered,
+    centered_forms,
+    equivalence,
+)
 from mlmsim.engine import BatchFit, FitResult, LRTResult, fit, fit_arrays, fit_batch, lrt
 from mlmsim.modelplots import (
     plot_caterpillar,
@@ -62,7 +69,8 @@ def studies_registry():
 
 
 __all__ = [
-    "BatchFit", "Binary", "Categorical", "ChiSquare", "Complement", "Continuous", "Discrete",
+    "BatchFit", "Binary", "CenteredForms", "Equivalence", "add_centered", "centered_forms",
+    "centering", "equivalence", "Categorical", "ChiSquare", "Complement", "Continuous", "Discrete",
     "FitResult", "FormulaMethod", "FromSpec", "GroupCentered", "GroupMean", "Indicator",
     "LRTResult", "Level2Binary", "Level2Continuous", "ModelSpec", "Normal", "PoissonSizes",
     "SimBatch", "SizeList", "StudentT", "Study", "StudyResult", "T_from_sd_corr", "Truth",

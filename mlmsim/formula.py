@@ -374,12 +374,6 @@ def model_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
         Zs.append(Zt)
         rnames.extend(names_t)
         offset += Zt.shape[1]
-    if n <= J * len(rnames):
-        raise ValueError(
-            f"number of observations ({n}) <= number of random effects ({J * len(rnames)} = "
-            f"{J} groups x {len(rnames)}): the random effects and the residual variance cannot "
-            "be told apart; use fewer random effects or more observations per group"
-        )
     dup = sorted({nm for nm in rnames if rnames.count(nm) > 1})
     if dup:
         raise ValueError(

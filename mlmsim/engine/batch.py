@@ -18,7 +18,7 @@ larger iteration limit, and its messages say so.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,7 @@ import pandas as pd
 from mlmsim.engine import inference
 from mlmsim.engine.deviance import ThetaMap, pack
 from mlmsim.engine.estimates import Estimates, estimates, messages
+from mlmsim.engine.fit import Centering
 from mlmsim.engine.optimize import OptResult, minimize_theta, take
 from mlmsim.engine.result import covparm_names
 from mlmsim.engine.stats import GroupStats, group_stats, residual_check, stack_stats
@@ -115,11 +116,13 @@ def _method(method: str) -> bool:
 
 def fit_stats(stats: GroupStats, blocks: tuple[tuple[int, ...], ...], method: str,
               fixed_names: Sequence[str], random_names: Sequence[str],
-              max_iter: int = 300) -> BatchFit:
+              max_iter: int = 300, centering: Centering | None = None) -> BatchFit:
     """Fit R replicates from stacked statistics (batch axis R first).
 
     A replicate that cannot be fitted (its fixed effects fit y exactly) gets NaN
-    estimates and its reason in ``errors``; the others are fitted as usual.
+    estimates and its reason in ``errors``; the others are fitted as usual. With
+    ``centering`` (batched), the statistics are of centred data and the fixed
+    effects are mapped back, as in the single fit.
     """
     reml = _method(method)
     q = stats.A.shape[-1]
@@ -136,7 +139,11 @@ def fit_stats(stats: GroupStats, blocks: tuple[tuple[int, ...], ...], method: st
         if refit.size:
             opt = _refit_alone(pk, tmap, reml, opt, refit)
             refitted[good[refit]] = True
-        est = _scatter(estimates(pk, tmap, cs, opt, reml), good, R)
+        est = estimates(pk, tmap, cs, opt, reml)
+        if centering is not None:
+            sub = Centering(centering.L[good], centering.offset[good])
+            est = replace(est, beta=sub.beta(est.beta), vcov=sub.cov(est.vcov))
+        est = _scatter(est, good, R)
     else:
         est = _scatter(None, good, R, like=(stats, tmap, cs))
     rnames = list(random_names)
@@ -207,8 +214,11 @@ def fit_arrays(y: np.ndarray, X: np.ndarray, Z: np.ndarray, codes: np.ndarray, *
     J = int(codes.max()) + 1 if n_groups is None else int(n_groups)
     q = np.shape(Z)[-1]
     blocks = (tuple(range(q)),) if blocks is None else blocks
-    stats = group_stats(y, X, Z, codes, J)
-    return fit_stats(stats, blocks, method, fixed_names, random_names)
+    y = np.asarray(y, dtype=float)
+    X = np.broadcast_to(np.asarray(X, dtype=float), y.shape + (np.shape(X)[-1],))
+    y_c, X_c, centering = Centering.of_arrays(y, X)
+    stats = group_stats(y_c, X_c, Z, codes, J)
+    return fit_stats(stats, blocks, method, fixed_names, random_names, centering=centering)
 
 
 def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REML") -> BatchFit:
@@ -228,10 +238,9 @@ def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REM
     _method(method)
     stacked = stacked_design(formula, datasets)
     if stacked is not None:
-        J = stacked.group_labels.shape[0]
-        stats = group_stats(stacked.y, stacked.X, stacked.Z, stacked.group_codes, J)
-        return fit_stats(stats, stacked.blocks, method, stacked.fixed_names,
-                         stacked.random_names)
+        return fit_arrays(stacked.y, stacked.X, stacked.Z, stacked.group_codes, method=method,
+                          fixed_names=stacked.fixed_names, random_names=stacked.random_names,
+                          blocks=stacked.blocks, n_groups=stacked.group_labels.shape[0])
     designs = [model_design(formula, d) for d in datasets]
     first = designs[0]
     for i, d in enumerate(designs[1:], start=1):
@@ -240,5 +249,10 @@ def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REM
                 f"data set {i} gives columns {d.fixed_names} / {d.random_names}, unlike data set "
                 f"0's {first.fixed_names} / {first.random_names}: a batch needs one design layout"
             )
-    stats = stack_stats([group_stats(d.y, d.X, d.Z, d.group_codes, d.ngroups) for d in designs])
-    return fit_stats(stats, first.blocks, method, first.fixed_names, first.random_names)
+    parts = [Centering.of(d) for d in designs]
+    stats = stack_stats([group_stats(yc, Xc, d.Z, d.group_codes, d.ngroups)
+                         for d, (yc, Xc, _) in zip(designs, parts, strict=True)])
+    centering = Centering(np.stack([c.L for _, _, c in parts]),
+                          np.stack([c.offset for _, _, c in parts]))
+    return fit_stats(stats, first.blocks, method, first.fixed_names, first.random_names,
+                     centering=centering)

@@ -66,28 +66,36 @@ class Centering:
 
     @classmethod
     def of(cls, design: Design) -> tuple[np.ndarray, np.ndarray, Centering]:
-        X, y = design.X, design.y
-        p = X.shape[1]
-        ones = np.flatnonzero(np.all(X == 1.0, axis=0))
-        if ones.size == 0:
-            return y, X, cls(np.eye(p), np.zeros(p))
-        i0 = ones[0]
-        m = X.mean(axis=0)
-        m[i0] = 0.0
-        ybar = float(y.mean())
-        L = np.eye(p)
-        L[i0, :] -= m
-        L[i0, i0] = 1.0
-        offset = np.zeros(p)
-        offset[i0] = ybar
-        return y - ybar, X - m, cls(L, offset)
+        return cls.of_arrays(design.y, design.X)
+
+    @classmethod
+    def of_arrays(cls, y: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, Centering]:
+        """Centre y (..., N) and X (..., N, p) (leading replicate axes allowed; X may be
+        shared): returns y_c, X_c and the map. Without an all-ones column: no change."""
+        p = X.shape[-1]
+        ones = np.all(X == 1.0, axis=-2)
+        ones = ones.reshape(-1, p).all(axis=0)
+        batch = y.shape[:-1]
+        if not ones.any():
+            return y, X, cls(np.broadcast_to(np.eye(p), batch + (p, p)), np.zeros(batch + (p,)))
+        i0 = int(np.flatnonzero(ones)[0])
+        m = X.mean(axis=-2)
+        m[..., i0] = 0.0
+        ybar = y.mean(axis=-1)
+        m = np.broadcast_to(m, batch + (p,))
+        L = np.broadcast_to(np.eye(p), batch + (p, p)).copy()
+        L[..., i0, :] -= m
+        L[..., i0, i0] = 1.0
+        offset = np.zeros(batch + (p,))
+        offset[..., i0] = ybar
+        return y - ybar[..., None], X - m[..., None, :], cls(L, offset)
 
     def beta(self, beta_c: np.ndarray) -> np.ndarray:
-        return self.L @ beta_c + self.offset
+        return (self.L @ beta_c[..., None])[..., 0] + self.offset
 
     def cov(self, cov_c: np.ndarray) -> np.ndarray:
         """L C L' for C (..., p, p)."""
-        return self.L @ cov_c @ self.L.T
+        return self.L @ cov_c @ np.swapaxes(self.L, -1, -2)
 
 
 def fit_design(design: Design, method: str = "REML", theta0: np.ndarray | None = None) -> FitResult:

@@ -20,8 +20,11 @@ a whole column exactly 0 is a stationary point by symmetry; the start
 (Lambda = I, as lme4) and the saddle-avoiding step keep the iterates away
 from it unless it is the minimum.
 
-Convergence: the Newton decrement g'|H|^{-1}g falls below ``tol`` (deviance
-units), or the gradient's largest element is below ``gtol``.
+Convergence: the Newton decrement g'|H|^{-1}g falls below ``tol`` = 1e-12
+(deviance units: each parameter within about 1e-6 of its standard error of
+the optimum), or the gradient's largest element is below ``gtol``, or no
+descent step exists on the exact Hessian with a decrement below 1e-6 (the
+numerical floor of the deviance).
 """
 
 from __future__ import annotations
@@ -201,7 +204,7 @@ def _minimize(
     theta0: np.ndarray | None = None,
     *,
     max_iter: int = 300,
-    tol: float = 1e-10,
+    tol: float = 1e-12,
     gtol: float = 1e-8,
     max_step: float = 2.0,
     edge: float = 1e-2,
@@ -264,8 +267,8 @@ def _minimize(
         keep = ~done
         if it == max_iter:
             break
-        active, f, g, H, B, p, slope, exact, lam_rel, lam_min, v_neg = (
-            a[keep] for a in (active, f, g, H, B, p, slope, exact, lam_rel, lam_min, v_neg)
+        active, f, g, H, B, p, slope, exact, lam_rel, lam_min, v_neg, dec = (
+            a[keep] for a in (active, f, g, H, B, p, slope, exact, lam_rel, lam_min, v_neg, dec)
         )
         if active.size == 0:
             break
@@ -306,6 +309,9 @@ def _minimize(
         # a failed line search on an approximate Hessian is retried with the exact one;
         # on the exact Hessian it means no further progress is possible: stop there
         stalled = ~accepted & exact
+        # no descent step exists even on the exact Hessian: the numerical floor of the
+        # deviance is reached; with a small decrement that is convergence
+        converged[active[stalled & (dec < 1e-6)]] = True
         retry = np.flatnonzero(~accepted & ~exact)
         if retry.size:
             fe, ge, He = _fd_hessian(take(pk, active[retry]), theta[active[retry]], tmap, reml)

@@ -115,18 +115,29 @@ def stack_stats(stats: list[GroupStats]) -> GroupStats:
 
 
 def residual_check(stats: GroupStats) -> np.ndarray:
-    """Per replicate, None or a message when the fixed effects fit y exactly.
+    """Per replicate, None or a message saying why the model cannot be fitted.
 
-    The OLS residual sum of squares y'y - y'X (X'X)^{-1} X'y below 1e-12 of
-    y'y (a constant response, or as many fixed effects as distinct values)
-    leaves no residual variance to estimate: sigma^2-hat would be 0 and the
-    deviance -infinity.
+    - as many random effects as observations (N <= J q, lme4's check.nobs.vs.nRE):
+      the random effects and the residual variance cannot be told apart;
+    - the fixed effects fit y exactly (OLS residual sum of squares y'y - y'X (X'X)^{-1}
+      X'y below 1e-12 of y'y: a constant response, say): no residual variance is left,
+      sigma^2-hat would be 0 and the deviance -infinity.
     """
     XtX, Xty, yty = stats.XtX, stats.Xty, np.asarray(stats.yty, dtype=float)
     beta = np.linalg.lstsq(XtX, Xty, rcond=None)[0] if XtX.ndim == 2 else \
         np.linalg.solve(XtX, Xty[..., None])[..., 0]
     rss = yty - np.einsum("...a,...a->...", beta, Xty)
-    bad = rss <= 1e-12 * np.maximum(yty, 1e-300)
-    msg = ("the response is fitted exactly by the fixed effects (e.g. a constant response): "
-           "zero residual variance, nothing to estimate")
-    return np.where(bad, msg, None)
+    exact = rss <= 1e-12 * np.maximum(yty, 1e-300)
+    J = (np.asarray(stats.n) > 0).sum(axis=-1)
+    q = stats.q
+    N = np.asarray(stats.N)
+    too_many = N <= J * q
+    out = np.where(exact, "the response is fitted exactly by the fixed effects (e.g. a "
+                   "constant response): zero residual variance, nothing to estimate", None)
+    for i in np.flatnonzero(np.ravel(too_many)):
+        n_obs, n_groups = int(np.ravel(N)[i]), int(np.ravel(J)[i])
+        out.flat[i] = (f"number of observations ({n_obs}) <= number of random effects "
+                       f"({n_groups * q} = {n_groups} groups x {q}): the random effects and "
+                       "the residual variance cannot be told apart; use fewer random effects "
+                       "or more observations per group")
+    return out
