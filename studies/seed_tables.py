@@ -1,0 +1,11 @@
+"""Run the `seed_tables` study from the command line: `python studies/seed_tables.py [--quick] [--jobs K] ...`.
+
+The study itself is `mlmsim/studies/seed_tables.py`; this script is `mlmsim study run seed_tables`.
+"""
+
+import sys
+
+from mlmsim.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["study", "run", "seed_tables", *sys.argv[1:]]))
