@@ -1,4 +1,4 @@
-"""Run the `bias` study from the command line: `python studies/bias.py [--quick] [--jobs K] ...`.
+"""The `bias` study from the command line: `python studies/bias.py [--quick] [--jobs K]`.
 
 The study itself is `mlmsim/studies/bias.py`; this script is `mlmsim study run bias`.
 """

@@ -1,4 +1,4 @@
-"""Run the `maas_hox` study from the command line: `python studies/maas_hox.py [--quick] [--jobs K] ...`.
+"""The `maas_hox` study from the command line: `python studies/maas_hox.py [--quick] [--jobs K]`.
 
 The study itself is `mlmsim/studies/maas_hox.py`; this script is `mlmsim study run maas_hox`.
 """
