@@ -1,4 +1,4 @@
-"""The `seed_tables` study from the command line: `python studies/seed_tables.py [--quick] [--jobs K]`.
+"""The `seed_tables` study from the command line: `python studies/seed_tables.py [--quick]`.
 
 The study itself is `mlmsim/studies/seed_tables.py`; this script is `mlmsim study run seed_tables`.
 """
