@@ -166,7 +166,7 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
         deviance=dev,
         loglik=-0.5 * dev,
         aic=dev + 2.0 * npar,
-        bic=dev + np.log(N) * npar,
+        bic=float(dev + np.log(N) * npar),
         nobs=N,
         ngroups=design.ngroups,
         converged=bool(est.converged[0]),
