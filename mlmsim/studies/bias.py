@@ -167,12 +167,45 @@ def _report_text(slope: pd.DataFrame, ri: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _threshold_J(slope, par, method, n, icc, test) -> int | None:
+    """The smallest J from which ``test(estimate, mcse)`` holds for every larger J."""
+    Js = sorted(slope.n_groups.unique())
+    ok = []
+    for J in Js:
+        c = _cell(slope, "relbias", par, method=method, n_groups=J, group_size=n, icc=icc)
+        ok.append(bool(len(c)) and test(c.estimate.iloc[0], c.mcse.iloc[0]))
+    for i in range(len(Js)):
+        if all(ok[i:]):
+            return int(Js[i])
+    return None
+
+
 def _findings(slope: pd.DataFrame, ri: pd.DataFrame) -> list[str]:
     out = ["## Findings", ""]
     small_J = int(slope.n_groups.min())
     big_J = int(slope.n_groups.max())
     n = int(slope.group_size.min())
     icc = float(slope.icc.max())
+    for icc_ in sorted(slope.icc.unique()):
+        for n_ in sorted(slope.group_size.unique()):
+            for par in ("var(Intercept)", "var(x)"):
+                ml_ok = _threshold_J(slope, par, "ML", n_, icc_,
+                                     lambda e, m: abs(e) < 0.1 or abs(e) < 2 * m)
+                reml_ok = _threshold_J(slope, par, "REML", n_, icc_,
+                                       lambda e, m: abs(e) < 0.1 or abs(e) < 2 * m)
+                out.append(f"- ICC {icc_}, n = {int(n_)}, {par}: the relative bias stays within "
+                           f"10% (or 2 MCSE) of 0 from J = {ml_ok or 'none'} by ML and from "
+                           f"J = {reml_ok or 'none'} by REML.")
+    sing = slope[(slope.parameter == "(fit)") & (slope.measure == "singular_rate")]
+    low = sing[sing.icc == sing.icc.min()]
+    if len(low):
+        worst = low.sort_values("estimate").iloc[-1]
+        out.append(f"- With ICC {worst.icc} many fits end singular (up to "
+                   f"{with_mcse(worst.estimate, worst.mcse)} at J = {int(worst.n_groups)}, "
+                   f"n = {int(worst.group_size)}, {worst.method}): variance estimates "
+                   "truncated at 0 cannot be negative, so with small true variances and few "
+                   "groups both methods overestimate them on average, REML more than ML; the "
+                   "downward ML bias shows where estimates are rarely truncated (ICC 0.2).")
     for par in ("var(Intercept)", "var(x)"):
         for J in (small_J, big_J):
             ml = _cell(slope, "relbias", par, method="ML", n_groups=J, group_size=n, icc=icc)
@@ -208,5 +241,13 @@ def _findings(slope: pd.DataFrame, ri: pd.DataFrame) -> list[str]:
                      "z": f"{(r.estimate - exact) / r.mcse:.2f}" if r.mcse > 0 else "—",
                      "ML (fitted)": with_mcse(ml.estimate.iloc[0], ml.mcse.iloc[0]),
                      "REML (fitted)": with_mcse(reml.estimate.iloc[0], reml.mcse.iloc[0])})
-    out += [markdown_table(pd.DataFrame(rows)), ""]
+    table = pd.DataFrame(rows)
+    if len(table):
+        z = pd.to_numeric(table["z"], errors="coerce").abs()
+        out.append(f"The untruncated ML estimator's mean bias matches the exact formula in "
+                   f"every cell: the largest |z| = |simulated - exact| / MCSE over "
+                   f"{len(table)} cells is {z.max():.2f}, and {int((z > 3).sum())} cells "
+                   "exceed 3.")
+        out.append("")
+    out += [markdown_table(table), ""]
     return out
