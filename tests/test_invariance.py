@@ -242,22 +242,37 @@ def test_covariate_with_a_large_mean_is_kept(simulate):
         assert b.fixef["x2"] == pytest.approx(a.fixef["x2"], rel=1e-5)
 
 
+@pytest.mark.parametrize("q", [1, 2])
+def test_large_means_fit_cleanly(simulate, q):
+    """A response or a fixed-only covariate with a large mean (1e3 residual SDs) fits as the
+    unshifted data do: the engine centres y and X's non-intercept columns before forming
+    its sums of squares (an exact reparameterisation of the fixed effects)."""
+    for seed in (0, 1, 2):
+        df = simulate(np.random.default_rng(seed), [8] * 20, q=q, p_extra=2)
+        a = mlmsim.fit(FORMULAS[q], df, method="REML")
+        for shifted in (df.assign(y=df.y + 1e3), df.assign(x2=df.x2 + 1e3)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", UserWarning)
+                b = mlmsim.fit(FORMULAS[q], shifted, method="REML")
+            assert b.converged, (q, seed)
+            assert b.deviance == pytest.approx(a.deviance, abs=1e-6)
+            assert b.fixef["x1"] == pytest.approx(a.fixef["x1"], rel=1e-6)
+
+
 @pytest.mark.xfail(strict=True, reason=(
-    "BUG: a response or covariate with a large mean (mean / residual sd ~ 1e3) makes the "
-    "optimiser run to its iteration limit (converged False, 'The optimiser stopped early') "
-    "although the criterion is right to ~1e-7: r2 = y'V^-1y - beta'X'V^-1y from the "
-    "sufficient statistics loses ~6 digits, and the 1e-10 decrement tolerance cannot be met"))
-def test_large_means_fit_cleanly(simulate):
-    for q in (2, 3):
-        for seed in (0, 1, 2):
-            df = simulate(np.random.default_rng(seed), [8] * 20, q=q, p_extra=2)
-            a = mlmsim.fit(FORMULAS[q], df, method="REML")
-            for shifted in (df.assign(y=df.y + 1e3), df.assign(x2=df.x2 + 1e3)):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("error", UserWarning)
-                    b = mlmsim.fit(FORMULAS[q], shifted, method="REML")
-                assert b.converged, (q, seed)
-                assert b.deviance == pytest.approx(a.deviance, abs=1e-6)
+    "KNOWN LIMITATION: a random slope on a covariate with a large mean (x2 + 1e3 in Z, about "
+    "1e3 residual SDs) makes T-hat nearly singular in the raw parameterisation; the criterion "
+    "is right to ~1e-7 but the optimiser stops at its iteration limit (lme4 copes up to "
+    "~1e4). Grand-mean centring the covariate gives the same model (mlmsim.centering)"))
+def test_large_mean_in_a_random_slope_fits_cleanly(simulate):
+    for seed in (0, 1, 2):
+        df = simulate(np.random.default_rng(seed), [8] * 20, q=3, p_extra=2)
+        a = mlmsim.fit(FORMULAS[3], df, method="REML")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            b = mlmsim.fit(FORMULAS[3], df.assign(x2=df.x2 + 1e3), method="REML")
+        assert b.converged, seed
+        assert b.deviance == pytest.approx(a.deviance, abs=1e-6)
 
 
 def test_fit_does_not_modify_the_data(simulate):
