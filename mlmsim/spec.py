@@ -244,13 +244,11 @@ class Values(Predictor):
 
 
 @dataclass(frozen=True)
-class Complement(Predictor):
-    """1 - x for a binary predictor x (level 1 or 2): a redundant coding such as
-    ``male = 1 - female``, for the seed's model (a) ``(1 + female + male | g)``."""
+class _Derived(Predictor):
+    """A column computed from another predictor (``of``) of the same data set."""
 
     name: str
     of: str
-    kind: ClassVar[str] = "complement"
     derived: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -259,51 +257,41 @@ class Complement(Predictor):
 
 
 @dataclass(frozen=True)
-class Indicator(Predictor):
+class Complement(_Derived):
+    """1 - x for a binary predictor x (level 1 or 2): a redundant coding such as
+    ``male = 1 - female``, for the seed's model (a) ``(1 + female + male | g)``."""
+
+    kind: ClassVar[str] = "complement"
+
+
+@dataclass(frozen=True)
+class Indicator(_Derived):
     """The 0/1 indicator of one level (``category``) of a categorical predictor, as a
     numeric column: any dummy coding (including redundant ones) can be asked for by name."""
 
-    name: str
-    of: str
-    category: str
+    category: str = ""
     kind: ClassVar[str] = "indicator"
-    derived: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        _check_name(self.name, "a predictor name")
-        _check_name(self.of, f"'of' of {self.name!r}")
-        if not isinstance(self.category, str):
+        super().__post_init__()
+        if not isinstance(self.category, str) or not self.category:
             raise ValueError(f"category of {self.name!r} must be a string (a level of "
                              f"{self.of!r}), got {self.category!r}")
 
 
 @dataclass(frozen=True)
-class GroupMean(Predictor):
+class GroupMean(_Derived):
     """The sample group mean of a level-1 predictor, x-bar_j (a level-2 variable)."""
 
-    name: str
-    of: str
     kind: ClassVar[str] = "group_mean"
     level: ClassVar[int] = 2
-    derived: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        _check_name(self.name, "a predictor name")
-        _check_name(self.of, f"'of' of {self.name!r}")
 
 
 @dataclass(frozen=True)
-class GroupCentered(Predictor):
+class GroupCentered(_Derived):
     """A level-1 predictor centred on its sample group mean, x_ij - x-bar_j."""
 
-    name: str
-    of: str
     kind: ClassVar[str] = "group_centered"
-    derived: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        _check_name(self.name, "a predictor name")
-        _check_name(self.of, f"'of' of {self.name!r}")
 
 
 @dataclass(frozen=True)
@@ -679,16 +667,15 @@ def tau0_sq_from_icc(icc: float, sigma2: float) -> float:
 def covparm_names(random_names: Sequence[str]) -> list[str]:
     """Covariance-parameter names of an unstructured T, as the engine names them: SAS's
     UN order (row-wise lower triangle, ``cov(a,b)`` with the row variable a first),
-    then ``sigma2``.
+    then ``sigma2`` (:func:`mlmsim.engine.result.covparm_names` for one full block).
 
     >>> covparm_names(["Intercept", "x"])
     ['var(Intercept)', 'cov(x,Intercept)', 'var(x)', 'sigma2']
     """
-    names = []
-    for r, a in enumerate(random_names):
-        for c in range(r + 1):
-            names.append(f"var({a})" if r == c else f"cov({a},{random_names[c]})")
-    return names + ["sigma2"]
+    from mlmsim.engine.result import covparm_names as engine_names
+
+    rows, cols = np.tril_indices(len(random_names))
+    return engine_names(list(random_names), rows, cols)[0]
 
 
 # ---------------------------------------------------------------------------
