@@ -638,8 +638,13 @@ def _cmd_study_run(args: argparse.Namespace) -> int:
 
 
 def _print_report(out: Path) -> bool:
-    """Print ``out/report.md`` if the study wrote one; return whether it did."""
+    """Print ``out/report.md`` if the study wrote one; return whether it did. A study
+    directory inside ``results/`` also refreshes the index ``results/README.md``."""
     report = out / "report.md"
+    if report.is_file() and out.resolve().parent.name == "results":
+        from mlmsim.studies import write_index
+
+        write_index(out.resolve().parent)
     if not report.is_file():
         return False
     sys.stdout.write(report.read_text())
@@ -691,8 +696,20 @@ def _cmd_study_report(args: argparse.Namespace) -> int:
     if module is not None:
         module.report(d)
         if args.csv or not _print_report(d):
-            records = d / "records" if (d / "records").is_dir() else d
-            _print_summary(load_study(records), args.csv)
+            import pandas as pd
+
+            from mlmsim.study import summarise
+
+            # a study keeps its records in records/ or in one subdirectory per block
+            roots = [m.parent for m in sorted(d.glob("records/**/manifest.json"))]
+            parts = [summarise(load_study(r)).assign(block=r.name) for r in roots]
+            if not parts:
+                raise CLIError(f"{args.dir!r} holds no study records (no manifest.json)",
+                               "run the study into it first")
+            summary = pd.concat(parts, ignore_index=True)
+            if args.csv:
+                summary.to_csv(args.csv, index=False)
+                _note(f"measures written to {args.csv}")
         return 0
     records = d / "records" if (d / "records" / "manifest.json").exists() else d
     if not (records / "manifest.json").exists():

@@ -156,7 +156,8 @@ def messages(est: Estimates, r: int, tmap: ThetaMap, random_names, dropped_fixed
                    "within every group: T is not identifiable from these data")
     if not est.hessian_pd[r]:
         eig = est.hessian_eigenvalues[r]
-        out.append("Convergence criteria met but final Hessian is not positive definite "
+        lead = ("Convergence criteria met but final" if est.converged[r] else "The final")
+        out.append(f"{lead} Hessian is not positive definite "
                    f"(smallest eigenvalue {eig[0]:.3g}, largest {eig[-1]:.3g})")
     theta = est.theta[r]
     at = [random_names[tmap.rows[k]] for k in np.flatnonzero(tmap.diagonal)

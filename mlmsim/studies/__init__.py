@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
-__all__ = ["RunOptions", "names", "get"]
+__all__ = ["RunOptions", "names", "get", "write_index"]
 
 _MODULES = {
     "bias": "mlmsim.studies.bias",
@@ -49,3 +50,32 @@ def get(name: str) -> ModuleType:
     if key not in _MODULES:
         raise ValueError(f"unknown study {name!r}; available: {', '.join(_MODULES)}")
     return importlib.import_module(_MODULES[key])
+
+
+def _first_finding(report: str) -> str:
+    """The first bullet under '## Findings', else the first bullet of the report."""
+    lines = report.splitlines()
+    start = next((i for i, t in enumerate(lines) if t.strip() == "## Findings"), 0)
+    for t in lines[start:] + lines[:start]:
+        if t.startswith("- "):
+            return t[2:].strip()
+    return ""
+
+
+def write_index(results: str | Path = "results") -> Path:
+    """Write ``results/README.md``: each study's directory, title and first finding,
+    read from its ``report.md`` (regenerated after every run or report)."""
+    results = Path(results)
+    rows = ["# Results of the method studies", "",
+            "Written by `mlmsim study run` / `mlmsim study report` from each study's "
+            "`report.md`; the study records (Parquet) stay out of git.", ""]
+    for name in names():
+        report = results / name / "report.md"
+        if not report.exists():
+            continue
+        text = report.read_text()
+        rows.append(f"- [{name}]({name}/report.md): {get(name).TITLE}. "
+                    f"{_first_finding(text)}")
+    path = results / "README.md"
+    path.write_text("\n".join(rows) + "\n")
+    return path
