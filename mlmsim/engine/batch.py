@@ -26,7 +26,7 @@ import pandas as pd
 from mlmsim.engine import inference
 from mlmsim.engine.deviance import ThetaMap, pack
 from mlmsim.engine.estimates import Estimates, estimates, messages
-from mlmsim.engine.fit import Centering
+from mlmsim.engine.fit import Centering, _method
 from mlmsim.engine.optimize import OptResult, minimize_theta, take
 from mlmsim.engine.result import covparm_names
 from mlmsim.engine.stats import GroupStats, group_stats, residual_check, stack_stats
@@ -107,13 +107,6 @@ class BatchFit:
         })
 
 
-def _method(method: str) -> bool:
-    m = str(method).upper()
-    if m not in ("ML", "REML"):
-        raise ValueError(f"method must be 'ML' or 'REML', got {method!r}")
-    return m == "REML"
-
-
 def fit_stats(stats: GroupStats, blocks: tuple[tuple[int, ...], ...], method: str,
               fixed_names: Sequence[str], random_names: Sequence[str],
               max_iter: int = 300, centering: Centering | None = None) -> BatchFit:
@@ -124,7 +117,7 @@ def fit_stats(stats: GroupStats, blocks: tuple[tuple[int, ...], ...], method: st
     ``centering`` (batched), the statistics are of centred data and the fixed
     effects are mapped back, as in the single fit.
     """
-    reml = _method(method)
+    reml = _method(method) == "REML"
     q = stats.A.shape[-1]
     tmap = ThetaMap.from_blocks(q, blocks)
     cs = inference.CovStructure.from_blocks(q, blocks)

@@ -26,10 +26,11 @@ from mlmsim.formula import Design, model_design
 
 __all__ = ["fit", "fit_design", "result_from_theta", "Centering"]
 
-_METHODS = {"ML": "ML", "REML": "REML"}
+_METHODS = ("ML", "REML")
 
 
 def _method(method: str) -> str:
+    """'ML' or 'REML' (case-insensitive), else a ValueError naming the choices."""
     m = str(method).upper()
     if m not in _METHODS:
         raise ValueError(f"method must be 'ML' or 'REML', got {method!r}")
