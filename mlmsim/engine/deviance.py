@@ -20,11 +20,13 @@ W_j = Lambda P_j and G_j = I - W_j A_j:
     d r2         / d Lambda = -2 sum_j (G_j' u_j)(P_j u_j)'
     d log|XtVX|  / d Lambda = -2 sum_j G_j' B_j XtVX^{-1} (P_j B_j)'
 
-Every array may carry leading batch dimensions (replicates, trial points);
-nothing loops over groups or replicates in Python. The q x q algebra per
-group is written out in closed form for q <= 3 (the inverse and determinant of
-M_j from its cofactors), and the sums over groups are matrix products, so an
-evaluation costs a few dozen vectorised operations whatever J is.
+:func:`deviance` and :func:`deviance_grad` evaluate these in compiled loops
+over groups (:mod:`mlmsim.engine.kernels`), for any leading batch dimensions
+(replicates, trial points). :func:`profile` computes the same quantities
+vectorised in numpy and returns them all (M_j^{-1}, S_j, XtVX^{-1}, beta),
+for reading estimates and EBLUPs off an optimum: the q x q algebra per group
+is written out in closed form for q <= 3 (the inverse and determinant of M_j
+from its cofactors), and the sums over groups are matrix products.
 """
 
 from __future__ import annotations
@@ -34,12 +36,10 @@ from functools import lru_cache
 
 import numpy as np
 
+from mlmsim.engine import kernels
 from mlmsim.engine.stats import GroupStats
 
 __all__ = ["ThetaMap", "Packed", "Profile", "pack", "profile", "deviance", "deviance_grad"]
-
-_LOG2PI = float(np.log(2.0 * np.pi))
-
 
 @dataclass(frozen=True)
 class ThetaMap:
@@ -258,17 +258,30 @@ def _eye(p: int, shape: tuple[int, ...]) -> np.ndarray:
     return np.broadcast_to(np.eye(p), shape)
 
 
-def _objective(st: GroupStats, pr: Profile, reml: bool) -> np.ndarray:
-    N = st.N
-    if reml:
-        nu = N - st.p
-        return pr.logdetM + pr.logdetX + nu * (1.0 + _LOG2PI + np.log(pr.r2 / nu))
-    return pr.logdetM + N * (1.0 + _LOG2PI + np.log(pr.r2 / N))
+def _evaluate(pk: Packed, theta: np.ndarray, tmap: ThetaMap, reml: bool, want_grad: bool):
+    """The compiled evaluation (:func:`mlmsim.engine.kernels.devgrad_many`) over the
+    broadcast batch shape of the statistics and theta."""
+    st = pk.stats
+    theta = np.asarray(theta, dtype=float)
+    batch = np.broadcast_shapes(st.yty.shape, theta.shape[:-1])
+    R = int(np.prod(batch, dtype=np.int64))
+
+    def flat(a: np.ndarray, tail: int) -> np.ndarray:
+        a = np.asarray(a, dtype=float)
+        return np.ascontiguousarray(
+            np.broadcast_to(a, batch + a.shape[a.ndim - tail:]).reshape((R,) + a.shape[
+                a.ndim - tail:]))
+
+    th = flat(theta, 1)[:, None, :]
+    d, g = kernels.devgrad_many(th, flat(st.A, 3), flat(st.B, 3), flat(st.c, 2),
+                                flat(st.XtX, 2), flat(st.Xty, 1), flat(st.yty, 0),
+                                flat(st.N, 0), tmap.rows, tmap.cols, bool(reml), want_grad)
+    return d[:, 0].reshape(batch), g[:, 0].reshape(batch + (tmap.size,))
 
 
 def deviance(pk: Packed, theta: np.ndarray, tmap: ThetaMap, reml: bool) -> np.ndarray:
     """The profiled deviance d(theta) (ML) or REML criterion d_R(theta); shape (...)."""
-    return _objective(pk.stats, profile(pk, theta, tmap), reml)
+    return _evaluate(pk, theta, tmap, reml, False)[0]
 
 
 def residual_effects(pk: Packed, pr: Profile) -> tuple[np.ndarray, np.ndarray]:
@@ -282,35 +295,6 @@ def residual_effects(pk: Packed, pr: Profile) -> tuple[np.ndarray, np.ndarray]:
 
 def deviance_grad(
     pk: Packed, theta: np.ndarray, tmap: ThetaMap, reml: bool
-) -> tuple[np.ndarray, np.ndarray, Profile]:
-    """The deviance, its gradient in theta (..., k), and the profile at theta."""
-    st = pk.stats
-    q, p = pk.q, pk.p
-    pr = profile(pk, theta, tmap)
-    d = _objective(st, pr, reml)
-    L = pr.Lambda
-    u, Pu = residual_effects(pk, pr)
-    Wu = L @ Pu
-    AWu = (pk.Aq * Wu[..., None, :, :]).sum(-2)
-    Gtu = u - AWu
-    d_r2 = -2.0 * (Gtu @ np.swapaxes(Pu, -1, -2))
-    J = pk.Af.shape[-2]
-    K2 = np.swapaxes(pk.Af, -1, -2) @ pr.Minv.reshape(pr.Minv.shape[:-2] + (q * q,))
-    K2 = K2.reshape(K2.shape[:-2] + (q, q, q, q))
-    d_logdetM = 2.0 * np.einsum("...abcd,...bc->...ad", K2, L)
-    if reml:
-        nu = st.N - p
-        SB = pr.S[..., :p]
-        WB = (L @ SB.reshape(SB.shape[:-3] + (q, J * p))).reshape(SB.shape)
-        AWB = (pk.Aq[..., None] * WB[..., None, :, :, :]).sum(-3)
-        GtB = pk.BC[..., :p] - AWB
-        C = pr.XtVX_inv
-        SBC = SB @ C[..., None, :, :]
-        d_logdetX = -2.0 * (
-            GtB.reshape(GtB.shape[:-3] + (q, J * p))
-            @ np.swapaxes(SBC.reshape(SBC.shape[:-3] + (q, J * p)), -1, -2)
-        )
-        gL = d_logdetM + d_logdetX + (nu / pr.r2)[..., None, None] * d_r2
-    else:
-        gL = d_logdetM + (st.N / pr.r2)[..., None, None] * d_r2
-    return d, gL[..., tmap.rows, tmap.cols], pr
+) -> tuple[np.ndarray, np.ndarray]:
+    """The deviance (...) and its gradient in theta (..., k), from the formulas above."""
+    return _evaluate(pk, theta, tmap, reml, True)

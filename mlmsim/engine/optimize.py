@@ -1,13 +1,15 @@
 """Minimise the profiled deviance over theta, for one data set or R at once.
 
-The optimiser is a damped Newton method run in lock-step over replicates:
-each iteration evaluates, in one vectorised call, the deviance and analytic
-gradient at theta and at theta +- h e_i, which gives a central-difference
-Hessian H of the analytic gradient. The step is p = -|H|^{-1} g, with |H| the
-Hessian whose eigenvalues are replaced by their absolute values (floored), so
-that a saddle is left rather than approached; a backtracking line search
-(Armijo) keeps every accepted step a descent step. Replicates that have
-converged are frozen and leave the batch.
+The optimiser is a quasi-Newton method, compiled and run replicate by
+replicate (:mod:`mlmsim.engine.kernels`). It starts from a method-of-moments
+estimate with a forward-difference Hessian H of the analytic gradient, and
+steps p = -|H|^{-1} g, with |H| the Hessian whose eigenvalues are replaced by
+their absolute values (floored), so that a saddle is left rather than
+approached; a backtracking line search (Armijo) keeps every accepted step a
+descent step, and BFGS updates the working Hessian after each step. Where the
+BFGS matrix cannot be trusted (a failed line search, or an apparent optimum
+with a diagonal element of Lambda near 0, where saddles arise) the Hessian is
+recomputed by differences and the decision taken on it.
 
 The bound on Lambda's diagonal. The deviance is unchanged when a column of
 Lambda changes sign (T = sigma^2 Lambda Lambda'), so the bound theta_ii >= 0
@@ -33,11 +35,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlmsim.engine.deviance import Packed, ThetaMap, _inv_logdet, _pairs, deviance_grad
+from mlmsim.engine import kernels
+from mlmsim.engine.deviance import Packed, ThetaMap
 from mlmsim.engine.stats import GroupStats
 
 __all__ = ["OptResult", "minimize_theta", "moment_start", "canonical_theta", "take",
            "near_singular", "SINGULAR_EIG"]
+
+SINGULAR_EIG = 1e-8
+"""T-hat / sigma^2 with an eigenvalue below this is rank-deficient (singular)."""
 
 
 @dataclass(frozen=True)
@@ -87,117 +93,30 @@ def canonical_theta(theta: np.ndarray, tmap: ThetaMap) -> tuple[np.ndarray, np.n
     return theta, signs
 
 
-def _fd_hessian(pk: Packed, theta: np.ndarray, tmap: ThetaMap, reml: bool):
-    """Deviance, gradient and forward-difference Hessian of the analytic gradient.
+def _kernel_args(st: GroupStats) -> tuple:
+    """The batched statistics (leading axis R) as contiguous arrays for the kernels."""
+    R = st.A.shape[0]
 
-    pk has batch shape (R,); theta (R, k). One vectorised evaluation at k + 1
-    points per replicate: H_i = (g(theta + h_i e_i) - g(theta)) / h_i, symmetrised,
-    with h_i = 1e-6 (1 + |theta_i|). The optimiser needs H only to steer its
-    steps and to tell a minimum from a saddle, for which O(h) accuracy suffices;
-    reported Hessians (in phi) are computed separately and more accurately.
-    """
-    R, k = theta.shape
-    h = 1e-6 * (1.0 + np.abs(theta))
-    t = theta[:, None, :]
-    pts = np.concatenate((t, t + h[:, None, :] * np.eye(k)), axis=1)
-    st = take(pk, np.arange(R), expand=1)
-    d, g, _ = deviance_grad(st, pts, tmap, reml)
-    H = (g[:, 1:, :] - g[:, :1, :]) / h[:, :, None]
-    H = 0.5 * (H + np.swapaxes(H, -1, -2))
-    return d[:, 0], g[:, 0, :], H
+    def arr(a, dtype=float):
+        return np.ascontiguousarray(np.broadcast_to(np.asarray(a, dtype=dtype),
+                                                    (R,) + np.shape(a)[1:]))
 
-
-def _curvature(H: np.ndarray):
-    """Split an exact Hessian into the positive definite |H| (eigenvalues by absolute
-    value, floored at 1e-8 of the largest) used for steps, and its most negative
-    curvature: the smallest eigenvalue (absolute, and relative to the largest) and
-    its eigenvector (R, k)."""
-    w, V = np.linalg.eigh(H)
-    scale = np.maximum(np.abs(w).max(axis=-1, keepdims=True), 1e-300)
-    w_mod = np.maximum(np.abs(w), 1e-8 * scale)
-    Habs = np.einsum("rik,rk,rjk->rij", V, w_mod, V)
-    return Habs, w[..., 0] / scale[..., 0], w[..., 0], V[..., 0]
-
-
-def _direction(g: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Quasi-Newton step p = -B^{-1} g for positive definite B, and the decrement g'B^{-1}g."""
-    p = -np.linalg.solve(B, g[..., None])[..., 0]
-    return p, -np.einsum("rk,rk->r", g, p)
-
-
-def _vech_outer(d: np.ndarray, q: int) -> np.ndarray:
-    """vech of d d' for d (..., q): the scaling of vech(A) to a correlation matrix."""
-    a, b = _pairs(q)
-    return d[..., a] * d[..., b]
-
-
-def _group_inverses(pk: Packed, d: np.ndarray, q: int):
-    """A_j^{-1} (R, J, q, q) where A_j is well conditioned (det of the correlation-scaled
-    A_j above 1e-8, and n_j >= q), else 0; and that mask (R, J). Closed form for q <= 3."""
-    st = pk.stats
-    if q <= 3:
-        Ainv_s, logdet = _inv_logdet(pk.Av / _vech_outer(d, q), q)
-    else:
-        w, V = np.linalg.eigh(st.A / (d[..., :, None] * d[..., None, :]))
-        w_safe = np.maximum(w, 1e-300)
-        Ainv_s = np.einsum("rjab,rjb,rjcb->rjac", V, 1.0 / w_safe, V)
-        logdet = np.log(w_safe).sum(-1)
-    okj = np.nan_to_num(logdet, nan=-np.inf) > np.log(1e-8)
-    okj &= st.n >= q
-    Ainv = np.where(okj[..., None, None], Ainv_s / (d[..., :, None] * d[..., None, :]), 0.0)
-    return Ainv, okj
+    return (arr(st.A), arr(st.B), arr(st.c), arr(st.XtX), arr(st.Xty), arr(st.yty),
+            arr(st.N), arr(st.n, np.int64))
 
 
 def moment_start(pk: Packed, tmap: ThetaMap) -> np.ndarray:
-    """A method-of-moments start for theta (R, k), from the per-group statistics.
-
-    With OLS residual effects u_j = c_j - B_j beta_OLS, the per-group least-squares
-    coefficients b_j = A_j^+ u_j have covariance about T + sigma^2 E[A_j^{-1}], so
-
-        sigma0^2 = (r'r - sum_j u_j' A_j^+ u_j) / (N - sum_j rank A_j)
-        T0       = cov_j(b_j) - sigma0^2 mean_j(A_j^+),  eigenvalues floored at 1e-2 sigma0^2
-
-    and theta0 is read off the Cholesky factor of T0 / sigma0^2 (within T's
-    blocks). Costs O(J q^3); it saves the Newton iterations spent far from the
-    optimum when starting from Lambda = I.
-    """
-    st = pk.stats
-    q = st.q
-    beta = np.linalg.solve(st.XtX, st.Xty[..., None])[..., 0]
-    u = st.c - np.einsum("rjqp,rp->rjq", st.B, beta)
-    # A_j^{-1} in closed form (q <= 3) for groups whose A_j is well conditioned
-    # (det of the correlation-scaled A_j above 1e-8); other groups are left out
-    d = np.sqrt(np.maximum(np.einsum("rjii->rji", st.A), 1e-300))
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        Ainv, okj = _group_inverses(pk, d, q)
-    b = np.einsum("rjab,rjb->rja", Ainv, u)
-    rr = st.yty - np.einsum("rp,rp->r", beta, st.Xty)
-    dof = np.maximum(st.N - q * okj.sum(axis=-1), 1)
-    s2 = np.maximum((rr - np.einsum("rja,rja->r", u, b)) / dof, 1e-12 * np.maximum(rr, 1e-300)
-                    / np.maximum(st.N, 1))
-    full = okj
-    nfull = np.maximum(full.sum(-1), 1)
-    bm = (b * full[..., None]).sum(-2) / nfull[:, None]
-    dev = (b - bm[:, None, :]) * full[..., None]
-    T0 = np.einsum("rja,rjb->rab", dev, dev) / np.maximum(nfull - 1, 1)[:, None, None]
-    T0 -= s2[:, None, None] * (Ainv * full[..., None, None]).sum(-3) / nfull[:, None, None]
-    block = np.zeros((q, q), dtype=bool)
-    block[tmap.rows, tmap.cols] = True
-    block |= block.T
-    T0 = np.where(block, T0, 0.0)
-    wt, Vt = np.linalg.eigh(T0 / s2[:, None, None])
-    # a start, not an estimate: keep T0 / sigma0^2 within [1e-2, 1e2] (tiny sigma0^2
-    # from many singleton groups can make it huge, and Newton steps from there crawl)
-    wt = np.clip(wt, 1e-2, 1e2)
-    rel = np.einsum("rab,rb,rcb->rac", Vt, wt, Vt)
-    L = np.linalg.cholesky(rel)
-    theta0 = tmap.theta(L)
-    bad = ~np.all(np.isfinite(theta0), axis=-1) | (nfull < 2)
-    theta0[bad] = tmap.start()
-    return theta0
+    """A method-of-moments start for theta (R, k), from the per-group statistics
+    (:func:`mlmsim.engine.kernels.moment_start_one`)."""
+    A, B, c, XtX, Xty, yty, N, n = _kernel_args(pk.stats)
+    out = np.empty((A.shape[0], tmap.size))
+    for r in range(A.shape[0]):
+        kernels.moment_start_one(A[r], B[r], c[r], XtX[r], Xty[r], yty[r], N[r], n[r],
+                                 tmap.rows, tmap.cols, out[r])
+    return out
 
 
-def _minimize(
+def minimize_theta(
     pk: Packed,
     tmap: ThetaMap,
     reml: bool,
@@ -211,166 +130,29 @@ def _minimize(
 ) -> OptResult:
     """Minimise d(theta) (ML) or d_R(theta) (REML) for each of R replicates.
 
-    ``pk`` carries batch shape (R,) (use R = 1 for one data set); ``theta0``
-    is (R, k) or None for lme4's start (Lambda = I). Quasi-Newton in lock-step:
-    the Hessian starts as the central-difference Hessian of the analytic
-    gradient and is updated by BFGS after each step. A saddle of the deviance
-    arises (by the sign symmetry of Lambda's columns) only where a column of
-    Lambda is near 0, so a replicate that looks converged with some diagonal
-    |theta_ii| < ``edge`` has its Hessian recomputed exactly and convergence
-    (and the absence of a saddle) judged on it; elsewhere the BFGS matrix,
-    which approximates the Hessian closely at a superlinearly converging
-    optimum, is kept. Returns theta in canonical form (Lambda's diagonal >= 0)
-    with the deviance, gradient and Hessian (exact or BFGS) there.
-
-    ``out_H`` reports the exact Hessian where it was last recomputed, else the
-    BFGS matrix at the optimum.
-    """
-    R = pk.Av.shape[0]
-    diag = np.flatnonzero(tmap.diagonal)
-    theta = moment_start(pk, tmap) if theta0 is None else np.array(theta0, dtype=float)
-    f, g, H = _fd_hessian(pk, theta, tmap, reml)
-    B, lam_rel, lam_min, v_neg = _curvature(H)
-    exact = np.ones(R, dtype=bool)
-    iters = np.zeros(R, dtype=np.intp)
-    converged = np.zeros(R, dtype=bool)
-    out_f, out_g, out_H = f.copy(), g.copy(), H.copy()
-    active = np.arange(R)
-    for it in range(max_iter + 1):
-        p, dec = _direction(g, B)
-        stationary = (dec < tol) | (np.abs(g).max(axis=-1) < gtol)
-        # a saddle can only arise by symmetry where a column of Lambda is near 0: there,
-        # judge convergence on the exact Hessian, never on the BFGS approximation
-        near_edge = (np.abs(theta[active][:, diag]) < edge).any(axis=-1)
-        recheck = stationary & ~exact & near_edge
-        if recheck.any():
-            # judge convergence on the exact Hessian, never on the BFGS approximation
-            ix = np.flatnonzero(recheck)
-            fe, ge, He = _fd_hessian(take(pk, active[ix]), theta[active[ix]], tmap, reml)
-            f[ix], g[ix], H[ix] = fe, ge, He
-            B[ix], lam_rel[ix], lam_min[ix], v_neg[ix] = _curvature(He)
-            exact[ix] = True
-            p, dec = _direction(g, B)
-            stationary = (dec < tol) | (np.abs(g).max(axis=-1) < gtol)
-        saddle = stationary & exact & (lam_rel < -1e-5)
-        done = stationary & ~saddle
-        out_f[active], out_g[active] = f, g
-        out_H[active] = np.where(exact[:, None, None], H, B)
-        iters[active] = it
-        converged[active[done]] = True
-        # at a saddle (e.g. a whole column of Lambda at 0 by symmetry) step along
-        # the direction of negative curvature; the model decrease is lam_min / 2
-        sgn = np.where(np.einsum("rk,rk->r", g, v_neg) > 0, -1.0, 1.0)
-        p[saddle] = sgn[saddle, None] * v_neg[saddle]
-        slope = np.einsum("rk,rk->r", g, p)
-        slope[saddle] = np.minimum(slope[saddle], 0.5 * lam_min[saddle])
-        keep = ~done
-        if it == max_iter:
-            break
-        active, f, g, H, B, p, slope, exact, lam_rel, lam_min, v_neg, dec = (
-            a[keep] for a in (active, f, g, H, B, p, slope, exact, lam_rel, lam_min, v_neg, dec)
-        )
-        if active.size == 0:
-            break
-        big = np.abs(p).max(axis=-1)
-        shrink = np.minimum(1.0, max_step / np.maximum(big, 1e-300))
-        p *= shrink[:, None]
-        slope *= shrink
-        alpha = np.ones(active.size)
-        searching = np.arange(active.size)
-        f_new, g_new = f.copy(), g.copy()
-        accepted = np.zeros(active.size, dtype=bool)
-        for _ in range(40):
-            idx = active[searching]
-            trial = theta[idx] + alpha[searching, None] * p[searching]
-            ft, gt, _ = deviance_grad(take(pk, idx), trial, tmap, reml)
-            ok = np.isfinite(ft) & (ft <= f[searching] + 1e-4 * alpha[searching] * slope[searching])
-            acc = searching[ok]
-            theta[idx[ok]] = trial[ok]
-            f_new[acc], g_new[acc] = ft[ok], gt[ok]
-            accepted[acc] = True
-            searching = searching[~ok]
-            if searching.size == 0:
-                break
-            alpha[searching] *= 0.5
-        # BFGS update of the working Hessian: B + yy'/y's - Bs s'B / s'Bs
-        s = alpha[:, None] * p
-        y = g_new - g
-        sy = np.einsum("rk,rk->r", s, y)
-        Bs = np.einsum("rij,rj->ri", B, s)
-        sBs = np.einsum("rk,rk->r", s, Bs)
-        upd = accepted & (sy > 1e-10 * np.sqrt(sBs * np.einsum("rk,rk->r", y, y))) & (sBs > 0)
-        if upd.any():
-            B[upd] += (
-                np.einsum("ri,rj->rij", y[upd], y[upd]) / sy[upd, None, None]
-                - np.einsum("ri,rj->rij", Bs[upd], Bs[upd]) / sBs[upd, None, None]
-            )
-        f, g = f_new, g_new
-        # a failed line search on an approximate Hessian is retried with the exact one;
-        # on the exact Hessian it means no further progress is possible: stop there
-        stalled = ~accepted & exact
-        # no descent step exists even on the exact Hessian: the numerical floor of the
-        # deviance is reached; with a small decrement that is convergence
-        converged[active[stalled & (dec < 1e-6)]] = True
-        retry = np.flatnonzero(~accepted & ~exact)
-        if retry.size:
-            fe, ge, He = _fd_hessian(take(pk, active[retry]), theta[active[retry]], tmap, reml)
-            f[retry], g[retry], H[retry] = fe, ge, He
-            B[retry], lam_rel[retry], lam_min[retry], v_neg[retry] = _curvature(He)
-        exact = ~accepted
-        out_f[active], out_g[active] = f, g
-        out_H[active] = np.where(exact[:, None, None], H, B)
-        keep = ~stalled
-        active, f, g, H, B, exact, lam_rel, lam_min, v_neg = (
-            a[keep] for a in (active, f, g, H, B, exact, lam_rel, lam_min, v_neg)
-        )
-        if active.size == 0:
-            break
-    theta, flip = canonical_theta(theta, tmap)
-    return OptResult(theta, out_f, out_g * flip, out_H * flip[:, :, None] * flip[:, None, :],
-                     iters, converged)
-
-
-def minimize_theta(
-    pk: Packed,
-    tmap: ThetaMap,
-    reml: bool,
-    theta0: np.ndarray | None = None,
-    *,
-    max_iter: int = 300,
-    **options,
-) -> OptResult:
-    """Minimise d(theta) (ML) or d_R(theta) (REML) for each of R replicates.
-
-    ``pk`` carries batch shape (R,) (use R = 1 for one data set); ``theta0``
-    is (R, k), or None for the moment start (:func:`moment_start`). A profiled
+    ``pk`` carries batch shape (R,) (use R = 1 for one data set); ``theta0`` is
+    (R, k), or None for the moment start (:func:`moment_start`). A profiled
     likelihood can have more than one local minimum, typically one on the
     boundary (|corr| = 1 or a zero variance) and one inside. So, with the
     moment start, a replicate that ends singular (T-hat of rank < q) or not
     converged is fitted again from lme4's start, Lambda = I, and the lower
-    deviance is kept. The optimiser itself is :func:`_minimize`.
+    deviance is kept. Each replicate is fitted by the compiled optimiser of
+    :func:`mlmsim.engine.kernels.minimize_one` (module docstring above);
+    ``tol`` bounds the Newton decrement, ``gtol`` the largest gradient element,
+    ``max_step`` the largest change of a theta element in one step, and ``edge``
+    how close to 0 a diagonal element of Lambda must be for convergence to be
+    judged on the exact Hessian. Returns theta in canonical form (Lambda's
+    diagonal >= 0) with the deviance, gradient and Hessian in theta there.
     """
-    opt = _minimize(pk, tmap, reml, theta0, max_iter=max_iter, **options)
-    if theta0 is not None:
-        return opt
-    again = np.flatnonzero(~opt.converged | near_singular(opt.theta, tmap))
-    if again.size == 0:
-        return opt
-    start = np.tile(tmap.start(), (again.size, 1))
-    alt = _minimize(take(pk, again), tmap, reml, start, max_iter=max_iter, **options)
-    better = (alt.deviance < opt.deviance[again] - 1e-10 * np.abs(opt.deviance[again])) | (
-        alt.converged & ~opt.converged[again] & (alt.deviance <= opt.deviance[again]
-                                                 + 1e-10 * np.abs(opt.deviance[again])))
-    if not better.any():
-        return opt
-    fields = {f: getattr(opt, f).copy() for f in OptResult.__dataclass_fields__}
-    for f in fields:
-        fields[f][again[better]] = getattr(alt, f)[better]
-    return OptResult(**fields)
-
-
-SINGULAR_EIG = 1e-8
-"""T-hat / sigma^2 with an eigenvalue below this is rank-deficient (singular)."""
+    args = _kernel_args(pk.stats)
+    R, k = args[0].shape[0], tmap.size
+    use_start = theta0 is not None
+    start = (np.ascontiguousarray(np.broadcast_to(np.asarray(theta0, dtype=float), (R, k)))
+             if use_start else np.zeros((R, k)))
+    theta, dev, g, H, iters, conv = kernels.minimize_many(
+        *args, tmap.rows, tmap.cols, bool(reml), start, use_start, int(max_iter), float(tol),
+        float(gtol), float(max_step), float(edge), SINGULAR_EIG)
+    return OptResult(theta, dev, g, H, iters, conv)
 
 
 def near_singular(theta: np.ndarray, tmap: ThetaMap, tol: float = SINGULAR_EIG) -> np.ndarray:
