@@ -321,6 +321,12 @@ class TimedGenerate:
         self.seconds += time.perf_counter() - t0
         return out
 
+    def draw(self, condition: Any, rng: np.random.Generator) -> Any:
+        t0 = time.perf_counter()
+        out = self.inner.draw(condition, rng)
+        self.seconds += time.perf_counter() - t0
+        return out
+
     def truth(self, condition: Any) -> pd.Series:
         return self.inner.truth(condition)
 
@@ -332,6 +338,7 @@ class TimedMethod:
     """A FormulaMethod whose (batched) fits add up their seconds (engine + Estimates)."""
 
     takes_rng = False
+    takes_sim_batch = True
 
     def __init__(self, inner: FormulaMethod):
         self.inner = inner
@@ -421,7 +428,7 @@ def print_split(s: dict[str, Any], n_jobs: int) -> None:
           f"{s['reps']:,} reps (us per replicate):")
     print(f"    runner end to end  {s['runner_total_us']:8.1f}  ({rate(s['runner_total_us'])}"
           f"; x{n_jobs} ideal {n_jobs * 1e6 / s['runner_total_us']:,.0f}/s)")
-    print(f"      generate (DataFrame per replicate)  {s['generate_us']:8.1f}")
+    print(f"      generate (arrays per replicate)     {s['generate_us']:8.1f}")
     print(f"      fit_batch + Estimates               {s['fit_batch_and_estimates_us']:8.1f}")
     print(f"      runner rest (seeds, records)        {s['runner_rest_us']:8.1f}")
     alone = ", ".join(f"B={b}: {us:.0f}" for b, us in s["fit_batch_alone_us"].items())

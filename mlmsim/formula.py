@@ -446,32 +446,95 @@ def stacked_design(formula: str | ParsedFormula, datasets) -> StackedDesign | No
     and every fixed design has full rank. Then each column is read once per data
     set and X, Z are column products on (R, N) arrays. In any other case the
     caller builds each design with :func:`model_design`, which handles it all.
+
+    ``datasets``: DataFrames, or simulated data sets as
+    :class:`mlmsim.simulate.SimBatch` objects of one replicate each (their
+    columns are read straight from the arrays, with no DataFrame in between).
     """
     pf = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
     datasets = list(datasets)
-    if not datasets or not all(isinstance(d, pd.DataFrame) for d in datasets):
+    if not datasets:
         return None
-    first = datasets[0]
-    n = first.shape[0]
+    if all(isinstance(d, pd.DataFrame) for d in datasets):
+        read = _frame_columns(pf, datasets)
+    elif all(_is_sim_batch(d) for d in datasets):
+        read = _batch_columns(pf, datasets)
+    else:
+        return None
+    if read is None:
+        return None
+    cols, n = read
+    return _stack(pf, cols, n)
+
+
+def _is_sim_batch(d) -> bool:
+    return all(hasattr(d, a) for a in ("spec", "columns", "codes", "y")) and d.y.shape[0] == 1
+
+
+def _plain_terms(pf: ParsedFormula) -> bool:
+    """Every term is "1", a column name or a product of column names."""
     needed = _needed_columns(pf)
-    if any(c not in first.columns for c in needed):
-        return None
     terms = [_term_factors(pf.fixed)] + [_term_factors(t.expr) for t in pf.random]
     plain = {f for ts in terms for fs in ts for f in fs if f != "1"}
-    if not all(_PLAIN.fullmatch(f) and f in needed for f in plain):
+    return all(_PLAIN.fullmatch(f) and f in needed for f in plain)
+
+
+def _frame_columns(pf: ParsedFormula, datasets) -> tuple[dict[str, np.ndarray], int] | None:
+    """The needed columns of R DataFrames with one layout, as (R, N) float arrays."""
+    first = datasets[0]
+    needed = _needed_columns(pf)
+    if any(c not in first.columns for c in needed) or not _plain_terms(pf):
         return None
-    names0, dtypes0 = first.columns, first.dtypes.to_numpy()
     if any(not _is_numeric(first[c]) for c in needed):
         return None
+    names0 = first.columns
+    dtypes0 = [first[c].dtype for c in needed]
     for d in datasets:
-        if (d.shape != first.shape or not d.columns.equals(names0)
-                or not np.array_equal(d.dtypes.to_numpy(), dtypes0)):
+        if d.shape != first.shape or not d.columns.equals(names0):
             return None
     try:
-        values = np.stack([d.to_numpy(dtype=float) for d in datasets])
+        cols = {}
+        for c, dt in zip(needed, dtypes0, strict=True):
+            arrs = []
+            for d in datasets:
+                col = d[c]
+                if col.dtype != dt:
+                    return None
+                arrs.append(col.to_numpy(dtype=float))
+            cols[c] = np.stack(arrs)
     except (TypeError, ValueError):
         return None
-    cols = {c: values[:, :, names0.get_loc(c)] for c in needed}
+    return cols, first.shape[0]
+
+
+def _batch_columns(pf: ParsedFormula, batches) -> tuple[dict[str, np.ndarray], int] | None:
+    """The needed columns of R one-replicate SimBatches with one layout, as (R, N) arrays."""
+    first = batches[0]
+    spec = first.spec
+    needed = _needed_columns(pf)
+    if not _plain_terms(pf):
+        return None
+    for b in batches:
+        if b.spec.group != spec.group or b.spec.response != spec.response or (
+                b.codes is not first.codes and not np.array_equal(b.codes, first.codes)):
+            return None
+    cols = {}
+    for c in needed:
+        if c == spec.group:
+            cols[c] = np.broadcast_to(first.codes.astype(float), (len(batches),)
+                                      + first.codes.shape)
+        elif c == spec.response:
+            cols[c] = np.concatenate([b.y for b in batches])
+        elif c in first.columns and all(c in b.columns for b in batches):
+            cols[c] = np.concatenate([b.columns[c] for b in batches]).astype(float, copy=False)
+        else:
+            return None
+    return cols, int(first.codes.shape[0])
+
+
+def _stack(pf: ParsedFormula, cols: dict[str, np.ndarray], n: int) -> StackedDesign | None:
+    """The stacked design from the needed columns (R, N), or None (see stacked_design)."""
+    terms = [_term_factors(pf.fixed)] + [_term_factors(t.expr) for t in pf.random]
     if not all(np.isfinite(v).all() for v in cols.values()):
         return None
     g = cols.pop(pf.group)
@@ -481,7 +544,7 @@ def stacked_design(formula: str | ParsedFormula, datasets) -> StackedDesign | No
     J = labels.shape[0]
     if J < 2 or J >= n:
         return None
-    R = len(datasets)
+    R = g.shape[0]
     X, fixed_names = _fast_matrix(terms[0], cols, (R, n))
     if X.shape[-1] == 0 or X.shape[-1] >= n:
         return None

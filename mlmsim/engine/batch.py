@@ -31,6 +31,7 @@ from mlmsim.engine.optimize import OptResult, minimize_theta, take
 from mlmsim.engine.result import covparm_names
 from mlmsim.engine.stats import GroupStats, group_stats, residual_check, stack_stats
 from mlmsim.formula import model_design, stacked_design
+from mlmsim.simulate import SimBatch
 
 __all__ = ["BatchFit", "fit_batch", "fit_arrays", "fit_stats"]
 
@@ -209,8 +210,8 @@ def fit_arrays(y: np.ndarray, X: np.ndarray, Z: np.ndarray, codes: np.ndarray, *
     blocks = (tuple(range(q)),) if blocks is None else blocks
     y = np.asarray(y, dtype=float)
     X = np.broadcast_to(np.asarray(X, dtype=float), y.shape + (np.shape(X)[-1],))
-    y_c, X_c, centering = Centering.of_arrays(y, X)
-    stats = group_stats(y_c, X_c, Z, codes, J)
+    ybar, m, centering = Centering.of_arrays(y, X)
+    stats = group_stats(y, X, Z, codes, J, ybar, m)
     return fit_stats(stats, blocks, method, fixed_names, random_names, centering=centering)
 
 
@@ -220,7 +221,9 @@ def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REM
     All data sets must give the same fixed and random columns (the same names);
     the number of groups and rows may differ. Data sets with the same rows and
     grouping column and plain numeric terms take a fast lane
-    (:func:`mlmsim.formula.stacked_design`): one stacked design for all.
+    (:func:`mlmsim.formula.stacked_design`): one stacked design for all. A data set
+    may also be a one-replicate :class:`mlmsim.simulate.SimBatch` (what a study's
+    generator draws), read without a DataFrame where the fast lane applies.
 
     >>> import mlmsim
     >>> nels = mlmsim.datasets.load("nels88")
@@ -234,7 +237,8 @@ def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REM
         return fit_arrays(stacked.y, stacked.X, stacked.Z, stacked.group_codes, method=method,
                           fixed_names=stacked.fixed_names, random_names=stacked.random_names,
                           blocks=stacked.blocks, n_groups=stacked.group_labels.shape[0])
-    designs = [model_design(formula, d) for d in datasets]
+    frames = [d.frame(0) if isinstance(d, SimBatch) else d for d in datasets]
+    designs = [model_design(formula, d) for d in frames]
     first = designs[0]
     for i, d in enumerate(designs[1:], start=1):
         if d.fixed_names != first.fixed_names or d.random_names != first.random_names:
@@ -243,8 +247,8 @@ def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REM
                 f"0's {first.fixed_names} / {first.random_names}: a batch needs one design layout"
             )
     parts = [Centering.of(d) for d in designs]
-    stats = stack_stats([group_stats(yc, Xc, d.Z, d.group_codes, d.ngroups)
-                         for d, (yc, Xc, _) in zip(designs, parts, strict=True)])
+    stats = stack_stats([group_stats(d.y, d.X, d.Z, d.group_codes, d.ngroups, ybar, m)
+                         for d, (ybar, m, _) in zip(designs, parts, strict=True)])
     centering = Centering(np.stack([c.L for _, _, c in parts]),
                           np.stack([c.offset for _, _, c in parts]))
     return fit_stats(stats, first.blocks, method, first.fixed_names, first.random_names,

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlmsim.engine import inference
-from mlmsim.engine.deviance import Packed, ThetaMap, profile
-from mlmsim.engine.optimize import OptResult, near_singular
+from mlmsim.engine import inference, kernels
+from mlmsim.engine.deviance import Packed, ThetaMap
+from mlmsim.engine.optimize import OptResult, _kernel_args, near_singular
 
 __all__ = ["Estimates", "estimates", "messages", "dependent_columns", "SINGULAR_TOL",
            "HESSIAN_PD_RTOL", "GRAD_TOL"]
@@ -103,18 +103,26 @@ def dependent_columns(pk: Packed) -> np.ndarray:
     return out
 
 
+def readout(pk: Packed, theta: np.ndarray, tmap: ThetaMap, ranef: bool):
+    """beta (R, p), XtVX^{-1} (R, p, p), r2 (R,) at theta (R, k) and, with ``ranef``, the
+    EBLUPs over sigma (R, J, q) and Lambda M_j^{-1} Lambda' (R, J, q, q)
+    (:func:`mlmsim.engine.kernels.readout_many`)."""
+    A, B, c, XtX, Xty, yty, _, _ = _kernel_args(pk.stats)
+    return kernels.readout_many(np.ascontiguousarray(theta, dtype=float), A, B, c, XtX, Xty,
+                                yty, tmap.rows, tmap.cols, ranef)
+
+
 def estimates(pk: Packed, tmap: ThetaMap, cs: inference.CovStructure, opt: OptResult,
               reml: bool) -> Estimates:
     """Everything a fit reports about its parameters, for each replicate (batch axis R)."""
     theta = opt.theta
-    pr = profile(pk, theta, tmap)
     st = pk.stats
+    beta, C, r2, _, _ = readout(pk, theta, tmap, False)
     N = st.N.astype(float)
     p = st.p
-    sigma2 = pr.r2 / (N - p if reml else N)
-    L = pr.Lambda
+    sigma2 = r2 / (N - p if reml else N)
+    L = tmap.Lambda(theta)
     T = sigma2[:, None, None] * (L @ np.swapaxes(L, -1, -2))
-    C = pr.XtVX_inv
     vcov = sigma2[:, None, None] * 0.5 * (C + np.swapaxes(C, -1, -2))
     phi = cs.phi(T, sigma2)
     H = inference.phi_hessian(pk, cs, phi, reml)
@@ -132,7 +140,7 @@ def estimates(pk: Packed, tmap: ThetaMap, cs: inference.CovStructure, opt: OptRe
     grad_ok = np.abs(scaled).max(axis=-1, initial=0.0) <= GRAD_TOL
     singular = near_singular(theta, tmap)
     return Estimates(
-        theta=theta, beta=pr.beta, vcov=vcov, sigma2=sigma2, T=T, phi=phi, hessian=H,
+        theta=theta, beta=beta, vcov=vcov, sigma2=sigma2, T=T, phi=phi, hessian=H,
         hessian_eigenvalues=eig, hessian_pd=pd, acov=acov, deviance=opt.deviance,
         converged=opt.converged, grad_ok=grad_ok, scaled_grad=scaled, singular=singular,
         dependent=dependent_columns(pk),

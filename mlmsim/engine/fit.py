@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from mlmsim.engine import inference
-from mlmsim.engine.deviance import ThetaMap, pack, profile, residual_effects
-from mlmsim.engine.estimates import estimates, messages
+from mlmsim.engine import inference, kernels
+from mlmsim.engine.deviance import ThetaMap, pack
+from mlmsim.engine.estimates import estimates, messages, readout
 from mlmsim.engine.optimize import OptResult, minimize_theta, take
 from mlmsim.engine.result import FitResult, covparm_names
 from mlmsim.engine.stats import GroupStats, group_stats, residual_check
@@ -71,25 +71,30 @@ class Centering:
 
     @classmethod
     def of_arrays(cls, y: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, Centering]:
-        """Centre y (..., N) and X (..., N, p) (leading replicate axes allowed; X may be
-        shared): returns y_c, X_c and the map. Without an all-ones column: no change."""
+        """For y (..., N) and X (..., N, p) (leading replicate axes allowed; X may be
+        shared): the shifts ybar (...,) and m (..., p) with y - ybar and X - m centred
+        (what :func:`~mlmsim.engine.stats.group_stats` takes), and the map. Without an
+        all-ones column the shifts are 0."""
         p = X.shape[-1]
-        ones = np.all(X == 1.0, axis=-2)
-        ones = ones.reshape(-1, p).all(axis=0)
         batch = y.shape[:-1]
+        R = int(np.prod(batch, dtype=np.int64))
+        N = y.shape[-1]
+        ybar, m, ones = kernels.column_means_many(
+            np.ascontiguousarray(y.reshape(R, N), dtype=float),
+            np.ascontiguousarray(np.broadcast_to(X, batch + X.shape[-2:]).reshape(R, N, p),
+                                 dtype=float))
+        ybar, m = ybar.reshape(batch), m.reshape(batch + (p,))
         if not ones.any():
-            return y, X, cls(np.broadcast_to(np.eye(p), batch + (p, p)), np.zeros(batch + (p,)))
+            return (np.zeros(batch), np.zeros(batch + (p,)),
+                    cls(np.broadcast_to(np.eye(p), batch + (p, p)), np.zeros(batch + (p,))))
         i0 = int(np.flatnonzero(ones)[0])
-        m = X.mean(axis=-2)
         m[..., i0] = 0.0
-        ybar = y.mean(axis=-1)
-        m = np.broadcast_to(m, batch + (p,))
         L = np.broadcast_to(np.eye(p), batch + (p, p)).copy()
         L[..., i0, :] -= m
         L[..., i0, i0] = 1.0
         offset = np.zeros(batch + (p,))
         offset[..., i0] = ybar
-        return y - ybar[..., None], X - m[..., None, :], cls(L, offset)
+        return ybar, m, cls(L, offset)
 
     def beta(self, beta_c: np.ndarray) -> np.ndarray:
         return (self.L @ beta_c[..., None])[..., 0] + self.offset
@@ -107,8 +112,9 @@ def fit_design(design: Design, method: str = "REML", theta0: np.ndarray | None =
     """
     method = _method(method)
     reml = method == "REML"
-    y_c, X_c, centering = Centering.of(design)
-    stats = group_stats(y_c, X_c, design.Z, design.group_codes, design.ngroups)
+    ybar, m, centering = Centering.of(design)
+    stats = group_stats(design.y, design.X, design.Z, design.group_codes, design.ngroups,
+                        ybar, m)
     problem = residual_check(stats)
     if problem.item() is not None:
         raise ValueError(problem.item())
@@ -136,12 +142,10 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
     theta = est.theta[0]
     # EBLUPs U_j = Lambda M_j^{-1} Lambda' u_j, conditional covariance
     # sigma^2 Lambda M_j^{-1} Lambda'
-    pr = profile(pk, est.theta, tmap)
-    _, Pu = residual_effects(pk, pr)
-    L = pr.Lambda[0]
-    U = (L @ Pu[0]).T
+    _, _, _, Us, LMLt = readout(pk, est.theta, tmap, True)
+    U = Us[0]
     sigma2 = float(est.sigma2[0])
-    condvar = sigma2 * np.einsum("ab,jbc,dc->jad", L, pr.Minv[0], L)
+    condvar = sigma2 * LMLt[0]
     beta = centering.beta(est.beta[0])
     fitted = design.X @ beta + np.einsum("nq,nq->n", design.Z, U[design.group_codes])
     dev = float(est.deviance[0])

@@ -43,8 +43,8 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["devgrad_one", "devgrad_many", "moment_start_one", "minimize_one", "minimize_many",
-           "group_sums"]
+__all__ = ["devgrad_one", "devgrad_many", "readout_many", "moment_start_one", "minimize_one",
+           "minimize_many", "group_sums_many", "column_means_many"]
 
 _LOG2PI = math.log(2.0 * math.pi)
 
@@ -54,10 +54,12 @@ _LOG2PI = math.log(2.0 * math.pi)
 # ---------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _chol(M, n):
-    """Cholesky factor of M[:n, :n] in place (lower triangle); returns log|M|, or nan when
-    M is not positive definite."""
+    """Cholesky factor of M[:n, :n] in place: the strict lower triangle holds the factor's,
+    the diagonal holds the reciprocals of its diagonal (so that solves multiply). Returns
+    log|M|, or nan when M is not positive definite."""
+    prod = 1.0
     logdet = 0.0
     for j in range(n):
         s = M[j, j]
@@ -66,33 +68,37 @@ def _chol(M, n):
         if not s > 0.0:
             return np.nan
         d = math.sqrt(s)
-        M[j, j] = d
-        logdet += 2.0 * math.log(d)
+        r = 1.0 / d
+        M[j, j] = r
+        prod *= s
+        if prod > 1e280 or prod < 1e-280:
+            logdet += math.log(prod)
+            prod = 1.0
         for i in range(j + 1, n):
             s = M[i, j]
             for k in range(j):
                 s -= M[i, k] * M[j, k]
-            M[i, j] = s / d
-    return logdet
+            M[i, j] = s * r
+    return logdet + math.log(prod)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _chol_solve(Lc, n, X, m):
-    """Solve (Lc Lc') Y = X[:n, :m] in place, Lc lower-triangular from :func:`_chol`."""
+    """Solve (Lc Lc') Y = X[:n, :m] in place, Lc from :func:`_chol`."""
     for col in range(m):
         for i in range(n):
             s = X[i, col]
             for k in range(i):
                 s -= Lc[i, k] * X[k, col]
-            X[i, col] = s / Lc[i, i]
+            X[i, col] = s * Lc[i, i]
         for i in range(n - 1, -1, -1):
             s = X[i, col]
             for k in range(i + 1, n):
                 s -= Lc[k, i] * X[k, col]
-            X[i, col] = s / Lc[i, i]
+            X[i, col] = s * Lc[i, i]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _chol_inverse(Lc, n, out):
     """out[:n, :n] = (Lc Lc')^{-1}."""
     for i in range(n):
@@ -106,7 +112,7 @@ def _chol_inverse(Lc, n, out):
 # ---------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _lambda(theta, rows, cols, q, L):
     for a in range(q):
         for b in range(q):
@@ -115,19 +121,18 @@ def _lambda(theta, rows, cols, q, L):
         L[rows[i], cols[i]] = theta[i]
 
 
-@njit(cache=True)
-def devgrad_one(theta, A, B, c, XtX, Xty, yty, N, rows, cols, reml, want_grad, g_out):
-    """d(theta) (ML) or d_R(theta) (REML) for one replicate; with ``want_grad`` the
-    gradient in theta is written to ``g_out`` (k,). Returns nan where a matrix that must be
-    positive definite is not (or r2 <= 0)."""
+@njit(cache=True, error_model="numpy")
+def _profile(theta, A, B, c, XtX, Xty, yty, rows, cols, want_minv, L, Minv, S, XV, beta):
+    """The profiled quantities at theta (module docstring): fills Lambda ``L`` (q, q),
+    S_j = M_j^{-1} R_j into ``S`` (J, q, p + 1), M_j^{-1} into ``Minv`` (J, q, q) when
+    ``want_minv``, the Cholesky factor of XtVX into ``XV`` (p, p + 1) (see :func:`_chol`)
+    and beta into ``beta`` (p, 1). Returns (sum_j log|M_j|, log|XtVX|, r2), with nan
+    first where a matrix that must be positive definite is not, or r2 <= 0."""
     J, q, p = B.shape[0], B.shape[1], B.shape[2]
     m = p + 1
-    L = np.empty((q, q))
     _lambda(theta, rows, cols, q, L)
     M = np.empty((q, q))
-    Minv = np.empty((J, q, q))
     Rj = np.empty((q, m))
-    S = np.empty((J, q, m))
     corr = np.zeros((m, m))
     AL = np.empty((q, q))
     logdetM = 0.0
@@ -147,7 +152,7 @@ def devgrad_one(theta, A, B, c, XtX, Xty, yty, N, rows, cols, reml, want_grad, g
                 M[a, b] = s + (1.0 if a == b else 0.0)
         ld = _chol(M, q)
         if math.isnan(ld):
-            return np.nan
+            return np.nan, np.nan, np.nan
         logdetM += ld
         # R_j = Lambda' [B_j c_j]
         for a in range(q):
@@ -165,26 +170,43 @@ def devgrad_one(theta, A, B, c, XtX, Xty, yty, N, rows, cols, reml, want_grad, g
                 for a in range(q):
                     s += Rj[a, r] * S[j, a, col]
                 corr[r, col] += s
-        if want_grad:
+        if want_minv:
             _chol_inverse_3(M, q, Minv, j)
-    XV = np.empty((p, p + 1))
     for a in range(p):
         for b in range(a + 1):
             XV[a, b] = XtX[a, b] - corr[a, b]
             XV[b, a] = XV[a, b]
     ytVy = yty - corr[p, p]
-    beta = np.empty((p, 1))
+    XtVy = np.empty(p)
     for a in range(p):
-        beta[a, 0] = Xty[a] - corr[p, a]
-    XtVy = beta[:, 0].copy()
+        XtVy[a] = Xty[a] - corr[p, a]
+        beta[a, 0] = XtVy[a]
     ldX = _chol(XV, p)
     if math.isnan(ldX):
-        return np.nan
+        return np.nan, np.nan, np.nan
     _chol_solve(XV, p, beta, 1)
     r2 = ytVy
     for a in range(p):
         r2 -= beta[a, 0] * XtVy[a]
     if not r2 > 0.0:
+        return np.nan, np.nan, np.nan
+    return logdetM, ldX, r2
+
+
+@njit(cache=True, error_model="numpy")
+def devgrad_one(theta, A, B, c, XtX, Xty, yty, N, rows, cols, reml, want_grad, g_out):
+    """d(theta) (ML) or d_R(theta) (REML) for one replicate; with ``want_grad`` the
+    gradient in theta is written to ``g_out`` (k,). Returns nan where a matrix that must be
+    positive definite is not (or r2 <= 0)."""
+    J, q, p = B.shape[0], B.shape[1], B.shape[2]
+    L = np.empty((q, q))
+    Minv = np.empty((J, q, q))
+    S = np.empty((J, q, p + 1))
+    XV = np.empty((p, p + 1))
+    beta = np.empty((p, 1))
+    logdetM, ldX, r2 = _profile(theta, A, B, c, XtX, Xty, yty, rows, cols, want_grad, L, Minv,
+                                S, XV, beta)
+    if math.isnan(logdetM):
         return np.nan
     nu = N - p if reml else N
     d = logdetM + nu * (1.0 + _LOG2PI + math.log(r2 / nu))
@@ -197,6 +219,7 @@ def devgrad_one(theta, A, B, c, XtX, Xty, yty, N, rows, cols, reml, want_grad, g
     if reml:
         _chol_inverse(XV, p, C)
     gL = np.zeros((q, q))
+    AL = np.empty((q, q))
     u = np.empty(q)
     Pu = np.empty(q)
     Wu = np.empty(q)
@@ -268,7 +291,7 @@ def devgrad_one(theta, A, B, c, XtX, Xty, yty, N, rows, cols, reml, want_grad, g
     return d
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _chol_solve_3(Lc, n, S, j, m):
     """Solve (Lc Lc') Y = S[j, :n, :m] in place."""
     for col in range(m):
@@ -276,15 +299,15 @@ def _chol_solve_3(Lc, n, S, j, m):
             s = S[j, i, col]
             for k in range(i):
                 s -= Lc[i, k] * S[j, k, col]
-            S[j, i, col] = s / Lc[i, i]
+            S[j, i, col] = s * Lc[i, i]
         for i in range(n - 1, -1, -1):
             s = S[j, i, col]
             for k in range(i + 1, n):
                 s -= Lc[k, i] * S[j, k, col]
-            S[j, i, col] = s / Lc[i, i]
+            S[j, i, col] = s * Lc[i, i]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _chol_inverse_3(Lc, n, out, j):
     """out[j] = (Lc Lc')^{-1}."""
     for a in range(n):
@@ -293,7 +316,7 @@ def _chol_inverse_3(Lc, n, out, j):
     _chol_solve_3(Lc, n, out, j, n)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def devgrad_many(theta, A, B, c, XtX, Xty, yty, N, rows, cols, reml, want_grad):
     """d and its gradient for R replicates: theta (R, P, k) at P points each; statistics with
     a leading replicate axis R. Returns d (R, P) and g (R, P, k)."""
@@ -307,12 +330,67 @@ def devgrad_many(theta, A, B, c, XtX, Xty, yty, N, rows, cols, reml, want_grad):
     return d, g
 
 
+@njit(cache=True, error_model="numpy")
+def readout_many(theta, A, B, c, XtX, Xty, yty, rows, cols, want_ranef):
+    """What a fit reports at theta (R, k), per replicate: beta (R, p), C = XtVX^{-1}
+    (R, p, p), r2 (R,) and, with ``want_ranef``, the EBLUPs in units of sigma
+    U_j = Lambda M_j^{-1} Lambda' u_j (R, J, q), u_j = c_j - B_j beta, and
+    Lambda M_j^{-1} Lambda' (R, J, q, q) (times sigma^2: their conditional covariance)."""
+    R, J, q, p = B.shape[0], B.shape[1], B.shape[2], B.shape[3]
+    betas = np.empty((R, p))
+    C = np.empty((R, p, p))
+    r2s = np.empty(R)
+    U = np.zeros((R, J, q) if want_ranef else (R, 0, q))
+    V = np.zeros((R, J, q, q) if want_ranef else (R, 0, q, q))
+    L = np.empty((q, q))
+    Minv = np.empty((J, q, q))
+    S = np.empty((J, q, p + 1))
+    XV = np.empty((p, p + 1))
+    beta = np.empty((p, 1))
+    Pu = np.empty(q)
+    LM = np.empty((q, q))
+    for r in range(R):
+        _, _, r2 = _profile(theta[r], A[r], B[r], c[r], XtX[r], Xty[r], yty[r], rows, cols,
+                            want_ranef, L, Minv, S, XV, beta)
+        r2s[r] = r2
+        for a in range(p):
+            betas[r, a] = beta[a, 0]
+        _chol_inverse(XV, p, C[r])
+        if not want_ranef:
+            continue
+        for j in range(J):
+            # P_j u_j = M_j^{-1} Lambda' u_j = S_jc - S_jB beta
+            for a in range(q):
+                t = S[j, a, p]
+                for b in range(p):
+                    t -= S[j, a, b] * beta[b, 0]
+                Pu[a] = t
+            for a in range(q):
+                s = 0.0
+                for t in range(q):
+                    s += L[a, t] * Pu[t]
+                U[r, j, a] = s
+            for a in range(q):
+                for b in range(q):
+                    s = 0.0
+                    for t in range(q):
+                        s += L[a, t] * Minv[j, t, b]
+                    LM[a, b] = s
+            for a in range(q):
+                for b in range(q):
+                    s = 0.0
+                    for t in range(q):
+                        s += LM[a, t] * L[b, t]
+                    V[r, j, a, b] = s
+    return betas, C, r2s, U, V
+
+
 # ---------------------------------------------------------------------------
 # start
 # ---------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def moment_start_one(A, B, c, XtX, Xty, yty, N, n, rows, cols, theta0):
     """A method-of-moments start for theta, written to ``theta0`` (k,).
 
@@ -414,6 +492,8 @@ def moment_start_one(A, B, c, XtX, Xty, yty, N, n, rows, cols, theta0):
         return
     for i in range(k):
         v = rel[rows[i], cols[i]]
+        if rows[i] == cols[i]:
+            v = 1.0 / v  # _chol keeps the reciprocal of the factor's diagonal
         if not math.isfinite(v):
             for i2 in range(k):
                 theta0[i2] = 1.0 if rows[i2] == cols[i2] else 0.0
@@ -426,7 +506,7 @@ def moment_start_one(A, B, c, XtX, Xty, yty, N, n, rows, cols, theta0):
 # ---------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _fd_hessian(theta, f_g, A, B, c, XtX, Xty, yty, N, rows, cols, reml, H):
     """Forward differences of the analytic gradient: H_i = (g(theta + h_i e_i) - g) / h_i,
     h_i = 1e-6 (1 + |theta_i|), symmetrised. Returns d(theta) and writes g to ``f_g``."""
@@ -449,7 +529,7 @@ def _fd_hessian(theta, f_g, A, B, c, XtX, Xty, yty, N, rows, cols, reml, H):
     return f
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _curvature(H, Babs, v_neg):
     """|H| (eigenvalues by absolute value, floored at 1e-8 of the largest) into ``Babs``, the
     eigenvector of the smallest eigenvalue into ``v_neg``; returns (lam_min / scale, lam_min).
@@ -477,7 +557,7 @@ def _curvature(H, Babs, v_neg):
     return w[0] / scale, w[0]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _direction(g, Bm, p):
     """p = -B^{-1} g for positive definite B; returns the decrement g'B^{-1}g (inf when B
     is not positive definite)."""
@@ -498,7 +578,7 @@ def _direction(g, Bm, p):
     return dec
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _stationary(g, dec, tol, gtol):
     gmax = 0.0
     for i in range(g.shape[0]):
@@ -506,7 +586,7 @@ def _stationary(g, dec, tol, gtol):
     return dec < tol or gmax < gtol
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _near_edge(theta, rows, cols, edge):
     for i in range(theta.shape[0]):
         if rows[i] == cols[i] and abs(theta[i]) < edge:
@@ -514,7 +594,7 @@ def _near_edge(theta, rows, cols, edge):
     return False
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _canonical(theta, rows, cols, g, H):
     """Reflect columns of Lambda with a negative diagonal (Lambda Lambda' is unchanged);
     the gradient and Hessian transform as D g and D H D, D = diag(signs)."""
@@ -532,7 +612,7 @@ def _canonical(theta, rows, cols, g, H):
             H[i, j] *= sign[i] * sign[j]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _minimize(theta, A, B, c, XtX, Xty, yty, N, rows, cols, reml, max_iter, tol, gtol,
               max_step, edge, g_out, H_out):
     """Minimise from ``theta`` (updated in place); returns (deviance, iterations, converged)
@@ -645,7 +725,7 @@ def _minimize(theta, A, B, c, XtX, Xty, yty, N, rows, cols, reml, max_iter, tol,
     return f, it, converged
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def near_singular_one(theta, rows, cols, tol):
     """Lambda Lambda' = T / sigma^2 has an eigenvalue below ``tol``, or a diagonal element
     of Lambda is below sqrt(tol) (lme4's isSingular rule)."""
@@ -662,7 +742,7 @@ def near_singular_one(theta, rows, cols, tol):
     return w[0] < tol
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def minimize_one(A, B, c, XtX, Xty, yty, N, n, rows, cols, reml, theta0, use_start, max_iter,
                  tol, gtol, max_step, edge, singular_tol, theta, g, H):
     """Fit one replicate: writes theta, gradient and Hessian; returns (deviance, iterations,
@@ -701,7 +781,7 @@ def minimize_one(A, B, c, XtX, Xty, yty, N, n, rows, cols, reml, theta0, use_sta
     return f, it, conv
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def minimize_many(A, B, c, XtX, Xty, yty, N, n, rows, cols, reml, theta0, use_start, max_iter,
                   tol, gtol, max_step, edge, singular_tol):
     """:func:`minimize_one` for each of R replicates (leading axis of every statistic;
@@ -730,29 +810,74 @@ def minimize_many(A, B, c, XtX, Xty, yty, N, n, rows, cols, reml, theta0, use_st
 # ---------------------------------------------------------------------------
 
 
-@njit(cache=True)
-def group_sums(y, X, Z, starts, sizes, A, B, c):
-    """A_j = Z_j'Z_j, B_j = Z_j'X_j, c_j = Z_j'y_j for rows already in group order (group j
-    is rows starts[j] : starts[j] + sizes[j]); written into A (J, q, q), B (J, q, p),
-    c (J, q). One pass over the rows."""
-    J = starts.shape[0]
-    q = Z.shape[1]
-    p = X.shape[1]
-    for j in range(J):
-        for a in range(q):
-            for b in range(q):
-                A[j, a, b] = 0.0
+@njit(cache=True, error_model="numpy")
+def group_sums_many(y, X, Z, codes, J, y_shift, X_shift):
+    """Per replicate r, the statistics of y - y_shift[r] and X - X_shift[r] (centring):
+    A_j = Z_j'Z_j, B_j = Z_j'X_j, c_j = Z_j'y_j, X'X, X'y and y'y, in one pass over the
+    rows (any order; ``codes`` (N,) gives each row's group). y (R, N), X (R, N, p),
+    Z (R, N, q). Returns A (R, J, q, q), B (R, J, q, p), c (R, J, q), XtX (R, p, p),
+    Xty (R, p), yty (R,)."""
+    R, N = y.shape
+    p = X.shape[2]
+    q = Z.shape[2]
+    A = np.zeros((R, J, q, q))
+    B = np.zeros((R, J, q, p))
+    c = np.zeros((R, J, q))
+    XtX = np.zeros((R, p, p))
+    Xty = np.zeros((R, p))
+    yty = np.zeros(R)
+    xc = np.empty(p)
+    for r in range(R):
+        ys = y_shift[r]
+        yy = 0.0
+        for i in range(N):
+            j = codes[i]
+            yc = y[r, i] - ys
             for b in range(p):
-                B[j, a, b] = 0.0
-            c[j, a] = 0.0
-        for i in range(starts[j], starts[j] + sizes[j]):
+                xc[b] = X[r, i, b] - X_shift[r, b]
             for a in range(q):
-                za = Z[i, a]
+                za = Z[r, i, a]
                 for b in range(a + 1):
-                    A[j, a, b] += za * Z[i, b]
+                    A[r, j, a, b] += za * Z[r, i, b]
                 for b in range(p):
-                    B[j, a, b] += za * X[i, b]
-                c[j, a] += za * y[i]
-        for a in range(q):
+                    B[r, j, a, b] += za * xc[b]
+                c[r, j, a] += za * yc
+            for a in range(p):
+                xa = xc[a]
+                for b in range(a + 1):
+                    XtX[r, a, b] += xa * xc[b]
+                Xty[r, a] += xa * yc
+            yy += yc * yc
+        yty[r] = yy
+        for j in range(J):
+            for a in range(q):
+                for b in range(a):
+                    A[r, j, b, a] = A[r, j, a, b]
+        for a in range(p):
             for b in range(a):
-                A[j, b, a] = A[j, a, b]
+                XtX[r, b, a] = XtX[r, a, b]
+    return A, B, c, XtX, Xty, yty
+
+
+@njit(cache=True, error_model="numpy")
+def column_means_many(y, X):
+    """Per replicate, the means of y (R, N) and of X's columns (R, N, p), and which columns
+    of X are all ones in every replicate (p,). One pass over the rows."""
+    R, N = y.shape
+    p = X.shape[2]
+    ybar = np.zeros(R)
+    m = np.zeros((R, p))
+    ones = np.ones(p, dtype=np.bool_)
+    for r in range(R):
+        s = 0.0
+        for i in range(N):
+            s += y[r, i]
+            for b in range(p):
+                v = X[r, i, b]
+                m[r, b] += v
+                if v != 1.0:
+                    ones[b] = False
+        ybar[r] = s / N
+        for b in range(p):
+            m[r, b] /= N
+    return ybar, m, ones

@@ -73,7 +73,7 @@ def take(pk: Packed, idx: np.ndarray | None, expand: int = 0) -> Packed:
 
     st = pk.stats
     stats = GroupStats(*(sel(getattr(st, f)) for f in GroupStats.__dataclass_fields__))
-    return Packed(stats, sel(pk.Av), sel(pk.Aq), sel(pk.Af), sel(pk.BC))
+    return Packed(stats, sel(pk.Av), sel(pk.Aq), sel(pk.BC))
 
 
 def canonical_theta(theta: np.ndarray, tmap: ThetaMap) -> tuple[np.ndarray, np.ndarray]:

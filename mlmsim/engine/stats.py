@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mlmsim.engine import kernels
+
 __all__ = ["GroupStats", "group_stats", "stack_stats", "residual_check"]
 
 
@@ -43,45 +45,42 @@ class GroupStats:
 
 
 def group_stats(
-    y: np.ndarray, X: np.ndarray, Z: np.ndarray, codes: np.ndarray, J: int
+    y: np.ndarray, X: np.ndarray, Z: np.ndarray, codes: np.ndarray, J: int,
+    y_shift: np.ndarray | float = 0.0, X_shift: np.ndarray | float = 0.0,
 ) -> GroupStats:
     """Accumulate A_j, B_j, c_j and the totals from one data set or a stack of them.
 
     y (..., N), X (..., N, p), Z (..., N, q), with leading replicate dimensions
     allowed (X and Z may also be shared, without them); codes (N,) integers in
-    0..J-1, shared by the stack. Rows are put in group order once (a stable
-    sort, skipped when already sorted) and summed with ``np.add.reduceat``:
-    O(N (q + p + 1) q) per data set.
+    0..J-1, shared by the stack, in any order. The statistics are those of
+    y - y_shift and X - X_shift (the centring of :class:`mlmsim.engine.fit.Centering`;
+    y_shift (...,), X_shift (..., p)), formed on the fly in one compiled pass over
+    the rows (:func:`mlmsim.engine.kernels.group_sums_many`): O(N (q + p + 1) q)
+    per data set.
     """
     y = np.asarray(y, dtype=float)
     X = np.asarray(X, dtype=float)
     Z = np.asarray(Z, dtype=float)
-    codes = np.asarray(codes)
+    codes = np.asarray(codes, dtype=np.intp)
     N = codes.shape[0]
     batch = y.shape[:-1]
-    X = np.broadcast_to(X, batch + X.shape[-2:])
-    Z = np.broadcast_to(Z, batch + Z.shape[-2:])
     p, q = X.shape[-1], Z.shape[-1]
-    if N > 1 and not bool(np.all(codes[1:] >= codes[:-1])):
-        order = np.argsort(codes, kind="stable")
-        codes, y, X, Z = codes[order], y[..., order], X[..., order, :], Z[..., order, :]
+    R = int(np.prod(batch, dtype=np.int64))
+
+    def flat(a: np.ndarray, tail: tuple[int, ...]) -> np.ndarray:
+        return np.ascontiguousarray(np.broadcast_to(a, batch + tail).reshape((R,) + tail))
+
+    A, B, c, XtX, Xty, yty = kernels.group_sums_many(
+        flat(y, (N,)), flat(X, (N, p)), flat(Z, (N, q)), codes, int(J),
+        flat(np.asarray(y_shift, dtype=float), ()), flat(np.asarray(X_shift, dtype=float), (p,)))
     n = np.bincount(codes, minlength=J)
-    F = np.concatenate((Z, X, y[..., None]), axis=-1)
-    nonempty = n > 0
-    starts = (np.cumsum(n) - n)[nonempty]
-    S = np.zeros(batch + (J, q, q + p + 1))
-    for a in range(q):
-        S[..., nonempty, a, :] = np.add.reduceat(F * Z[..., a : a + 1], starts, axis=-2)
-    A = S[..., :q]
-    A = 0.5 * (A + np.swapaxes(A, -1, -2))
-    XtX = np.swapaxes(X, -1, -2) @ X
     return GroupStats(
-        A=np.ascontiguousarray(A),
-        B=np.ascontiguousarray(S[..., q : q + p]),
-        c=np.ascontiguousarray(S[..., q + p]),
-        XtX=0.5 * (XtX + np.swapaxes(XtX, -1, -2)),
-        Xty=(np.swapaxes(X, -1, -2) @ y[..., None])[..., 0],
-        yty=np.einsum("...n,...n->...", y, y),
+        A=A.reshape(batch + A.shape[1:]),
+        B=B.reshape(batch + B.shape[1:]),
+        c=c.reshape(batch + c.shape[1:]),
+        XtX=XtX.reshape(batch + (p, p)),
+        Xty=Xty.reshape(batch + (p,)),
+        yty=yty.reshape(batch),
         n=np.broadcast_to(n, batch + (J,)).copy(),
         N=np.full(batch, float(N)),
     )

@@ -269,6 +269,8 @@ class FormulaMethod:
     """
 
     takes_rng = False
+    takes_sim_batch = True
+    """Accepts a one-replicate :class:`mlmsim.simulate.SimBatch` wherever a DataFrame goes."""
 
     def __init__(self, formula: str, method: str = "REML", *, level: float = 0.95,
                  name: str | None = None, batch: bool = True, batch_size: int = 32,
@@ -289,7 +291,10 @@ class FormulaMethod:
 
     def __call__(self, data: Any) -> Estimates:
         from mlmsim import fit
+        from mlmsim.simulate import SimBatch
 
+        if isinstance(data, SimBatch):
+            data = data.frame(0)
         res = fit(self.formula, data, method=self.method, **self.options)
         return Estimates.from_fit(res, self.level)
 
@@ -359,10 +364,17 @@ class FromSpec:
         return spec
 
     def __call__(self, condition: Condition, rng: np.random.Generator) -> Any:
-        from mlmsim.simulate import simulate
+        return self.draw(condition, rng).frame(0)
 
-        return simulate(self.model(condition), self._value(self.n_groups, condition),
-                        group_size=self._value(self.group_size, condition), rng=rng)
+    def draw(self, condition: Condition, rng: np.random.Generator) -> Any:
+        """The replicate as a one-replicate :class:`mlmsim.simulate.SimBatch` (arrays, no
+        DataFrame): the same draws as ``self(condition, rng)``, whose DataFrame is its
+        ``frame(0)``. The runner hands these to methods that take them
+        (``takes_sim_batch``), which skips building a DataFrame per replicate."""
+        from mlmsim.simulate import simulate_batch
+
+        return simulate_batch(self.model(condition), 1, self._value(self.n_groups, condition),
+                              group_size=self._value(self.group_size, condition), rng=rng)
 
     def truth(self, condition: Condition) -> pd.Series:
         """True parameter values of a condition: ``spec.truth.params``."""
@@ -721,9 +733,14 @@ def _run_batched(plan: _Plan, cond: Condition, start: int, seeds: np.ndarray, re
     datas: list[Any] = [None] * n
     gen_error: dict[int, str] = {}
     gen_notes: list[list[str] | None] = [None] * n
+    # the generator's arrays straight to the methods when every method takes them
+    draw = getattr(plan.generate, "draw", None)
+    if not (callable(draw) and all(getattr(m.fn, "takes_sim_batch", False)
+                                   for m in plan.methods)):
+        draw = plan.generate
     for i, rng in enumerate(replicate_rngs(seeds)):
         try:
-            datas[i] = plan.generate(cond, rng)
+            datas[i] = draw(cond, rng)
         except Exception as exc:  # noqa: BLE001
             gen_error[i] = f"generate: {_error_text(exc)}"
         gen_notes[i] = [f"generate: {t}" for t in _warning_texts(log, 0)] if log else None
