@@ -35,7 +35,7 @@ from functools import lru_cache
 import numpy as np
 
 from mlmsim.engine import kernels
-from mlmsim.engine.stats import GroupStats
+from mlmsim.engine.stats import GroupStats, flat_arrays
 
 __all__ = ["ThetaMap", "Packed", "pack", "deviance", "deviance_grad"]
 
@@ -141,21 +141,14 @@ def _group_apply(Mq: np.ndarray, V: np.ndarray) -> np.ndarray:
 def _evaluate(pk: Packed, theta: np.ndarray, tmap: ThetaMap, reml: bool, want_grad: bool):
     """The compiled evaluation (:func:`mlmsim.engine.kernels.devgrad_many`) over the
     broadcast batch shape of the statistics and theta."""
-    st = pk.stats
     theta = np.asarray(theta, dtype=float)
-    batch = np.broadcast_shapes(st.yty.shape, theta.shape[:-1])
+    batch = np.broadcast_shapes(np.shape(pk.stats.yty), theta.shape[:-1])
     R = int(np.prod(batch, dtype=np.int64))
-
-    def flat(a: np.ndarray, tail: int) -> np.ndarray:
-        a = np.asarray(a, dtype=float)
-        return np.ascontiguousarray(
-            np.broadcast_to(a, batch + a.shape[a.ndim - tail:]).reshape((R,) + a.shape[
-                a.ndim - tail:]))
-
-    th = flat(theta, 1)[:, None, :]
-    d, g = kernels.devgrad_many(th, flat(st.A, 3), flat(st.B, 3), flat(st.c, 2),
-                                flat(st.XtX, 2), flat(st.Xty, 1), flat(st.yty, 0),
-                                flat(st.N, 0), tmap.rows, tmap.cols, bool(reml), want_grad)
+    A, B, c, XtX, Xty, yty, N, _ = flat_arrays(pk.stats, batch)
+    th = np.ascontiguousarray(np.broadcast_to(theta, batch + theta.shape[-1:]).reshape(
+        R, 1, theta.shape[-1]))
+    d, g = kernels.devgrad_many(th, A, B, c, XtX, Xty, yty, N, tmap.rows, tmap.cols,
+                                bool(reml), want_grad)
     return d[:, 0].reshape(batch), g[:, 0].reshape(batch + (tmap.size,))
 
 

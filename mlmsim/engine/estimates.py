@@ -25,7 +25,8 @@ import numpy as np
 
 from mlmsim.engine import inference, kernels
 from mlmsim.engine.deviance import Packed, ThetaMap
-from mlmsim.engine.optimize import OptResult, _kernel_args, near_singular
+from mlmsim.engine.optimize import OptResult, near_singular
+from mlmsim.engine.stats import flat_arrays
 
 __all__ = ["Estimates", "estimates", "messages", "dependent_columns", "SINGULAR_TOL",
            "HESSIAN_PD_RTOL", "GRAD_TOL"]
@@ -107,7 +108,7 @@ def readout(pk: Packed, theta: np.ndarray, tmap: ThetaMap, ranef: bool):
     """beta (R, p), XtVX^{-1} (R, p, p), r2 (R,) at theta (R, k) and, with ``ranef``, the
     EBLUPs over sigma (R, J, q) and Lambda M_j^{-1} Lambda' (R, J, q, q)
     (:func:`mlmsim.engine.kernels.readout_many`)."""
-    A, B, c, XtX, Xty, yty, _, _ = _kernel_args(pk.stats)
+    A, B, c, XtX, Xty, yty, _, _ = flat_arrays(pk.stats)
     return kernels.readout_many(np.ascontiguousarray(theta, dtype=float), A, B, c, XtX, Xty,
                                 yty, tmap.rows, tmap.cols, ranef)
 

@@ -17,7 +17,8 @@ F_j = Z_j'V_j^{-1}X_j = (B_j - A_j D_j B_j) / sigma^2, C = (X'V^{-1}X)^{-1}:
     df/dT_ab      = (2 - [a = b]) (sum_j Q_j - s_j s_j' [- F_j C F_j' for REML])_ab
     df/dsigma^2   = tr V^{-1} - r'V^{-2}r [- tr(C X'V^{-2}X) for REML]
 
-The Hessian H is the central difference of this analytic gradient. The
+The observed Hessian H is analytic (:func:`phi_hessian`; the central
+difference of this gradient, :func:`phi_hessian_fd`, checks it). The
 asymptotic covariance of phi-hat is 2 H^{-1} (SAS's ASYCOV, COVTEST SEs).
 
 Satterthwaite df (as lmerTest) for a contrast l'beta: with
@@ -33,9 +34,10 @@ from functools import lru_cache
 import numpy as np
 from scipy import stats as sps
 
+from mlmsim.engine import phi_kernel
 from mlmsim.engine.deviance import Packed, _group_apply, pack
 from mlmsim.engine.optimize import take
-from mlmsim.engine.stats import GroupStats
+from mlmsim.engine.stats import GroupStats, flat_arrays
 
 __all__ = [
     "CovStructure",
@@ -284,15 +286,6 @@ def phi_hessian_fd(st, cs: CovStructure, phi: np.ndarray, reml: bool) -> np.ndar
     return 0.5 * (H + np.swapaxes(H, -1, -2))
 
 
-def _basis(cs: CovStructure) -> np.ndarray:
-    """E (K, q, q): dT/dphi_k for the T elements (symmetric 0/1 matrices)."""
-    K = cs.rows.shape[0]
-    E = np.zeros((K, cs.q, cs.q))
-    E[np.arange(K), cs.rows, cs.cols] = 1.0
-    E[np.arange(K), cs.cols, cs.rows] = 1.0
-    return E
-
-
 def phi_hessian(st, cs: CovStructure, phi: np.ndarray, reml: bool) -> np.ndarray:
     """The observed Hessian H of f (ML) or f_R (REML) in phi, analytically.
 
@@ -310,103 +303,18 @@ def phi_hessian(st, cs: CovStructure, phi: np.ndarray, reml: bool) -> np.ndarray
     Z_j'K_j^m = G_j^m Z_j', so every term reduces to q x q, q x p and p x p
     sums over groups, and the powers X'K^m X, r'K^m r, tr K^m follow from
     X'K^{m+1}X = X'K^m X - (G^m B)' D B (and likewise). Batched over leading
-    dimensions of ``st`` and ``phi``.
+    dimensions of ``st`` and ``phi``. Computed in compiled loops over groups
+    (:func:`mlmsim.engine.phi_kernel.phi_hessian_many`).
     """
-    pk = _as_packed(st)
-    stt = pk.stats
+    stats = st.stats if isinstance(st, Packed) else st
     phi = np.asarray(phi, dtype=float)
-    pp = _parts(pk, cs, phi)
-    q = cs.q
-    s2 = pp.sigma2
-    v1, v2, v3 = 1.0 / s2, 1.0 / s2**2, 1.0 / s2**3
-    D = pp.D
-    A, B, c = stt.A, stt.B, stt.c
-    beta = pp.beta
-    eye = np.eye(q)
-    G = eye - A @ D
-    u = c - np.einsum("...jqp,...p->...jq", B, beta)
-    Du = (D @ u[..., None])[..., 0]
-    Gu = (G @ u[..., None])[..., 0]
-    G2u = (G @ Gu[..., None])[..., 0]
-    DB = D @ B
-    GB = G @ B
-    G2B = G @ GB
-    GA = G @ A
-    G2A = G @ GA
-    C = pp.XtVX_inv * s2[..., None, None]
-    # per-group scaled blocks
-    Q = GA * v1[..., None, None, None]
-    Q = 0.5 * (Q + np.swapaxes(Q, -1, -2))
-    Q2 = G2A * v2[..., None, None, None]
-    s = Gu * v1[..., None, None]
-    s_2 = G2u * v2[..., None, None]
-    F = GB * v1[..., None, None, None]
-    F2 = G2B * v2[..., None, None, None]
-    # totals: powers of K
-    ee = (stt.yty - 2.0 * np.einsum("...a,...a->...", beta, stt.Xty)
-          + np.einsum("...a,...ab,...b->...", beta, stt.XtX, beta))
-    rKr = ee - np.einsum("...jq,...jq->...", u, Du)
-    rK2r = rKr - np.einsum("...jq,...jq->...", Gu, Du)
-    rK3r = rK2r - np.einsum("...jq,...jq->...", G2u, Du)
-    Xr = stt.Xty - np.einsum("...ab,...b->...a", stt.XtX, beta)
-    XKr = Xr - np.einsum("...jqa,...jq->...a", B, Du)
-    XK2r = XKr - np.einsum("...jqa,...jq->...a", GB, Du)
-    BtDB = np.einsum("...jqa,...jqb->...ab", B, DB)
-    XKX = stt.XtX - BtDB
-    XK2X = XKX - np.einsum("...jqa,...jqb->...ab", GB, DB)
-    XK3X = XK2X - np.einsum("...jqa,...jqb->...ab", G2B, DB)
-    trK = stt.N - np.einsum("...jab,...jba->...", A, D)
-    trK2 = trK - np.einsum("...jab,...jba->...", GA, D)
-    E = _basis(cs)
-    K = E.shape[0]
-    # T-T blocks via four-index sums over groups
-    Qf = Q.reshape(Q.shape[:-2] + (q * q,))
-    W11 = (np.swapaxes(Qf, -1, -2) @ Qf).reshape(Qf.shape[:-2] + (q, q, q, q))
-    ss = (s[..., :, None] * s[..., None, :]).reshape(s.shape[:-1] + (q * q,))
-    W22 = (np.swapaxes(ss, -1, -2) @ Qf).reshape(Qf.shape[:-2] + (q, q, q, q))  # [i,n,j,m]
-    FC = F @ C[..., None, :, :]
-    FCF = FC @ np.swapaxes(F, -1, -2)
-    FCFf = FCF.reshape(FCF.shape[:-2] + (q * q,))
-    W44 = (np.swapaxes(FCFf, -1, -2) @ Qf).reshape(Qf.shape[:-2] + (q, q, q, q))  # [n,i,j,m]
-    T1 = np.einsum("...nijm,kij,lmn->...kl", W11, E, E)
-    T2 = np.einsum("...injm,kij,lmn->...kl", W22, E, E)
-    T4 = np.einsum("...nijm,kij,lmn->...kl", W44, E, E)
-    Wf = np.einsum("...jip,...jq->...ipq", F, s)
-    w = np.einsum("kij,...ipj->...kp", E, Wf)
-    pdim = F.shape[-1]
-    Ff = F.reshape(F.shape[:-2] + (q * pdim,))
-    FF = (np.swapaxes(Ff, -1, -2) @ Ff).reshape(Ff.shape[:-2] + (q, pdim, q, pdim))
-    Mk = np.einsum("kij,...ipjr->...kpr", E, FF)
-    # sigma^2 entries
-    T1_ks = np.einsum("kij,...ji->...k", E, Q2.sum(-3))
-    T1_ss = trK2 * v2
-    T2_ks = np.einsum("kij,...gi,...gj->...k", E, s, s_2)
-    T2_ss = rK3r * v3
-    w_s = XK2r * v2[..., None]
-    def by_row(M):  # (..., J, q, p) -> (..., q, J * p)
-        return np.swapaxes(M, -3, -2).reshape(M.shape[:-3] + (q, -1))
-
-    F2CF = by_row(F2) @ np.swapaxes(by_row(FC), -1, -2)
-    T4_ks = np.einsum("kij,...ji->...k", E, F2CF)
-    T4_ss = np.einsum("...ab,...ba->...", C, XK3X) * v3
-    M_s = XK2X * v2[..., None, None]
-    m = K + 1
-    shape = T1.shape[:-2] + (m, m)
-    H1, H2, H4 = np.zeros(shape), np.zeros(shape), np.zeros(shape)
-    H1[..., :K, :K], H2[..., :K, :K], H4[..., :K, :K] = T1, T2, T4
-    H1[..., :K, K] = H1[..., K, :K] = T1_ks
-    H2[..., :K, K] = H2[..., K, :K] = T2_ks
-    H4[..., :K, K] = H4[..., K, :K] = T4_ks
-    H1[..., K, K], H2[..., K, K], H4[..., K, K] = T1_ss, T2_ss, T4_ss
-    W = np.concatenate((w, w_s[..., None, :]), axis=-2)                 # (..., m, p)
-    T3 = W @ C @ np.swapaxes(W, -1, -2)
-    H = -H1 + 2.0 * H2 - 2.0 * T3
-    if reml:
-        M = np.concatenate((Mk, M_s[..., None, :, :]), axis=-3)          # (..., m, p, p)
-        CM = C[..., None, :, :] @ M
-        T5 = np.einsum("...kab,...lba->...kl", CM, CM)
-        H = H + 2.0 * H4 - T5
-    return 0.5 * (H + np.swapaxes(H, -1, -2))
+    batch = np.broadcast_shapes(np.shape(stats.yty), phi.shape[:-1])
+    R, m = int(np.prod(batch, dtype=np.int64)), phi.shape[-1]
+    A, B, c, XtX, Xty, yty, N, _ = flat_arrays(stats, batch)
+    H = phi_kernel.phi_hessian_many(
+        A, B, c, XtX, Xty, yty, N, cs.rows, cs.cols,
+        np.ascontiguousarray(np.broadcast_to(phi, batch + (m,)).reshape(R, m)), bool(reml))
+    return H.reshape(batch + (m, m))
 
 
 def vcov_derivatives(st: GroupStats, cs: CovStructure, phi: np.ndarray, reml: bool):

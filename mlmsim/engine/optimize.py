@@ -37,7 +37,7 @@ import numpy as np
 
 from mlmsim.engine import kernels
 from mlmsim.engine.deviance import Packed, ThetaMap
-from mlmsim.engine.stats import GroupStats
+from mlmsim.engine.stats import GroupStats, flat_arrays
 
 __all__ = ["OptResult", "minimize_theta", "moment_start", "canonical_theta", "take",
            "near_singular", "SINGULAR_EIG"]
@@ -93,22 +93,10 @@ def canonical_theta(theta: np.ndarray, tmap: ThetaMap) -> tuple[np.ndarray, np.n
     return theta, signs
 
 
-def _kernel_args(st: GroupStats) -> tuple:
-    """The batched statistics (leading axis R) as contiguous arrays for the kernels."""
-    R = st.A.shape[0]
-
-    def arr(a, dtype=float):
-        return np.ascontiguousarray(np.broadcast_to(np.asarray(a, dtype=dtype),
-                                                    (R,) + np.shape(a)[1:]))
-
-    return (arr(st.A), arr(st.B), arr(st.c), arr(st.XtX), arr(st.Xty), arr(st.yty),
-            arr(st.N), arr(st.n, np.int64))
-
-
 def moment_start(pk: Packed, tmap: ThetaMap) -> np.ndarray:
     """A method-of-moments start for theta (R, k), from the per-group statistics
     (:func:`mlmsim.engine.kernels.moment_start_one`)."""
-    A, B, c, XtX, Xty, yty, N, n = _kernel_args(pk.stats)
+    A, B, c, XtX, Xty, yty, N, n = flat_arrays(pk.stats)
     out = np.empty((A.shape[0], tmap.size))
     for r in range(A.shape[0]):
         kernels.moment_start_one(A[r], B[r], c[r], XtX[r], Xty[r], yty[r], N[r], n[r],
@@ -144,7 +132,7 @@ def minimize_theta(
     judged on the exact Hessian. Returns theta in canonical form (Lambda's
     diagonal >= 0) with the deviance, gradient and Hessian in theta there.
     """
-    args = _kernel_args(pk.stats)
+    args = flat_arrays(pk.stats)
     R, k = args[0].shape[0], tmap.size
     use_start = theta0 is not None
     start = (np.ascontiguousarray(np.broadcast_to(np.asarray(theta0, dtype=float), (R, k)))

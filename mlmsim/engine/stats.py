@@ -19,7 +19,7 @@ import numpy as np
 
 from mlmsim.engine import kernels
 
-__all__ = ["GroupStats", "group_stats", "stack_stats", "residual_check"]
+__all__ = ["GroupStats", "group_stats", "stack_stats", "residual_check", "flat_arrays"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,25 @@ class GroupStats:
     @property
     def p(self) -> int:
         return int(self.B.shape[-1])
+
+
+def flat_arrays(stats: GroupStats, batch: tuple[int, ...] | None = None) -> tuple:
+    """A, B, c, XtX, Xty, yty, N (float) and n (int64) broadcast to the batch shape
+    ``batch`` (default: the statistics' own) and flattened to one leading axis R, as
+    contiguous arrays for the compiled kernels (:mod:`mlmsim.engine.kernels`)."""
+    batch = np.shape(stats.yty) if batch is None else tuple(batch)
+    R = int(np.prod(batch, dtype=np.int64))
+
+    def flat(a, tail: int, dtype=np.float64) -> np.ndarray:
+        a = np.asarray(a)
+        shape = (R,) + a.shape[a.ndim - tail:]
+        if a.dtype == dtype and a.shape == shape and a.flags.c_contiguous:
+            return a
+        return np.ascontiguousarray(
+            np.broadcast_to(a.astype(dtype, copy=False), batch + shape[1:]).reshape(shape))
+
+    return (flat(stats.A, 3), flat(stats.B, 3), flat(stats.c, 2), flat(stats.XtX, 2),
+            flat(stats.Xty, 1), flat(stats.yty, 0), flat(stats.N, 0), flat(stats.n, 1, np.int64))
 
 
 def group_stats(
