@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 
 from mlmsim.engine import inference
-from mlmsim.engine.deviance import ThetaMap, pack
+from mlmsim.engine.deviance import ThetaMap
 from mlmsim.engine.estimates import Estimates, estimates, messages
 from mlmsim.engine.fit import Centering, _method
-from mlmsim.engine.optimize import OptResult, minimize_theta, take
+from mlmsim.engine.optimize import OptResult, minimize_theta
 from mlmsim.engine.result import covparm_names
 from mlmsim.engine.stats import GroupStats, group_stats, residual_check, stack_stats
 from mlmsim.formula import model_design, stacked_design
@@ -125,7 +125,7 @@ def fit_stats(stats: GroupStats, blocks: tuple[tuple[int, ...], ...], method: st
     errors = residual_check(stats)
     R = errors.shape[0]
     good = np.flatnonzero(np.equal(errors, None))
-    pk = take(pack(stats), good)
+    pk = stats.select(good)
     refitted = np.zeros(R, dtype=bool)
     if good.size:
         opt = minimize_theta(pk, tmap, reml, max_iter=max_iter)
@@ -189,7 +189,7 @@ def _refit_alone(pk, tmap, reml, opt: OptResult, idx: np.ndarray) -> OptResult:
     theta, dev, grad = opt.theta.copy(), opt.deviance.copy(), opt.grad.copy()
     hess, iters, conv = opt.hessian.copy(), opt.iterations.copy(), opt.converged.copy()
     for r in idx:
-        one = minimize_theta(take(pk, np.array([r])), tmap, reml, tmap.start()[None, :],
+        one = minimize_theta(pk.select(np.array([r])), tmap, reml, tmap.start()[None, :],
                              max_iter=1500)
         if one.converged[0] or one.deviance[0] < dev[r]:
             theta[r], dev[r], grad[r] = one.theta[0], one.deviance[0], one.grad[0]

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlmsim.engine import inference, kernels
-from mlmsim.engine.deviance import Packed, ThetaMap
+from mlmsim.engine.deviance import ThetaMap
 from mlmsim.engine.optimize import OptResult, near_singular
-from mlmsim.engine.stats import flat_arrays
+from mlmsim.engine.stats import GroupStats, flat_arrays
 
 __all__ = ["Estimates", "estimates", "messages", "dependent_columns", "SINGULAR_TOL",
            "HESSIAN_PD_RTOL", "GRAD_TOL"]
@@ -75,15 +75,15 @@ class Estimates:
         return ~self.dependent.any(axis=-1)
 
 
-def dependent_columns(pk: Packed) -> np.ndarray:
+def dependent_columns(stats: GroupStats) -> np.ndarray:
     """(R, q) bool: random-effect columns involved in a dependence holding in every group.
 
     A group's Z_j has dependent columns when A_j = Z_j'Z_j is singular; if that
     holds in every group with at least q rows (intercept + female + male; a
     random slope on a variable constant within groups), T is not identifiable.
     """
-    A = pk.stats.A
-    n = pk.stats.n
+    A = stats.A
+    n = stats.n
     R, J, q, _ = A.shape
     out = np.zeros((R, q), dtype=bool)
     if q < 2:
@@ -104,21 +104,21 @@ def dependent_columns(pk: Packed) -> np.ndarray:
     return out
 
 
-def readout(pk: Packed, theta: np.ndarray, tmap: ThetaMap, ranef: bool):
+def readout(stats: GroupStats, theta: np.ndarray, tmap: ThetaMap, ranef: bool):
     """beta (R, p), XtVX^{-1} (R, p, p), r2 (R,) at theta (R, k) and, with ``ranef``, the
     EBLUPs over sigma (R, J, q) and Lambda M_j^{-1} Lambda' (R, J, q, q)
     (:func:`mlmsim.engine.kernels.readout_many`)."""
-    A, B, c, XtX, Xty, yty, _, _ = flat_arrays(pk.stats)
+    A, B, c, XtX, Xty, yty, _, _ = flat_arrays(stats)
     return kernels.readout_many(np.ascontiguousarray(theta, dtype=float), A, B, c, XtX, Xty,
                                 yty, tmap.rows, tmap.cols, ranef)
 
 
-def estimates(pk: Packed, tmap: ThetaMap, cs: inference.CovStructure, opt: OptResult,
+def estimates(stats: GroupStats, tmap: ThetaMap, cs: inference.CovStructure, opt: OptResult,
               reml: bool) -> Estimates:
     """Everything a fit reports about its parameters, for each replicate (batch axis R)."""
     theta = opt.theta
-    st = pk.stats
-    beta, C, r2, _, _ = readout(pk, theta, tmap, False)
+    st = stats
+    beta, C, r2, _, _ = readout(stats, theta, tmap, False)
     N = st.N.astype(float)
     p = st.p
     sigma2 = r2 / (N - p if reml else N)
@@ -126,7 +126,7 @@ def estimates(pk: Packed, tmap: ThetaMap, cs: inference.CovStructure, opt: OptRe
     T = sigma2[:, None, None] * (L @ np.swapaxes(L, -1, -2))
     vcov = sigma2[:, None, None] * 0.5 * (C + np.swapaxes(C, -1, -2))
     phi = cs.phi(T, sigma2)
-    H = inference.phi_hessian(pk, cs, phi, reml)
+    H = inference.phi_hessian(stats, cs, phi, reml)
     eig = np.linalg.eigvalsh(H)
     pd = eig[:, 0] > HESSIAN_PD_RTOL * np.abs(eig).max(axis=-1)
     acov = np.full(H.shape, np.nan)
@@ -144,7 +144,7 @@ def estimates(pk: Packed, tmap: ThetaMap, cs: inference.CovStructure, opt: OptRe
         theta=theta, beta=beta, vcov=vcov, sigma2=sigma2, T=T, phi=phi, hessian=H,
         hessian_eigenvalues=eig, hessian_pd=pd, acov=acov, deviance=opt.deviance,
         converged=opt.converged, grad_ok=grad_ok, scaled_grad=scaled, singular=singular,
-        dependent=dependent_columns(pk),
+        dependent=dependent_columns(stats),
     )
 
 

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from mlmsim.engine import inference, kernels
-from mlmsim.engine.deviance import ThetaMap, pack
+from mlmsim.engine.deviance import ThetaMap
 from mlmsim.engine.estimates import estimates, messages, readout
-from mlmsim.engine.optimize import OptResult, minimize_theta, take
+from mlmsim.engine.optimize import OptResult, minimize_theta
 from mlmsim.engine.result import FitResult, covparm_names
 from mlmsim.engine.stats import GroupStats, group_stats, residual_check
 from mlmsim.formula import Design, model_design
@@ -80,9 +80,9 @@ class Centering:
         R = int(np.prod(batch, dtype=np.int64))
         N = y.shape[-1]
         ybar, m, ones = kernels.column_means_many(
-            np.ascontiguousarray(y.reshape(R, N), dtype=float),
-            np.ascontiguousarray(np.broadcast_to(X, batch + X.shape[-2:]).reshape(R, N, p),
-                                 dtype=float))
+            np.require(y.reshape(R, N), np.float64, ["C", "W"]),
+            np.require(np.broadcast_to(X, batch + X.shape[-2:]).reshape(R, N, p), np.float64,
+                       ["C", "W"]))
         ybar, m = ybar.reshape(batch), m.reshape(batch + (p,))
         if not ones.any():
             return (np.zeros(batch), np.zeros(batch + (p,)),
@@ -118,10 +118,9 @@ def fit_design(design: Design, method: str = "REML", theta0: np.ndarray | None =
     problem = residual_check(stats)
     if problem.item() is not None:
         raise ValueError(problem.item())
-    pk = pack(stats)
     tmap = ThetaMap.from_blocks(design.Z.shape[1], design.blocks)
     start = None if theta0 is None else np.atleast_2d(theta0)
-    opt = minimize_theta(take(pk, None), tmap, reml, start)
+    opt = minimize_theta(stats.select(None), tmap, reml, start)
     return result_from_theta(design, stats, tmap, opt, method, centering)
 
 
@@ -135,14 +134,14 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
     p = stats.p
     centering = centering or Centering(np.eye(p), np.zeros(p))
     reml = method == "REML"
-    pk = take(pack(stats), None)
+    one = stats.select(None)
     cs = inference.CovStructure.from_blocks(stats.q, design.blocks)
-    est = estimates(pk, tmap, cs, opt, reml)
+    est = estimates(one, tmap, cs, opt, reml)
     rnames = list(design.random_names)
     theta = est.theta[0]
     # EBLUPs U_j = Lambda M_j^{-1} Lambda' u_j, conditional covariance
     # sigma^2 Lambda M_j^{-1} Lambda'
-    _, _, _, Us, LMLt = readout(pk, est.theta, tmap, True)
+    _, _, _, Us, LMLt = readout(one, est.theta, tmap, True)
     U = Us[0]
     sigma2 = float(est.sigma2[0])
     condvar = sigma2 * LMLt[0]

@@ -93,10 +93,10 @@ def canonical_theta(theta: np.ndarray, tmap: ThetaMap) -> tuple[np.ndarray, np.n
     return theta, signs
 
 
-def moment_start(pk: Packed, tmap: ThetaMap) -> np.ndarray:
+def moment_start(stats: GroupStats, tmap: ThetaMap) -> np.ndarray:
     """A method-of-moments start for theta (R, k), from the per-group statistics
     (:func:`mlmsim.engine.kernels.moment_start_one`)."""
-    A, B, c, XtX, Xty, yty, N, n = flat_arrays(pk.stats)
+    A, B, c, XtX, Xty, yty, N, n = flat_arrays(stats)
     out = np.empty((A.shape[0], tmap.size))
     for r in range(A.shape[0]):
         kernels.moment_start_one(A[r], B[r], c[r], XtX[r], Xty[r], yty[r], N[r], n[r],
@@ -105,7 +105,7 @@ def moment_start(pk: Packed, tmap: ThetaMap) -> np.ndarray:
 
 
 def minimize_theta(
-    pk: Packed,
+    stats: GroupStats,
     tmap: ThetaMap,
     reml: bool,
     theta0: np.ndarray | None = None,
@@ -118,7 +118,7 @@ def minimize_theta(
 ) -> OptResult:
     """Minimise d(theta) (ML) or d_R(theta) (REML) for each of R replicates.
 
-    ``pk`` carries batch shape (R,) (use R = 1 for one data set); ``theta0`` is
+    ``stats`` carry batch shape (R,) (use R = 1 for one data set); ``theta0`` is
     (R, k), or None for the moment start (:func:`moment_start`). A profiled
     likelihood can have more than one local minimum, typically one on the
     boundary (|corr| = 1 or a zero variance) and one inside. So, with the
@@ -132,7 +132,7 @@ def minimize_theta(
     judged on the exact Hessian. Returns theta in canonical form (Lambda's
     diagonal >= 0) with the deviance, gradient and Hessian in theta there.
     """
-    args = flat_arrays(pk.stats)
+    args = flat_arrays(stats)
     R, k = args[0].shape[0], tmap.size
     use_start = theta0 is not None
     start = (np.ascontiguousarray(np.broadcast_to(np.asarray(theta0, dtype=float), (R, k)))

@@ -43,6 +43,16 @@ class GroupStats:
     def p(self) -> int:
         return int(self.B.shape[-1])
 
+    def select(self, idx: np.ndarray | None) -> GroupStats:
+        """Replicates ``idx`` of batched statistics; None adds a batch axis of 1."""
+        if idx is None:
+            return GroupStats(*(np.asarray(getattr(self, f))[None]
+                                for f in GroupStats.__dataclass_fields__))
+        if idx.size == self.A.shape[0] and np.array_equal(idx, np.arange(idx.size)):
+            return self
+        return GroupStats(*(np.asarray(getattr(self, f))[idx]
+                            for f in GroupStats.__dataclass_fields__))
+
 
 def flat_arrays(stats: GroupStats, batch: tuple[int, ...] | None = None) -> tuple:
     """A, B, c, XtX, Xty, yty, N (float) and n (int64) broadcast to the batch shape
@@ -87,7 +97,9 @@ def group_stats(
     R = int(np.prod(batch, dtype=np.int64))
 
     def flat(a: np.ndarray, tail: tuple[int, ...]) -> np.ndarray:
-        return np.ascontiguousarray(np.broadcast_to(a, batch + tail).reshape((R,) + tail))
+        # writeable too: numba dispatches slowly on read-only arrays (pandas' views)
+        return np.require(np.broadcast_to(a, batch + tail).reshape((R,) + tail), np.float64,
+                          ["C", "W"])
 
     A, B, c, XtX, Xty, yty = kernels.group_sums_many(
         flat(y, (N,)), flat(X, (N, p)), flat(Z, (N, q)), codes, int(J),
@@ -142,8 +154,10 @@ def residual_check(stats: GroupStats) -> np.ndarray:
       sigma^2-hat would be 0 and the deviance -infinity.
     """
     XtX, Xty, yty = stats.XtX, stats.Xty, np.asarray(stats.yty, dtype=float)
-    beta = np.linalg.lstsq(XtX, Xty, rcond=None)[0] if XtX.ndim == 2 else \
-        np.linalg.solve(XtX, Xty[..., None])[..., 0]
+    try:
+        beta = np.linalg.solve(XtX, Xty[..., None])[..., 0]
+    except np.linalg.LinAlgError:  # singular X'X: a least-squares solution
+        beta = (np.linalg.pinv(XtX) @ Xty[..., None])[..., 0]
     rss = yty - np.einsum("...a,...a->...", beta, Xty)
     exact = rss <= 1e-12 * np.maximum(yty, 1e-300)
     J = (np.asarray(stats.n) > 0).sum(axis=-1)
