@@ -158,7 +158,9 @@ def test_one_matches_differences_random(structure, p, J, balanced, n_empty, reml
     st = simulate_stats(rng, q, p, J, balanced, n_empty)
     cs = CovStructure.from_blocks(q, blocks)
     phi = random_phi(rng, cs, blocks)
-    assert_matches(kernel_one(st, cs, phi, reml), inference.phi_hessian_fd(st, cs, phi, reml))
+    # central differences carry O(h^2) truncation error, larger where T is ill-conditioned
+    assert_matches(kernel_one(st, cs, phi, reml), inference.phi_hessian_fd(st, cs, phi, reml),
+                   1e-4)
 
 
 def test_singular_system_gives_nan_and_bad_phi_raises():

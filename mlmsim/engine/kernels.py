@@ -669,7 +669,12 @@ def _minimize(theta, A, B, c, XtX, Xty, yty, N, rows, cols, reml, max_iter, tol,
         alpha = 1.0
         accepted = False
         f_new = f
-        for _ls in range(40):
+        # at the deviance's rounding floor (decrement below 1e-6, away from the edge
+        # where the boundary optimum is approached slowly) a Newton step is taken whole
+        # or not at all: halving it further only spends evaluations on noise
+        floor = dec < 1e-6 and not saddle and not _near_edge(theta, rows, cols, edge)
+        halvings = 3 if floor else 40
+        for _ls in range(halvings):
             for i in range(k):
                 trial[i] = theta[i] + alpha * p[i]
             ft = devgrad_one(trial, A, B, c, XtX, Xty, yty, N, rows, cols, reml, True, g_new)
@@ -707,9 +712,10 @@ def _minimize(theta, A, B, c, XtX, Xty, yty, N, rows, cols, reml, max_iter, tol,
             for i in range(k):
                 g[i] = g_new[i]
             exact = False
-        elif exact:
-            # no descent step even on the exact Hessian: the numerical floor of the
-            # deviance; with a small decrement that is convergence
+        elif exact or floor:
+            # no descent step at the numerical floor of the deviance: with a small
+            # decrement that is convergence (near the edge, where saddles arise, only
+            # once the exact Hessian has confirmed the decrement)
             converged = dec < 1e-6
             break
         else:
