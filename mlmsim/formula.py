@@ -241,8 +241,20 @@ def _needed_columns(pf: ParsedFormula) -> tuple[str, ...]:
 
 
 def _is_numeric(values: pd.Series) -> bool:
-    dt = values.dtype
+    return _numeric_dtype(values.dtype)
+
+
+def _numeric_dtype(dt) -> bool:
+    if isinstance(dt, np.dtype):
+        return dt.kind in "iuf"
     return pd.api.types.is_numeric_dtype(dt) and not pd.api.types.is_bool_dtype(dt)
+
+
+def _float_values(values: pd.Series) -> np.ndarray:
+    """The column as float64, missing values as NaN (numpy int/float columns directly)."""
+    if isinstance(values.dtype, np.dtype) and values.dtype.kind in "iuf":
+        return values.to_numpy(dtype=float)
+    return values.to_numpy(dtype=float, na_value=np.nan)
 
 
 _PLAIN = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
@@ -313,8 +325,7 @@ def model_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
             f"the response {pf.response!r} must be numeric, but has dtype "
             f"{series[pf.response].dtype}"
         )
-    cols = {c: v.to_numpy(dtype=float, na_value=np.nan) for c, v in series.items()
-            if _is_numeric(v)}
+    cols = {c: _float_values(v) for c, v in series.items() if _is_numeric(v)}
     keep = None
     for c, v in series.items():
         bad = ~np.isfinite(cols[c]) if c in cols else v.isna().to_numpy()
@@ -405,6 +416,13 @@ def _drop_dependent(X: np.ndarray, names: list[str], tol: float = 1e-7):
     """
     p = X.shape[1]
     if p == 0:
+        return X, names, []
+    G = X.T @ X
+    norms = np.sqrt(np.diagonal(G))
+    # |R_jj| / ||x_j|| = sqrt(1 - R^2 of x_j on the columns before it), which is at least
+    # sqrt of the smallest eigenvalue of the norm-scaled X'X: well above the tolerance
+    # there (lambda_min > 1e-8), no column can be dropped and the QR is skipped
+    if norms.min() > 0 and np.linalg.eigvalsh(G / np.outer(norms, norms))[0] > 1e-8:
         return X, names, []
     norms = np.linalg.norm(X, axis=0)
     R = np.linalg.qr(X, mode="r")

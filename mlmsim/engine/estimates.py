@@ -25,7 +25,7 @@ import numpy as np
 
 from mlmsim.engine import inference, kernels
 from mlmsim.engine.deviance import ThetaMap
-from mlmsim.engine.optimize import OptResult, near_singular
+from mlmsim.engine.optimize import SINGULAR_EIG, OptResult
 from mlmsim.engine.stats import GroupStats, flat_arrays
 
 __all__ = ["Estimates", "estimates", "messages", "dependent_columns", "SINGULAR_TOL",
@@ -88,15 +88,17 @@ def dependent_columns(stats: GroupStats) -> np.ndarray:
     out = np.zeros((R, q), dtype=bool)
     if q < 2:
         return out
+    # screen with the determinant of the correlation-scaled A_j (in [0, 1]); only
+    # replicates where every group looks singular need the eigen-decomposition
+    cand = kernels.dependence_screen(np.require(A, np.float64, ["C", "W"]),
+                                     np.require(n, np.int64, ["C", "W"]))
+    if not cand.any():
+        return out
     d = np.sqrt(np.maximum(np.einsum("rjii->rji", A), 1e-300))
     C = A / (d[..., :, None] * d[..., None, :])
     big = n >= q
     none_big = ~big.any(axis=-1)
     big[none_big] = (n > 0)[none_big]
-    # screen with the determinant of the correlation-scaled A_j (in [0, 1]); only
-    # replicates where every group looks singular need the eigen-decomposition
-    det = np.linalg.det(C)
-    cand = np.where(big, det < 1e-6, True).all(axis=-1) & big.any(axis=-1)
     for r in np.flatnonzero(cand):
         w, V = np.linalg.eigh(C[r][big[r]])
         if np.all(w[:, 0] < 1e-9 * np.maximum(w[:, -1], 1e-300)):
@@ -104,48 +106,33 @@ def dependent_columns(stats: GroupStats) -> np.ndarray:
     return out
 
 
-def readout(stats: GroupStats, theta: np.ndarray, tmap: ThetaMap, ranef: bool):
-    """beta (R, p), XtVX^{-1} (R, p, p), r2 (R,) at theta (R, k) and, with ``ranef``, the
-    EBLUPs over sigma (R, J, q) and Lambda M_j^{-1} Lambda' (R, J, q, q)
-    (:func:`mlmsim.engine.kernels.readout_many`)."""
-    A, B, c, XtX, Xty, yty, _, _ = flat_arrays(stats)
-    return kernels.readout_many(np.ascontiguousarray(theta, dtype=float), A, B, c, XtX, Xty,
-                                yty, tmap.rows, tmap.cols, ranef)
-
-
 def estimates(stats: GroupStats, tmap: ThetaMap, cs: inference.CovStructure, opt: OptResult,
               reml: bool) -> Estimates:
     """Everything a fit reports about its parameters, for each replicate (batch axis R)."""
-    theta = opt.theta
-    st = stats
-    beta, C, r2, _, _ = readout(stats, theta, tmap, False)
-    N = st.N.astype(float)
-    p = st.p
-    sigma2 = r2 / (N - p if reml else N)
-    L = tmap.Lambda(theta)
-    T = sigma2[:, None, None] * (L @ np.swapaxes(L, -1, -2))
-    vcov = sigma2[:, None, None] * 0.5 * (C + np.swapaxes(C, -1, -2))
-    phi = cs.phi(T, sigma2)
-    H = inference.phi_hessian(stats, cs, phi, reml)
-    eig = np.linalg.eigvalsh(H)
-    pd = eig[:, 0] > HESSIAN_PD_RTOL * np.abs(eig).max(axis=-1)
-    acov = np.full(H.shape, np.nan)
-    if pd.any():
-        inv = 2.0 * np.linalg.inv(H[pd])
-        acov[pd] = 0.5 * (inv + np.swapaxes(inv, -1, -2))
-    try:
-        scaled = np.linalg.solve(opt.hessian, opt.grad[..., None])[..., 0]
-    except np.linalg.LinAlgError:
-        scaled = opt.grad.copy()
-    scaled = np.where(np.isfinite(scaled), scaled, opt.grad)
+    return estimates_and_ranef(stats, tmap, cs, opt, reml, False)[0]
+
+
+def estimates_and_ranef(stats: GroupStats, tmap: ThetaMap, cs: inference.CovStructure,
+                        opt: OptResult, reml: bool, ranef: bool
+                        ) -> tuple[Estimates, np.ndarray, np.ndarray]:
+    """:func:`estimates`, and with ``ranef`` the EBLUPs over sigma (R, J, q) and
+    Lambda M_j^{-1} Lambda' (R, J, q, q), whose sigma^2 multiple is their conditional
+    covariance; computed in one compiled pass (:func:`mlmsim.engine.kernels.estimates_many`)."""
+    A, B, c, XtX, Xty, yty, N, _ = flat_arrays(stats)
+    theta = np.require(opt.theta, np.float64, ["C", "W"])
+    (beta, vcov, sigma2, T, phi, H, eig, pd, acov, scaled, singular, U, V
+     ) = kernels.estimates_many(
+        theta, A, B, c, XtX, Xty, yty, N, tmap.rows, tmap.cols, cs.rows, cs.cols, bool(reml),
+        np.require(opt.grad, np.float64, ["C", "W"]),
+        np.require(opt.hessian, np.float64, ["C", "W"]), HESSIAN_PD_RTOL, SINGULAR_EIG, ranef)
     grad_ok = np.abs(scaled).max(axis=-1, initial=0.0) <= GRAD_TOL
-    singular = near_singular(theta, tmap)
-    return Estimates(
+    est = Estimates(
         theta=theta, beta=beta, vcov=vcov, sigma2=sigma2, T=T, phi=phi, hessian=H,
         hessian_eigenvalues=eig, hessian_pd=pd, acov=acov, deviance=opt.deviance,
         converged=opt.converged, grad_ok=grad_ok, scaled_grad=scaled, singular=singular,
         dependent=dependent_columns(stats),
     )
+    return est, U, V
 
 
 def messages(est: Estimates, r: int, tmap: ThetaMap, random_names, dropped_fixed=(),

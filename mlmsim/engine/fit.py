@@ -18,7 +18,7 @@ import pandas as pd
 
 from mlmsim.engine import inference, kernels
 from mlmsim.engine.deviance import ThetaMap
-from mlmsim.engine.estimates import estimates, messages, readout
+from mlmsim.engine.estimates import estimates_and_ranef, messages
 from mlmsim.engine.optimize import OptResult, minimize_theta
 from mlmsim.engine.result import FitResult, covparm_names
 from mlmsim.engine.stats import GroupStats, group_stats, residual_check
@@ -136,12 +136,11 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
     reml = method == "REML"
     one = stats.select(None)
     cs = inference.CovStructure.from_blocks(stats.q, design.blocks)
-    est = estimates(one, tmap, cs, opt, reml)
+    # with the EBLUPs U_j = Lambda M_j^{-1} Lambda' u_j and their conditional covariance
+    # sigma^2 Lambda M_j^{-1} Lambda'
+    est, Us, LMLt = estimates_and_ranef(one, tmap, cs, opt, reml, True)
     rnames = list(design.random_names)
     theta = est.theta[0]
-    # EBLUPs U_j = Lambda M_j^{-1} Lambda' u_j, conditional covariance
-    # sigma^2 Lambda M_j^{-1} Lambda'
-    _, _, _, Us, LMLt = readout(one, est.theta, tmap, True)
     U = Us[0]
     sigma2 = float(est.sigma2[0])
     condvar = sigma2 * LMLt[0]

@@ -43,8 +43,11 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["devgrad_one", "devgrad_many", "readout_many", "moment_start_one", "minimize_one",
-           "minimize_many", "group_sums_many", "column_means_many"]
+from mlmsim.engine.phi_kernel import _hessian_into, _solve, _workspace
+
+__all__ = ["devgrad_one", "devgrad_many", "readout_many", "estimates_many", "moment_start_one",
+           "minimize_one", "minimize_many", "group_sums_many", "column_means_many",
+           "dependence_screen"]
 
 _LOG2PI = math.log(2.0 * math.pi)
 
@@ -383,6 +386,93 @@ def readout_many(theta, A, B, c, XtX, Xty, yty, rows, cols, want_ranef):
                         s += LM[a, t] * L[b, t]
                     V[r, j, a, b] = s
     return betas, C, r2s, U, V
+
+
+@njit(cache=True, error_model="numpy")
+def estimates_many(theta, A, B, c, XtX, Xty, yty, N, rows, cols, cs_rows, cs_cols, reml, grad,
+                   hess, pd_rtol, singular_tol, want_ranef):
+    """Everything a fit reports at its optimum theta (R, k), per replicate (see
+    :mod:`mlmsim.engine.estimates` for the formulas): beta, vcov = sigma^2 XtVX^{-1},
+    sigma2, T = sigma^2 Lambda Lambda', phi (T's elements ``cs_rows``/``cs_cols``, then
+    sigma^2), the Hessian H in phi (:mod:`mlmsim.engine.phi_kernel`) with its eigenvalues,
+    positive definiteness (smallest eigenvalue above ``pd_rtol`` times the largest absolute
+    one) and Acov = 2 H^{-1} (nan unless positive definite); the gradient ``grad`` scaled by
+    the Hessian in theta ``hess`` (H_theta^{-1} g, or g where that is singular); ``singular``
+    (:func:`near_singular_one`); and with ``want_ranef`` the EBLUPs U_j and their
+    conditional covariances sigma^2 Lambda M_j^{-1} Lambda'."""
+    R, J, q, p = B.shape[0], B.shape[1], B.shape[2], B.shape[3]
+    K = cs_rows.shape[0]
+    m = K + 1
+    k = rows.shape[0]
+    betas, C, r2, U, V = readout_many(theta, A, B, c, XtX, Xty, yty, rows, cols, want_ranef)
+    vcov = np.empty((R, p, p))
+    sigma2 = np.empty(R)
+    T = np.empty((R, q, q))
+    phi = np.empty((R, m))
+    H = np.empty((R, m, m))
+    eig = np.empty((R, m))
+    pd = np.zeros(R, dtype=np.bool_)
+    acov = np.full((R, m, m), np.nan)
+    scaled = np.empty((R, k))
+    singular = np.empty(R, dtype=np.bool_)
+    work = _workspace(J, q, p, K)
+    L = np.empty((q, q))
+    Hm = np.empty((m, m))
+    X = np.empty((m, m))
+    Mk = np.empty((k, k))
+    gk = np.empty((k, 1))
+    for r in range(R):
+        s2 = r2[r] / (N[r] - p if reml else N[r])
+        sigma2[r] = s2
+        for a in range(p):
+            for b in range(p):
+                vcov[r, a, b] = s2 * 0.5 * (C[r, a, b] + C[r, b, a])
+        _lambda(theta[r], rows, cols, q, L)
+        for a in range(q):
+            for b in range(q):
+                t = 0.0
+                for e in range(q):
+                    t += L[a, e] * L[b, e]
+                T[r, a, b] = s2 * t
+        for i in range(K):
+            phi[r, i] = T[r, cs_rows[i], cs_cols[i]]
+        phi[r, K] = s2
+        _hessian_into(A[r], B[r], c[r], XtX[r], Xty[r], yty[r], N[r], cs_rows, cs_cols, phi[r],
+                      reml, work, H[r])
+        finite = True
+        for i in range(m):
+            for j in range(m):
+                if not math.isfinite(H[r, i, j]):
+                    finite = False
+        if finite:
+            w = np.linalg.eigvalsh(H[r])
+            big = 0.0
+            for i in range(m):
+                eig[r, i] = w[i]
+                big = max(big, abs(w[i]))
+            pd[r] = w[0] > pd_rtol * big
+        else:
+            for i in range(m):
+                eig[r, i] = np.nan
+        if pd[r]:
+            for i in range(m):
+                for j in range(m):
+                    Hm[i, j] = H[r, i, j]
+                    X[i, j] = 2.0 if i == j else 0.0
+            if _solve(Hm, X):
+                for i in range(m):
+                    for j in range(m):
+                        acov[r, i, j] = 0.5 * (X[i, j] + X[j, i])
+        for i in range(k):
+            gk[i, 0] = grad[r, i]
+            for j in range(k):
+                Mk[i, j] = hess[r, i, j]
+        ok = _solve(Mk, gk)
+        for i in range(k):
+            v = gk[i, 0]
+            scaled[r, i] = v if ok and math.isfinite(v) else grad[r, i]
+        singular[r] = near_singular_one(theta[r], rows, cols, singular_tol)
+    return (betas, vcov, sigma2, T, phi, H, eig, pd, acov, scaled, singular, U, V)
 
 
 # ---------------------------------------------------------------------------
@@ -887,3 +977,38 @@ def column_means_many(y, X):
         for b in range(p):
             m[r, b] /= N
     return ybar, m, ones
+
+
+@njit(cache=True, error_model="numpy")
+def dependence_screen(A, n):
+    """Per replicate: could the random-effect columns be dependent in every group? True when
+    every group with n_j >= q (every non-empty group, if none has q rows) has a
+    correlation-scaled A_j (unit diagonal, determinant in [0, 1]) with determinant below
+    1e-6. A (R, J, q, q), n (R, J). Only these replicates need an eigen-decomposition."""
+    R, J, q = A.shape[0], A.shape[1], A.shape[2]
+    out = np.zeros(R, dtype=np.bool_)
+    Cs = np.empty((q, q))
+    d = np.empty(q)
+    for r in range(R):
+        any_big = False
+        for j in range(J):
+            if n[r, j] >= q:
+                any_big = True
+                break
+        least = q if any_big else 1
+        cand = False
+        for j in range(J):
+            if n[r, j] < least:
+                continue
+            for a in range(q):
+                d[a] = math.sqrt(max(A[r, j, a, a], 1e-300))
+            for a in range(q):
+                for b in range(q):
+                    Cs[a, b] = A[r, j, a, b] / (d[a] * d[b])
+            ld = _chol(Cs, q)
+            if not math.isnan(ld) and ld >= math.log(1e-6):
+                cand = False
+                break
+            cand = True
+        out[r] = cand
+    return out
