@@ -1,18 +1,19 @@
-"""Fit many replicates of the same model at once, in one vectorised pass.
+"""Fit many replicates of the same model at once.
 
 A method study fits one formula to thousands of simulated data sets. Their
-per-group statistics stack into arrays with a leading replicate axis,
-A (R, J, q, q), B (R, J, q, p), ..., and every step of the fit runs on the
-whole stack: the profiled deviance and its gradient, the lock-step
-quasi-Newton optimiser (each replicate with its own line search and Hessian,
-frozen when it converges), the read-out of estimates, the Hessian in phi and
-the flags. Replicates with fewer groups are padded with empty groups, which
-contribute nothing.
+designs stack into arrays with a leading replicate axis (y (R, N), X (R, N, p),
+Z (R, N, q)), and every stage runs on the whole stack in compiled loops
+(:mod:`mlmsim.engine.kernels`): the per-group statistics A (R, J, q, q),
+B (R, J, q, p), ... in one pass over the rows; the optimiser, replicate after
+replicate with no Python in between; and the read-out of estimates, the
+Hessian in phi and the flags. Replicates with fewer groups are padded with
+empty groups, which contribute nothing.
 
-Each replicate follows the same iterations it would follow alone, so its
-result equals the single fit's (to rounding). A replicate that does not
-converge in the batch is refitted alone from lme4's start (Lambda = I) with a
-larger iteration limit, and its messages say so.
+Each replicate runs the very code of a single fit (the same start, iterations
+and stopping rule), so its result equals the single fit's to rounding. A
+replicate that does not converge in the batch is refitted alone from lme4's
+start (Lambda = I) with a larger iteration limit, and its messages say so.
+
 """
 
 from __future__ import annotations

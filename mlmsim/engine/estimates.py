@@ -14,7 +14,8 @@ T / sigma^2 below 1e-8, or a diagonal element of Lambda below SINGULAR_TOL =
 HESSIAN_PD_RTOL times the largest absolute one), ``identifiable`` (the
 random-effect columns are not dependent within every group), and lme4's
 convergence check (the gradient scaled by the Hessian in theta below 0.002).
-Used by the single fit (R = 1) and the batch path alike.
+Used by the single fit (R = 1) and the batch path alike; computed in one compiled pass
+over the replicates (:func:`mlmsim.engine.kernels.estimates_many`).
 """
 
 from __future__ import annotations
