@@ -260,9 +260,13 @@ def run_study(study: Study, n_jobs: int, disk: bool) -> tuple[CpuMeter, pd.DataF
 def warm_up(n_jobs: int) -> None:
     """Start the loky workers and import mlmsim in them (untimed)."""
     case = CASES["slope30"]
-    study = Study(None, case.generator(), [FormulaMethod(case.formula, "REML", batch_size=32)],
-                  n_reps=64 * max(1, n_jobs), seed=1)
-    study.run(n_jobs=n_jobs, progress=False, chunk_size=32)
+    # both routes, so that every worker has loaded the compiled code of each (a worker's
+    # first use of a compiled function reads it from numba's cache)
+    for batch in (True, False):
+        study = Study(None, case.generator(),
+                      [FormulaMethod(case.formula, "REML", batch=batch, batch_size=32)],
+                      n_reps=64 * max(1, n_jobs), seed=1)
+        study.run(n_jobs=n_jobs, progress=False, chunk_size=32)
 
 
 def mlmsim_runs(case: Case, reps: int, single_reps: int, batch_sizes: list[int], n_jobs: int,

@@ -125,33 +125,34 @@ def _lambda(theta, rows, cols, q, L):
 
 
 @njit(cache=True, error_model="numpy")
-def _profile(theta, A, B, c, XtX, Xty, yty, rows, cols, want_minv, L, Minv, S, XV, beta):
+def _profile(theta, A, B, c, XtX, Xty, yty, rows, cols, want_minv, L, Minv, AL, S, XV, beta):
     """The profiled quantities at theta (module docstring): fills Lambda ``L`` (q, q),
-    S_j = M_j^{-1} R_j into ``S`` (J, q, p + 1), M_j^{-1} into ``Minv`` (J, q, q) when
-    ``want_minv``, the Cholesky factor of XtVX into ``XV`` (p, p + 1) (see :func:`_chol`)
-    and beta into ``beta`` (p, 1). Returns (sum_j log|M_j|, log|XtVX|, r2), with nan
-    first where a matrix that must be positive definite is not, or r2 <= 0."""
+    S_j = M_j^{-1} R_j into ``S`` (J, q, p + 1), M_j^{-1} into ``Minv`` and A_j Lambda
+    into ``AL`` (both (J, q, q); else only AL[0] is used, as work space), the Cholesky
+    factor of XtVX into ``XV`` (p, p + 1) (see :func:`_chol`) and beta into ``beta`` (p, 1).
+    Returns (sum_j log|M_j|, log|XtVX|, r2), with nan first where a matrix that must be
+    positive definite is not, or r2 <= 0."""
     J, q, p = B.shape[0], B.shape[1], B.shape[2]
     m = p + 1
     _lambda(theta, rows, cols, q, L)
     M = np.empty((q, q))
     Rj = np.empty((q, m))
     corr = np.zeros((m, m))
-    AL = np.empty((q, q))
     logdetM = 0.0
     for j in range(J):
         # A_j Lambda, then M_j = Lambda' A_j Lambda + I (lower triangle is all we need)
+        jj = j if want_minv else 0
         for a in range(q):
             for b in range(q):
                 s = 0.0
                 for t in range(q):
                     s += A[j, a, t] * L[t, b]
-                AL[a, b] = s
+                AL[jj, a, b] = s
         for a in range(q):
             for b in range(a + 1):
                 s = 0.0
                 for t in range(q):
-                    s += L[t, a] * AL[t, b]
+                    s += L[t, a] * AL[jj, t, b]
                 M[a, b] = s + (1.0 if a == b else 0.0)
         ld = _chol(M, q)
         if math.isnan(ld):
@@ -203,12 +204,13 @@ def devgrad_one(theta, A, B, c, XtX, Xty, yty, N, rows, cols, reml, want_grad, g
     positive definite is not (or r2 <= 0)."""
     J, q, p = B.shape[0], B.shape[1], B.shape[2]
     L = np.empty((q, q))
-    Minv = np.empty((J, q, q))
+    Minv = np.empty((J if want_grad else 1, q, q))
+    AL = np.empty((J if want_grad else 1, q, q))
     S = np.empty((J, q, p + 1))
     XV = np.empty((p, p + 1))
     beta = np.empty((p, 1))
     logdetM, ldX, r2 = _profile(theta, A, B, c, XtX, Xty, yty, rows, cols, want_grad, L, Minv,
-                                S, XV, beta)
+                                AL, S, XV, beta)
     if math.isnan(logdetM):
         return np.nan
     nu = N - p if reml else N
@@ -222,7 +224,6 @@ def devgrad_one(theta, A, B, c, XtX, Xty, yty, N, rows, cols, reml, want_grad, g
     if reml:
         _chol_inverse(XV, p, C)
     gL = np.zeros((q, q))
-    AL = np.empty((q, q))
     u = np.empty(q)
     Pu = np.empty(q)
     Wu = np.empty(q)
@@ -255,13 +256,7 @@ def devgrad_one(theta, A, B, c, XtX, Xty, yty, N, rows, cols, reml, want_grad, g
             for b in range(q):
                 s = 0.0
                 for t in range(q):
-                    s += A[j, a, t] * L[t, b]
-                AL[a, b] = s
-        for a in range(q):
-            for b in range(q):
-                s = 0.0
-                for t in range(q):
-                    s += AL[a, t] * Minv[j, t, b]
+                    s += AL[j, a, t] * Minv[j, t, b]
                 gL[a, b] += 2.0 * s - 2.0 * w * Gu[a] * Pu[b]
         if reml:
             # -2 (G_j'B_j) C (P_j B_j)', with P_j B_j = S_jB and G_j'B_j = B_j - A_j Lambda S_jB
@@ -346,7 +341,8 @@ def readout_many(theta, A, B, c, XtX, Xty, yty, rows, cols, want_ranef):
     U = np.zeros((R, J, q) if want_ranef else (R, 0, q))
     V = np.zeros((R, J, q, q) if want_ranef else (R, 0, q, q))
     L = np.empty((q, q))
-    Minv = np.empty((J, q, q))
+    Minv = np.empty((J if want_ranef else 1, q, q))
+    AL = np.empty((J if want_ranef else 1, q, q))
     S = np.empty((J, q, p + 1))
     XV = np.empty((p, p + 1))
     beta = np.empty((p, 1))
@@ -354,7 +350,7 @@ def readout_many(theta, A, B, c, XtX, Xty, yty, rows, cols, want_ranef):
     LM = np.empty((q, q))
     for r in range(R):
         _, _, r2 = _profile(theta[r], A[r], B[r], c[r], XtX[r], Xty[r], yty[r], rows, cols,
-                            want_ranef, L, Minv, S, XV, beta)
+                            want_ranef, L, Minv, AL, S, XV, beta)
         r2s[r] = r2
         for a in range(p):
             betas[r, a] = beta[a, 0]
