@@ -97,6 +97,9 @@ def group_stats(
     R = int(np.prod(batch, dtype=np.int64))
 
     def flat(a: np.ndarray, tail: tuple[int, ...]) -> np.ndarray:
+        if (a.shape == batch + tail and a.dtype == np.float64 and a.flags.c_contiguous
+                and a.flags.writeable):
+            return a.reshape((R,) + tail)
         # writeable too: numba dispatches slowly on read-only arrays (pandas' views)
         return np.require(np.broadcast_to(a, batch + tail).reshape((R,) + tail), np.float64,
                           ["C", "W"])
@@ -158,14 +161,17 @@ def residual_check(stats: GroupStats) -> np.ndarray:
         beta = np.linalg.solve(XtX, Xty[..., None])[..., 0]
     except np.linalg.LinAlgError:  # singular X'X: a least-squares solution
         beta = (np.linalg.pinv(XtX) @ Xty[..., None])[..., 0]
-    rss = yty - np.einsum("...a,...a->...", beta, Xty)
+    rss = yty - (beta * Xty).sum(axis=-1)
     exact = rss <= 1e-12 * np.maximum(yty, 1e-300)
-    J = (np.asarray(stats.n) > 0).sum(axis=-1)
+    J = np.count_nonzero(stats.n, axis=-1)
     q = stats.q
     N = np.asarray(stats.N)
     too_many = N <= J * q
-    out = np.where(exact, "the response is fitted exactly by the fixed effects (e.g. a "
-                   "constant response): zero residual variance, nothing to estimate", None)
+    out = np.full(yty.shape, None, dtype=object)
+    if not (exact.any() or too_many.any()):
+        return out
+    out[exact] = ("the response is fitted exactly by the fixed effects (e.g. a constant "
+                  "response): zero residual variance, nothing to estimate")
     for i in np.flatnonzero(np.ravel(too_many)):
         n_obs, n_groups = int(np.ravel(N)[i]), int(np.ravel(J)[i])
         out.flat[i] = (f"number of observations ({n_obs}) <= number of random effects "
