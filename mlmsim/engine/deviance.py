@@ -37,7 +37,7 @@ import numpy as np
 from mlmsim.engine import kernels
 from mlmsim.engine.stats import GroupStats, flat_arrays
 
-__all__ = ["ThetaMap", "Packed", "pack", "deviance", "deviance_grad"]
+__all__ = ["ThetaMap", "Packed", "pack", "take", "deviance", "deviance_grad"]
 
 @dataclass(frozen=True)
 class ThetaMap:
@@ -124,6 +124,23 @@ def pack(stats: GroupStats) -> Packed:
     BC = np.ascontiguousarray(np.moveaxis(BC, -2, -3))
     del p
     return Packed(stats, Av, Aq, BC)
+
+
+def take(pk: Packed, idx: np.ndarray | None, expand: int = 0) -> Packed:
+    """Select replicates ``idx`` of batched statistics (None adds a batch axis of 1),
+    then insert ``expand`` unit axes after the batch axis (for trial points)."""
+
+    if idx is not None and expand == 0 and idx.size == pk.Av.shape[0]:
+        if np.array_equal(idx, np.arange(idx.size)):
+            return pk
+
+    def sel(a: np.ndarray) -> np.ndarray:
+        out = a[None] if idx is None else a[idx]
+        return out.reshape(out.shape[:1] + (1,) * expand + out.shape[1:])
+
+    st = pk.stats
+    stats = GroupStats(*(sel(getattr(st, f)) for f in GroupStats.__dataclass_fields__))
+    return Packed(stats, sel(pk.Av), sel(pk.Aq), sel(pk.BC))
 
 
 def _group_apply(Mq: np.ndarray, V: np.ndarray) -> np.ndarray:

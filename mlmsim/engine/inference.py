@@ -35,8 +35,7 @@ import numpy as np
 from scipy import stats as sps
 
 from mlmsim.engine import phi_kernel
-from mlmsim.engine.deviance import Packed, _group_apply, pack
-from mlmsim.engine.optimize import take
+from mlmsim.engine.deviance import Packed, _group_apply, pack, take
 from mlmsim.engine.stats import GroupStats, flat_arrays
 
 __all__ = [
