@@ -32,7 +32,7 @@ def covparm_names(random_names, rows, cols) -> tuple[list[str], list[str]]:
     """Names of phi's elements: ``var(a)``, ``cov(a,b)`` (row variable first) and
     ``sigma2``; and SAS's ``UN(i,j)`` / ``Residual`` labels."""
     names, sas = [], []
-    for r, c in zip(rows, cols, strict=True):
+    for r, c in zip(np.asarray(rows).tolist(), np.asarray(cols).tolist(), strict=True):
         a, b = random_names[r], random_names[c]
         names.append(f"var({a})" if r == c else f"cov({a},{b})")
         sas.append(f"UN({r + 1},{c + 1})")
