@@ -35,7 +35,7 @@ from functools import lru_cache
 import numpy as np
 
 from mlmsim.engine import kernels
-from mlmsim.engine.stats import GroupStats, flat_arrays
+from mlmsim.engine.stats import GroupStats, flat_arrays, kernel_array
 
 __all__ = ["ThetaMap", "Packed", "pack", "take", "deviance", "deviance_grad"]
 
@@ -162,8 +162,7 @@ def _evaluate(pk: Packed, theta: np.ndarray, tmap: ThetaMap, reml: bool, want_gr
     batch = np.broadcast_shapes(np.shape(pk.stats.yty), theta.shape[:-1])
     R = int(np.prod(batch, dtype=np.int64))
     A, B, c, XtX, Xty, yty, N, _ = flat_arrays(pk.stats, batch)
-    th = np.ascontiguousarray(np.broadcast_to(theta, batch + theta.shape[-1:]).reshape(
-        R, 1, theta.shape[-1]))
+    th = kernel_array(theta, batch, theta.shape[-1:]).reshape(R, 1, theta.shape[-1])
     d, g = kernels.devgrad_many(th, A, B, c, XtX, Xty, yty, N, tmap.rows, tmap.cols,
                                 bool(reml), want_grad)
     return d[:, 0].reshape(batch), g[:, 0].reshape(batch + (tmap.size,))

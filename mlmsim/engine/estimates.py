@@ -27,7 +27,7 @@ import numpy as np
 from mlmsim.engine import inference, kernels
 from mlmsim.engine.deviance import ThetaMap
 from mlmsim.engine.optimize import SINGULAR_EIG, OptResult
-from mlmsim.engine.stats import GroupStats, flat_arrays
+from mlmsim.engine.stats import GroupStats, flat_arrays, kernel_array
 
 __all__ = ["Estimates", "estimates", "messages", "dependent_columns", "SINGULAR_TOL",
            "HESSIAN_PD_RTOL", "GRAD_TOL"]
@@ -91,8 +91,8 @@ def dependent_columns(stats: GroupStats) -> np.ndarray:
         return out
     # screen with the determinant of the correlation-scaled A_j (in [0, 1]); only
     # replicates where every group looks singular need the eigen-decomposition
-    cand = kernels.dependence_screen(np.require(A, np.float64, ["C", "W"]),
-                                     np.require(n, np.int64, ["C", "W"]))
+    cand = kernels.dependence_screen(kernel_array(A, (R,), (J, q, q)),
+                                     kernel_array(n, (R,), (J,), np.int64))
     if not cand.any():
         return out
     d = np.sqrt(np.maximum(np.einsum("rjii->rji", A), 1e-300))
@@ -120,12 +120,13 @@ def estimates_and_ranef(stats: GroupStats, tmap: ThetaMap, cs: inference.CovStru
     Lambda M_j^{-1} Lambda' (R, J, q, q), whose sigma^2 multiple is their conditional
     covariance; computed in one compiled pass (:func:`mlmsim.engine.kernels.estimates_many`)."""
     A, B, c, XtX, Xty, yty, N, _ = flat_arrays(stats)
-    theta = np.require(opt.theta, np.float64, ["C", "W"])
+    R, k = A.shape[0], tmap.size
+    theta = kernel_array(opt.theta, (R,), (k,))
     (beta, vcov, sigma2, T, phi, H, eig, pd, acov, scaled, singular, U, V
      ) = kernels.estimates_many(
         theta, A, B, c, XtX, Xty, yty, N, tmap.rows, tmap.cols, cs.rows, cs.cols, bool(reml),
-        np.require(opt.grad, np.float64, ["C", "W"]),
-        np.require(opt.hessian, np.float64, ["C", "W"]), HESSIAN_PD_RTOL, SINGULAR_EIG, ranef)
+        kernel_array(opt.grad, (R,), (k,)), kernel_array(opt.hessian, (R,), (k, k)),
+        HESSIAN_PD_RTOL, SINGULAR_EIG, ranef)
     grad_ok = np.abs(scaled).max(axis=-1, initial=0.0) <= GRAD_TOL
     est = Estimates(
         theta=theta, beta=beta, vcov=vcov, sigma2=sigma2, T=T, phi=phi, hessian=H,

@@ -21,7 +21,7 @@ from mlmsim.engine.deviance import ThetaMap
 from mlmsim.engine.estimates import estimates_and_ranef, messages
 from mlmsim.engine.optimize import OptResult, minimize_theta
 from mlmsim.engine.result import FitResult, covparm_names
-from mlmsim.engine.stats import GroupStats, group_stats, residual_check
+from mlmsim.engine.stats import GroupStats, group_stats, kernel_array, residual_check
 from mlmsim.formula import Design, model_design
 
 __all__ = ["fit", "fit_design", "result_from_theta", "Centering"]
@@ -77,12 +77,9 @@ class Centering:
         all-ones column the shifts are 0."""
         p = X.shape[-1]
         batch = y.shape[:-1]
-        R = int(np.prod(batch, dtype=np.int64))
         N = y.shape[-1]
-        ybar, m, ones = kernels.column_means_many(
-            np.require(y.reshape(R, N), np.float64, ["C", "W"]),
-            np.require(np.broadcast_to(X, batch + X.shape[-2:]).reshape(R, N, p), np.float64,
-                       ["C", "W"]))
+        ybar, m, ones = kernels.column_means_many(kernel_array(y, batch, (N,)),
+                                                  kernel_array(X, batch, (N, p)))
         ybar, m = ybar.reshape(batch), m.reshape(batch + (p,))
         if not ones.any():
             return (np.zeros(batch), np.zeros(batch + (p,)),

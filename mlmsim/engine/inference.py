@@ -36,7 +36,7 @@ from scipy import stats as sps
 
 from mlmsim.engine import phi_kernel
 from mlmsim.engine.deviance import Packed, _group_apply, pack, take
-from mlmsim.engine.stats import GroupStats, flat_arrays
+from mlmsim.engine.stats import GroupStats, flat_arrays, kernel_array
 
 __all__ = [
     "CovStructure",
@@ -308,11 +308,11 @@ def phi_hessian(st, cs: CovStructure, phi: np.ndarray, reml: bool) -> np.ndarray
     stats = st.stats if isinstance(st, Packed) else st
     phi = np.asarray(phi, dtype=float)
     batch = np.broadcast_shapes(np.shape(stats.yty), phi.shape[:-1])
-    R, m = int(np.prod(batch, dtype=np.int64)), phi.shape[-1]
+    m = phi.shape[-1]
     A, B, c, XtX, Xty, yty, N, _ = flat_arrays(stats, batch)
     H = phi_kernel.phi_hessian_many(
         A, B, c, XtX, Xty, yty, N, cs.rows, cs.cols,
-        np.ascontiguousarray(np.broadcast_to(phi, batch + (m,)).reshape(R, m)), bool(reml))
+        kernel_array(phi, batch, (m,)), bool(reml))
     return H.reshape(batch + (m, m))
 
 

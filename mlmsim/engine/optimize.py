@@ -40,7 +40,7 @@ import numpy as np
 
 from mlmsim.engine import kernels
 from mlmsim.engine.deviance import ThetaMap
-from mlmsim.engine.stats import GroupStats, flat_arrays
+from mlmsim.engine.stats import GroupStats, flat_arrays, kernel_array
 
 __all__ = ["OptResult", "minimize_theta", "SINGULAR_EIG"]
 
@@ -92,8 +92,7 @@ def minimize_theta(
     args = flat_arrays(stats)
     R, k = args[0].shape[0], tmap.size
     use_start = theta0 is not None
-    start = (np.ascontiguousarray(np.broadcast_to(np.asarray(theta0, dtype=float), (R, k)))
-             if use_start else np.zeros((R, k)))
+    start = kernel_array(theta0, (R,), (k,)) if use_start else np.zeros((R, k))
     theta, dev, g, H, iters, conv = kernels.minimize_many(
         *args, tmap.rows, tmap.cols, bool(reml), start, use_start, int(max_iter), float(tol),
         float(gtol), float(max_step), float(edge), SINGULAR_EIG)

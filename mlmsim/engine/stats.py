@@ -13,13 +13,15 @@ groups stack) contribute nothing: M_j = I and log|M_j| = 0.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from mlmsim.engine import kernels
 
-__all__ = ["GroupStats", "group_stats", "stack_stats", "residual_check", "flat_arrays"]
+__all__ = ["GroupStats", "group_stats", "stack_stats", "residual_check", "flat_arrays",
+           "kernel_array"]
 
 
 @dataclass(frozen=True)
@@ -54,20 +56,29 @@ class GroupStats:
                             for f in GroupStats.__dataclass_fields__))
 
 
+def kernel_array(a, batch: tuple[int, ...], tail: tuple[int, ...],
+                 dtype=np.float64) -> np.ndarray:
+    """``a`` broadcast to ``batch + tail`` and flattened to (R,) + tail (R = prod(batch)), as
+    the compiled kernels take it: C-contiguous, of ``dtype``, and writeable (numba
+    dispatches slowly on read-only arrays, such as pandas' views). No copy when ``a`` is
+    already so."""
+    a = np.asarray(a)
+    shape = (*batch, *tail)
+    flat = (math.prod(batch), *tail)
+    if a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable:
+        return a.reshape(flat)
+    return np.require(np.broadcast_to(a, shape).reshape(flat), dtype, ["C", "W"])
+
+
 def flat_arrays(stats: GroupStats, batch: tuple[int, ...] | None = None) -> tuple:
     """A, B, c, XtX, Xty, yty, N (float) and n (int64) broadcast to the batch shape
     ``batch`` (default: the statistics' own) and flattened to one leading axis R, as
-    contiguous arrays for the compiled kernels (:mod:`mlmsim.engine.kernels`)."""
+    :func:`kernel_array` lays them out for the compiled kernels."""
     batch = np.shape(stats.yty) if batch is None else tuple(batch)
-    R = int(np.prod(batch, dtype=np.int64))
 
     def flat(a, tail: int, dtype=np.float64) -> np.ndarray:
         a = np.asarray(a)
-        shape = (R,) + a.shape[a.ndim - tail:]
-        if a.dtype == dtype and a.shape == shape and a.flags.c_contiguous:
-            return a
-        return np.ascontiguousarray(
-            np.broadcast_to(a.astype(dtype, copy=False), batch + shape[1:]).reshape(shape))
+        return kernel_array(a, batch, a.shape[a.ndim - tail:], dtype)
 
     return (flat(stats.A, 3), flat(stats.B, 3), flat(stats.c, 2), flat(stats.XtX, 2),
             flat(stats.Xty, 1), flat(stats.yty, 0), flat(stats.N, 0), flat(stats.n, 1, np.int64))
@@ -94,15 +105,9 @@ def group_stats(
     N = codes.shape[0]
     batch = y.shape[:-1]
     p, q = X.shape[-1], Z.shape[-1]
-    R = int(np.prod(batch, dtype=np.int64))
 
     def flat(a: np.ndarray, tail: tuple[int, ...]) -> np.ndarray:
-        if (a.shape == batch + tail and a.dtype == np.float64 and a.flags.c_contiguous
-                and a.flags.writeable):
-            return a.reshape((R,) + tail)
-        # writeable too: numba dispatches slowly on read-only arrays (pandas' views)
-        return np.require(np.broadcast_to(a, batch + tail).reshape((R,) + tail), np.float64,
-                          ["C", "W"])
+        return kernel_array(a, batch, tail)
 
     A, B, c, XtX, Xty, yty = kernels.group_sums_many(
         flat(y, (N,)), flat(X, (N, p)), flat(Z, (N, q)), codes, int(J),
