@@ -441,18 +441,37 @@ def _drop_dependent(X: np.ndarray, names: list[str], tol: float = 1e-7):
 
 @dataclass(frozen=True)
 class StackedDesign:
-    """The designs of R data sets with one layout, stacked: y (R, N), X (R, N, p),
-    Z (R, N, q), and group codes (N,) shared by all (the same grouping column)."""
+    """The designs of R data sets with one layout, stacked, without forming X and Z.
+
+    y (R, N) is the response; ``variables`` (R, N, k) the predictor columns the formula
+    names (``variable_names``); the design columns are their products: column t of X is
+    the product of the variables at the indices >= 0 in row t of ``fixed_terms`` (p, s)
+    (-1 pads; a row of -1 alone is the intercept), Z likewise by ``random_terms`` (q, s),
+    as :func:`mlmsim.engine.stats.group_stats` takes them. Group codes (N,) are shared by
+    all (the same grouping column).
+    """
 
     formula: ParsedFormula
     y: np.ndarray
-    X: np.ndarray
-    Z: np.ndarray
+    variables: np.ndarray
+    variable_names: tuple[str, ...]
+    fixed_terms: np.ndarray
+    random_terms: np.ndarray
     group_codes: np.ndarray
     group_labels: np.ndarray
     fixed_names: tuple[str, ...]
     random_names: tuple[str, ...]
     blocks: tuple[tuple[int, ...], ...]
+
+    def design(self, terms: np.ndarray) -> np.ndarray:
+        """The design columns (R, N, len(terms)) of ``terms`` (``fixed_terms`` gives X),
+        formed as products (for inspection; fits never need them)."""
+        R, N = self.y.shape
+        out = np.ones((R, N, terms.shape[0]))
+        for t, row in enumerate(terms):
+            for f in row[row >= 0]:
+                out[..., t] *= self.variables[..., f]
+        return out
 
 
 def stacked_design(formula: str | ParsedFormula, datasets) -> StackedDesign | None:
@@ -460,10 +479,11 @@ def stacked_design(formula: str | ParsedFormula, datasets) -> StackedDesign | No
 
     The fast lane of a simulation study: every data set has the same rows and
     grouping column (as a generator with fixed group sizes produces), every
-    term is a plain numeric column or a product of such, no value is missing
-    and every fixed design has full rank. Then each column is read once per data
-    set and X, Z are column products on (R, N) arrays. In any other case the
-    caller builds each design with :func:`model_design`, which handles it all.
+    term is a plain numeric column or a product of such, and no value is missing.
+    Then each column is read once per data set into (R, N) arrays, and the design is
+    described by its terms (see :class:`StackedDesign`). In any other case the
+    caller builds each design with :func:`model_design`, which handles it all. (Whether
+    the fixed design has full rank is for the caller to check, from X'X.)
 
     ``datasets``: DataFrames, or simulated data sets as
     :class:`mlmsim.simulate.SimBatch` objects of one replicate each (their
@@ -481,8 +501,8 @@ def stacked_design(formula: str | ParsedFormula, datasets) -> StackedDesign | No
         return None
     if read is None:
         return None
-    cols, n = read
-    return _stack(pf, cols, n)
+    cols, groups, n = read
+    return _stack(pf, cols, groups, n)
 
 
 def _is_sim_batch(d) -> bool:
@@ -497,8 +517,10 @@ def _plain_terms(pf: ParsedFormula) -> bool:
     return all(_PLAIN.fullmatch(f) and f in needed for f in plain)
 
 
-def _frame_columns(pf: ParsedFormula, datasets) -> tuple[dict[str, np.ndarray], int] | None:
-    """The needed columns of R DataFrames with one layout, as (R, N) float arrays."""
+def _frame_columns(pf: ParsedFormula, datasets):
+    """The needed columns of R DataFrames with one layout, as (R, N) float arrays (but the
+    grouping column), the grouping column's values (N,) and N; None unless every data set
+    has the same grouping column."""
     first = datasets[0]
     needed = _needed_columns(pf)
     if any(c not in first.columns for c in needed) or not _plain_terms(pf):
@@ -522,11 +544,15 @@ def _frame_columns(pf: ParsedFormula, datasets) -> tuple[dict[str, np.ndarray], 
             cols[c] = np.stack(arrs)
     except (TypeError, ValueError):
         return None
-    return cols, first.shape[0]
+    g = cols.pop(pf.group)
+    if not (g == g[0]).all():
+        return None
+    return cols, g[0], first.shape[0]
 
 
-def _batch_columns(pf: ParsedFormula, batches) -> tuple[dict[str, np.ndarray], int] | None:
-    """The needed columns of R one-replicate SimBatches with one layout, as (R, N) arrays."""
+def _batch_columns(pf: ParsedFormula, batches):
+    """The needed columns of R one-replicate SimBatches with one layout, as (R, N) arrays
+    (but the grouping column), the group codes (N,) and N."""
     first = batches[0]
     spec = first.spec
     needed = _needed_columns(pf)
@@ -539,52 +565,72 @@ def _batch_columns(pf: ParsedFormula, batches) -> tuple[dict[str, np.ndarray], i
     cols = {}
     for c in needed:
         if c == spec.group:
-            cols[c] = np.broadcast_to(first.codes.astype(float), (len(batches),)
-                                      + first.codes.shape)
-        elif c == spec.response:
+            continue
+        if c == spec.response:
             cols[c] = np.concatenate([b.y for b in batches])
         elif c in first.columns and all(c in b.columns for b in batches):
             cols[c] = np.concatenate([b.columns[c] for b in batches]).astype(float, copy=False)
         else:
             return None
-    return cols, int(first.codes.shape[0])
+    return cols, first.codes, int(first.codes.shape[0])
 
 
-def _stack(pf: ParsedFormula, cols: dict[str, np.ndarray], n: int) -> StackedDesign | None:
-    """The stacked design from the needed columns (R, N), or None (see stacked_design)."""
-    terms = [_term_factors(pf.fixed)] + [_term_factors(t.expr) for t in pf.random]
+def _stack(pf: ParsedFormula, cols: dict[str, np.ndarray], groups: np.ndarray,
+           n: int) -> StackedDesign | None:
+    """The stacked design from the needed columns (R, N) and the grouping column's values
+    (N,), or None (see stacked_design)."""
     if not all(np.isfinite(v).all() for v in cols.values()):
         return None
-    g = cols.pop(pf.group)
-    if not (g == g[0]).all():
-        return None
-    labels, codes = np.unique(g[0], return_inverse=True)
+    labels, codes = np.unique(groups, return_inverse=True)
     J = labels.shape[0]
     if J < 2 or J >= n:
         return None
-    R = g.shape[0]
-    X, fixed_names = _fast_matrix(terms[0], cols, (R, n))
-    if X.shape[-1] == 0 or X.shape[-1] >= n:
+    y = cols.pop(pf.response)
+    names = tuple(sorted(cols))
+    index = {v: k for k, v in enumerate(names)}
+    fixed_terms, fixed_names = _term_indices(_term_factors(pf.fixed), index)
+    if not fixed_names or len(fixed_names) >= n:
         return None
-    XtX = np.swapaxes(X, -1, -2) @ X
-    d = np.sqrt(np.maximum(np.einsum("rii->ri", XtX), 1e-300))
-    w = np.linalg.eigvalsh(XtX / (d[:, :, None] * d[:, None, :]))
-    if not (w[:, 0] > 1e-7).all():
-        return None
-    Zs, rnames, blocks, offset = [], [], [], 0
-    for term, tf in zip(pf.random, terms[1:], strict=True):
-        Zt, names_t = _fast_matrix(tf, cols, (R, n))
+    rterms, rnames, blocks, offset = [], [], [], 0
+    for term in pf.random:
+        t_idx, names_t = _term_indices(_term_factors(term.expr), index)
         if term.correlated:
             blocks.append(tuple(range(offset, offset + len(names_t))))
         else:
             blocks.extend((offset + i,) for i in range(len(names_t)))
-        Zs.append(Zt)
+        rterms.extend(t_idx)
         rnames.extend(names_t)
         offset += len(names_t)
     if len(set(rnames)) != len(rnames) or not rnames:
         return None
-    Z = np.concatenate(Zs, axis=-1) if len(Zs) > 1 else Zs[0]
+    R = y.shape[0]
+    variables = (np.stack([cols[v] for v in names], axis=-1) if names
+                 else np.empty((R, n, 0)))
     if np.all(labels == np.round(labels)):
         labels = labels.astype(np.int64)
-    return StackedDesign(pf, cols[pf.response], X, Z, codes.astype(np.intp), labels,
+    return StackedDesign(pf, y, variables, names, _term_matrix(fixed_terms),
+                         _term_matrix(rterms), codes.astype(np.intp), labels,
                          tuple(fixed_names), tuple(rnames), tuple(blocks))
+
+
+def _term_indices(terms, index: dict[str, int]) -> tuple[list[list[int]], list[str]]:
+    """Each term as the indices of its factors among the variables, and its column name
+    ("Intercept" for the intercept, "x:z" for a product)."""
+    idx, names = [], []
+    for factors in terms:
+        if factors == ("1",):
+            idx.append([])
+            names.append("Intercept")
+        else:
+            idx.append([index[f] for f in factors])
+            names.append(":".join(factors))
+    return idx, names
+
+
+def _term_matrix(idx: list[list[int]]) -> np.ndarray:
+    """Term factor indices as a (terms, s) int64 matrix padded with -1."""
+    width = max([1] + [len(i) for i in idx])
+    out = np.full((len(idx), width), -1, dtype=np.int64)
+    for t, i in enumerate(idx):
+        out[t, :len(i)] = i
+    return out

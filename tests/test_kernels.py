@@ -8,16 +8,37 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mlmsim
-from mlmsim.engine import kernels
-from mlmsim.engine.stats import group_stats
+from mlmsim.engine.stats import centred_group_stats, group_stats
+
+
+def _numpy_sums(y, X, Z, codes, J):
+    """The statistics by plain numpy: one-hot group sums of cross-products."""
+    onehot = (codes[:, None] == np.arange(J)[None, :]).astype(float)      # (N, J)
+    return dict(
+        A=np.einsum("nj,rna,rnb->rjab", onehot, Z, Z),
+        B=np.einsum("nj,rna,rnb->rjab", onehot, Z, X),
+        c=np.einsum("nj,rna,rn->rja", onehot, Z, y),
+        XtX=np.einsum("rna,rnb->rab", X, X),
+        Xty=np.einsum("rna,rn->ra", X, y),
+        yty=(y**2).sum(-1),
+    )
+
+
+def _assert_stats(got, want):
+    for name, value in want.items():
+        np.testing.assert_allclose(getattr(got, name), value, rtol=1e-12, atol=1e-11,
+                                   err_msg=name)
 
 
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), R=st.integers(1, 4), J=st.integers(2, 9),
-       p=st.integers(1, 4), q=st.integers(1, 3), shuffled=st.booleans())
-def test_group_stats_equal_numpy_sums(seed, R, J, p, q, shuffled):
+       p=st.integers(1, 4), q=st.integers(1, 3), shuffled=st.booleans(),
+       empty=st.booleans())
+def test_group_stats_equal_numpy_sums(seed, R, J, p, q, shuffled, empty):
     rng = np.random.default_rng(seed)
     sizes = rng.integers(1, 7, J)
+    if empty:
+        sizes[rng.integers(J)] = 0            # a group with no rows
     codes = np.repeat(np.arange(J), sizes)
     if shuffled:
         codes = rng.permutation(codes)
@@ -25,33 +46,64 @@ def test_group_stats_equal_numpy_sums(seed, R, J, p, q, shuffled):
     y = rng.normal(3.0, 2.0, (R, N))
     X = rng.normal(1.0, 1.0, (R, N, p))
     Z = rng.normal(size=(R, N, q))
-    ys = rng.normal(size=R)
-    Xs = rng.normal(size=(R, p))
-    got = group_stats(y, X, Z, codes, J, ys, Xs)
-    yc, Xc = y - ys[:, None], X - Xs[:, None, :]
-    onehot = (codes[:, None] == np.arange(J)[None, :]).astype(float)      # (N, J)
-    A = np.einsum("nj,rna,rnb->rjab", onehot, Z, Z)
-    B = np.einsum("nj,rna,rnb->rjab", onehot, Z, Xc)
-    c = np.einsum("nj,rna,rn->rja", onehot, Z, yc)
-    np.testing.assert_allclose(got.A, A, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(got.B, B, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(got.c, c, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(got.XtX, np.einsum("rna,rnb->rab", Xc, Xc), rtol=1e-12)
-    np.testing.assert_allclose(got.Xty, np.einsum("rna,rn->ra", Xc, yc), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(got.yty, (yc**2).sum(-1), rtol=1e-12)
+    got = group_stats(y, X, Z, codes, J)
+    _assert_stats(got, _numpy_sums(y, X, Z, codes, J))
     np.testing.assert_array_equal(got.n[0], np.bincount(codes, minlength=J))
 
 
-def test_column_means_and_the_ones_column():
-    rng = np.random.default_rng(1)
-    y = rng.normal(size=(3, 50))
-    X = np.concatenate((rng.normal(size=(3, 50, 1)), np.ones((3, 50, 1)),
-                        rng.normal(size=(3, 50, 1))), axis=-1)
-    X[1, 7, 2] = 1.0
-    ybar, m, ones = kernels.column_means_many(y, X)
-    np.testing.assert_allclose(ybar, y.mean(-1), rtol=1e-13)
-    np.testing.assert_allclose(m, X.mean(-2), rtol=1e-13)
-    np.testing.assert_array_equal(ones, [False, True, False])
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), R=st.integers(1, 3), shuffled=st.booleans(),
+       intercept_at=st.integers(0, 2))
+def test_centred_stats_are_those_of_the_centred_data(seed, R, shuffled, intercept_at):
+    """Centred about each replicate's intercept column (wherever it sits); its map
+    sends the centred fixed effects back to the raw ones exactly (X gamma = X_c gamma_c +
+    ybar for gamma = L gamma_c + offset)."""
+    rng = np.random.default_rng(seed)
+    J = 6
+    codes = np.repeat(np.arange(J), rng.integers(1, 6, J))
+    if shuffled:
+        codes = rng.permutation(codes)
+    N = codes.size
+    X = np.insert(rng.normal(5.0, 1.0, (R, N, 2)), intercept_at, 1.0, axis=-1)
+    Z = X[..., :2]
+    y = rng.normal(40.0, 2.0, (R, N))
+    got, cen = centred_group_stats(y, X, Z, codes, J)
+    m = X.mean(axis=1)
+    m[:, intercept_at] = 0.0
+    yc, Xc = y - y.mean(axis=1, keepdims=True), X - m[:, None, :]
+    _assert_stats(got, _numpy_sums(yc, Xc, Z, codes, J))
+    gamma_c = rng.normal(size=(R, 3))
+    lhs = np.einsum("rnk,rk->rn", X, cen.beta(gamma_c))
+    rhs = np.einsum("rnk,rk->rn", Xc, gamma_c) + y.mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-12)
+
+
+def test_no_intercept_means_no_shift():
+    rng = np.random.default_rng(3)
+    codes = np.repeat(np.arange(4), 5)
+    X = rng.normal(2.0, 1.0, (1, 20, 2))
+    y = rng.normal(size=(1, 20))
+    got, cen = centred_group_stats(y, X, X, codes, 4)
+    _assert_stats(got, _numpy_sums(y, X, X, codes, 4))
+    np.testing.assert_array_equal(cen.L[0], np.eye(2))
+    np.testing.assert_array_equal(cen.offset, 0.0)
+
+
+def test_terms_are_products_of_variables():
+    """Design columns given as terms over variables equal the formed X and Z: an intercept,
+    single variables and a two-way product."""
+    rng = np.random.default_rng(4)
+    R, N, J = 2, 30, 5
+    codes = rng.permutation(np.repeat(np.arange(J), 6))
+    V = rng.normal(size=(R, N, 2))
+    y = rng.normal(size=(R, N))
+    fixed = np.array([[-1, -1], [0, -1], [1, -1], [0, 1]])
+    random = np.array([[-1, -1], [1, -1]])
+    one = np.ones((R, N))
+    X = np.stack([one, V[..., 0], V[..., 1], V[..., 0] * V[..., 1]], axis=-1)
+    Z = np.stack([one, V[..., 1]], axis=-1)
+    got = group_stats(y, V, V, codes, J, fixed_terms=fixed, random_terms=random)
+    _assert_stats(got, _numpy_sums(y, X, Z, codes, J))
 
 
 @pytest.mark.parametrize("method", ["ML", "REML"])

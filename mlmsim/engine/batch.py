@@ -27,11 +27,17 @@ import pandas as pd
 from mlmsim.engine import inference
 from mlmsim.engine.deviance import ThetaMap
 from mlmsim.engine.estimates import Estimates, estimates, messages
-from mlmsim.engine.fit import Centering, _method
+from mlmsim.engine.fit import _method
 from mlmsim.engine.optimize import OptResult, minimize_theta
 from mlmsim.engine.result import covparm_names
-from mlmsim.engine.stats import GroupStats, group_stats, residual_check, stack_stats
-from mlmsim.formula import model_design, stacked_design
+from mlmsim.engine.stats import (
+    Centering,
+    GroupStats,
+    centred_group_stats,
+    residual_check,
+    stack_stats,
+)
+from mlmsim.formula import StackedDesign, model_design, stacked_design
 from mlmsim.simulate import SimBatch
 
 __all__ = ["BatchFit", "fit_batch", "fit_arrays", "fit_stats"]
@@ -136,7 +142,7 @@ def fit_stats(stats: GroupStats, blocks: tuple[tuple[int, ...], ...], method: st
             refitted[good[refit]] = True
         est = estimates(pk, tmap, cs, opt, reml)
         if centering is not None:
-            sub = Centering(centering.L[good], centering.offset[good])
+            sub = centering.select(good)
             est = replace(est, beta=sub.beta(est.beta), vcov=sub.cov(est.vcov))
         est = _scatter(est, good, R)
     else:
@@ -211,8 +217,7 @@ def fit_arrays(y: np.ndarray, X: np.ndarray, Z: np.ndarray, codes: np.ndarray, *
     blocks = (tuple(range(q)),) if blocks is None else blocks
     y = np.asarray(y, dtype=float)
     X = np.broadcast_to(np.asarray(X, dtype=float), y.shape + (np.shape(X)[-1],))
-    ybar, m, centering = Centering.of_arrays(y, X)
-    stats = group_stats(y, X, Z, codes, J, ybar, m)
+    stats, centering = centred_group_stats(y, X, Z, codes, J)
     return fit_stats(stats, blocks, method, fixed_names, random_names, centering=centering)
 
 
@@ -235,9 +240,9 @@ def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REM
     _method(method)
     stacked = stacked_design(formula, datasets)
     if stacked is not None:
-        return fit_arrays(stacked.y, stacked.X, stacked.Z, stacked.group_codes, method=method,
-                          fixed_names=stacked.fixed_names, random_names=stacked.random_names,
-                          blocks=stacked.blocks, n_groups=stacked.group_labels.shape[0])
+        fitted = _fit_stacked(stacked, method)
+        if fitted is not None:
+            return fitted
     frames = [d.frame(0) if isinstance(d, SimBatch) else d for d in datasets]
     designs = [model_design(formula, d) for d in frames]
     first = designs[0]
@@ -247,10 +252,34 @@ def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REM
                 f"data set {i} gives columns {d.fixed_names} / {d.random_names}, unlike data set "
                 f"0's {first.fixed_names} / {first.random_names}: a batch needs one design layout"
             )
-    parts = [Centering.of(d) for d in designs]
-    stats = stack_stats([group_stats(d.y, d.X, d.Z, d.group_codes, d.ngroups, ybar, m)
-                         for d, (ybar, m, _) in zip(designs, parts, strict=True)])
-    centering = Centering(np.stack([c.L for _, _, c in parts]),
-                          np.stack([c.offset for _, _, c in parts]))
+    parts = [centred_group_stats(d.y, d.X, d.Z, d.group_codes, d.ngroups) for d in designs]
+    stats = stack_stats([st for st, _ in parts])
+    centering = Centering(np.stack([c.L for _, c in parts]), np.stack([c.offset for _, c in parts]))
     return fit_stats(stats, first.blocks, method, first.fixed_names, first.random_names,
                      centering=centering)
+
+
+def _fit_stacked(stacked: StackedDesign, method: str) -> BatchFit | None:
+    """Fit a stacked design from its variables and terms (X and Z never formed), or None
+    when a replicate's fixed design is not of full rank: the norm-scaled X'X has an
+    eigenvalue <= 1e-7, where :func:`mlmsim.formula.model_design`'s QR would decide
+    which columns to drop."""
+    V = stacked.variables
+    stats, centering = centred_group_stats(
+        stacked.y, V, V, stacked.group_codes, stacked.group_labels.shape[0],
+        fixed_terms=stacked.fixed_terms, random_terms=stacked.random_terms)
+    if not _full_rank(stats.XtX, centering.L):
+        return None
+    return fit_stats(stats, stacked.blocks, method, stacked.fixed_names, stacked.random_names,
+                     centering=centering)
+
+
+def _full_rank(XtX_c: np.ndarray, L: np.ndarray) -> bool:
+    """Whether every replicate's X'X, scaled to unit diagonal, has its smallest eigenvalue
+    above 1e-7. X'X is recovered from the centred X_c'X_c: X = X_c M with M = L^{-1} =
+    2 I - L (L = I - e_0 m', (e_0 m')^2 = 0), so X'X = M' X_c'X_c M."""
+    M = 2.0 * np.eye(L.shape[-1]) - L
+    XtX = np.swapaxes(M, -1, -2) @ XtX_c @ M
+    d = np.sqrt(np.maximum(np.einsum("...ii->...i", XtX), 1e-300))
+    w = np.linalg.eigvalsh(XtX / (d[..., :, None] * d[..., None, :]))
+    return bool((w[..., 0] > 1e-7).all())

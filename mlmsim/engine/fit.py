@@ -11,17 +11,16 @@ Diagnostics live in :func:`mlmsim.engine.estimates.messages` and speak in plain 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from mlmsim.engine import inference, kernels
+from mlmsim.engine import inference
 from mlmsim.engine.deviance import ThetaMap
 from mlmsim.engine.estimates import estimates_and_ranef, messages
 from mlmsim.engine.optimize import OptResult, minimize_theta
 from mlmsim.engine.result import FitResult, covparm_names
-from mlmsim.engine.stats import GroupStats, group_stats, kernel_array, residual_check
+from mlmsim.engine.stats import Centering, GroupStats, centred_group_stats, residual_check
 from mlmsim.formula import Design, model_design
 
 __all__ = ["fit", "fit_design", "result_from_theta", "Centering"]
@@ -50,57 +49,6 @@ def fit(formula: str, data: pd.DataFrame, method: str = "REML") -> FitResult:
     return fit_design(design, method)
 
 
-@dataclass(frozen=True)
-class Centering:
-    """A shift of y and of X's non-intercept columns by their means, for numerical accuracy.
-
-    With an intercept column, X = X_c + 1 m' (m = column means, 0 for the intercept) and
-    y = y_c + ybar span the same models: the deviance, REML criterion (|L| = 1), T,
-    sigma^2 and the EBLUPs are unchanged, and the fixed effects map back exactly as
-    gamma = L gamma_c + ybar e_0, vcov = L vcov_c L', with L = I except row 0:
-    L[0, k] = -m_k. The sums of squares behind the deviance then carry no large
-    means (a response or covariate with mean 1e3 residual SDs would cost ~6 digits).
-    """
-
-    L: np.ndarray
-    offset: np.ndarray
-
-    @classmethod
-    def of(cls, design: Design) -> tuple[np.ndarray, np.ndarray, Centering]:
-        return cls.of_arrays(design.y, design.X)
-
-    @classmethod
-    def of_arrays(cls, y: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, Centering]:
-        """For y (..., N) and X (..., N, p) (leading replicate axes allowed; X may be
-        shared): the shifts ybar (...,) and m (..., p) with y - ybar and X - m centred
-        (what :func:`~mlmsim.engine.stats.group_stats` takes), and the map. Without an
-        all-ones column the shifts are 0."""
-        p = X.shape[-1]
-        batch = y.shape[:-1]
-        N = y.shape[-1]
-        ybar, m, ones = kernels.column_means_many(kernel_array(y, batch, (N,)),
-                                                  kernel_array(X, batch, (N, p)))
-        ybar, m = ybar.reshape(batch), m.reshape(batch + (p,))
-        if not ones.any():
-            return (np.zeros(batch), np.zeros(batch + (p,)),
-                    cls(np.broadcast_to(np.eye(p), batch + (p, p)), np.zeros(batch + (p,))))
-        i0 = int(np.flatnonzero(ones)[0])
-        m[..., i0] = 0.0
-        L = np.broadcast_to(np.eye(p), batch + (p, p)).copy()
-        L[..., i0, :] -= m
-        L[..., i0, i0] = 1.0
-        offset = np.zeros(batch + (p,))
-        offset[..., i0] = ybar
-        return ybar, m, cls(L, offset)
-
-    def beta(self, beta_c: np.ndarray) -> np.ndarray:
-        return (self.L @ beta_c[..., None])[..., 0] + self.offset
-
-    def cov(self, cov_c: np.ndarray) -> np.ndarray:
-        """L C L' for C (..., p, p)."""
-        return self.L @ cov_c @ np.swapaxes(self.L, -1, -2)
-
-
 def fit_design(design: Design, method: str = "REML", theta0: np.ndarray | None = None) -> FitResult:
     """Fit from a :class:`~mlmsim.formula.Design` (formula already turned into matrices).
 
@@ -109,9 +57,8 @@ def fit_design(design: Design, method: str = "REML", theta0: np.ndarray | None =
     """
     method = _method(method)
     reml = method == "REML"
-    ybar, m, centering = Centering.of(design)
-    stats = group_stats(design.y, design.X, design.Z, design.group_codes, design.ngroups,
-                        ybar, m)
+    stats, centering = centred_group_stats(design.y, design.X, design.Z, design.group_codes,
+                                           design.ngroups)
     problem = residual_check(stats)
     if problem.item() is not None:
         raise ValueError(problem.item())
@@ -129,7 +76,7 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
     ``centering`` is given; the fixed effects are then mapped back).
     """
     p = stats.p
-    centering = centering or Centering(np.eye(p), np.zeros(p))
+    centering = centering or Centering.identity(p)
     reml = method == "REML"
     one = stats.select(None)
     cs = inference.CovStructure.from_blocks(stats.q, design.blocks)

@@ -46,7 +46,7 @@ from numba import njit
 from mlmsim.engine.phi_kernel import _hessian_into, _solve, _workspace
 
 __all__ = ["devgrad_one", "devgrad_many", "readout_many", "estimates_many", "moment_start_one",
-           "minimize_one", "minimize_many", "group_sums_many", "column_means_many",
+           "minimize_one", "minimize_many", "group_sums_many",
            "dependence_screen"]
 
 _LOG2PI = math.log(2.0 * math.pi)
@@ -902,77 +902,135 @@ def minimize_many(A, B, c, XtX, Xty, yty, N, n, rows, cols, reml, theta0, use_st
 # ---------------------------------------------------------------------------
 
 
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def _dot(u, v):
+    """sum_i u[i] v[i] over two 1-d arrays (reassociated, so the compiler vectorises it)."""
+    acc = 0.0
+    for i in range(u.shape[0]):
+        acc += u[i] * v[i]
+    return acc
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def _sum(u):
+    """sum_i u[i] (reassociated, as :func:`_dot`)."""
+    acc = 0.0
+    for i in range(u.shape[0]):
+        acc += u[i]
+    return acc
+
+
 @njit(cache=True, error_model="numpy")
-def group_sums_many(y, X, Z, codes, J, y_shift, X_shift):
-    """Per replicate r, the statistics of y - y_shift[r] and X - X_shift[r] (centring):
-    A_j = Z_j'Z_j, B_j = Z_j'X_j, c_j = Z_j'y_j, X'X, X'y and y'y, in one pass over the
-    rows (any order; ``codes`` (N,) gives each row's group). y (R, N), X (R, N, p),
-    Z (R, N, q). Returns A (R, J, q, q), B (R, J, q, p), c (R, J, q), XtX (R, p, p),
-    Xty (R, p), yty (R,)."""
+def _fill_terms(W, row0, V, r, terms, order, ordered):
+    """W[row0 + t, i] = prod_s V[r, order[i], terms[t, s]] over the factors terms[t, s] >= 0
+    (-1 pads a row of ``terms``; a row of -1 alone is the intercept, 1). ``ordered``:
+    order is the identity, so the rows are read in place."""
+    N = W.shape[1]
+    for t in range(terms.shape[0]):
+        w = W[row0 + t]
+        for i in range(N):
+            w[i] = 1.0
+        for s in range(terms.shape[1]):
+            f = terms[t, s]
+            if f < 0:
+                break
+            if ordered:
+                for i in range(N):
+                    w[i] *= V[r, i, f]
+            else:
+                for i in range(N):
+                    w[i] *= V[r, order[i], f]
+
+
+@njit(cache=True, error_model="numpy")
+def _all_ones(w):
+    for i in range(w.shape[0]):
+        if w[i] != 1.0:
+            return False
+    return True
+
+
+@njit(cache=True, error_model="numpy")
+def group_sums_many(y, VX, xterms, VZ, zterms, order, starts, centre):
+    """Per replicate r: A_j = Z_j'Z_j, B_j = Z_j'X_j, c_j = Z_j'y_j, X'X, X'y and y'y.
+
+    y (R, N); the design columns are products of variables: X's p columns of VX
+    (R, N, kx) by ``xterms`` (p, s), Z's q columns of VZ (R, N, kz) by ``zterms``
+    (q, s) (see :func:`_fill_terms`; a plain X is VX = X with xterms = [[0], [1], ...]).
+    ``order`` (N,) lists the rows group by group, group j being order[starts[j]:
+    starts[j + 1]] (``starts`` (J + 1,)). With ``centre``, the statistics are those of
+    y - ybar and X - 1 m' (m = column means, 0 for the first all-ones column, the
+    intercept; no shift at all without one): see :class:`mlmsim.engine.stats.Centering`.
+
+    Per replicate the columns [Z, X, y] are laid out once in a (q + p + 1, N) buffer
+    in group order, and every statistic is a dot product of two of its rows over a
+    group's rows (or all rows), which vectorises: O(N (q + p + 1)(q + 1)) per replicate.
+    Returns A (R, J, q, q), B (R, J, q, p), c (R, J, q), XtX (R, p, p), Xty (R, p),
+    yty (R,), ybar (R,), m (R, p) and i0 (R,): the intercept column (-1 when none, or
+    without ``centre``).
+    """
     R, N = y.shape
-    p = X.shape[2]
-    q = Z.shape[2]
+    p = xterms.shape[0]
+    q = zterms.shape[0]
+    J = starts.shape[0] - 1
     A = np.zeros((R, J, q, q))
     B = np.zeros((R, J, q, p))
     c = np.zeros((R, J, q))
     XtX = np.zeros((R, p, p))
     Xty = np.zeros((R, p))
     yty = np.zeros(R)
-    xc = np.empty(p)
-    for r in range(R):
-        ys = y_shift[r]
-        yy = 0.0
-        for i in range(N):
-            j = codes[i]
-            yc = y[r, i] - ys
-            for b in range(p):
-                xc[b] = X[r, i, b] - X_shift[r, b]
-            for a in range(q):
-                za = Z[r, i, a]
-                for b in range(a + 1):
-                    A[r, j, a, b] += za * Z[r, i, b]
-                for b in range(p):
-                    B[r, j, a, b] += za * xc[b]
-                c[r, j, a] += za * yc
-            for a in range(p):
-                xa = xc[a]
-                for b in range(a + 1):
-                    XtX[r, a, b] += xa * xc[b]
-                Xty[r, a] += xa * yc
-            yy += yc * yc
-        yty[r] = yy
-        for j in range(J):
-            for a in range(q):
-                for b in range(a):
-                    A[r, j, b, a] = A[r, j, a, b]
-        for a in range(p):
-            for b in range(a):
-                XtX[r, b, a] = XtX[r, a, b]
-    return A, B, c, XtX, Xty, yty
-
-
-@njit(cache=True, error_model="numpy")
-def column_means_many(y, X):
-    """Per replicate, the means of y (R, N) and of X's columns (R, N, p), and which columns
-    of X are all ones in every replicate (p,). One pass over the rows."""
-    R, N = y.shape
-    p = X.shape[2]
     ybar = np.zeros(R)
     m = np.zeros((R, p))
-    ones = np.ones(p, dtype=np.bool_)
+    i0 = np.full(R, -1, dtype=np.int64)
+    ordered = True
+    for i in range(N):
+        if order[i] != i:
+            ordered = False
+            break
+    W = np.empty((q + p + 1, N))
+    ky = q + p
     for r in range(R):
-        s = 0.0
+        _fill_terms(W, 0, VZ, r, zterms, order, ordered)
+        _fill_terms(W, q, VX, r, xterms, order, ordered)
+        wy = W[ky]
         for i in range(N):
-            s += y[r, i]
-            for b in range(p):
-                v = X[r, i, b]
-                m[r, b] += v
-                if v != 1.0:
-                    ones[b] = False
-        ybar[r] = s / N
-        for b in range(p):
-            m[r, b] /= N
-    return ybar, m, ones
+            wy[i] = y[r, order[i]]
+        if centre:
+            for t in range(p):
+                if _all_ones(W[q + t]):
+                    i0[r] = t
+                    break
+        if i0[r] >= 0:
+            ybar[r] = _sum(wy) / N
+            for i in range(N):
+                wy[i] -= ybar[r]
+            for t in range(p):
+                if t != i0[r]:
+                    w = W[q + t]
+                    m[r, t] = _sum(w) / N
+                    for i in range(N):
+                        w[i] -= m[r, t]
+        for j in range(J):
+            s, e = starts[j], starts[j + 1]
+            wy_j = wy[s:e]
+            for a in range(q):
+                wa = W[a, s:e]
+                for b in range(a + 1):
+                    v = _dot(wa, W[b, s:e])
+                    A[r, j, a, b] = v
+                    A[r, j, b, a] = v
+                for b in range(p):
+                    B[r, j, a, b] = _dot(wa, W[q + b, s:e])
+                c[r, j, a] = _dot(wa, wy_j)
+        for a in range(p):
+            wa = W[q + a]
+            for b in range(a + 1):
+                v = _dot(wa, W[q + b])
+                XtX[r, a, b] = v
+                XtX[r, b, a] = v
+            Xty[r, a] = _dot(wa, wy)
+        yty[r] = _dot(wy, wy)
+    return A, B, c, XtX, Xty, yty, ybar, m, i0
 
 
 @njit(cache=True, error_model="numpy")

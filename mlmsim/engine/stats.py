@@ -20,8 +20,8 @@ import numpy as np
 
 from mlmsim.engine import kernels
 
-__all__ = ["GroupStats", "group_stats", "stack_stats", "residual_check", "flat_arrays",
-           "kernel_array"]
+__all__ = ["GroupStats", "Centering", "group_stats", "centred_group_stats", "identity_terms",
+           "stack_stats", "residual_check", "flat_arrays", "kernel_array"]
 
 
 @dataclass(frozen=True)
@@ -84,36 +84,112 @@ def flat_arrays(stats: GroupStats, batch: tuple[int, ...] | None = None) -> tupl
             flat(stats.Xty, 1), flat(stats.yty, 0), flat(stats.N, 0), flat(stats.n, 1, np.int64))
 
 
+def identity_terms(k: int) -> np.ndarray:
+    """Terms (k, 1) that take k variables as they are: design column t is variable t."""
+    return np.arange(k, dtype=np.int64)[:, None]
+
+
+@dataclass(frozen=True)
+class Centering:
+    """A shift of y and of X's non-intercept columns by their means, for numerical accuracy.
+
+    With an intercept column, X = X_c + 1 m' (m = column means, 0 for the intercept) and
+    y = y_c + ybar span the same models: the deviance, REML criterion (|L| = 1), T,
+    sigma^2 and the EBLUPs are unchanged, and the fixed effects map back exactly as
+    gamma = L gamma_c + ybar e_0, vcov = L vcov_c L', with L = I except row 0:
+    L[0, k] = -m_k. The sums of squares behind the deviance then carry no large
+    means (a response or covariate with mean 1e3 residual SDs would cost ~6 digits).
+    Without an all-ones column nothing is shifted (L = I). Arrays may carry leading
+    replicate axes: L (..., p, p), offset (..., p).
+    """
+
+    L: np.ndarray
+    offset: np.ndarray
+
+    @classmethod
+    def identity(cls, p: int) -> Centering:
+        return cls(np.eye(p), np.zeros(p))
+
+    @classmethod
+    def of_shifts(cls, ybar: np.ndarray, m: np.ndarray, i0: np.ndarray) -> Centering:
+        """The map for shifts ybar (...,) and m (..., p) about the intercept column i0
+        (...,) (-1: none, no shift), as :func:`centred_group_stats` finds them."""
+        p = m.shape[-1]
+        batch = m.shape[:-1]
+        mf, yf, kf = m.reshape(-1, p), np.reshape(ybar, -1), np.reshape(i0, -1)
+        L = np.tile(np.eye(p), (mf.shape[0], 1, 1))
+        offset = np.zeros(mf.shape)
+        rr = np.flatnonzero(kf >= 0)
+        k = kf[rr]
+        L[rr, k, :] -= mf[rr]
+        L[rr, k, k] = 1.0
+        offset[rr, k] = yf[rr]
+        return cls(L.reshape(batch + (p, p)), offset.reshape(batch + (p,)))
+
+    def beta(self, beta_c: np.ndarray) -> np.ndarray:
+        return (self.L @ beta_c[..., None])[..., 0] + self.offset
+
+    def cov(self, cov_c: np.ndarray) -> np.ndarray:
+        """L C L' for C (..., p, p)."""
+        return self.L @ cov_c @ np.swapaxes(self.L, -1, -2)
+
+    def select(self, idx: np.ndarray) -> Centering:
+        """Replicates ``idx`` of a batched map."""
+        return Centering(self.L[idx], self.offset[idx])
+
+
 def group_stats(
-    y: np.ndarray, X: np.ndarray, Z: np.ndarray, codes: np.ndarray, J: int,
-    y_shift: np.ndarray | float = 0.0, X_shift: np.ndarray | float = 0.0,
+    y: np.ndarray, X: np.ndarray, Z: np.ndarray, codes: np.ndarray, J: int, *,
+    fixed_terms: np.ndarray | None = None, random_terms: np.ndarray | None = None,
 ) -> GroupStats:
     """Accumulate A_j, B_j, c_j and the totals from one data set or a stack of them.
 
     y (..., N), X (..., N, p), Z (..., N, q), with leading replicate dimensions
     allowed (X and Z may also be shared, without them); codes (N,) integers in
-    0..J-1, shared by the stack, in any order. The statistics are those of
-    y - y_shift and X - X_shift (the centring of :class:`mlmsim.engine.fit.Centering`;
-    y_shift (...,), X_shift (..., p)), formed on the fly in one compiled pass over
-    the rows (:func:`mlmsim.engine.kernels.group_sums_many`): O(N (q + p + 1) q)
-    per data set.
+    0..J-1, shared by the stack, in any order. One compiled pass per data set
+    (:func:`mlmsim.engine.kernels.group_sums_many`): O(N (q + p + 1)(q + 1)).
+
+    With ``fixed_terms`` (p, s) and ``random_terms`` (q, s), X (..., N, kx) and Z
+    (..., N, kz) are variables, and the design columns are their products: column t of
+    the fixed design is prod_f X[..., f] over the indices f >= 0 in row t of
+    ``fixed_terms`` (-1 pads; a row of -1 alone is the intercept). X and Z may be one
+    array. The design matrices are then never formed.
     """
+    return _sums(y, X, Z, codes, J, fixed_terms, random_terms, False)[0]
+
+
+def centred_group_stats(
+    y: np.ndarray, X: np.ndarray, Z: np.ndarray, codes: np.ndarray, J: int, *,
+    fixed_terms: np.ndarray | None = None, random_terms: np.ndarray | None = None,
+) -> tuple[GroupStats, Centering]:
+    """:func:`group_stats` of the centred y - ybar and X - 1 m' (see :class:`Centering`;
+    per data set, about its intercept column), and the centring's map back."""
+    stats, (ybar, m, i0) = _sums(y, X, Z, codes, J, fixed_terms, random_terms, True)
+    return stats, Centering.of_shifts(ybar, m, i0)
+
+
+def _sums(y, X, Z, codes, J, fixed_terms, random_terms, centre):
     y = np.asarray(y, dtype=float)
     X = np.asarray(X, dtype=float)
     Z = np.asarray(Z, dtype=float)
     codes = np.asarray(codes, dtype=np.intp)
     N = codes.shape[0]
     batch = y.shape[:-1]
-    p, q = X.shape[-1], Z.shape[-1]
-
-    def flat(a: np.ndarray, tail: tuple[int, ...]) -> np.ndarray:
-        return kernel_array(a, batch, tail)
-
-    A, B, c, XtX, Xty, yty = kernels.group_sums_many(
-        flat(y, (N,)), flat(X, (N, p)), flat(Z, (N, q)), codes, int(J),
-        flat(np.asarray(y_shift, dtype=float), ()), flat(np.asarray(X_shift, dtype=float), (p,)))
+    fixed_terms = identity_terms(X.shape[-1]) if fixed_terms is None else fixed_terms
+    random_terms = identity_terms(Z.shape[-1]) if random_terms is None else random_terms
+    p = fixed_terms.shape[0]
     n = np.bincount(codes, minlength=J)
-    return GroupStats(
+    if N > 1 and (codes[1:] < codes[:-1]).any():
+        order = np.argsort(codes, kind="stable")
+    else:
+        order = np.arange(N)
+    starts = np.zeros(J + 1, dtype=np.int64)
+    np.cumsum(n, out=starts[1:])
+    A, B, c, XtX, Xty, yty, ybar, m, i0 = kernels.group_sums_many(
+        kernel_array(y, batch, (N,)), kernel_array(X, batch, (N, X.shape[-1])),
+        np.asarray(fixed_terms, dtype=np.int64), kernel_array(Z, batch, (N, Z.shape[-1])),
+        np.asarray(random_terms, dtype=np.int64), order, starts, centre)
+    stats = GroupStats(
         A=A.reshape(batch + A.shape[1:]),
         B=B.reshape(batch + B.shape[1:]),
         c=c.reshape(batch + c.shape[1:]),
@@ -123,6 +199,7 @@ def group_stats(
         n=np.broadcast_to(n, batch + (J,)).copy(),
         N=np.full(batch, float(N)),
     )
+    return stats, (ybar.reshape(batch), m.reshape(batch + (p,)), i0.reshape(batch))
 
 
 def stack_stats(stats: list[GroupStats]) -> GroupStats:
