@@ -29,6 +29,8 @@ import pandas as pd
 from formulaic import Formula, model_matrix
 from formulaic.errors import FormulaSyntaxError
 
+from mlmsim.terms import term_matrix, term_products
+
 __all__ = ["RandomTerm", "ParsedFormula", "Design", "StackedDesign", "parse_formula",
            "model_design", "stacked_design"]
 
@@ -465,25 +467,22 @@ class StackedDesign:
 
     def design(self, terms: np.ndarray) -> np.ndarray:
         """The design columns (R, N, len(terms)) of ``terms`` (``fixed_terms`` gives X),
-        formed as products (for inspection; fits never need them)."""
-        R, N = self.y.shape
-        out = np.ones((R, N, terms.shape[0]))
-        for t, row in enumerate(terms):
-            for f in row[row >= 0]:
-                out[..., t] *= self.variables[..., f]
-        return out
+        formed (for inspection; fits never need them)."""
+        return term_products(self.variables, terms)
 
 
 def stacked_design(formula: str | ParsedFormula, datasets) -> StackedDesign | None:
     """Stack the designs of many data sets in one pass, or None when that is not safe.
 
     The fast lane of a simulation study: every data set has the same rows and
-    grouping column (as a generator with fixed group sizes produces), every
-    term is a plain numeric column or a product of such, and no value is missing.
-    Then each column is read once per data set into (R, N) arrays, and the design is
-    described by its terms (see :class:`StackedDesign`). In any other case the
-    caller builds each design with :func:`model_design`, which handles it all. (Whether
-    the fixed design has full rank is for the caller to check, from X'X.)
+    grouping column (as a generator with fixed group sizes produces), and every
+    term is a plain numeric column or a product of such. Then each column is read
+    once per data set into (R, N) arrays, and the design is described by its terms
+    (see :class:`StackedDesign`). In any other case the caller builds each design with
+    :func:`model_design`, which handles it all. Two things are for the caller to check
+    from the statistics, which show them in O(J) instead of O(N): that no value is
+    missing or infinite (the sums of squares are then finite) and that the fixed design
+    has full rank (from X'X).
 
     ``datasets``: DataFrames, or simulated data sets as
     :class:`mlmsim.simulate.SimBatch` objects of one replicate each (their
@@ -518,9 +517,9 @@ def _plain_terms(pf: ParsedFormula) -> bool:
 
 
 def _frame_columns(pf: ParsedFormula, datasets):
-    """The needed columns of R DataFrames with one layout, as (R, N) float arrays (but the
-    grouping column), the grouping column's values (N,) and N; None unless every data set
-    has the same grouping column."""
+    """The needed columns of R DataFrames with one layout: per column name (but the
+    grouping column's) a list of R float arrays (N,); the grouping column's values (N,)
+    and N. None unless every data set has the same grouping column."""
     first = datasets[0]
     needed = _needed_columns(pf)
     if any(c not in first.columns for c in needed) or not _plain_terms(pf):
@@ -541,18 +540,19 @@ def _frame_columns(pf: ParsedFormula, datasets):
                 if col.dtype != dt:
                     return None
                 arrs.append(col.to_numpy(dtype=float))
-            cols[c] = np.stack(arrs)
+            cols[c] = arrs
     except (TypeError, ValueError):
         return None
     g = cols.pop(pf.group)
-    if not (g == g[0]).all():
+    if not all(np.array_equal(gr, g[0]) for gr in g[1:]):
         return None
     return cols, g[0], first.shape[0]
 
 
 def _batch_columns(pf: ParsedFormula, batches):
-    """The needed columns of R one-replicate SimBatches with one layout, as (R, N) arrays
-    (but the grouping column), the group codes (N,) and N."""
+    """The needed columns of R one-replicate SimBatches with one layout: per column name
+    (but the grouping column's) a list of R arrays (N,); the group codes (N,) and N.
+    A SimBatch's rows are sorted by group, so equal group sizes mean equal codes."""
     first = batches[0]
     spec = first.spec
     needed = _needed_columns(pf)
@@ -560,33 +560,30 @@ def _batch_columns(pf: ParsedFormula, batches):
         return None
     for b in batches:
         if b.spec.group != spec.group or b.spec.response != spec.response or (
-                b.codes is not first.codes and not np.array_equal(b.codes, first.codes)):
+                b.sizes is not first.sizes and not np.array_equal(b.sizes, first.sizes)):
             return None
     cols = {}
     for c in needed:
         if c == spec.group:
             continue
         if c == spec.response:
-            cols[c] = np.concatenate([b.y for b in batches])
-        elif c in first.columns and all(c in b.columns for b in batches):
-            cols[c] = np.concatenate([b.columns[c] for b in batches]).astype(float, copy=False)
+            cols[c] = [b.y[0] for b in batches]
+        elif all(c in b.columns for b in batches):
+            cols[c] = [b.columns[c][0] for b in batches]
         else:
             return None
     return cols, first.codes, int(first.codes.shape[0])
 
 
-def _stack(pf: ParsedFormula, cols: dict[str, np.ndarray], groups: np.ndarray,
+def _stack(pf: ParsedFormula, cols: dict[str, list[np.ndarray]], groups: np.ndarray,
            n: int) -> StackedDesign | None:
-    """The stacked design from the needed columns (R, N) and the grouping column's values
-    (N,), or None (see stacked_design)."""
-    if not all(np.isfinite(v).all() for v in cols.values()):
-        return None
+    """The stacked design from the needed columns (per name, R arrays (N,)) and the
+    grouping column's values (N,), or None (see stacked_design)."""
     labels, codes = np.unique(groups, return_inverse=True)
     J = labels.shape[0]
     if J < 2 or J >= n:
         return None
-    y = cols.pop(pf.response)
-    names = tuple(sorted(cols))
+    names = tuple(sorted(c for c in cols if c != pf.response))
     index = {v: k for k, v in enumerate(names)}
     fixed_terms, fixed_names = _term_indices(_term_factors(pf.fixed), index)
     if not fixed_names or len(fixed_names) >= n:
@@ -603,13 +600,18 @@ def _stack(pf: ParsedFormula, cols: dict[str, np.ndarray], groups: np.ndarray,
         offset += len(names_t)
     if len(set(rnames)) != len(rnames) or not rnames:
         return None
-    R = y.shape[0]
-    variables = (np.stack([cols[v] for v in names], axis=-1) if names
-                 else np.empty((R, n, 0)))
+    R = len(cols[pf.response])
+    y = np.empty((R, n))
+    variables = np.empty((R, n, len(names)))
+    for r, values in enumerate(cols[pf.response]):
+        y[r] = values
+    for k, name in enumerate(names):
+        for r, values in enumerate(cols[name]):
+            variables[r, :, k] = values
     if np.all(labels == np.round(labels)):
         labels = labels.astype(np.int64)
-    return StackedDesign(pf, y, variables, names, _term_matrix(fixed_terms),
-                         _term_matrix(rterms), codes.astype(np.intp), labels,
+    return StackedDesign(pf, y, variables, names, term_matrix(fixed_terms),
+                         term_matrix(rterms), codes.astype(np.intp), labels,
                          tuple(fixed_names), tuple(rnames), tuple(blocks))
 
 
@@ -625,12 +627,3 @@ def _term_indices(terms, index: dict[str, int]) -> tuple[list[list[int]], list[s
             idx.append([index[f] for f in factors])
             names.append(":".join(factors))
     return idx, names
-
-
-def _term_matrix(idx: list[list[int]]) -> np.ndarray:
-    """Term factor indices as a (terms, s) int64 matrix padded with -1."""
-    width = max([1] + [len(i) for i in idx])
-    out = np.full((len(idx), width), -1, dtype=np.int64)
-    for t, i in enumerate(idx):
-        out[t, :len(i)] = i
-    return out

@@ -14,11 +14,14 @@ spec's distributions. Randomness comes only from the ``numpy.random.Generator`` 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from numba import njit
 
 from mlmsim.spec import (
     _DUMMY,
@@ -42,6 +45,7 @@ from mlmsim.spec import (
     factor_T,
     group_sizes,
 )
+from mlmsim.terms import fill_terms, term_matrix, term_products
 
 __all__ = ["simulate", "simulate_batch", "SimBatch", "factor_T", "draw_effects",
            "draw_group_sizes", "as_generator"]
@@ -121,19 +125,31 @@ class SimBatch:
     - ``columns``: each numeric predictor, (R, N); ``categories``: each categorical
       predictor as level codes (R, N) into its ``levels``.
 
+    X and Z are formed from the columns when first asked for (the draw itself and a
+    batched fit never need them: see :mod:`mlmsim.terms`).
     ``fit_arrays(**batch.arrays(), method="REML")`` fits the true model to all R
     replicates; :meth:`frame` gives replicate r as :func:`simulate`'s DataFrame.
     """
 
     spec: ModelSpec
     y: np.ndarray
-    X: np.ndarray
-    Z: np.ndarray
     U: np.ndarray
     codes: np.ndarray
     sizes: np.ndarray
     columns: dict[str, np.ndarray] = field(repr=False)
     categories: dict[str, np.ndarray] = field(repr=False)
+
+    @cached_property
+    def X(self) -> np.ndarray:
+        variables, fixed_terms, _ = _variables(self.spec, self.columns, self.categories,
+                                               self.y.shape)
+        return term_products(variables, fixed_terms)
+
+    @cached_property
+    def Z(self) -> np.ndarray:
+        variables, _, random_terms = _variables(self.spec, self.columns, self.categories,
+                                                self.y.shape)
+        return term_products(variables, random_terms)
 
     @property
     def n_replicates(self) -> int:
@@ -219,14 +235,13 @@ def simulate_batch(spec: ModelSpec, n_replicates: int, n_groups: int | None = No
     codes = np.repeat(np.arange(J, dtype=np.intp), sizes)
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.intp)
     columns, categories = _draw_predictors(spec, R, sizes, codes, starts, gen)
-    X = _design(spec.fixed_names, columns, categories, spec, (R, N))
-    Z = _design(spec.random_names, columns, categories, spec, (R, N))
     F = spec.layout.factor
     U = spec.u_dist.standard(gen, (R, J, F.shape[1])) @ F.T
     resid = spec.r_dist.standard(gen, (R, N))
-    y = X @ spec.layout.gamma + np.einsum("rnq,rnq->rn", Z, U[:, codes])
-    y += np.sqrt(spec.sigma2) * resid
-    return SimBatch(spec, y, X, Z, U, codes, sizes, columns, categories)
+    variables, fixed_terms, random_terms = _variables(spec, columns, categories, (R, N))
+    y = _response_many(variables, fixed_terms, np.array(spec.layout.gamma, dtype=float),
+                       random_terms, U, codes, math.sqrt(spec.sigma2), resid)
+    return SimBatch(spec, y, U, codes, sizes, columns, categories)
 
 
 def simulate(spec: ModelSpec, n_groups: int | None = None, group_size: Any = None,
@@ -309,22 +324,57 @@ def _draw_predictors(spec: ModelSpec, R: int, sizes: np.ndarray, codes: np.ndarr
     return cols, cats
 
 
-def _design(names: tuple[str, ...], cols: dict[str, np.ndarray], cats: dict[str, np.ndarray],
-            spec: ModelSpec, shape: tuple[int, int]) -> np.ndarray:
-    """Design columns (R, N, k) named as formulaic names them, as products of predictor
-    columns: ``Intercept``, ``x``, ``x:z``, ``f[T.b]`` (1 where f is b), ``f[b]``."""
-    out = np.empty(shape + (len(names),))
-    for k, name in enumerate(names):
-        col: Any = 1.0
-        for f in name.split(":"):
-            if f == "Intercept":
-                continue
+def _variables(spec: ModelSpec, cols: dict[str, np.ndarray], cats: dict[str, np.ndarray],
+               shape: tuple[int, int]):
+    """The variables (R, N, k) that the fixed and random design columns are products of,
+    and the two designs as terms over them (:mod:`mlmsim.terms`); ``shape`` is (R, N).
+    Columns are named as
+    formulaic names them: ``Intercept``, ``x``, ``x:z``, ``f[T.b]`` (1 where f is b),
+    ``f[b]``; a dummy is a 0/1 variable of its own."""
+    index: dict[str, int] = {}
+    values: list[np.ndarray] = []
+
+    def variable(f: str) -> int:
+        if f not in index:
             if f in cols:
-                col = col * cols[f]
+                v = cols[f]
             else:
                 m = _DUMMY.fullmatch(f)
                 var, level = m["var"], m["level"]  # type: ignore[index]
                 idx = spec.predictor(var).levels.index(level)  # type: ignore[attr-defined]
-                col = col * (cats[var] == idx)
-        out[..., k] = col
-    return out
+                v = (cats[var] == idx).astype(float)
+            index[f] = len(values)
+            values.append(v)
+        return index[f]
+
+    def terms(names: tuple[str, ...]) -> np.ndarray:
+        return term_matrix([[variable(f) for f in name.split(":") if f != "Intercept"]
+                            for name in names])
+
+    fixed_terms, random_terms = terms(spec.fixed_names), terms(spec.random_names)
+    V = np.stack(values, axis=-1) if values else np.empty(shape + (0,))
+    return np.ascontiguousarray(V, dtype=float), fixed_terms, random_terms
+
+
+@njit(cache=True, error_model="numpy")
+def _response_many(V, fixed_terms, gamma, random_terms, U, codes, sigma, resid):
+    """y[r, i] = sum_c gamma_c X[r, i, c] + sum_k U[r, codes[i], k] Z[r, i, k]
+    + sigma resid[r, i], with X and Z the products of the variables V (R, N, k) by
+    their terms (:func:`mlmsim.terms.fill_terms`), one replicate's columns at a time."""
+    R, N = resid.shape
+    p, q = fixed_terms.shape[0], random_terms.shape[0]
+    W = np.empty((p + q, N))
+    order = np.arange(N)
+    y = np.empty((R, N))
+    for r in range(R):
+        fill_terms(W, 0, V, r, fixed_terms, order, True)
+        fill_terms(W, p, V, r, random_terms, order, True)
+        for i in range(N):
+            j = codes[i]
+            v = 0.0
+            for c in range(p):
+                v += gamma[c] * W[c, i]
+            for k in range(q):
+                v += U[r, j, k] * W[p + k, i]
+            y[r, i] = v + sigma * resid[r, i]
+    return y

@@ -97,3 +97,53 @@ def test_nonconverged_replicates_are_refitted_alone():
     assert all("refitted alone" in m[0] for m in b.messages)
     full = fit_stats(stats, ((0, 1),), "REML", ("Intercept", "x"), ("Intercept", "x"))
     np.testing.assert_allclose(b.deviance, full.deviance, rtol=1e-9)
+
+
+def _frames_with(seed: int, R: int = 3, J: int = 9, n: int = 6):
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(J), n)
+    frames = []
+    for _ in range(R):
+        x, z = rng.standard_normal(J * n), rng.standard_normal(J)[g]
+        y = 2 + x + 0.5 * z + 0.3 * x * z + rng.normal(0, 1, J)[g] \
+            + rng.normal(0, 0.4, J)[g] * x + rng.standard_normal(J * n)
+        frames.append(pd.DataFrame({"y": y, "x": x, "z": z, "g": g}))
+    return frames
+
+
+def _assert_equal_to_single_fits(formula, frames, method):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        b = fit_batch(formula, frames, method=method)
+        singles = [mlmsim.fit(formula, d, method=method) for d in frames]
+    for r, f in enumerate(singles):
+        assert b.deviance[r] == pytest.approx(f.deviance, rel=1e-9)
+        assert list(b.param_names) == list(f.params.index)
+        np.testing.assert_allclose(b.params[r], f.params.to_numpy(), rtol=1e-5, atol=1e-8)
+    return b
+
+
+@pytest.mark.parametrize("method", ["ML", "REML"])
+def test_fast_lane_products_and_slopes_equal_single_fits(method):
+    """A cross-level product term and a random slope, read as terms over the variables
+    (no design matrix formed), give each data set's single fit."""
+    _assert_equal_to_single_fits("y ~ x * z + (1 + x | g)", _frames_with(1), method)
+
+
+def test_fast_lane_falls_back_on_missing_values():
+    """A NaN in one data set sends the batch to the per-data-set designs, where the row is
+    dropped as in a single fit (its statistics would not be finite)."""
+    frames = _frames_with(2)
+    frames[1].loc[4, "x"] = np.nan
+    b = _assert_equal_to_single_fits("y ~ x + (1 + x | g)", frames, "REML")
+    assert np.isfinite(b.deviance).all()
+
+
+def test_fast_lane_falls_back_on_a_collinear_column():
+    """A fixed column that is a multiple of another is dropped as lme4 drops it (with the
+    same warning), not fitted in the fast lane."""
+    frames = [d.assign(x2=2.0 * d["x"]) for d in _frames_with(3)]
+    with pytest.warns(UserWarning, match="rank deficient"):
+        fit_batch("y ~ x + x2 + (1 | g)", frames, method="ML")
+    b = _assert_equal_to_single_fits("y ~ x + x2 + (1 | g)", frames, "ML")
+    assert "x2" not in b.param_names

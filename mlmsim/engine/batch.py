@@ -261,13 +261,19 @@ def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REM
 
 def _fit_stacked(stacked: StackedDesign, method: str) -> BatchFit | None:
     """Fit a stacked design from its variables and terms (X and Z never formed), or None
-    when a replicate's fixed design is not of full rank: the norm-scaled X'X has an
-    eigenvalue <= 1e-7, where :func:`mlmsim.formula.model_design`'s QR would decide
-    which columns to drop."""
+    when a replicate needs :func:`mlmsim.formula.model_design`: a value is missing or
+    infinite (then a sum of squares, y'y, a diagonal of X'X or of some A_j, is not
+    finite: squares are never negative, so nothing cancels a NaN or an inf), or the
+    fixed design is not of full rank (:func:`_full_rank`), where the QR decides which
+    columns to drop."""
     V = stacked.variables
     stats, centering = centred_group_stats(
         stacked.y, V, V, stacked.group_codes, stacked.group_labels.shape[0],
         fixed_terms=stacked.fixed_terms, random_terms=stacked.random_terms)
+    squares = (stats.yty, np.einsum("...ii->...i", stats.XtX),
+               np.einsum("...jii->...ji", stats.A))
+    if not all(np.isfinite(s).all() for s in squares):
+        return None
     if not _full_rank(stats.XtX, centering.L):
         return None
     return fit_stats(stats, stacked.blocks, method, stacked.fixed_names, stacked.random_names,

@@ -44,6 +44,7 @@ import numpy as np
 from numba import njit
 
 from mlmsim.engine.phi_kernel import _hessian_into, _solve, _workspace
+from mlmsim.terms import fill_terms
 
 __all__ = ["devgrad_one", "devgrad_many", "readout_many", "estimates_many", "moment_start_one",
            "minimize_one", "minimize_many", "group_sums_many",
@@ -921,28 +922,6 @@ def _sum(u):
 
 
 @njit(cache=True, error_model="numpy")
-def _fill_terms(W, row0, V, r, terms, order, ordered):
-    """W[row0 + t, i] = prod_s V[r, order[i], terms[t, s]] over the factors terms[t, s] >= 0
-    (-1 pads a row of ``terms``; a row of -1 alone is the intercept, 1). ``ordered``:
-    order is the identity, so the rows are read in place."""
-    N = W.shape[1]
-    for t in range(terms.shape[0]):
-        w = W[row0 + t]
-        for i in range(N):
-            w[i] = 1.0
-        for s in range(terms.shape[1]):
-            f = terms[t, s]
-            if f < 0:
-                break
-            if ordered:
-                for i in range(N):
-                    w[i] *= V[r, i, f]
-            else:
-                for i in range(N):
-                    w[i] *= V[r, order[i], f]
-
-
-@njit(cache=True, error_model="numpy")
 def _all_ones(w):
     for i in range(w.shape[0]):
         if w[i] != 1.0:
@@ -954,9 +933,9 @@ def _all_ones(w):
 def group_sums_many(y, VX, xterms, VZ, zterms, order, starts, centre):
     """Per replicate r: A_j = Z_j'Z_j, B_j = Z_j'X_j, c_j = Z_j'y_j, X'X, X'y and y'y.
 
-    y (R, N); the design columns are products of variables: X's p columns of VX
-    (R, N, kx) by ``xterms`` (p, s), Z's q columns of VZ (R, N, kz) by ``zterms``
-    (q, s) (see :func:`_fill_terms`; a plain X is VX = X with xterms = [[0], [1], ...]).
+    y (R, N); the design columns are products of variables (:mod:`mlmsim.terms`): X's p
+    columns of VX (R, N, kx) by ``xterms`` (p, s), Z's q columns of VZ (R, N, kz) by
+    ``zterms`` (q, s) (a plain X is VX = X with xterms = [[0], [1], ...]).
     ``order`` (N,) lists the rows group by group, group j being order[starts[j]:
     starts[j + 1]] (``starts`` (J + 1,)). With ``centre``, the statistics are those of
     y - ybar and X - 1 m' (m = column means, 0 for the first all-ones column, the
@@ -990,8 +969,8 @@ def group_sums_many(y, VX, xterms, VZ, zterms, order, starts, centre):
     W = np.empty((q + p + 1, N))
     ky = q + p
     for r in range(R):
-        _fill_terms(W, 0, VZ, r, zterms, order, ordered)
-        _fill_terms(W, q, VX, r, xterms, order, ordered)
+        fill_terms(W, 0, VZ, r, zterms, order, ordered)
+        fill_terms(W, q, VX, r, xterms, order, ordered)
         wy = W[ky]
         for i in range(N):
             wy[i] = y[r, order[i]]

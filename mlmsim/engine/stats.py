@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlmsim.engine import kernels
+from mlmsim.terms import identity_terms
 
-__all__ = ["GroupStats", "Centering", "group_stats", "centred_group_stats", "identity_terms",
+__all__ = ["GroupStats", "Centering", "group_stats", "centred_group_stats",
            "stack_stats", "residual_check", "flat_arrays", "kernel_array"]
 
 
@@ -82,11 +83,6 @@ def flat_arrays(stats: GroupStats, batch: tuple[int, ...] | None = None) -> tupl
 
     return (flat(stats.A, 3), flat(stats.B, 3), flat(stats.c, 2), flat(stats.XtX, 2),
             flat(stats.Xty, 1), flat(stats.yty, 0), flat(stats.N, 0), flat(stats.n, 1, np.int64))
-
-
-def identity_terms(k: int) -> np.ndarray:
-    """Terms (k, 1) that take k variables as they are: design column t is variable t."""
-    return np.arange(k, dtype=np.int64)[:, None]
 
 
 @dataclass(frozen=True)

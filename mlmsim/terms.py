@@ -1,0 +1,70 @@
+"""Design columns as products of variables, without forming the design matrix.
+
+A term of an lme4 formula with plain numeric columns is the intercept, a column,
+or a product of columns (``x:z``). Given the variables of R data sets as one array
+V (R, N, k), a design of t columns is a (t, s) integer matrix ``terms``: column c
+is
+
+    X[r, i, c] = prod_{f in terms[c], f >= 0} V[r, i, f]
+
+(-1 pads a row; a row of -1 alone is the intercept, a column of ones). The
+statistics kernels (:func:`mlmsim.engine.kernels.group_sums_many`) and the
+generator read designs in this form, so a stack of replicates never carries X and
+Z, only the few variables they are made of.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numba import njit
+
+__all__ = ["identity_terms", "term_matrix", "term_products", "fill_terms"]
+
+
+def identity_terms(k: int) -> np.ndarray:
+    """Terms (k, 1) that take k variables as they are: design column c is variable c."""
+    return np.arange(k, dtype=np.int64)[:, None]
+
+
+def term_matrix(factors: Sequence[Sequence[int]]) -> np.ndarray:
+    """Each term's variable indices (an empty list for the intercept) as a (t, s) int64
+    matrix padded with -1."""
+    width = max([1] + [len(f) for f in factors])
+    out = np.full((len(factors), width), -1, dtype=np.int64)
+    for c, f in enumerate(factors):
+        out[c, :len(f)] = f
+    return out
+
+
+def term_products(variables: np.ndarray, terms: np.ndarray) -> np.ndarray:
+    """The design columns (..., N, t) of ``terms`` over ``variables`` (..., N, k), formed
+    (for inspection and for callers that need the matrix)."""
+    out = np.ones(variables.shape[:-1] + (terms.shape[0],))
+    for c, row in enumerate(terms):
+        for f in row[row >= 0]:
+            out[..., c] *= variables[..., f]
+    return out
+
+
+@njit(cache=True, error_model="numpy")
+def fill_terms(W, row0, V, r, terms, order, ordered):
+    """W[row0 + c, i] = prod_s V[r, order[i], terms[c, s]] over the factors terms[c, s] >= 0:
+    replicate r's design columns, one per row of W (N columns), with the data rows taken
+    in ``order``. ``ordered``: order is the identity, so the rows are read in place."""
+    N = W.shape[1]
+    for c in range(terms.shape[0]):
+        w = W[row0 + c]
+        for i in range(N):
+            w[i] = 1.0
+        for s in range(terms.shape[1]):
+            f = terms[c, s]
+            if f < 0:
+                break
+            if ordered:
+                for i in range(N):
+                    w[i] *= V[r, i, f]
+            else:
+                for i in range(N):
+                    w[i] *= V[r, order[i], f]
