@@ -443,19 +443,21 @@ def _drop_dependent(X: np.ndarray, names: list[str], tol: float = 1e-7):
 
 @dataclass(frozen=True)
 class StackedDesign:
-    """The designs of R data sets with one layout, stacked, without forming X and Z.
+    """The designs of R data sets with one layout, without forming X and Z.
 
-    y (R, N) is the response; ``variables`` (R, N, k) the predictor columns the formula
-    names (``variable_names``); the design columns are their products: column t of X is
-    the product of the variables at the indices >= 0 in row t of ``fixed_terms`` (p, s)
-    (-1 pads; a row of -1 alone is the intercept), Z likewise by ``random_terms`` (q, s),
-    as :func:`mlmsim.engine.stats.group_stats` takes them. Group codes (N,) are shared by
-    all (the same grouping column).
+    ``y`` holds each data set's response (N,); ``variables`` each data set's predictor
+    columns (N, k) that the formula names (``variable_names``). The design columns are
+    their products: column t of X is the product of the variables at the indices >= 0
+    in row t of ``fixed_terms`` (p, s) (-1 pads; a row of -1 alone is the intercept),
+    Z likewise by ``random_terms`` (q, s), as :func:`mlmsim.engine.stats.group_stats`
+    takes them. Group codes (N,) are shared by all (the same grouping column). The data
+    sets stay separate arrays: stacking them would copy R N (k + 1) values into fresh
+    memory at every batch.
     """
 
     formula: ParsedFormula
-    y: np.ndarray
-    variables: np.ndarray
+    y: tuple[np.ndarray, ...]
+    variables: tuple[np.ndarray, ...]
     variable_names: tuple[str, ...]
     fixed_terms: np.ndarray
     random_terms: np.ndarray
@@ -468,7 +470,7 @@ class StackedDesign:
     def design(self, terms: np.ndarray) -> np.ndarray:
         """The design columns (R, N, len(terms)) of ``terms`` (``fixed_terms`` gives X),
         formed (for inspection; fits never need them)."""
-        return term_products(self.variables, terms)
+        return term_products(np.stack(self.variables), terms)
 
 
 def stacked_design(formula: str | ParsedFormula, datasets) -> StackedDesign | None:
@@ -600,19 +602,21 @@ def _stack(pf: ParsedFormula, cols: dict[str, list[np.ndarray]], groups: np.ndar
         offset += len(names_t)
     if len(set(rnames)) != len(rnames) or not rnames:
         return None
-    R = len(cols[pf.response])
-    y = np.empty((R, n))
-    variables = np.empty((R, n, len(names)))
-    for r, values in enumerate(cols[pf.response]):
-        y[r] = values
-    for k, name in enumerate(names):
-        for r, values in enumerate(cols[name]):
-            variables[r, :, k] = values
+    y = tuple(cols[pf.response])
+    per_set = zip(*(cols[name] for name in names), strict=True) if names else [()] * len(y)
+    variables = tuple(_columns(values, n) for values in per_set)
     if np.all(labels == np.round(labels)):
         labels = labels.astype(np.int64)
     return StackedDesign(pf, y, variables, names, term_matrix(fixed_terms),
                          term_matrix(rterms), codes.astype(np.intp), labels,
                          tuple(fixed_names), tuple(rnames), tuple(blocks))
+
+
+def _columns(values: tuple[np.ndarray, ...], n: int) -> np.ndarray:
+    """One data set's variables (each (n,)) as columns (n, k); a view for k = 1."""
+    if len(values) == 1:
+        return values[0][:, None]
+    return np.stack(values, axis=-1) if values else np.empty((n, 0))
 
 
 def _term_indices(terms, index: dict[str, int]) -> tuple[list[list[int]], list[str]]:

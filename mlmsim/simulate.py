@@ -120,7 +120,8 @@ class SimBatch:
       engine's order for ``spec.formula``); ``X @ spec.truth.gamma`` is E(y | X).
     - ``Z`` (R, N, q): the random design, columns ``random_names``.
     - ``U`` (R, J, q): the drawn U_j, columns ``random_names``.
-    - ``codes`` (N,): group of each row, 0..J-1, rows sorted by group; ``sizes`` (J,).
+    - ``codes`` (N,): group of each row, 0..J-1, rows sorted by group (formed from
+      ``sizes`` (J,) when first asked for).
       Shared by all replicates: random group sizes are drawn once per batch.
     - ``columns``: each numeric predictor, (R, N); ``categories``: each categorical
       predictor as level codes (R, N) into its ``levels``.
@@ -134,10 +135,13 @@ class SimBatch:
     spec: ModelSpec
     y: np.ndarray
     U: np.ndarray
-    codes: np.ndarray
     sizes: np.ndarray
     columns: dict[str, np.ndarray] = field(repr=False)
     categories: dict[str, np.ndarray] = field(repr=False)
+
+    @cached_property
+    def codes(self) -> np.ndarray:
+        return _codes(self.sizes)
 
     @cached_property
     def X(self) -> np.ndarray:
@@ -232,7 +236,7 @@ def simulate_batch(spec: ModelSpec, n_replicates: int, n_groups: int | None = No
         raise ValueError("no group size: pass group_size or set the spec's group_sizes")
     sizes = draw_group_sizes(rule, spec.n_groups if n_groups is None else n_groups, gen)
     J, N = int(sizes.shape[0]), int(sizes.sum())
-    codes = np.repeat(np.arange(J, dtype=np.intp), sizes)
+    codes = _codes(sizes)
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.intp)
     columns, categories = _draw_predictors(spec, R, sizes, codes, starts, gen)
     F = spec.layout.factor
@@ -241,7 +245,7 @@ def simulate_batch(spec: ModelSpec, n_replicates: int, n_groups: int | None = No
     variables, fixed_terms, random_terms = _variables(spec, columns, categories, (R, N))
     y = _response_many(variables, fixed_terms, np.array(spec.layout.gamma, dtype=float),
                        random_terms, U, codes, math.sqrt(spec.sigma2), resid)
-    return SimBatch(spec, y, U, codes, sizes, columns, categories)
+    return SimBatch(spec, y, U, sizes, columns, categories)
 
 
 def simulate(spec: ModelSpec, n_groups: int | None = None, group_size: Any = None,
@@ -261,6 +265,11 @@ def simulate(spec: ModelSpec, n_groups: int | None = None, group_size: Any = Non
     ((150, 4), ['g', 'x', 'z', 'y'])
     """
     return simulate_batch(spec, 1, n_groups, group_size, rng).frame(0, effects)
+
+
+def _codes(sizes: np.ndarray) -> np.ndarray:
+    """The group of each row (N,), rows sorted by group: 0 (n_0 times), 1, ..., J - 1."""
+    return np.repeat(np.arange(sizes.shape[0], dtype=np.intp), sizes)
 
 
 # ---------------------------------------------------------------------------
@@ -367,8 +376,8 @@ def _response_many(V, fixed_terms, gamma, random_terms, U, codes, sigma, resid):
     order = np.arange(N)
     y = np.empty((R, N))
     for r in range(R):
-        fill_terms(W, 0, V, r, fixed_terms, order, True)
-        fill_terms(W, p, V, r, random_terms, order, True)
+        fill_terms(W, 0, V[r], fixed_terms, order, True)
+        fill_terms(W, p, V[r], random_terms, order, True)
         for i in range(N):
             j = codes[i]
             v = 0.0

@@ -49,10 +49,11 @@ def term_products(variables: np.ndarray, terms: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, error_model="numpy")
-def fill_terms(W, row0, V, r, terms, order, ordered):
-    """W[row0 + c, i] = prod_s V[r, order[i], terms[c, s]] over the factors terms[c, s] >= 0:
-    replicate r's design columns, one per row of W (N columns), with the data rows taken
-    in ``order``. ``ordered``: order is the identity, so the rows are read in place."""
+def fill_terms(W, row0, V, terms, order, ordered):
+    """W[row0 + c, i] = prod_s V[order[i], terms[c, s]] over the factors terms[c, s] >= 0:
+    one data set's design columns (variables V (N, k)), one per row of W (N columns),
+    with the data rows taken in ``order``. ``ordered``: order is the identity, so the
+    rows are read in place."""
     N = W.shape[1]
     for c in range(terms.shape[0]):
         w = W[row0 + c]
@@ -64,7 +65,7 @@ def fill_terms(W, row0, V, r, terms, order, ordered):
                 break
             if ordered:
                 for i in range(N):
-                    w[i] *= V[r, i, f]
+                    w[i] *= V[i, f]
             else:
                 for i in range(N):
-                    w[i] *= V[r, order[i], f]
+                    w[i] *= V[order[i], f]

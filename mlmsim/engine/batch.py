@@ -266,9 +266,9 @@ def _fit_stacked(stacked: StackedDesign, method: str) -> BatchFit | None:
     finite: squares are never negative, so nothing cancels a NaN or an inf), or the
     fixed design is not of full rank (:func:`_full_rank`), where the QR decides which
     columns to drop."""
-    V = stacked.variables
+    V = list(stacked.variables)
     stats, centering = centred_group_stats(
-        stacked.y, V, V, stacked.group_codes, stacked.group_labels.shape[0],
+        list(stacked.y), V, V, stacked.group_codes, stacked.group_labels.shape[0],
         fixed_terms=stacked.fixed_terms, random_terms=stacked.random_terms)
     squares = (stats.yty, np.einsum("...ii->...i", stats.XtX),
                np.einsum("...jii->...ji", stats.A))

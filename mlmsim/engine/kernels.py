@@ -47,7 +47,7 @@ from mlmsim.engine.phi_kernel import _hessian_into, _solve, _workspace
 from mlmsim.terms import fill_terms
 
 __all__ = ["devgrad_one", "devgrad_many", "readout_many", "estimates_many", "moment_start_one",
-           "minimize_one", "minimize_many", "group_sums_many",
+           "minimize_one", "minimize_many", "group_sums_one",
            "dependence_screen"]
 
 _LOG2PI = math.log(2.0 * math.pi)
@@ -930,86 +930,77 @@ def _all_ones(w):
 
 
 @njit(cache=True, error_model="numpy")
-def group_sums_many(y, VX, xterms, VZ, zterms, order, starts, centre):
-    """Per replicate r: A_j = Z_j'Z_j, B_j = Z_j'X_j, c_j = Z_j'y_j, X'X, X'y and y'y.
+def group_sums_one(y, VX, xterms, VZ, zterms, order, starts, centre, W, A, B, c, XtX, Xty, m):
+    """One data set's A_j = Z_j'Z_j, B_j = Z_j'X_j, c_j = Z_j'y_j, X'X, X'y and y'y.
 
-    y (R, N); the design columns are products of variables (:mod:`mlmsim.terms`): X's p
-    columns of VX (R, N, kx) by ``xterms`` (p, s), Z's q columns of VZ (R, N, kz) by
+    y (N,); the design columns are products of variables (:mod:`mlmsim.terms`): X's p
+    columns of VX (N, kx) by ``xterms`` (p, s), Z's q columns of VZ (N, kz) by
     ``zterms`` (q, s) (a plain X is VX = X with xterms = [[0], [1], ...]).
     ``order`` (N,) lists the rows group by group, group j being order[starts[j]:
     starts[j + 1]] (``starts`` (J + 1,)). With ``centre``, the statistics are those of
     y - ybar and X - 1 m' (m = column means, 0 for the first all-ones column, the
     intercept; no shift at all without one): see :class:`mlmsim.engine.stats.Centering`.
 
-    Per replicate the columns [Z, X, y] are laid out once in a (q + p + 1, N) buffer
-    in group order, and every statistic is a dot product of two of its rows over a
-    group's rows (or all rows), which vectorises: O(N (q + p + 1)(q + 1)) per replicate.
-    Returns A (R, J, q, q), B (R, J, q, p), c (R, J, q), XtX (R, p, p), Xty (R, p),
-    yty (R,), ybar (R,), m (R, p) and i0 (R,): the intercept column (-1 when none, or
-    without ``centre``).
+    The columns [Z, X, y] are laid out once in the buffer W (q + p + 1, N) in group
+    order, and every statistic is a dot product of two of its rows over a group's rows
+    (or all rows), which vectorises: O(N (q + p + 1)(q + 1)). Writes A (J, q, q),
+    B (J, q, p), c (J, q), XtX (p, p), Xty (p,), m (p,); returns (y'y, ybar, i0), i0
+    the intercept column (-1 when none, or without ``centre``).
     """
-    R, N = y.shape
+    N = y.shape[0]
     p = xterms.shape[0]
     q = zterms.shape[0]
     J = starts.shape[0] - 1
-    A = np.zeros((R, J, q, q))
-    B = np.zeros((R, J, q, p))
-    c = np.zeros((R, J, q))
-    XtX = np.zeros((R, p, p))
-    Xty = np.zeros((R, p))
-    yty = np.zeros(R)
-    ybar = np.zeros(R)
-    m = np.zeros((R, p))
-    i0 = np.full(R, -1, dtype=np.int64)
     ordered = True
     for i in range(N):
         if order[i] != i:
             ordered = False
             break
-    W = np.empty((q + p + 1, N))
+    fill_terms(W, 0, VZ, zterms, order, ordered)
+    fill_terms(W, q, VX, xterms, order, ordered)
     ky = q + p
-    for r in range(R):
-        fill_terms(W, 0, VZ, r, zterms, order, ordered)
-        fill_terms(W, q, VX, r, xterms, order, ordered)
-        wy = W[ky]
+    wy = W[ky]
+    for i in range(N):
+        wy[i] = y[order[i]]
+    i0 = -1
+    if centre:
+        for t in range(p):
+            if _all_ones(W[q + t]):
+                i0 = t
+                break
+    ybar = 0.0
+    for t in range(p):
+        m[t] = 0.0
+    if i0 >= 0:
+        ybar = _sum(wy) / N
         for i in range(N):
-            wy[i] = y[r, order[i]]
-        if centre:
-            for t in range(p):
-                if _all_ones(W[q + t]):
-                    i0[r] = t
-                    break
-        if i0[r] >= 0:
-            ybar[r] = _sum(wy) / N
-            for i in range(N):
-                wy[i] -= ybar[r]
-            for t in range(p):
-                if t != i0[r]:
-                    w = W[q + t]
-                    m[r, t] = _sum(w) / N
-                    for i in range(N):
-                        w[i] -= m[r, t]
-        for j in range(J):
-            s, e = starts[j], starts[j + 1]
-            wy_j = wy[s:e]
-            for a in range(q):
-                wa = W[a, s:e]
-                for b in range(a + 1):
-                    v = _dot(wa, W[b, s:e])
-                    A[r, j, a, b] = v
-                    A[r, j, b, a] = v
-                for b in range(p):
-                    B[r, j, a, b] = _dot(wa, W[q + b, s:e])
-                c[r, j, a] = _dot(wa, wy_j)
-        for a in range(p):
-            wa = W[q + a]
+            wy[i] -= ybar
+        for t in range(p):
+            if t != i0:
+                w = W[q + t]
+                m[t] = _sum(w) / N
+                for i in range(N):
+                    w[i] -= m[t]
+    for j in range(J):
+        s, e = starts[j], starts[j + 1]
+        wy_j = wy[s:e]
+        for a in range(q):
+            wa = W[a, s:e]
             for b in range(a + 1):
-                v = _dot(wa, W[q + b])
-                XtX[r, a, b] = v
-                XtX[r, b, a] = v
-            Xty[r, a] = _dot(wa, wy)
-        yty[r] = _dot(wy, wy)
-    return A, B, c, XtX, Xty, yty, ybar, m, i0
+                v = _dot(wa, W[b, s:e])
+                A[j, a, b] = v
+                A[j, b, a] = v
+            for b in range(p):
+                B[j, a, b] = _dot(wa, W[q + b, s:e])
+            c[j, a] = _dot(wa, wy_j)
+    for a in range(p):
+        wa = W[q + a]
+        for b in range(a + 1):
+            v = _dot(wa, W[q + b])
+            XtX[a, b] = v
+            XtX[b, a] = v
+        Xty[a] = _dot(wa, wy)
+    return _dot(wy, wy), ybar, i0
 
 
 @njit(cache=True, error_model="numpy")

@@ -135,15 +135,16 @@ class Centering:
 
 
 def group_stats(
-    y: np.ndarray, X: np.ndarray, Z: np.ndarray, codes: np.ndarray, J: int, *,
+    y, X, Z, codes: np.ndarray, J: int, *,
     fixed_terms: np.ndarray | None = None, random_terms: np.ndarray | None = None,
 ) -> GroupStats:
     """Accumulate A_j, B_j, c_j and the totals from one data set or a stack of them.
 
     y (..., N), X (..., N, p), Z (..., N, q), with leading replicate dimensions
-    allowed (X and Z may also be shared, without them); codes (N,) integers in
-    0..J-1, shared by the stack, in any order. One compiled pass per data set
-    (:func:`mlmsim.engine.kernels.group_sums_many`): O(N (q + p + 1)(q + 1)).
+    allowed (X and Z may also be shared, without them); or R data sets as sequences of
+    arrays y[r] (N,), X[r] (N, p), Z[r] (N, q) (no stacking copy). codes (N,) integers
+    in 0..J-1, shared by all, in any order. One compiled pass per data set
+    (:func:`mlmsim.engine.kernels.group_sums_one`): O(N (q + p + 1)(q + 1)).
 
     With ``fixed_terms`` (p, s) and ``random_terms`` (q, s), X (..., N, kx) and Z
     (..., N, kz) are variables, and the design columns are their products: column t of
@@ -155,7 +156,7 @@ def group_stats(
 
 
 def centred_group_stats(
-    y: np.ndarray, X: np.ndarray, Z: np.ndarray, codes: np.ndarray, J: int, *,
+    y, X, Z, codes: np.ndarray, J: int, *,
     fixed_terms: np.ndarray | None = None, random_terms: np.ndarray | None = None,
 ) -> tuple[GroupStats, Centering]:
     """:func:`group_stats` of the centred y - ybar and X - 1 m' (see :class:`Centering`;
@@ -164,16 +165,28 @@ def centred_group_stats(
     return stats, Centering.of_shifts(ybar, m, i0)
 
 
+def _data_sets(a, batch: tuple[int, ...], ndim: int) -> list[np.ndarray]:
+    """Per data set arrays (``ndim`` dimensions each) of a stack (batch + shape, or one
+    shared array) or a sequence, laid out for the kernels (C order, float, writeable)."""
+    if isinstance(a, list | tuple):
+        return [np.require(x, np.float64, ["C", "W"]) for x in a]
+    a = np.asarray(a, dtype=float)
+    R = math.prod(batch)
+    if a.ndim == ndim:
+        return [np.require(a, np.float64, ["C", "W"])] * R
+    flat = np.require(a.reshape((R,) + a.shape[a.ndim - ndim:]), np.float64, ["C", "W"])
+    return list(flat)
+
+
 def _sums(y, X, Z, codes, J, fixed_terms, random_terms, centre):
-    y = np.asarray(y, dtype=float)
-    X = np.asarray(X, dtype=float)
-    Z = np.asarray(Z, dtype=float)
     codes = np.asarray(codes, dtype=np.intp)
     N = codes.shape[0]
-    batch = y.shape[:-1]
-    fixed_terms = identity_terms(X.shape[-1]) if fixed_terms is None else fixed_terms
-    random_terms = identity_terms(Z.shape[-1]) if random_terms is None else random_terms
-    p = fixed_terms.shape[0]
+    batch = (len(y),) if isinstance(y, list | tuple) else np.shape(y)[:-1]
+    ys, Xs, Zs = _data_sets(y, batch, 1), _data_sets(X, batch, 2), _data_sets(Z, batch, 2)
+    xt = identity_terms(Xs[0].shape[-1]) if fixed_terms is None else fixed_terms
+    zt = identity_terms(Zs[0].shape[-1]) if random_terms is None else random_terms
+    xt, zt = np.asarray(xt, dtype=np.int64), np.asarray(zt, dtype=np.int64)
+    p, q, R = xt.shape[0], zt.shape[0], len(ys)
     n = np.bincount(codes, minlength=J)
     if N > 1 and (codes[1:] < codes[:-1]).any():
         order = np.argsort(codes, kind="stable")
@@ -181,10 +194,14 @@ def _sums(y, X, Z, codes, J, fixed_terms, random_terms, centre):
         order = np.arange(N)
     starts = np.zeros(J + 1, dtype=np.int64)
     np.cumsum(n, out=starts[1:])
-    A, B, c, XtX, Xty, yty, ybar, m, i0 = kernels.group_sums_many(
-        kernel_array(y, batch, (N,)), kernel_array(X, batch, (N, X.shape[-1])),
-        np.asarray(fixed_terms, dtype=np.int64), kernel_array(Z, batch, (N, Z.shape[-1])),
-        np.asarray(random_terms, dtype=np.int64), order, starts, centre)
+    A, B, c = np.zeros((R, J, q, q)), np.zeros((R, J, q, p)), np.zeros((R, J, q))
+    XtX, Xty, m = np.zeros((R, p, p)), np.zeros((R, p)), np.zeros((R, p))
+    yty, ybar, i0 = np.zeros(R), np.zeros(R), np.zeros(R, dtype=np.int64)
+    W = np.empty((q + p + 1, N))
+    for r in range(R):
+        yty[r], ybar[r], i0[r] = kernels.group_sums_one(
+            ys[r], Xs[r], xt, Zs[r], zt, order, starts, centre, W, A[r], B[r], c[r], XtX[r],
+            Xty[r], m[r])
     stats = GroupStats(
         A=A.reshape(batch + A.shape[1:]),
         B=B.reshape(batch + B.shape[1:]),
