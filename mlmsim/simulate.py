@@ -45,7 +45,7 @@ from mlmsim.spec import (
     factor_T,
     group_sizes,
 )
-from mlmsim.terms import fill_terms, term_matrix, term_products
+from mlmsim.terms import fill_terms, term_products
 
 __all__ = ["simulate", "simulate_batch", "SimBatch", "factor_T", "draw_effects",
            "draw_group_sizes", "as_generator"]
@@ -145,15 +145,13 @@ class SimBatch:
 
     @cached_property
     def X(self) -> np.ndarray:
-        variables, fixed_terms, _ = _variables(self.spec, self.columns, self.categories,
-                                               self.y.shape)
-        return term_products(variables, fixed_terms)
+        variables = _variables(self.spec, self.columns, self.categories, self.y.shape)
+        return term_products(variables, self.spec.layout.fixed_terms)
 
     @cached_property
     def Z(self) -> np.ndarray:
-        variables, _, random_terms = _variables(self.spec, self.columns, self.categories,
-                                                self.y.shape)
-        return term_products(variables, random_terms)
+        variables = _variables(self.spec, self.columns, self.categories, self.y.shape)
+        return term_products(variables, self.spec.layout.random_terms)
 
     @property
     def n_replicates(self) -> int:
@@ -242,9 +240,9 @@ def simulate_batch(spec: ModelSpec, n_replicates: int, n_groups: int | None = No
     F = spec.layout.factor
     U = spec.u_dist.standard(gen, (R, J, F.shape[1])) @ F.T
     resid = spec.r_dist.standard(gen, (R, N))
-    variables, fixed_terms, random_terms = _variables(spec, columns, categories, (R, N))
-    y = _response_many(variables, fixed_terms, np.array(spec.layout.gamma, dtype=float),
-                       random_terms, U, codes, math.sqrt(spec.sigma2), resid)
+    layout = spec.layout
+    y = _response_many(_variables(spec, columns, categories, (R, N)), layout.fixed_terms,
+                       layout.gamma, layout.random_terms, U, codes, math.sqrt(spec.sigma2), resid)
     return SimBatch(spec, y, U, sizes, columns, categories)
 
 
@@ -334,35 +332,23 @@ def _draw_predictors(spec: ModelSpec, R: int, sizes: np.ndarray, codes: np.ndarr
 
 
 def _variables(spec: ModelSpec, cols: dict[str, np.ndarray], cats: dict[str, np.ndarray],
-               shape: tuple[int, int]):
-    """The variables (R, N, k) that the fixed and random design columns are products of,
-    and the two designs as terms over them (:mod:`mlmsim.terms`); ``shape`` is (R, N).
-    Columns are named as
-    formulaic names them: ``Intercept``, ``x``, ``x:z``, ``f[T.b]`` (1 where f is b),
-    ``f[b]``; a dummy is a 0/1 variable of its own."""
-    index: dict[str, int] = {}
-    values: list[np.ndarray] = []
-
-    def variable(f: str) -> int:
-        if f not in index:
-            if f in cols:
-                v = cols[f]
-            else:
-                m = _DUMMY.fullmatch(f)
-                var, level = m["var"], m["level"]  # type: ignore[index]
-                idx = spec.predictor(var).levels.index(level)  # type: ignore[attr-defined]
-                v = (cats[var] == idx).astype(float)
-            index[f] = len(values)
-            values.append(v)
-        return index[f]
-
-    def terms(names: tuple[str, ...]) -> np.ndarray:
-        return term_matrix([[variable(f) for f in name.split(":") if f != "Intercept"]
-                            for name in names])
-
-    fixed_terms, random_terms = terms(spec.fixed_names), terms(spec.random_names)
-    V = np.stack(values, axis=-1) if values else np.empty(shape + (0,))
-    return np.ascontiguousarray(V, dtype=float), fixed_terms, random_terms
+               shape: tuple[int, int]) -> np.ndarray:
+    """The variables (R, N, k) that the fixed and random design columns are products of
+    (``spec.layout.variables``; its ``fixed_terms`` and ``random_terms`` say how, see
+    :mod:`mlmsim.terms`); ``shape`` is (R, N). A variable is a predictor column, or a
+    dummy named as formulaic names it, ``f[T.b]`` or ``f[b]``: 1 where f is b."""
+    values = []
+    for f in spec.layout.variables:
+        if f in cols:
+            values.append(cols[f])
+        else:
+            m = _DUMMY.fullmatch(f)
+            var, level = m["var"], m["level"]  # type: ignore[index]
+            idx = spec.predictor(var).levels.index(level)  # type: ignore[attr-defined]
+            values.append((cats[var] == idx).astype(float))
+    if len(values) == 1:
+        return np.require(values[0][..., None], np.float64, ["C", "W"])
+    return np.stack(values, axis=-1) if values else np.empty(shape + (0,))
 
 
 @njit(cache=True, error_model="numpy")

@@ -33,6 +33,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from mlmsim.terms import term_matrix
+
 __all__ = [
     "ModelSpec", "Truth",
     "Continuous", "Binary", "Categorical", "Values", "Complement", "Indicator", "GroupMean",
@@ -733,7 +735,10 @@ class Layout:
     :attr:`ModelSpec.formula`; ``random_order[k]`` is the position in ``spec.random``
     of ``random_names[k]``; ``gamma`` the true fixed effects in ``fixed_names`` order
     (0 for columns the formula makes that gamma does not name); ``factor`` F (q x r),
-    :func:`factor_T` of T in ``random_names`` order."""
+    :func:`factor_T` of T in ``random_names`` order. ``variables``: what the design
+    columns are products of (predictor names, and dummies such as ``f[T.b]``), and
+    ``fixed_terms`` / ``random_terms`` the two designs as terms over them
+    (:mod:`mlmsim.terms`)."""
 
     formula: str
     fixed_names: tuple[str, ...]
@@ -741,6 +746,9 @@ class Layout:
     random_order: tuple[int, ...]
     gamma: np.ndarray
     factor: np.ndarray
+    variables: tuple[str, ...]
+    fixed_terms: np.ndarray
+    random_terms: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -993,9 +1001,19 @@ class ModelSpec:
         order = tuple(self.random.index(r) for r in random_names)
         gamma = np.array([self.gamma.get(n, 0.0) for n in fixed_names])
         factor = factor_T(self.T[np.ix_(order, order)])
-        for a in (gamma, factor):
+        variables: list[str] = []
+
+        def terms(names: tuple[str, ...]) -> np.ndarray:
+            factors = [[f for f in name.split(":") if f != "Intercept"] for name in names]
+            for f in (f for fs in factors for f in fs if f not in variables):
+                variables.append(f)
+            return term_matrix([[variables.index(f) for f in fs] for fs in factors])
+
+        fixed_terms, random_terms = terms(fixed_names), terms(random_names)
+        for a in (gamma, factor, fixed_terms, random_terms):
             a.setflags(write=False)
-        return Layout(formula, fixed_names, random_names, order, gamma, factor)
+        return Layout(formula, fixed_names, random_names, order, gamma, factor,
+                      tuple(variables), fixed_terms, random_terms)
 
     # ---- derived ----------------------------------------------------------
     @property

@@ -167,15 +167,21 @@ def centred_group_stats(
 
 def _data_sets(a, batch: tuple[int, ...], ndim: int) -> list[np.ndarray]:
     """Per data set arrays (``ndim`` dimensions each) of a stack (batch + shape, or one
-    shared array) or a sequence, laid out for the kernels (C order, float, writeable)."""
+    shared array) or a sequence, laid out for the kernels (:func:`_laid_out`)."""
     if isinstance(a, list | tuple):
-        return [np.require(x, np.float64, ["C", "W"]) for x in a]
+        return [_laid_out(x) for x in a]
     a = np.asarray(a, dtype=float)
     R = math.prod(batch)
     if a.ndim == ndim:
-        return [np.require(a, np.float64, ["C", "W"])] * R
-    flat = np.require(a.reshape((R,) + a.shape[a.ndim - ndim:]), np.float64, ["C", "W"])
-    return list(flat)
+        return [_laid_out(a)] * R
+    return list(_laid_out(a.reshape((R,) + a.shape[a.ndim - ndim:])))
+
+
+def _laid_out(a: np.ndarray) -> np.ndarray:
+    """``a`` as the kernels take it: float64, C order, writeable (a copy only if not)."""
+    if a.dtype == np.float64 and a.flags.c_contiguous and a.flags.writeable:
+        return a
+    return np.require(a, np.float64, ["C", "W"])
 
 
 def _sums(y, X, Z, codes, J, fixed_terms, random_terms, centre):
