@@ -521,7 +521,8 @@ def _plain_terms(pf: ParsedFormula) -> bool:
 def _frame_columns(pf: ParsedFormula, datasets):
     """The needed columns of R DataFrames with one layout: per column name (but the
     grouping column's) a list of R float arrays (N,); the grouping column's values (N,)
-    and N. None unless every data set has the same grouping column."""
+    and N. None unless every data set has the same grouping column, with no value
+    missing."""
     first = datasets[0]
     needed = _needed_columns(pf)
     if any(c not in first.columns for c in needed) or not _plain_terms(pf):
@@ -546,7 +547,7 @@ def _frame_columns(pf: ParsedFormula, datasets):
     except (TypeError, ValueError):
         return None
     g = cols.pop(pf.group)
-    if not all(np.array_equal(gr, g[0]) for gr in g[1:]):
+    if not np.isfinite(g[0]).all() or not all(np.array_equal(gr, g[0]) for gr in g[1:]):
         return None
     return cols, g[0], first.shape[0]
 

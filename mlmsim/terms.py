@@ -8,7 +8,7 @@ is
     X[r, i, c] = prod_{f in terms[c], f >= 0} V[r, i, f]
 
 (-1 pads a row; a row of -1 alone is the intercept, a column of ones). The
-statistics kernels (:func:`mlmsim.engine.kernels.group_sums_many`) and the
+statistics kernel (:func:`mlmsim.engine.kernels.group_sums_one`) and the
 generator read designs in this form, so a stack of replicates never carries X and
 Z, only the few variables they are made of.
 """

@@ -147,3 +147,11 @@ def test_fast_lane_falls_back_on_a_collinear_column():
         fit_batch("y ~ x + x2 + (1 | g)", frames, method="ML")
     b = _assert_equal_to_single_fits("y ~ x + x2 + (1 | g)", frames, "ML")
     assert "x2" not in b.param_names
+
+
+@pytest.mark.parametrize("R", [1, 3])
+def test_fast_lane_falls_back_on_a_missing_group(R):
+    frames = [d.assign(g=d["g"].astype(float)) for d in _frames_with(4, R=R)]
+    for d in frames:
+        d.loc[7, "g"] = np.nan
+    _assert_equal_to_single_fits("y ~ x + (1 | g)", frames, "ML")
