@@ -267,28 +267,12 @@ def _is_fast(terms, cols: dict[str, np.ndarray]) -> bool:
     return all(f == "1" or (f in cols and _PLAIN.fullmatch(f)) for fs in terms for f in fs)
 
 
-def _fast_matrix(terms, cols: dict[str, np.ndarray], shape):
-    """Columns as products of data columns; ``shape`` is (N,) or (R, N) for stacks."""
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    names, columns = [], []
-    for factors in terms:
-        if factors == ("1",):
-            names.append("Intercept")
-            columns.append(np.ones(shape))
-            continue
-        col = cols[factors[0]]
-        for f in factors[1:]:
-            col = col * cols[f]
-        names.append(":".join(factors))
-        columns.append(col)
-    mat = np.stack(columns, axis=-1) if columns else np.empty(shape + (0,))
-    return mat, names
-
-
 def _matrix(rhs: str, data: pd.DataFrame, cols: dict[str, np.ndarray], n: int):
     terms = _term_factors(rhs)
-    if _is_fast(terms, cols):
-        mat, names = _fast_matrix(terms, cols, n)
+    if _is_fast(terms, cols):  # products of plain columns, as the batched fast lane has them
+        used = sorted({f for fs in terms for f in fs if f != "1"})
+        idx, names = _term_indices(terms, {v: k for k, v in enumerate(used)})
+        mat = term_products(_columns(tuple(cols[v] for v in used), n), term_matrix(idx))
         return mat, names, [[i] for i in range(len(names))]
     mm = model_matrix(rhs, data, na_action="ignore", ensure_full_rank=True)
     names = list(mm.columns)

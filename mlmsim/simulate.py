@@ -144,14 +144,18 @@ class SimBatch:
         return _codes(self.sizes)
 
     @cached_property
+    def variables(self) -> np.ndarray:
+        """(R, N, k): what X and Z are products of, ``spec.layout.variables`` (the
+        predictor columns and dummies they use), by the layout's terms."""
+        return _variables(self.spec, self.columns, self.categories, self.y.shape)
+
+    @cached_property
     def X(self) -> np.ndarray:
-        variables = _variables(self.spec, self.columns, self.categories, self.y.shape)
-        return term_products(variables, self.spec.layout.fixed_terms)
+        return term_products(self.variables, self.spec.layout.fixed_terms)
 
     @cached_property
     def Z(self) -> np.ndarray:
-        variables = _variables(self.spec, self.columns, self.categories, self.y.shape)
-        return term_products(variables, self.spec.layout.random_terms)
+        return term_products(self.variables, self.spec.layout.random_terms)
 
     @property
     def n_replicates(self) -> int:

@@ -1011,14 +1011,16 @@ def _all_ones(w):
 
 
 @njit(cache=True, error_model="numpy")
-def group_sums_one(y, VX, xterms, VZ, zterms, order, starts, centre, W, A, B, c, XtX, Xty, m):
+def group_sums_one(y, VX, xterms, VZ, zterms, order, ordered, starts, centre, W, A, B, c, XtX,
+                   Xty, m):
     """One data set's A_j = Z_j'Z_j, B_j = Z_j'X_j, c_j = Z_j'y_j, X'X, X'y and y'y.
 
     y (N,); the design columns are products of variables (:mod:`mlmsim.terms`): X's p
     columns of VX (N, kx) by ``xterms`` (p, s), Z's q columns of VZ (N, kz) by
     ``zterms`` (q, s) (a plain X is VX = X with xterms = [[0], [1], ...]).
     ``order`` (N,) lists the rows group by group, group j being order[starts[j]:
-    starts[j + 1]] (``starts`` (J + 1,)). With ``centre``, the statistics are those of
+    starts[j + 1]] (``starts`` (J + 1,)); ``ordered``: order is the identity (rows
+    already sorted by group). With ``centre``, the statistics are those of
     y - ybar and X - 1 m' (m = column means, 0 for the first all-ones column, the
     intercept; no shift at all without one): see :class:`mlmsim.engine.stats.Centering`.
 
@@ -1032,17 +1034,12 @@ def group_sums_one(y, VX, xterms, VZ, zterms, order, starts, centre, W, A, B, c,
     p = xterms.shape[0]
     q = zterms.shape[0]
     J = starts.shape[0] - 1
-    ordered = True
-    for i in range(N):
-        if order[i] != i:
-            ordered = False
-            break
     fill_terms(W, 0, VZ, zterms, order, ordered)
     fill_terms(W, q, VX, xterms, order, ordered)
     ky = q + p
     wy = W[ky]
     for i in range(N):
-        wy[i] = y[order[i]]
+        wy[i] = y[i] if ordered else y[order[i]]
     i0 = -1
     if centre:
         for t in range(p):

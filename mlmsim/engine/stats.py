@@ -194,10 +194,8 @@ def _sums(y, X, Z, codes, J, fixed_terms, random_terms, centre):
     xt, zt = np.asarray(xt, dtype=np.int64), np.asarray(zt, dtype=np.int64)
     p, q, R = xt.shape[0], zt.shape[0], len(ys)
     n = np.bincount(codes, minlength=J)
-    if N > 1 and (codes[1:] < codes[:-1]).any():
-        order = np.argsort(codes, kind="stable")
-    else:
-        order = np.arange(N)
+    ordered = not (N > 1 and (codes[1:] < codes[:-1]).any())
+    order = np.arange(N) if ordered else np.argsort(codes, kind="stable")
     starts = np.zeros(J + 1, dtype=np.int64)
     np.cumsum(n, out=starts[1:])
     A, B, c = np.zeros((R, J, q, q)), np.zeros((R, J, q, p)), np.zeros((R, J, q))
@@ -206,8 +204,8 @@ def _sums(y, X, Z, codes, J, fixed_terms, random_terms, centre):
     W = np.empty((q + p + 1, N))
     for r in range(R):
         yty[r], ybar[r], i0[r] = kernels.group_sums_one(
-            ys[r], Xs[r], xt, Zs[r], zt, order, starts, centre, W, A[r], B[r], c[r], XtX[r],
-            Xty[r], m[r])
+            ys[r], Xs[r], xt, Zs[r], zt, order, ordered, starts, centre, W, A[r], B[r], c[r],
+            XtX[r], Xty[r], m[r])
     stats = GroupStats(
         A=A.reshape(batch + A.shape[1:]),
         B=B.reshape(batch + B.shape[1:]),
