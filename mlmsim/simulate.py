@@ -125,6 +125,8 @@ class SimBatch:
       Shared by all replicates: random group sizes are drawn once per batch.
     - ``columns``: each numeric predictor, (R, N); ``categories``: each categorical
       predictor as level codes (R, N) into its ``levels``.
+    - ``variables`` (R, N, k): what X and Z are products of, ``spec.layout.variables``
+      (the predictor columns and dummies they use), by the layout's terms.
 
     X and Z are formed from the columns when first asked for (the draw itself and a
     batched fit never need them: see :mod:`mlmsim.terms`).
@@ -138,16 +140,11 @@ class SimBatch:
     sizes: np.ndarray
     columns: dict[str, np.ndarray] = field(repr=False)
     categories: dict[str, np.ndarray] = field(repr=False)
+    variables: np.ndarray = field(repr=False)
 
     @cached_property
     def codes(self) -> np.ndarray:
         return _codes(self.sizes)
-
-    @cached_property
-    def variables(self) -> np.ndarray:
-        """(R, N, k): what X and Z are products of, ``spec.layout.variables`` (the
-        predictor columns and dummies they use), by the layout's terms."""
-        return _variables(self.spec, self.columns, self.categories, self.y.shape)
 
     @cached_property
     def X(self) -> np.ndarray:
@@ -245,9 +242,10 @@ def simulate_batch(spec: ModelSpec, n_replicates: int, n_groups: int | None = No
     U = spec.u_dist.standard(gen, (R, J, F.shape[1])) @ F.T
     resid = spec.r_dist.standard(gen, (R, N))
     layout = spec.layout
-    y = _response_many(_variables(spec, columns, categories, (R, N)), layout.fixed_terms,
-                       layout.gamma, layout.random_terms, U, codes, math.sqrt(spec.sigma2), resid)
-    return SimBatch(spec, y, U, sizes, columns, categories)
+    variables = _variables(spec, columns, categories, (R, N))
+    y = _response_many(variables, layout.fixed_terms, layout.gamma, layout.random_terms, U,
+                       codes, math.sqrt(spec.sigma2), resid)
+    return SimBatch(spec, y, U, sizes, columns, categories, variables)
 
 
 def simulate(spec: ModelSpec, n_groups: int | None = None, group_size: Any = None,

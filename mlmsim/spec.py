@@ -750,6 +750,13 @@ class Layout:
     fixed_terms: np.ndarray
     random_terms: np.ndarray
 
+    def __setstate__(self, state: dict) -> None:
+        # unpickled arrays come back writeable: a spec sent to a worker stays read-only
+        # (and the compiled kernels it feeds see one array type, not two)
+        self.__dict__.update(state)
+        for a in (self.gamma, self.factor, self.fixed_terms, self.random_terms):
+            a.setflags(write=False)
+
 
 @dataclass(frozen=True, eq=False)
 class ModelSpec:

@@ -155,3 +155,19 @@ def test_fast_lane_falls_back_on_a_missing_group(R):
     for d in frames:
         d.loc[7, "g"] = np.nan
     _assert_equal_to_single_fits("y ~ x + (1 | g)", frames, "ML")
+
+
+def test_fit_arrays_with_a_shared_design_equals_the_stacked_one():
+    g, x, y = _replicates(8, 3, 10, 5, 0.5, 1.0)
+    X1 = np.stack([np.ones(x.shape[1]), x[0]], axis=-1)            # one X for all
+    names = {"fixed_names": ("Intercept", "x"), "random_names": ("Intercept", "x")}
+    shared = fit_arrays(y, X1, X1, g, method="ML", **names)
+    stacked = fit_arrays(y, np.broadcast_to(X1, (3,) + X1.shape), X1.tolist(), g, method="ML",
+                         **names)
+    np.testing.assert_allclose(shared.deviance, stacked.deviance, rtol=1e-12)
+    np.testing.assert_allclose(shared.params, stacked.params, rtol=1e-9, atol=1e-12)
+
+
+def test_fast_lane_with_the_grouping_factor_as_a_predictor():
+    """A numeric grouping column may also be a fixed predictor (a trend over groups)."""
+    _assert_equal_to_single_fits("y ~ x + g + (1 | g)", _frames_with(5), "ML")

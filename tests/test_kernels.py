@@ -115,3 +115,29 @@ def test_hsb_fit_converges_at_the_rounding_floor(hsb, method):
     assert res.converged and not res.singular
     assert res.iterations <= 15
     assert np.abs(res.gradient).max() < 1e-3
+
+
+def test_statistics_refuse_shapes_that_do_not_fit_the_codes():
+    """A response or design with other than N rows is an error naming it (the compiled
+    kernel does no bounds checks, so the shapes are checked before it runs)."""
+    rng = np.random.default_rng(5)
+    codes = np.repeat(np.arange(5), 4)
+    y, X = rng.normal(size=(2, 20)), rng.normal(size=(2, 20, 2))
+    with pytest.raises(ValueError, match="y of a data set has shape"):
+        group_stats(y[:, :16], X, X, codes, 5)
+    with pytest.raises(ValueError, match="Z of a data set has shape"):
+        group_stats(y, X, X[:, :17], codes, 5)
+    with pytest.raises(ValueError, match=r"group codes must lie in 0\.\.4"):
+        group_stats(y, X, X, codes + 1, 5)
+    with pytest.raises(ValueError, match="integers"):
+        group_stats(y, X, X, codes + 0.5, 5)
+
+
+def test_statistics_take_nested_lists_and_lists_of_data_sets():
+    rng = np.random.default_rng(6)
+    codes = np.repeat(np.arange(4), 5)
+    y, X = rng.normal(size=(3, 20)), rng.normal(size=(3, 20, 2))
+    want = group_stats(y, X, X, codes, 4)
+    for got in (group_stats(y.tolist(), X.tolist(), X.tolist(), codes.tolist(), 4),
+                group_stats(list(y), list(X), list(X), codes, 4)):
+        _assert_stats(got, {f: getattr(want, f) for f in ("A", "B", "c", "XtX", "Xty", "yty")})

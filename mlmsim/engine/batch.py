@@ -37,7 +37,7 @@ from mlmsim.engine.stats import (
     residual_check,
     stack_stats,
 )
-from mlmsim.formula import StackedDesign, model_design, stacked_design
+from mlmsim.formula import StackedDesign, clearly_full_rank, model_design, stacked_design
 from mlmsim.simulate import SimBatch
 
 __all__ = ["BatchFit", "fit_batch", "fit_arrays", "fit_stats"]
@@ -215,8 +215,6 @@ def fit_arrays(y: np.ndarray, X: np.ndarray, Z: np.ndarray, codes: np.ndarray, *
     J = int(codes.max()) + 1 if n_groups is None else int(n_groups)
     q = np.shape(Z)[-1]
     blocks = (tuple(range(q)),) if blocks is None else blocks
-    y = np.asarray(y, dtype=float)
-    X = np.broadcast_to(np.asarray(X, dtype=float), y.shape + (np.shape(X)[-1],))
     stats, centering = centred_group_stats(y, X, Z, codes, J)
     return fit_stats(stats, blocks, method, fixed_names, random_names, centering=centering)
 
@@ -281,11 +279,9 @@ def _fit_stacked(stacked: StackedDesign, method: str) -> BatchFit | None:
 
 
 def _full_rank(XtX_c: np.ndarray, L: np.ndarray) -> bool:
-    """Whether every replicate's X'X, scaled to unit diagonal, has its smallest eigenvalue
-    above 1e-7. X'X is recovered from the centred X_c'X_c: X = X_c M with M = L^{-1} =
-    2 I - L (L = I - e_0 m', (e_0 m')^2 = 0), so X'X = M' X_c'X_c M."""
+    """Whether no fixed column of any replicate can be in the span of the others, by
+    :func:`mlmsim.formula.clearly_full_rank` (the test with which ``model_design`` skips
+    its QR) on X'X. X'X is recovered from the centred X_c'X_c: X = X_c M with
+    M = L^{-1} = 2 I - L (L = I - e_0 m', (e_0 m')^2 = 0), so X'X = M' X_c'X_c M."""
     M = 2.0 * np.eye(L.shape[-1]) - L
-    XtX = np.swapaxes(M, -1, -2) @ XtX_c @ M
-    d = np.sqrt(np.maximum(np.einsum("...ii->...i", XtX), 1e-300))
-    w = np.linalg.eigvalsh(XtX / (d[..., :, None] * d[..., None, :]))
-    return bool((w[..., 0] > 1e-7).all())
+    return bool(clearly_full_rank(np.swapaxes(M, -1, -2) @ XtX_c @ M).all())

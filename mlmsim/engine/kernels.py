@@ -1026,7 +1026,8 @@ def group_sums_one(y, VX, xterms, VZ, zterms, order, ordered, starts, centre, W,
 
     The columns [Z, X, y] are laid out once in the buffer W (q + p + 1, N) in group
     order, and every statistic is a dot product of two of its rows over a group's rows
-    (or all rows), which vectorises: O(N (q + p + 1)(q + 1)). Writes A (J, q, q),
+    (or all rows), which vectorises: about N (q + p + 1)(q + p + 2) / 2 multiply-adds.
+    Writes A (J, q, q),
     B (J, q, p), c (J, q), XtX (p, p), Xty (p,), m (p,); returns (y'y, ybar, i0), i0
     the intercept column (-1 when none, or without ``centre``).
     """

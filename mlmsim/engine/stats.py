@@ -144,7 +144,8 @@ def group_stats(
     allowed (X and Z may also be shared, without them); or R data sets as sequences of
     arrays y[r] (N,), X[r] (N, p), Z[r] (N, q) (no stacking copy). codes (N,) integers
     in 0..J-1, shared by all, in any order. One compiled pass per data set
-    (:func:`mlmsim.engine.kernels.group_sums_one`): O(N (q + p + 1)(q + 1)).
+    (:func:`mlmsim.engine.kernels.group_sums_one`): about N (q + p + 1)(q + p + 2) / 2
+    multiply-adds.
 
     With ``fixed_terms`` (p, s) and ``random_terms`` (q, s), X (..., N, kx) and Z
     (..., N, kz) are variables, and the design columns are their products: column t of
@@ -165,37 +166,68 @@ def centred_group_stats(
     return stats, Centering.of_shifts(ybar, m, i0)
 
 
-def _data_sets(a, batch: tuple[int, ...], ndim: int) -> list[np.ndarray]:
-    """Per data set arrays (``ndim`` dimensions each) of a stack (batch + shape, or one
-    shared array) or a sequence, laid out for the kernels (:func:`_laid_out`)."""
-    if isinstance(a, list | tuple):
-        return [_laid_out(x) for x in a]
-    a = np.asarray(a, dtype=float)
-    R = math.prod(batch)
-    if a.ndim == ndim:
-        return [_laid_out(a)] * R
-    return list(_laid_out(a.reshape((R,) + a.shape[a.ndim - ndim:])))
+def _data_sets(a, batch: tuple[int, ...], ndim: int, N: int, what: str) -> list[np.ndarray]:
+    """Per data set arrays of shape (N, ...) with ``ndim`` dimensions, laid out for the
+    kernels (:func:`_laid_out`), from a stack (batch + shape), one array shared by all,
+    or a list/tuple of per-data-set arrays; a ValueError names ``what`` if the shapes do
+    not fit."""
+    if _per_data_set(a):
+        out = [_laid_out(x) for x in a]
+    else:
+        a = np.asarray(a, dtype=float)
+        R = math.prod(batch)
+        if a.ndim == ndim:
+            out = [_laid_out(a)] * R
+        elif a.shape[:a.ndim - ndim] == batch:
+            out = list(_laid_out(a.reshape((R,) + a.shape[a.ndim - ndim:])))
+        else:
+            raise ValueError(f"{what} has shape {a.shape}; expected {batch} + (N, ...) or one "
+                             f"array of {ndim} dimensions shared by all data sets")
+    for x in out:
+        if x.ndim != ndim or x.shape[0] != N:
+            raise ValueError(f"{what} of a data set has shape {x.shape}; the group codes give "
+                             f"N = {N} rows" + ("" if ndim == 1 else " (rows x columns)"))
+    return out
+
+
+def _per_data_set(a) -> bool:
+    """A list or tuple of arrays, one per data set (not a nested list of numbers)."""
+    return isinstance(a, list | tuple) and len(a) > 0 and all(
+        isinstance(x, np.ndarray) for x in a)
 
 
 def _laid_out(a: np.ndarray) -> np.ndarray:
     """``a`` as the kernels take it: float64, C order, writeable (a copy only if not)."""
+    a = np.asarray(a)
     if a.dtype == np.float64 and a.flags.c_contiguous and a.flags.writeable:
         return a
     return np.require(a, np.float64, ["C", "W"])
 
 
 def _sums(y, X, Z, codes, J, fixed_terms, random_terms, centre):
-    codes = np.asarray(codes, dtype=np.intp)
-    N = codes.shape[0]
-    batch = (len(y),) if isinstance(y, list | tuple) else np.shape(y)[:-1]
-    ys, Xs, Zs = _data_sets(y, batch, 1), _data_sets(X, batch, 2), _data_sets(Z, batch, 2)
+    codes = np.asarray(codes)
+    if codes.ndim != 1 or not (np.issubdtype(codes.dtype, np.integer)
+                               or np.array_equal(codes, np.round(codes))):
+        raise ValueError("group codes must be a 1-d array of integers")
+    codes = codes.astype(np.intp, copy=False)
+    N, J = codes.shape[0], int(J)
+    if N and (codes.min() < 0 or codes.max() >= J):
+        raise ValueError(f"group codes must lie in 0..{J - 1} (J = {J} groups), got "
+                         f"{codes.min()}..{codes.max()}")
+    batch = (len(y),) if _per_data_set(y) else np.shape(y)[:-1]
+    ys = _data_sets(y, batch, 1, N, "y")
+    Xs = _data_sets(X, batch, 2, N, "X")
+    Zs = Xs if Z is X else _data_sets(Z, batch, 2, N, "Z")
+    if not len(ys) == len(Xs) == len(Zs):
+        raise ValueError(f"{len(ys)} responses but {len(Xs)} X and {len(Zs)} Z data sets")
     xt = identity_terms(Xs[0].shape[-1]) if fixed_terms is None else fixed_terms
     zt = identity_terms(Zs[0].shape[-1]) if random_terms is None else random_terms
     xt, zt = np.asarray(xt, dtype=np.int64), np.asarray(zt, dtype=np.int64)
     p, q, R = xt.shape[0], zt.shape[0], len(ys)
     n = np.bincount(codes, minlength=J)
     ordered = not (N > 1 and (codes[1:] < codes[:-1]).any())
-    order = np.arange(N) if ordered else np.argsort(codes, kind="stable")
+    # the rows group by group (read in place when already so)
+    order = np.empty(0, dtype=np.intp) if ordered else np.argsort(codes, kind="stable")
     starts = np.zeros(J + 1, dtype=np.int64)
     np.cumsum(n, out=starts[1:])
     A, B, c = np.zeros((R, J, q, q)), np.zeros((R, J, q, p)), np.zeros((R, J, q))
