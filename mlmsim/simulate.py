@@ -356,22 +356,27 @@ def _variables(spec: ModelSpec, cols: dict[str, np.ndarray], cats: dict[str, np.
 @njit(cache=True, error_model="numpy")
 def _response_many(V, fixed_terms, gamma, random_terms, U, codes, sigma, resid):
     """y[r, i] = sum_c gamma_c X[r, i, c] + sum_k U[r, codes[i], k] Z[r, i, k]
-    + sigma resid[r, i], with X and Z the products of the variables V (R, N, k) by
-    their terms (:func:`mlmsim.terms.fill_terms`), one replicate's columns at a time."""
+    + sigma resid[r, i], summed in that order, with X and Z the products of the variables
+    V (R, N, k) by their terms (:func:`mlmsim.terms.fill_terms`), one replicate's columns
+    at a time and each term as one pass over the rows (which vectorises)."""
     R, N = resid.shape
     p, q = fixed_terms.shape[0], random_terms.shape[0]
     W = np.empty((p + q, N))
-    order = np.arange(N)
-    y = np.empty((R, N))
+    order = np.empty(0, dtype=np.intp)  # rows in place
+    y = np.zeros((R, N))
     for r in range(R):
         fill_terms(W, 0, V[r], fixed_terms, order, True)
         fill_terms(W, p, V[r], random_terms, order, True)
+        yr = y[r]
+        for c in range(p):
+            g, w = gamma[c], W[c]
+            for i in range(N):
+                yr[i] += g * w[i]
+        for k in range(q):
+            u, w = U[r, :, k], W[p + k]
+            for i in range(N):
+                yr[i] += u[codes[i]] * w[i]
+        e = resid[r]
         for i in range(N):
-            j = codes[i]
-            v = 0.0
-            for c in range(p):
-                v += gamma[c] * W[c, i]
-            for k in range(q):
-                v += U[r, j, k] * W[p + k, i]
-            y[r, i] = v + sigma * resid[r, i]
+            yr[i] += sigma * e[i]
     return y
