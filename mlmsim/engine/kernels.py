@@ -411,6 +411,34 @@ def devgrad_many(theta, A, B, c, XtX, Xty, yty, N, rows, cols, reml, want_grad):
 
 
 @njit(cache=True, error_model="numpy")
+def _ranef_q2(L, Minv, S, beta, U, V):
+    """The EBLUPs U_j = Lambda P_j u_j into ``U`` (J, 2) and Lambda M_j^{-1} Lambda' into
+    ``V`` (J, 2, 2) for q = 2: :func:`readout_many`'s general loop over groups written out
+    on scalars, with the same operations (its own function: written inline in readout_many
+    it made the read-out without EBLUPs about 0.1 us per replicate slower)."""
+    J, p = S.shape[0], S.shape[2] - 1
+    l00, l01, l10, l11 = L[0, 0], L[0, 1], L[1, 0], L[1, 1]
+    for j in range(J):
+        p0 = S[j, 0, p]
+        for b in range(p):
+            p0 -= S[j, 0, b] * beta[b, 0]
+        p1 = S[j, 1, p]
+        for b in range(p):
+            p1 -= S[j, 1, b] * beta[b, 0]
+        U[j, 0] = (0.0 + l00 * p0) + l01 * p1
+        U[j, 1] = (0.0 + l10 * p0) + l11 * p1
+        m00, m01, m10, m11 = Minv[j, 0, 0], Minv[j, 0, 1], Minv[j, 1, 0], Minv[j, 1, 1]
+        lm00 = (0.0 + l00 * m00) + l01 * m10
+        lm01 = (0.0 + l00 * m01) + l01 * m11
+        lm10 = (0.0 + l10 * m00) + l11 * m10
+        lm11 = (0.0 + l10 * m01) + l11 * m11
+        V[j, 0, 0] = (0.0 + lm00 * l00) + lm01 * l01
+        V[j, 0, 1] = (0.0 + lm00 * l10) + lm01 * l11
+        V[j, 1, 0] = (0.0 + lm10 * l00) + lm11 * l01
+        V[j, 1, 1] = (0.0 + lm10 * l10) + lm11 * l11
+
+
+@njit(cache=True, error_model="numpy")
 def readout_many(theta, A, B, c, XtX, Xty, yty, rows, cols, want_ranef):
     """What a fit reports at theta (R, k), per replicate: beta (R, p), C = XtVX^{-1}
     (R, p, p), r2 (R,) and, with ``want_ranef``, the EBLUPs in units of sigma
@@ -438,6 +466,9 @@ def readout_many(theta, A, B, c, XtX, Xty, yty, rows, cols, want_ranef):
             betas[r, a] = beta[a, 0]
         _chol_inverse(XV, p, C[r])
         if not want_ranef:
+            continue
+        if q == 2:
+            _ranef_q2(L, Minv, S, beta, U[r], V[r])
             continue
         for j in range(J):
             # P_j u_j = M_j^{-1} Lambda' u_j = S_jc - S_jB beta
