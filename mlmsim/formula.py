@@ -29,7 +29,7 @@ import pandas as pd
 from formulaic import Formula, model_matrix
 from formulaic.errors import FormulaSyntaxError
 
-from mlmsim.terms import term_matrix, term_products
+from mlmsim.terms import term_matrix, term_products, variable_array
 
 __all__ = ["RandomTerm", "ParsedFormula", "Design", "StackedDesign", "parse_formula",
            "model_design", "stacked_design", "clearly_full_rank"]
@@ -272,7 +272,7 @@ def _matrix(rhs: str, data: pd.DataFrame, cols: dict[str, np.ndarray], n: int):
     if _is_fast(terms, cols):  # products of plain columns, as the batched fast lane has them
         used = sorted({f for fs in terms for f in fs if f != "1"})
         idx, names = _term_indices(terms, {v: k for k, v in enumerate(used)})
-        mat = term_products(_columns(tuple(cols[v] for v in used), n), term_matrix(idx))
+        mat = term_products(variable_array([cols[v] for v in used], (n,)), term_matrix(idx))
         return mat, names, [[i] for i in range(len(names))]
     mm = model_matrix(rhs, data, na_action="ignore", ensure_full_rank=True)
     names = list(mm.columns)
@@ -595,19 +595,12 @@ def _stack(pf: ParsedFormula, cols: dict[str, list[np.ndarray]], groups: np.ndar
         return None
     y = tuple(cols[pf.response])
     per_set = zip(*(cols[name] for name in names), strict=True) if names else [()] * len(y)
-    variables = tuple(_columns(values, n) for values in per_set)
+    variables = tuple(variable_array(values, (n,)) for values in per_set)
     if np.all(labels == np.round(labels)):
         labels = labels.astype(np.int64)
     return StackedDesign(pf, y, variables, names, term_matrix(fixed_terms),
                          term_matrix(rterms), codes.astype(np.intp), labels,
                          tuple(fixed_names), tuple(rnames), tuple(blocks))
-
-
-def _columns(values: tuple[np.ndarray, ...], n: int) -> np.ndarray:
-    """One data set's variables (each (n,)) as columns (n, k); a view for k = 1."""
-    if len(values) == 1:
-        return values[0][:, None]
-    return np.stack(values, axis=-1) if values else np.empty((n, 0))
 
 
 def _term_indices(terms, index: dict[str, int]) -> tuple[list[list[int]], list[str]]:

@@ -45,7 +45,7 @@ from mlmsim.spec import (
     factor_T,
     group_sizes,
 )
-from mlmsim.terms import fill_terms, term_products
+from mlmsim.terms import fill_terms, term_products, variable_array
 
 __all__ = ["simulate", "simulate_batch", "SimBatch", "factor_T", "draw_effects",
            "draw_group_sizes", "as_generator"]
@@ -348,9 +348,7 @@ def _variables(spec: ModelSpec, cols: dict[str, np.ndarray], cats: dict[str, np.
             var, level = m["var"], m["level"]  # type: ignore[index]
             idx = spec.predictor(var).levels.index(level)  # type: ignore[attr-defined]
             values.append((cats[var] == idx).astype(float))
-    if len(values) == 1:
-        return np.require(values[0][..., None], np.float64, ["C", "W"])
-    return np.stack(values, axis=-1) if values else np.empty(shape + (0,))
+    return np.require(variable_array(values, shape), np.float64, ["C", "W"])
 
 
 @njit(cache=True, error_model="numpy")

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 from numba import njit
 
-__all__ = ["identity_terms", "term_matrix", "term_products", "fill_terms"]
+__all__ = ["identity_terms", "term_matrix", "variable_array", "term_products", "fill_terms"]
 
 
 def identity_terms(k: int) -> np.ndarray:
@@ -36,6 +36,13 @@ def term_matrix(factors: Sequence[Sequence[int]]) -> np.ndarray:
     for c, f in enumerate(factors):
         out[c, :len(f)] = f
     return out
+
+
+def variable_array(values: Sequence[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """Variables, each of ``shape``, as one array ``shape + (k,)`` (a view when k = 1)."""
+    if len(values) == 1:
+        return values[0][..., None]
+    return np.stack(values, axis=-1) if values else np.empty(shape + (0,))
 
 
 def term_products(variables: np.ndarray, terms: np.ndarray) -> np.ndarray:

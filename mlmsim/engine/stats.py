@@ -60,15 +60,13 @@ class GroupStats:
 def kernel_array(a, batch: tuple[int, ...], tail: tuple[int, ...],
                  dtype=np.float64) -> np.ndarray:
     """``a`` broadcast to ``batch + tail`` and flattened to (R,) + tail (R = prod(batch)), as
-    the compiled kernels take it: C-contiguous, of ``dtype``, and writeable (numba
-    dispatches slowly on read-only arrays, such as pandas' views). No copy when ``a`` is
-    already so."""
+    the compiled kernels take it (:func:`_laid_out`). No copy when ``a`` is already so."""
     a = np.asarray(a)
     shape = (*batch, *tail)
     flat = (math.prod(batch), *tail)
-    if a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable:
-        return a.reshape(flat)
-    return np.require(np.broadcast_to(a, shape).reshape(flat), dtype, ["C", "W"])
+    if a.shape != shape:
+        a = np.broadcast_to(a, shape)
+    return _laid_out(a.reshape(flat), dtype)
 
 
 def flat_arrays(stats: GroupStats, batch: tuple[int, ...] | None = None) -> tuple:
@@ -179,7 +177,7 @@ def _data_sets(a, batch: tuple[int, ...], ndim: int, N: int, what: str) -> list[
         if a.ndim == ndim:
             out = [_laid_out(a)] * R
         elif a.shape[:a.ndim - ndim] == batch:
-            out = list(_laid_out(a.reshape((R,) + a.shape[a.ndim - ndim:])))
+            out = list(kernel_array(a, batch, a.shape[a.ndim - ndim:]))
         else:
             raise ValueError(f"{what} has shape {a.shape}; expected {batch} + (N, ...) or one "
                              f"array of {ndim} dimensions shared by all data sets")
@@ -196,12 +194,13 @@ def _per_data_set(a) -> bool:
         isinstance(x, np.ndarray) for x in a)
 
 
-def _laid_out(a: np.ndarray) -> np.ndarray:
-    """``a`` as the kernels take it: float64, C order, writeable (a copy only if not)."""
+def _laid_out(a: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """``a`` as the compiled kernels take it: of ``dtype``, C order and writeable (numba
+    dispatches slowly on read-only arrays, such as pandas' views); a copy only if not."""
     a = np.asarray(a)
-    if a.dtype == np.float64 and a.flags.c_contiguous and a.flags.writeable:
+    if a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable:
         return a
-    return np.require(a, np.float64, ["C", "W"])
+    return np.require(a, dtype, ["C", "W"])
 
 
 def _sums(y, X, Z, codes, J, fixed_terms, random_terms, centre):
