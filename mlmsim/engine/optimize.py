@@ -34,11 +34,12 @@ exact Hessian has confirmed the decrement.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from mlmsim.engine import kernels
+from mlmsim.engine.control import FitControl
 from mlmsim.engine.deviance import ThetaMap
 from mlmsim.engine.stats import GroupStats, flat_arrays, kernel_array
 
@@ -66,12 +67,9 @@ def minimize_theta(
     tmap: ThetaMap,
     reml: bool,
     theta0: np.ndarray | None = None,
+    control: FitControl | None = None,
     *,
-    max_iter: int = 300,
-    tol: float = 1e-12,
-    gtol: float = 1e-8,
-    max_step: float = 2.0,
-    edge: float = 1e-2,
+    max_iter: int | None = None,
 ) -> OptResult:
     """Minimise d(theta) (ML) or d_R(theta) (REML) for each of R replicates.
 
@@ -89,6 +87,11 @@ def minimize_theta(
     judged on the exact Hessian. Returns theta in canonical form (Lambda's
     diagonal >= 0) with the deviance, gradient and Hessian in theta there.
     """
+    control = FitControl.coerce(control)
+    if max_iter is not None:
+        control = replace(control, max_iter=int(max_iter))
+    max_iter, tol, gtol = control.max_iter, control.tol, control.gtol
+    max_step, edge = control.max_step, control.edge
     args = flat_arrays(stats)
     R, k = args[0].shape[0], tmap.size
     use_start = theta0 is not None
