@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from mlmsim.engine import tolerances as tol
+from mlmsim.engine import tolerances as tols
 
 __all__ = ["FitControl", "StopReason", "OptSummary"]
 
@@ -39,11 +39,11 @@ class FitControl:
         lme4's start Lambda = I and keep the lower deviance.
     """
 
-    max_iter: int = tol.MAX_ITER
-    tol: float = tol.DECREMENT_TOL
-    gtol: float = tol.GRADIENT_TOL
-    max_step: float = tol.MAX_STEP
-    edge: float = tol.EDGE
+    max_iter: int = tols.MAX_ITER
+    tol: float = tols.DECREMENT_TOL
+    gtol: float = tols.GRADIENT_TOL
+    max_step: float = tols.MAX_STEP
+    edge: float = tols.EDGE
     restart: bool = True
 
     def __post_init__(self) -> None:
