@@ -480,3 +480,23 @@ def wald_p(t: np.ndarray, df: np.ndarray | None) -> np.ndarray:
     df = np.asarray(df, dtype=float)
     return np.where(np.isfinite(df), 2.0 * sps.t.sf(np.abs(t), np.where(np.isfinite(df), df, 1)),
                     2.0 * sps.norm.sf(np.abs(t)))
+
+
+def satterthwaite_many(stats: GroupStats, tmap, cs: CovStructure, theta: np.ndarray,
+                       sigma2: np.ndarray, reml: bool,
+                       fixed_map: np.ndarray | None = None) -> np.ndarray:
+    """Satterthwaite df (R, p) of every fixed effect for R replicates: ``stats`` with batch
+    axis R, theta (R, k), sigma2 (R,), ``fixed_map`` None or (R, p, p) (see
+    :func:`satterthwaite_theta`). NaN for a replicate where the df cannot be computed."""
+    theta = np.atleast_2d(theta)
+    sigma2 = np.atleast_1d(sigma2)
+    R, p = theta.shape[0], stats.p
+    out = np.full((R, p), np.nan)
+    for r in range(R):
+        if not np.all(np.isfinite(theta[r])) or not np.isfinite(sigma2[r]):
+            continue
+        one = stats.select(np.array([r]))
+        one = GroupStats(*(getattr(one, f)[0] for f in GroupStats.__dataclass_fields__))
+        out[r] = satterthwaite_theta(one, cs, tmap, theta[r], float(sigma2[r]), reml,
+                                     None if fixed_map is None else fixed_map[r])
+    return out
