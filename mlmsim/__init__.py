@@ -17,7 +17,19 @@ from mlmsim.centering import (
     centered_forms,
     equivalence,
 )
-from mlmsim.engine import BatchFit, FitResult, LRTResult, fit, fit_arrays, fit_batch, lrt
+from mlmsim.engine import (
+    BatchFit,
+    Evaluation,
+    FitControl,
+    FitResult,
+    LRTResult,
+    OptSummary,
+    evaluate,
+    fit,
+    fit_arrays,
+    fit_batch,
+    lrt,
+)
 from mlmsim.modelplots import (
     plot_caterpillar,
     plot_group_lines,
@@ -69,7 +81,7 @@ def studies_registry():
 
 
 __all__ = [
-    "BatchFit", "Binary", "CenteredForms", "Equivalence", "add_centered", "centered_forms",
+    "BatchFit", "Binary", "Evaluation", "FitControl", "OptSummary", "evaluate", "CenteredForms", "Equivalence", "add_centered", "centered_forms",
     "centering", "equivalence", "Categorical", "ChiSquare", "Complement", "Continuous", "Discrete",
     "FitResult", "FormulaMethod", "FromSpec", "GroupCentered", "GroupMean", "Indicator",
     "LRTResult", "Level2Binary", "Level2Continuous", "ModelSpec", "Normal", "PoissonSizes",

@@ -27,7 +27,7 @@ from scipy.stats import multivariate_normal
 
 import mlmsim
 from mlmsim.engine import inference
-from mlmsim.engine.deviance import ThetaMap, deviance, deviance_grad, pack
+from mlmsim.engine.deviance import ThetaMap, deviance, deviance_grad
 from mlmsim.engine.stats import group_stats
 from mlmsim.formula import model_design
 
@@ -126,7 +126,7 @@ def dense_criterion(y, X, V, beta, reml: bool) -> float:
 
 def _stats(design):
     st_ = group_stats(design.y, design.X, design.Z, design.group_codes, design.ngroups)
-    return st_, pack(st_)
+    return st_, st_
 
 
 @SETTINGS

@@ -114,7 +114,8 @@ def test_hsb_fit_converges_at_the_rounding_floor(hsb, method):
     res = mlmsim.fit("mathach ~ cses + (1 + cses | school)", hsb, method=method)
     assert res.converged and not res.singular
     assert res.iterations <= 15
-    assert np.abs(res.gradient).max() < 1e-3
+    assert np.abs(res.optsum.final_gradient).max() < 1e-3
+    assert res.optsum.converged and res.optsum.evaluations >= res.iterations
 
 
 def test_statistics_refuse_shapes_that_do_not_fit_the_codes():

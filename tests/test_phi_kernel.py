@@ -1,7 +1,8 @@
 """The compiled phi Hessian (:mod:`mlmsim.engine.phi_kernel`) against finite differences.
 
 Reference: :func:`mlmsim.engine.inference.phi_hessian_fd`, central differences of the
-analytic gradient in phi (numpy code written independently of the kernel), to
+analytic gradient in phi (which tests/test_deviance.py checks against Richardson
+differences of the objective, itself checked against the dense likelihood), to
 1e-5 relative to the largest absolute element of H; random data sets for q = 1..4,
 p = 1..3, balanced and unbalanced groups, padded empty groups, block-diagonal T,
 singular T, ML and REML; the batched driver against the batched numpy call; and
@@ -20,7 +21,6 @@ from hypothesis import strategies as hst
 import mlmsim
 from mlmsim.engine import inference
 from mlmsim.engine.inference import CovStructure
-from mlmsim.engine.phi_kernel import phi_hessian_many, phi_hessian_one
 from mlmsim.engine.stats import GroupStats, group_stats, stack_stats
 
 RTOL = 1e-5
@@ -72,8 +72,7 @@ def random_phi(rng: np.random.Generator, cs: CovStructure, blocks, zero: int | N
 
 
 def kernel_one(st: GroupStats, cs: CovStructure, phi: np.ndarray, reml: bool) -> np.ndarray:
-    return phi_hessian_one(st.A, st.B, st.c, st.XtX, st.Xty, float(st.yty), float(st.N),
-                           cs.rows, cs.cols, np.asarray(phi, dtype=float), reml)
+    return inference.phi_hessian(st, cs, np.asarray(phi, dtype=float), reml)
 
 
 def replicate(stk: GroupStats, r: int) -> GroupStats:
@@ -141,8 +140,7 @@ def test_many_matches_batched_differences(q, blocks, reml):
     phis = [random_phi(rng, cs, blocks, zero=0 if r == 2 else None) for r in range(len(sts))]
     stk = stack_stats(sts)
     phi = np.stack(phis)
-    H = phi_hessian_many(stk.A, stk.B, stk.c, stk.XtX, stk.Xty, stk.yty, stk.N, cs.rows,
-                         cs.cols, phi, reml)
+    H = inference.phi_hessian(stk, cs, phi, reml)
     assert_matches(H, inference.phi_hessian_fd(stk, cs, phi, reml))
     for r, st in enumerate(sts):
         assert_matches(H[r], kernel_one(st, cs, phis[r], reml), 1e-12)
@@ -170,6 +168,9 @@ def test_singular_system_gives_nan_and_bad_phi_raises():
     st = simulate_stats(rng, q, 2, 10, True)
     # sigma^2 = 0 and T = 0: sigma^2 I + T A_j = 0
     assert np.all(np.isnan(kernel_one(st, cs, np.zeros(cs.size), False)))
+    # a T that makes some V_j indefinite (a large negative variance)
+    phi = np.array([-50.0, 0.0, 1.0, 1.0])
+    assert np.all(np.isnan(kernel_one(st, cs, phi, False)))
     with pytest.raises(ValueError, match="sigma"):
         kernel_one(st, cs, np.ones(cs.size + 1), False)
 

@@ -5,9 +5,11 @@ inference holds the covariance-parameter Hessian, SEs and df.
 """
 
 from mlmsim.engine.batch import BatchFit, fit_arrays, fit_batch
+from mlmsim.engine.control import FitControl, OptSummary, StopReason
+from mlmsim.engine.evaluate import Evaluation, evaluate
 from mlmsim.engine.fit import fit, fit_design
 from mlmsim.engine.lrt import LRTResult, lrt
 from mlmsim.engine.result import FitResult
 
 __all__ = ["fit", "fit_design", "fit_batch", "fit_arrays", "BatchFit", "FitResult", "lrt",
-           "LRTResult"]
+           "LRTResult", "FitControl", "OptSummary", "StopReason", "Evaluation", "evaluate"]

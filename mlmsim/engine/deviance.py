@@ -1,5 +1,8 @@
 """Profiled deviance of a two-level LMM as a function of theta, and its gradient.
 
+docs/math.md sections 4 and 5; computed by the one GLS core (:mod:`mlmsim.engine.gls`)
+in :func:`mlmsim.engine.kernels.deviance_one`. In brief:
+
 T = sigma^2 Lambda Lambda', Lambda (q x q) lower triangular (block-diagonal for
 several bar terms or ``||``), theta its free elements in lme4's order. For a
 given theta, from the per-group statistics (``stats.GroupStats``):
@@ -23,21 +26,20 @@ W_j = Lambda P_j and G_j = I - W_j A_j:
 :func:`deviance` and :func:`deviance_grad` evaluate these in compiled loops
 over groups (:mod:`mlmsim.engine.kernels`), for any leading batch dimensions
 (replicates, trial points); :func:`mlmsim.engine.kernels.readout_many` reads
-beta, XtVX^{-1} and the EBLUPs off an optimum. :func:`pack` lays the
-statistics out for the vectorised inference in phi.
+beta, XtVX^{-1} and the EBLUPs off an optimum.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
 from mlmsim.engine import kernels
+from mlmsim.engine.gls import Stats
 from mlmsim.engine.stats import GroupStats, flat_arrays, kernel_array
 
-__all__ = ["ThetaMap", "Packed", "pack", "take", "deviance", "deviance_grad"]
+__all__ = ["ThetaMap", "deviance", "deviance_grad"]
 
 @dataclass(frozen=True)
 class ThetaMap:
@@ -85,96 +87,26 @@ class ThetaMap:
         return np.asarray(Lambda)[..., self.rows, self.cols]
 
 
-@dataclass(frozen=True)
-class Packed:
-    """The statistics laid out for fast evaluation (computed once per fit).
-
-    ``Av`` (..., J, s): the s = q(q+1)/2 distinct elements of A_j (row-wise lower
-    triangle); ``Aq`` (..., q, q, J): A_j with groups last;
-    ``BC`` (..., q, J, p + 1): Z_j'[X_j y_j] with the random-effect index first.
-    """
-
-    stats: GroupStats
-    Av: np.ndarray
-    Aq: np.ndarray
-    BC: np.ndarray
-
-    @property
-    def q(self) -> int:
-        return self.stats.q
-
-    @property
-    def p(self) -> int:
-        return self.stats.p
-
-
-@lru_cache(maxsize=16)
-def _pairs(q: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column indices of the row-wise lower triangle (vech order)."""
-    return np.tril_indices(q)
-
-
-def pack(stats: GroupStats) -> Packed:
-    """Lay the statistics out for the vectorised inference (see :class:`Packed`)."""
-    q, p = stats.q, stats.p
-    a, b = _pairs(q)
-    Av = np.ascontiguousarray(stats.A[..., a, b])
-    Aq = np.ascontiguousarray(np.moveaxis(stats.A, -3, -1))
-    BC = np.concatenate((stats.B, stats.c[..., None]), axis=-1)
-    BC = np.ascontiguousarray(np.moveaxis(BC, -2, -3))
-    del p
-    return Packed(stats, Av, Aq, BC)
-
-
-def take(pk: Packed, idx: np.ndarray | None, expand: int = 0) -> Packed:
-    """Select replicates ``idx`` of batched statistics (None adds a batch axis of 1),
-    then insert ``expand`` unit axes after the batch axis (for trial points)."""
-
-    if idx is not None and expand == 0 and idx.size == pk.Av.shape[0]:
-        if np.array_equal(idx, np.arange(idx.size)):
-            return pk
-
-    def sel(a: np.ndarray) -> np.ndarray:
-        out = a[None] if idx is None else a[idx]
-        return out.reshape(out.shape[:1] + (1,) * expand + out.shape[1:])
-
-    st = pk.stats
-    stats = GroupStats(*(sel(getattr(st, f)) for f in GroupStats.__dataclass_fields__))
-    return Packed(stats, sel(pk.Av), sel(pk.Aq), sel(pk.BC))
-
-
-def _group_apply(Mq: np.ndarray, V: np.ndarray) -> np.ndarray:
-    """Per group j: (M_j V_j) for M (..., J, q, q) and V (..., q, J, m) -> (..., q, J, m)."""
-    q = Mq.shape[-1]
-    rows = []
-    for r in range(q):
-        acc = Mq[..., r, 0][..., :, None] * V[..., 0, :, :]
-        for c in range(1, q):
-            acc = acc + Mq[..., r, c][..., :, None] * V[..., c, :, :]
-        rows.append(acc)
-    return np.stack(rows, axis=-3)
-
-
-def _evaluate(pk: Packed, theta: np.ndarray, tmap: ThetaMap, reml: bool, want_grad: bool):
-    """The compiled evaluation (:func:`mlmsim.engine.kernels.devgrad_many`) over the
+def _evaluate(stats: GroupStats, theta: np.ndarray, tmap: ThetaMap, reml: bool,
+              want_grad: bool):
+    """The compiled evaluation (:func:`mlmsim.engine.kernels.deviance_many`) over the
     broadcast batch shape of the statistics and theta."""
     theta = np.asarray(theta, dtype=float)
-    batch = np.broadcast_shapes(np.shape(pk.stats.yty), theta.shape[:-1])
+    batch = np.broadcast_shapes(np.shape(stats.yty), theta.shape[:-1])
     R = int(np.prod(batch, dtype=np.int64))
-    A, B, c, XtX, Xty, yty, N, _ = flat_arrays(pk.stats, batch)
+    st = Stats(*flat_arrays(stats, batch))
     th = kernel_array(theta, batch, theta.shape[-1:]).reshape(R, 1, theta.shape[-1])
-    d, g = kernels.devgrad_many(th, A, B, c, XtX, Xty, yty, N, tmap.rows, tmap.cols,
-                                bool(reml), want_grad)
+    d, g = kernels.deviance_many(th, st, tmap.rows, tmap.cols, bool(reml), want_grad)
     return d[:, 0].reshape(batch), g[:, 0].reshape(batch + (tmap.size,))
 
 
-def deviance(pk: Packed, theta: np.ndarray, tmap: ThetaMap, reml: bool) -> np.ndarray:
+def deviance(stats: GroupStats, theta: np.ndarray, tmap: ThetaMap, reml: bool) -> np.ndarray:
     """The profiled deviance d(theta) (ML) or REML criterion d_R(theta); shape (...)."""
-    return _evaluate(pk, theta, tmap, reml, False)[0]
+    return _evaluate(stats, theta, tmap, reml, False)[0]
 
 
 def deviance_grad(
-    pk: Packed, theta: np.ndarray, tmap: ThetaMap, reml: bool
+    stats: GroupStats, theta: np.ndarray, tmap: ThetaMap, reml: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The deviance (...) and its gradient in theta (..., k), from the formulas above."""
-    return _evaluate(pk, theta, tmap, reml, True)
+    """The deviance (...) and its gradient in theta (..., k), docs/math.md (5.4)."""
+    return _evaluate(stats, theta, tmap, reml, True)

@@ -1,45 +1,40 @@
 """Read estimates, inference and flags off an optimum, for R replicates at once.
 
-At theta-hat (R, k), from one profile evaluation:
+At theta-hat (R, k), from one pass of the GLS core (docs/math.md sections 4, 6, 8, 9):
 
-    sigma2 = r2 / N (ML) or r2 / (N - p) (REML)
-    gamma  = XtVX^{-1} XtVy,   vcov = sigma2 XtVX^{-1}
+    sigma2 = r2 / N (ML) or r2 / (N - p) (REML)                       (4.3)
+    gamma  = XtVX^{-1} XtVy,   vcov = sigma2 XtVX^{-1}                (3.6), (8.1)
     T      = sigma2 Lambda Lambda'
-    phi    = (T's distinct elements, sigma2);  H = Hessian of the objective in phi
-    Acov   = 2 H^{-1} where H is positive definite (else NaN)
+    phi    = (T's distinct elements, sigma2);  H = Hessian of the objective in phi  (6.3)
+    Acov   = 2 H^{-1} where H is positive definite (else NaN)         (6.5)
 
-and the flags: ``singular`` (T-hat rank-deficient: an eigenvalue of
-T / sigma^2 below 1e-8, or a diagonal element of Lambda below SINGULAR_TOL =
-1e-4, lme4's isSingular rule), ``hessian_pd`` (smallest eigenvalue of H above
-HESSIAN_PD_RTOL times the largest absolute one), ``identifiable`` (the
-random-effect columns are not dependent within every group), and lme4's
-convergence check (the gradient scaled by the Hessian in theta below 0.002).
-Used by the single fit (R = 1) and the batch path alike; computed in one compiled pass
-over the replicates (:func:`mlmsim.engine.kernels.estimates_many`).
+and the flags, each decided on a quantity that does not change with the units of the
+data (docs/math.md section 9; the constants in :mod:`mlmsim.engine.tolerances`):
+``hessian_pd`` (9.1), the smallest eigenvalue of H's correlation form above
+HESSIAN_PD; ``singular`` (9.2), the smallest eigenvalue of T (Z'Z/N) / sigma^2 below
+SINGULAR; ``identifiable`` (9.3), the random-effect columns are not dependent within
+every group; and lme4's convergence check (9.4), the gradient scaled by the Hessian in
+theta below GRAD_CHECK. Used by the single fit (R = 1) and the batch path alike; computed
+in one compiled pass over the replicates (:func:`mlmsim.engine.kernels.estimates_many`).
+:func:`messages` renders the flags in plain words.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
-from mlmsim.engine import inference, kernels
+from mlmsim.engine import inference, kernels, sums
 from mlmsim.engine.deviance import ThetaMap
-from mlmsim.engine.optimize import SINGULAR_EIG, OptResult
+from mlmsim.engine.gls import Stats
+from mlmsim.engine.optimize import OptResult
 from mlmsim.engine.stats import GroupStats, flat_arrays, kernel_array
+from mlmsim.engine.tolerances import DEPENDENT_EIG, GRAD_CHECK, SINGULAR
 
-__all__ = ["Estimates", "estimates", "messages", "dependent_columns", "SINGULAR_TOL",
-           "HESSIAN_PD_RTOL", "GRAD_TOL"]
-
-SINGULAR_TOL = 1e-4
-"""A diagonal element of Lambda below this is on the boundary (lme4's isSingular tol)."""
-
-HESSIAN_PD_RTOL = 1e-6
-"""H is positive definite when its smallest eigenvalue exceeds this times the largest."""
-
-GRAD_TOL = 2e-3
-"""lme4's check.conv.grad tolerance on the Hessian-scaled gradient in theta."""
+__all__ = ["Estimates", "estimates", "estimates_and_ranef", "messages", "notes", "Note",
+           "boundary_names", "dependent_columns"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +57,14 @@ class Estimates:
     scaled_grad: np.ndarray
     singular: np.ndarray
     dependent: np.ndarray
+    singular_value: np.ndarray
+    zscale: np.ndarray
+    stop: np.ndarray
+
+    """``singular_value``: the smallest eigenvalue of T (Z'Z/N) / sigma^2 (9.2);
+    ``zscale`` (R, q): diag(Z'Z) / N, the mean square of each random-effect column;
+    ``hessian_eigenvalues``: those of H's correlation form D^{-1/2} H D^{-1/2} (9.1);
+    ``stop``: the optimiser's :class:`mlmsim.engine.control.StopReason` code."""
 
     @property
     def beta_se(self) -> np.ndarray:
@@ -91,7 +94,7 @@ def dependent_columns(stats: GroupStats) -> np.ndarray:
         return out
     # screen with the determinant of the correlation-scaled A_j (in [0, 1]); only
     # replicates where every group looks singular need the eigen-decomposition
-    cand = kernels.dependence_screen(kernel_array(A, (R,), (J, q, q)),
+    cand = sums.dependence_screen(kernel_array(A, (R,), (J, q, q)),
                                      kernel_array(n, (R,), (J,), np.int64))
     if not cand.any():
         return out
@@ -102,7 +105,7 @@ def dependent_columns(stats: GroupStats) -> np.ndarray:
     big[none_big] = (n > 0)[none_big]
     for r in np.flatnonzero(cand):
         w, V = np.linalg.eigh(C[r][big[r]])
-        if np.all(w[:, 0] < 1e-9 * np.maximum(w[:, -1], 1e-300)):
+        if np.all(w[:, 0] < DEPENDENT_EIG * np.maximum(w[:, -1], 1e-300)):
             out[r] = (np.abs(V[:, :, 0]) > 1e-6).any(axis=0)
     return out
 
@@ -117,37 +120,85 @@ def estimates_and_ranef(stats: GroupStats, tmap: ThetaMap, cs: inference.CovStru
                         opt: OptResult, reml: bool, ranef: bool
                         ) -> tuple[Estimates, np.ndarray, np.ndarray]:
     """:func:`estimates`, and with ``ranef`` the EBLUPs over sigma (R, J, q) and
-    Lambda M_j^{-1} Lambda' (R, J, q, q), whose sigma^2 multiple is their conditional
-    covariance; computed in one compiled pass (:func:`mlmsim.engine.kernels.estimates_many`)."""
-    A, B, c, XtX, Xty, yty, N, _ = flat_arrays(stats)
-    R, k = A.shape[0], tmap.size
+    D_j = Lambda M_j^{-1} Lambda' (R, J, q, q), whose sigma^2 multiple is their conditional
+    covariance (docs/math.md (8.2)); computed in one compiled pass
+    (:func:`mlmsim.engine.kernels.estimates_many`)."""
+    st = Stats(*flat_arrays(stats))
+    R, k = st.A.shape[0], tmap.size
     theta = kernel_array(opt.theta, (R,), (k,))
-    (beta, vcov, sigma2, T, phi, H, eig, pd, acov, scaled, singular, U, V
+    (beta, vcov, sigma2, T, phi, H, eig, pd, acov, scaled, smallest, U, V
      ) = kernels.estimates_many(
-        theta, A, B, c, XtX, Xty, yty, N, tmap.rows, tmap.cols, cs.rows, cs.cols, bool(reml),
-        kernel_array(opt.grad, (R,), (k,)), kernel_array(opt.hessian, (R,), (k, k)),
-        HESSIAN_PD_RTOL, SINGULAR_EIG, ranef)
-    grad_ok = np.abs(scaled).max(axis=-1, initial=0.0) <= GRAD_TOL
+        theta, st, tmap.rows, tmap.cols, cs.rows, cs.cols, bool(reml),
+        kernel_array(opt.grad, (R,), (k,)), kernel_array(opt.hessian, (R,), (k, k)), ranef)
+    grad_ok = np.abs(scaled).max(axis=-1, initial=0.0) <= GRAD_CHECK
+    with np.errstate(invalid="ignore"):
+        singular = ~(smallest >= SINGULAR)
     est = Estimates(
         theta=theta, beta=beta, vcov=vcov, sigma2=sigma2, T=T, phi=phi, hessian=H,
         hessian_eigenvalues=eig, hessian_pd=pd, acov=acov, deviance=opt.deviance,
         converged=opt.converged, grad_ok=grad_ok, scaled_grad=scaled, singular=singular,
-        dependent=dependent_columns(stats),
+        dependent=dependent_columns(stats), singular_value=smallest,
+        zscale=np.einsum("rjaa->ra", st.A) / st.N[:, None], stop=opt.info[:, 1].copy(),
     )
     return est, U, V
 
 
+def boundary_names(est: Estimates, r: int, random_names) -> list[str]:
+    """Random effects whose variance is at the boundary: T_aa (Z'Z)_aa / (N sigma^2) below
+    SINGULAR (docs/math.md (9.2) for one component); "a combination of ..." when T-hat is
+    singular with every variance positive (a correlation of +-1)."""
+    T, s2, zz = est.T[r], est.sigma2[r], est.zscale[r]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = np.diagonal(T) * zz / s2
+    at = [random_names[a] for a in np.flatnonzero(~(rel >= SINGULAR))]
+    if est.singular[r] and not at:
+        at = ["a combination of " + ", ".join(random_names)]
+    return at
+
+
+_STOPPED = {
+    3: "the iteration limit was reached before the convergence criterion held",
+    4: "no step lowered the deviance although the Newton decrement was not small",
+    5: "the deviance is not finite at the start",
+}
+
+
+class Note(NamedTuple):
+    """A plain-language note on a fit, and whether it deserves a warning (as lme4 warns of
+    non-convergence and prints the rest)."""
+
+    text: str
+    warn: bool = False
+
+
+def notes(est: Estimates, r: int, random_names, dropped_fixed=(), n_dropped: int = 0
+          ) -> list[Note]:
+    """Notes on replicate r's fit, rendered from its flags, in the spirit of SAS's and
+    lme4's messages."""
+    out = [Note(m) for m in _flag_texts(est, r, random_names, dropped_fixed, n_dropped)]
+    k = 0
+    if not est.converged[r]:
+        why = _STOPPED.get(int(est.stop[r]), "the convergence criterion did not hold")
+        out.insert(k, Note(f"The optimiser stopped early: {why}", True))
+        k += 1
+    if not est.grad_ok[r]:
+        out.insert(k, Note(f"Model failed to converge with max|grad| = "
+                           f"{np.abs(est.scaled_grad[r]).max():.3g} (gradient scaled by the "
+                           f"Hessian in theta; tolerance {GRAD_CHECK})", True))
+    return out
+
+
 def messages(est: Estimates, r: int, tmap: ThetaMap, random_names, dropped_fixed=(),
              n_dropped: int = 0) -> list[str]:
-    """Plain-language notes on replicate r's fit, in the spirit of SAS's and lme4's."""
+    """The texts of :func:`notes`."""
+    del tmap
+    return [n.text for n in notes(est, r, random_names, dropped_fixed, n_dropped)]
+
+
+def _flag_texts(est: Estimates, r: int, random_names, dropped_fixed, n_dropped) -> list[str]:
+    """The notes that are printed, not warned: identifiability, the Hessian, the boundary,
+    dropped columns and rows."""
     out = []
-    if not est.converged[r]:
-        out.append("The optimiser stopped early: the iteration limit was reached before the "
-                   "convergence criterion held")
-    if not est.grad_ok[r]:
-        out.append(f"Model failed to converge with max|grad| = "
-                   f"{np.abs(est.scaled_grad[r]).max():.3g} (gradient scaled by the Hessian in "
-                   f"theta; tolerance {GRAD_TOL})")
     dep = [random_names[i] for i in np.flatnonzero(est.dependent[r])]
     if dep:
         out.append("Random-effect columns " + ", ".join(dep) + " are linearly dependent "
@@ -155,14 +206,12 @@ def messages(est: Estimates, r: int, tmap: ThetaMap, random_names, dropped_fixed
     if not est.hessian_pd[r]:
         eig = est.hessian_eigenvalues[r]
         lead = ("Convergence criteria met but final" if est.converged[r] else "The final")
-        out.append(f"{lead} Hessian is not positive definite "
-                   f"(smallest eigenvalue {eig[0]:.3g}, largest {eig[-1]:.3g})")
-    theta = est.theta[r]
-    at = [random_names[tmap.rows[k]] for k in np.flatnonzero(tmap.diagonal)
-          if theta[k] < SINGULAR_TOL]
-    if est.singular[r] and not at:
-        at = ["a combination of " + ", ".join(random_names)]
-    if at:
+        what = ("has a diagonal element <= 0 or is not finite" if np.isnan(eig[0]) else
+                f"in correlation form has eigenvalues {eig[0]:.3g} .. {eig[-1]:.3g}")
+        out.append(f"{lead} Hessian is not positive definite ({what}); covariance-parameter "
+                   "SEs and Satterthwaite df are not available")
+    at = boundary_names(est, r, random_names)
+    if est.singular[r]:
         out.append("boundary (singular) fit: estimated T is singular (G matrix not positive "
                    "definite); a zero variance or a correlation of +-1 at: " + ", ".join(at))
     if dropped_fixed:

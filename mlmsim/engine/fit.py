@@ -17,7 +17,8 @@ import pandas as pd
 
 from mlmsim.engine import inference
 from mlmsim.engine.deviance import ThetaMap
-from mlmsim.engine.estimates import estimates_and_ranef, messages
+from mlmsim.engine.control import FitControl
+from mlmsim.engine.estimates import estimates_and_ranef, notes
 from mlmsim.engine.optimize import OptResult, minimize_theta
 from mlmsim.engine.result import FitResult, covparm_names
 from mlmsim.engine.stats import Centering, GroupStats, centred_group_stats, residual_check
@@ -36,8 +37,13 @@ def _method(method: str) -> str:
     return m
 
 
-def fit(formula: str, data: pd.DataFrame, method: str = "REML") -> FitResult:
+def fit(formula: str, data: pd.DataFrame, method: str = "REML", *,
+        control: FitControl | dict | None = None) -> FitResult:
     """Fit a two-level linear mixed model by ML or REML from an lme4 formula.
+
+    ``method``: "ML" or "REML" (any case). ``control``: optimiser settings
+    (:class:`~mlmsim.engine.control.FitControl`, or a dict of its fields), as lme4's
+    ``control = lmerControl(...)``; the result's ``optsum`` says how the optimisation went.
 
     >>> from mlmsim import datasets
     >>> res = fit("mathach ~ cses + (1 + cses | school)", datasets.load("hsb"), method="ML")
@@ -45,11 +51,13 @@ def fit(formula: str, data: pd.DataFrame, method: str = "REML") -> FitResult:
     46710.98
     """
     method = _method(method)
+    control = FitControl.coerce(control)
     design = model_design(formula, data)
-    return fit_design(design, method)
+    return fit_design(design, method, control=control)
 
 
-def fit_design(design: Design, method: str = "REML", theta0: np.ndarray | None = None) -> FitResult:
+def fit_design(design: Design, method: str = "REML", theta0: np.ndarray | None = None, *,
+               control: FitControl | dict | None = None) -> FitResult:
     """Fit from a :class:`~mlmsim.formula.Design` (formula already turned into matrices).
 
     The statistics are computed from the centred y and X (:class:`Centering`), and the
@@ -64,7 +72,7 @@ def fit_design(design: Design, method: str = "REML", theta0: np.ndarray | None =
         raise ValueError(problem.item())
     tmap = ThetaMap.from_blocks(design.Z.shape[1], design.blocks)
     start = None if theta0 is None else np.atleast_2d(theta0)
-    opt = minimize_theta(stats.select(None), tmap, reml, start)
+    opt = minimize_theta(stats.select(None), tmap, reml, start, control)
     return result_from_theta(design, stats, tmap, opt, method, centering)
 
 
@@ -93,10 +101,10 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
     dev = float(est.deviance[0])
     npar = stats.p + tmap.size + 1
     names, sas = covparm_names(rnames, cs.rows, cs.cols)
-    notes = messages(est, 0, tmap, rnames, design.dropped_fixed, design.n_dropped)
-    for m in notes:
-        if m.startswith(("Model failed", "The optimiser")):
-            warnings.warn(m, stacklevel=3)
+    fit_notes = notes(est, 0, rnames, design.dropped_fixed, design.n_dropped)
+    for note in fit_notes:
+        if note.warn:
+            warnings.warn(note.text, stacklevel=3)
     N = int(stats.N)
     return FitResult(
         formula=design.formula.formula,
@@ -130,9 +138,8 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
         fitted=fitted,
         resid=design.y - fitted,
         n_dropped=design.n_dropped,
-        messages=tuple(notes),
-        iterations=int(opt.iterations[0]),
-        gradient=opt.grad[0].copy(),
+        messages=tuple(n.text for n in fit_notes),
+        optsum=opt.summary(0),
         design=design,
         stats=stats,
         cov_structure=cs,

@@ -20,6 +20,7 @@ from scipy import stats as sps
 from mlmsim.engine import inference
 
 if TYPE_CHECKING:
+    from mlmsim.engine.control import OptSummary
     from mlmsim.engine.stats import GroupStats
     from mlmsim.formula import Design
 
@@ -60,13 +61,16 @@ class FitResult:
     loglik, aic, bic : float
         -deviance/2; deviance + 2 k; deviance + k log N, k = p + len(theta) + 1.
     converged, singular : bool
-        The optimiser met its criterion; T-hat is rank-deficient (some diagonal
-        element of Lambda below 1e-4, lme4's ``isSingular`` rule).
+        The optimiser met its criterion; T-hat is rank-deficient: the smallest eigenvalue
+        of T (Z'Z/N) / sigma^2 is below 1e-8 (docs/math.md (9.2): for a random intercept
+        lme4's ``isSingular`` rule, and unchanged when a predictor is rescaled or shifted).
     hessian : np.ndarray
         H = d^2 (objective) / dphi dphi' at the estimate, phi = (T elements in
         ``covparms`` order, sigma^2).
     hessian_pd : bool
-        All eigenvalues of H exceed 1e-6 times the largest absolute eigenvalue.
+        The smallest eigenvalue of H's correlation form D^{-1/2} H D^{-1/2} (D = diag H)
+        exceeds 1e-8: a verdict that does not depend on the units of the data
+        (docs/math.md (9.1)); ``hessian_eigenvalues`` are those of the correlation form.
     identifiable : bool
         False when the random-effect columns are linearly dependent within every
         group (see ``messages``).
@@ -82,6 +86,10 @@ class FitResult:
         X gamma-hat + Z_j U_j-hat, and y minus it, over the rows used.
     n_dropped : int
         Rows not used (missing or non-finite values).
+    optsum : OptSummary
+        How the optimisation went: why it stopped, iterations, evaluations, line-search
+        halvings, restarts, the start, the final gradient and the settings (as
+        MixedModels.jl's ``optsum``).
     """
 
     formula: str
@@ -116,8 +124,7 @@ class FitResult:
     resid: np.ndarray = field(repr=False)
     n_dropped: int = 0
     messages: tuple[str, ...] = ()
-    iterations: int = 0
-    gradient: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    optsum: OptSummary | None = field(default=None, repr=False)
     design: Design | None = field(default=None, repr=False, compare=False)
     stats: GroupStats | None = field(default=None, repr=False, compare=False)
     cov_structure: Any = field(default=None, repr=False, compare=False)
@@ -171,6 +178,11 @@ class FitResult:
         return self.method == "REML"
 
     @property
+    def iterations(self) -> int:
+        """Quasi-Newton iterations (``optsum.iterations``)."""
+        return 0 if self.optsum is None else self.optsum.iterations
+
+    @property
     def npar(self) -> int:
         """Number of parameters: fixed effects + theta + sigma (as lme4's df)."""
         return int(self.beta.shape[0] + self.theta.shape[0] + 1)
@@ -193,7 +205,9 @@ class FitResult:
 
         ``ddf``: "satterthwaite" (lmerTest), "containment" (SAS's default with
         RANDOM ... SUBJECT=), "between-within" (SAS DDFM=BW) or "residual"
-        (N - p).
+        (N - p). Where the df cannot be computed (Satterthwaite with a Hessian that is
+        not positive definite: see ``messages``) df, p and the CI are NaN; they never
+        fall back to the normal distribution.
         """
         df = self.ddf(ddf)
         est = self.fixef.to_numpy()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlmsim.engine import kernels
+from mlmsim.engine import sums
 from mlmsim.terms import identity_terms
 
 __all__ = ["GroupStats", "Centering", "group_stats", "centred_group_stats",
@@ -142,7 +142,7 @@ def group_stats(
     allowed (X and Z may also be shared, without them); or R data sets as sequences of
     arrays y[r] (N,), X[r] (N, p), Z[r] (N, q) (no stacking copy). codes (N,) integers
     in 0..J-1, shared by all, in any order. One compiled pass per data set
-    (:func:`mlmsim.engine.kernels.group_sums_one`): about N (q + p + 1)(q + p + 2) / 2
+    (:func:`mlmsim.engine.sums.group_sums_one`): about N (q + p + 1)(q + p + 2) / 2
     multiply-adds.
 
     With ``fixed_terms`` (p, s) and ``random_terms`` (q, s), X (..., N, kx) and Z
@@ -234,7 +234,7 @@ def _sums(y, X, Z, codes, J, fixed_terms, random_terms, centre):
     yty, ybar, i0 = np.zeros(R), np.zeros(R), np.zeros(R, dtype=np.int64)
     W = np.empty((q + p + 1, N))
     for r in range(R):
-        yty[r], ybar[r], i0[r] = kernels.group_sums_one(
+        yty[r], ybar[r], i0[r] = sums.group_sums_one(
             ys[r], Xs[r], xt, Zs[r], zt, order, ordered, starts, centre, W, A[r], B[r], c[r],
             XtX[r], Xty[r], m[r])
     stats = GroupStats(

@@ -1,0 +1,177 @@
+"""The model at given parameters: lme4's ``devfun`` / MixedModels.jl's ``objective!(m, theta)``.
+
+:func:`evaluate` takes a fitted model (or a design) and either theta (sigma^2 profiled
+out: the profiled criterion of docs/math.md (4.1)/(4.2)) or phi = (T's distinct elements,
+sigma^2) (the criterion in phi, (6.1)), and returns everything the one GLS core gives there:
+the criterion, the GLS fixed effects and their covariance, the EBLUPs, the gradient and
+observed Hessian in phi, Acov = 2 H^{-1}, and Satterthwaite's df. T in phi may be any
+symmetric matrix with every V_j = Z_j T Z_j' + sigma^2 I positive definite (a negative
+variance, as SAS's NOBOUND allows); where some V_j is not, the result says so
+(``valid`` False) and its numbers are NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from mlmsim.engine import inference, kernels
+from mlmsim.engine.deviance import ThetaMap, deviance
+from mlmsim.engine.fit import _method
+from mlmsim.engine.gls import Stats
+from mlmsim.engine.result import FitResult, covparm_names
+from mlmsim.engine.stats import centred_group_stats, flat_arrays
+from mlmsim.formula import Design
+
+__all__ = ["Evaluation", "evaluate"]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A two-level model evaluated at given parameters.
+
+    criterion : float
+        At theta: the profiled deviance d(theta) (ML) or REML criterion d_R(theta)
+        (docs/math.md (4.1), (4.2)); at phi: -2 log L (ML) or -2 log L_R (REML) with the
+        fixed effects at their GLS estimate (6.1). NaN where ``valid`` is False.
+    valid : bool
+        Every V_j and X'V^{-1}X is positive definite.
+    phi : pd.Series
+        T's distinct elements and sigma^2 (at theta: sigma^2 profiled, (4.3)).
+    theta : np.ndarray | None
+        The theta given, or None at phi.
+    fixef, vcov : GLS fixed effects (X'V^{-1}X)^{-1} X'V^{-1}y and (X'V^{-1}X)^{-1}.
+    ranef : pd.DataFrame
+        U_j = D_j (c_j - B_j gamma) = T Z_j'V_j^{-1}(y_j - X_j gamma) (8.2).
+    gradient, hessian : the gradient (6.2) and observed Hessian (6.3) in phi.
+    hessian_pd : bool
+        The Hessian's correlation form is positive definite (9.1).
+    acov : pd.DataFrame
+        2 H^{-1} (6.5), NaN unless ``hessian_pd``.
+    df : pd.Series
+        Satterthwaite df of each fixed effect in phi (10.3) (equal to lmerTest's inside the
+        parameter space); NaN where H is not positive definite.
+    """
+
+    method: str
+    criterion: float
+    valid: bool
+    phi: pd.Series
+    theta: np.ndarray | None
+    fixef: pd.Series
+    vcov: pd.DataFrame
+    ranef: pd.DataFrame = field(repr=False)
+    gradient: pd.Series = field(repr=False)
+    hessian: pd.DataFrame = field(repr=False)
+    hessian_pd: bool = False
+    acov: pd.DataFrame = field(default=None, repr=False)
+    df: pd.Series = field(default=None)
+
+    @property
+    def T(self) -> pd.DataFrame:  # noqa: N802 - the seed's notation
+        """T from phi, labelled by the random-effect names."""
+        names = list(self.ranef.columns)
+        q = len(names)
+        T = np.zeros((q, q))
+        rows, cols = np.tril_indices(q)
+        cp = self.phi
+        for a, b in zip(rows, cols, strict=True):
+            key = f"var({names[a]})" if a == b else f"cov({names[a]},{names[b]})"
+            if key in cp.index:
+                T[a, b] = T[b, a] = cp[key]
+        return pd.DataFrame(T, index=names, columns=names)
+
+    @property
+    def sigma2(self) -> float:
+        return float(self.phi["sigma2"])
+
+    @property
+    def covparm_se(self) -> pd.Series:
+        """SEs of phi from 2 H^{-1} (SAS's COVTEST), NaN where H is not positive definite."""
+        return pd.Series(np.sqrt(np.diag(self.acov.to_numpy())), index=self.phi.index,
+                         name="se")
+
+
+def evaluate(model: FitResult | Design, *, theta: np.ndarray | None = None,
+             phi: np.ndarray | None = None, method: str | None = None) -> Evaluation:
+    """Evaluate ``model`` (a :class:`FitResult`, or a :class:`~mlmsim.formula.Design`)
+    at ``theta`` (lme4's order; sigma^2 profiled) or at ``phi`` (T's distinct elements in
+    ``covparms`` order, then sigma^2). ``method`` defaults to the fit's (REML for a design).
+
+    >>> import mlmsim
+    >>> fit = mlmsim.fit("math ~ homework + (1 | school)", mlmsim.datasets.load("nels88"),
+    ...                  method="ML")
+    >>> ev = mlmsim.evaluate(fit, phi=fit.phi)
+    >>> round(ev.criterion - fit.deviance, 6)
+    0.0
+    """
+    if (theta is None) == (phi is None):
+        raise ValueError("give exactly one of theta= and phi=")
+    if isinstance(model, FitResult):
+        design = model.design
+        method = _method(method or model.method)
+    elif isinstance(model, Design):
+        design = model
+        method = _method(method or "REML")
+    else:
+        raise ValueError(f"evaluate takes a FitResult or a Design, got {type(model).__name__}")
+    reml = method == "REML"
+    stats, centering = centred_group_stats(design.y, design.X, design.Z, design.group_codes,
+                                           design.ngroups)
+    q = design.Z.shape[1]
+    tmap = ThetaMap.from_blocks(q, design.blocks)
+    cs = inference.CovStructure.from_blocks(q, design.blocks)
+    one = stats.select(None)
+    st = Stats(*flat_arrays(one))
+    N, p = float(stats.N), stats.p
+    if theta is not None:
+        theta = np.asarray(theta, dtype=float)
+        if theta.shape != (tmap.size,):
+            raise ValueError(f"theta must have {tmap.size} elements, got shape {theta.shape}")
+        criterion = float(deviance(stats, theta, tmap, reml))
+        _, _, r2, _, _ = kernels.readout_many(theta[None], st, tmap.rows, tmap.cols, False)
+        s2 = float(r2[0]) / (N - p if reml else N)
+        L = tmap.Lambda(theta)
+        phi_v = cs.phi(s2 * (L @ L.T), s2)
+    else:
+        phi_v = np.asarray(phi, dtype=float)
+        if phi_v.shape != (cs.size,):
+            raise ValueError(f"phi must have {cs.size} elements (T's distinct elements, then "
+                             f"sigma^2), got shape {phi_v.shape}")
+        if not np.all(np.isfinite(phi_v)) or not phi_v[-1] > 0:
+            raise ValueError("phi must be finite, with sigma^2 > 0")
+    f, g, H, C, dC = inference.phi_pass(stats, cs, phi_v, reml, True)
+    if phi is not None:
+        criterion = float(f)
+    s2 = phi_v[-1]
+    Psi = cs.T(phi_v) / s2
+    beta_c, _, _, U, _ = kernels.readout_psi_many(Psi[None], st, True)
+    valid = bool(np.isfinite(f) and np.isfinite(beta_c).all())
+    if not valid:
+        criterion = np.nan
+    acov = inference.psi_acov(H)
+    hpd = bool(np.isfinite(acov).all())
+    Lm = centering.L
+    df = inference.satterthwaite_df(Lm @ C @ Lm.T, Lm @ dC @ Lm.T, acov)
+    beta = centering.beta(beta_c[0])
+    names, _ = covparm_names(list(design.random_names), cs.rows, cs.cols)
+    fixed = list(design.fixed_names)
+    return Evaluation(
+        method=method,
+        criterion=criterion,
+        valid=valid,
+        phi=pd.Series(phi_v, index=names, name="estimate"),
+        theta=None if theta is None else theta.copy(),
+        fixef=pd.Series(beta, index=fixed, name="estimate"),
+        vcov=pd.DataFrame(Lm @ C @ Lm.T, index=fixed, columns=fixed),
+        ranef=pd.DataFrame(U[0], index=pd.Index(design.group_labels,
+                                                name=design.formula.group),
+                           columns=list(design.random_names)),
+        gradient=pd.Series(g, index=names, name="gradient"),
+        hessian=pd.DataFrame(H, index=names, columns=names),
+        hessian_pd=hpd,
+        acov=pd.DataFrame(acov, index=names, columns=names),
+        df=pd.Series(df, index=fixed, name="df"),
+    )

@@ -1,0 +1,522 @@
+"""The compiled optimiser of the profiled deviance and its method-of-moments start.
+
+docs/math.md section 7; the strategy is described in :mod:`mlmsim.engine.optimize`. Every
+evaluation is :func:`mlmsim.engine.kernels.deviance_one`. The optimiser works in the
+scaled parameterisation of docs/math.md (7.1): Z's columns divided by their root mean
+square, so that theta, the step bound, the edge and the gradient tolerance mean the same
+whatever the units of the random-effect predictors; theta, the gradient and the Hessian
+are mapped back at the end. Counters (evaluations, halvings) and the stop reason
+(:class:`mlmsim.engine.control.StopReason` codes) are returned per replicate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from mlmsim.engine.gls import Stats, replicate, workspace
+from mlmsim.engine.kernels import deviance_one
+from mlmsim.engine.linalg import ldl, ldl_inverse, ldl_solve
+from mlmsim.engine.tolerances import (
+    ARMIJO,
+    BFGS_CURVATURE,
+    CURVATURE_FLOOR,
+    FD_STEP,
+    FLOOR_HALVINGS,
+    MAX_HALVINGS,
+    RESTART_MARGIN,
+    ROUNDING_FLOOR,
+    SADDLE,
+    SINGULAR,
+    START_CLIP,
+    START_DET,
+)
+
+__all__ = ["moment_start_one", "minimize_one", "minimize_many", "scaled_stats"]
+
+# StopReason codes (mlmsim.engine.control.StopReason)
+_DECREMENT, _GRADIENT, _FLOOR, _MAX_ITER, _LINE_SEARCH, _NOT_FINITE = 0, 1, 2, 3, 4, 5
+# counters: evaluations, halvings
+_EVALS, _HALVINGS = 0, 1
+
+
+@njit(cache=True, error_model="numpy")
+def moment_start_one(st, rows, cols, theta0):
+    """A method-of-moments start for theta, written to ``theta0`` (k,) (docs/math.md (7.3)).
+
+    With OLS residual effects u_j = c_j - B_j beta_OLS and, for groups whose
+    correlation-scaled A_j has determinant above START_DET and n_j >= q, the per-group
+    least-squares coefficients b_j = A_j^{-1} u_j (covariance about T + sigma^2 A_j^{-1}):
+
+        sigma0^2 = (r'r - sum_j u_j' b_j) / (N - q #groups used)
+        T0       = cov_j(b_j) - sigma0^2 mean_j(A_j^{-1})    (zero outside T's blocks)
+
+    theta0 is read off the Cholesky factor of T0 / sigma0^2 with its eigenvalues clipped
+    to [1 / START_CLIP, START_CLIP] (a start, not an estimate). Where fewer than two
+    groups qualify, or the result is not finite: lme4's start, Lambda = I.
+    """
+    A, B, c, n = st.A, st.B, st.c, st.n
+    J, q, p = B.shape[0], B.shape[1], B.shape[2]
+    k = rows.shape[0]
+    for i in range(k):
+        theta0[i] = 1.0 if rows[i] == cols[i] else 0.0
+    XL = st.XtX.copy()
+    beta = np.empty((p, 1))
+    for a in range(p):
+        beta[a, 0] = st.Xty[a]
+    ld, neg = ldl(XL, p)
+    if math.isnan(ld) or neg > 0:
+        return
+    ldl_solve(XL, p, beta, 1)
+    rr = st.yty
+    for a in range(p):
+        rr -= beta[a, 0] * st.Xty[a]
+    b = np.zeros((J, q))
+    ok = np.zeros(J, dtype=np.bool_)
+    Ainv_sum = np.zeros((q, q))
+    Cs = np.empty((q, q))
+    Ci = np.empty((q, q))
+    d = np.empty(q)
+    u = np.empty(q)
+    ub = 0.0
+    nok = 0
+    for j in range(J):
+        if n[j] < q:
+            continue
+        for a in range(q):
+            d[a] = math.sqrt(max(A[j, a, a], 1e-300))
+        for a in range(q):
+            for t in range(q):
+                Cs[a, t] = A[j, a, t] / (d[a] * d[t])
+        ld, neg = ldl(Cs, q)
+        if not (ld > math.log(START_DET) and neg == 0):
+            continue
+        ldl_inverse(Cs, q, Ci)
+        for a in range(q):
+            s = c[j, a]
+            for t in range(p):
+                s -= B[j, a, t] * beta[t, 0]
+            u[a] = s
+        for a in range(q):
+            s = 0.0
+            for t in range(q):
+                v = Ci[a, t] / (d[a] * d[t])
+                Ainv_sum[a, t] += v
+                s += v * u[t]
+            b[j, a] = s
+            ub += u[a] * s
+        ok[j] = True
+        nok += 1
+    if nok < 2:
+        return
+    dof = max(st.N - q * nok, 1.0)
+    s2 = max((rr - ub) / dof, 1e-12 * max(rr, 1e-300) / max(st.N, 1.0))
+    bm = np.zeros(q)
+    for j in range(J):
+        if ok[j]:
+            for a in range(q):
+                bm[a] += b[j, a] / nok
+    T0 = np.zeros((q, q))
+    for j in range(J):
+        if ok[j]:
+            for a in range(q):
+                for t in range(q):
+                    T0[a, t] += (b[j, a] - bm[a]) * (b[j, t] - bm[t])
+    block = np.zeros((q, q), dtype=np.bool_)
+    for i in range(k):
+        block[rows[i], cols[i]] = True
+        block[cols[i], rows[i]] = True
+    for a in range(q):
+        for t in range(q):
+            v = T0[a, t] / (nok - 1) - s2 * Ainv_sum[a, t] / nok
+            T0[a, t] = v / s2 if block[a, t] else 0.0
+    w, V = np.linalg.eigh(T0)
+    for a in range(q):
+        w[a] = min(max(w[a], 1.0 / START_CLIP), START_CLIP)
+    rel = np.zeros((q, q))
+    for a in range(q):
+        for t in range(q):
+            s = 0.0
+            for e in range(q):
+                s += V[a, e] * w[e] * V[t, e]
+            rel[a, t] = s
+    ld, neg = ldl(rel, q)
+    if math.isnan(ld) or neg > 0:
+        return
+    # Cholesky factor of rel = L Delta L': L sqrt(Delta)
+    for i in range(k):
+        r, cc = rows[i], cols[i]
+        v = math.sqrt(rel[cc, cc]) * (1.0 if r == cc else rel[r, cc])
+        if not math.isfinite(v):
+            for i2 in range(k):
+                theta0[i2] = 1.0 if rows[i2] == cols[i2] else 0.0
+            return
+        theta0[i] = v
+
+
+@njit(cache=True, error_model="numpy")
+def _fd_hessian(theta, f_g, st, rows, cols, reml, H, w, cnt):
+    """Forward differences of the analytic gradient: H_i = (g(theta + h_i e_i) - g) / h_i,
+    h_i = FD_STEP (1 + |theta_i|), symmetrised. Returns d(theta) and writes g to ``f_g``."""
+    k = theta.shape[0]
+    f = deviance_one(theta, st, rows, cols, reml, True, f_g, w)
+    gt = np.empty(k)
+    t = theta.copy()
+    for i in range(k):
+        h = FD_STEP * (1.0 + abs(theta[i]))
+        t[i] = theta[i] + h
+        deviance_one(t, st, rows, cols, reml, True, gt, w)
+        t[i] = theta[i]
+        for j in range(k):
+            H[i, j] = (gt[j] - f_g[j]) / h
+    cnt[_EVALS] += k + 1
+    for i in range(k):
+        for j in range(i):
+            v = 0.5 * (H[i, j] + H[j, i])
+            H[i, j] = v
+            H[j, i] = v
+    return f
+
+
+@njit(cache=True, error_model="numpy")
+def _curvature(H, Babs, v_neg):
+    """|H| (eigenvalues by absolute value, floored at CURVATURE_FLOOR of the largest) into
+    ``Babs``, the eigenvector of the smallest eigenvalue into ``v_neg``; returns
+    (lam_min / scale, lam_min). A non-finite H gives the identity and (0, 0)."""
+    k = H.shape[0]
+    for i in range(k):
+        for j in range(k):
+            if not math.isfinite(H[i, j]):
+                for a in range(k):
+                    for b in range(k):
+                        Babs[a, b] = 1.0 if a == b else 0.0
+                    v_neg[a] = 0.0
+                return 0.0, 0.0
+    w, V = np.linalg.eigh(H)
+    scale = 1e-300
+    for i in range(k):
+        scale = max(scale, abs(w[i]))
+    for a in range(k):
+        for b in range(k):
+            s = 0.0
+            for e in range(k):
+                s += V[a, e] * max(abs(w[e]), CURVATURE_FLOOR * scale) * V[b, e]
+            Babs[a, b] = s
+        v_neg[a] = V[a, 0]
+    return w[0] / scale, w[0]
+
+
+@njit(cache=True, error_model="numpy")
+def _direction(g, Bm, p):
+    """p = -B^{-1} g for positive definite B; returns the decrement g'B^{-1}g (inf when B
+    is not positive definite)."""
+    k = g.shape[0]
+    Lc = Bm.copy()
+    ld, neg = ldl(Lc, k)
+    if math.isnan(ld) or neg > 0:
+        for i in range(k):
+            p[i] = -g[i]
+        return np.inf
+    X = np.empty((k, 1))
+    for i in range(k):
+        X[i, 0] = g[i]
+    ldl_solve(Lc, k, X, 1)
+    dec = 0.0
+    for i in range(k):
+        p[i] = -X[i, 0]
+        dec += g[i] * X[i, 0]
+    return dec
+
+
+@njit(cache=True, error_model="numpy")
+def _stationary(g, dec, tol, gtol):
+    """The stop code when the point is stationary (decrement or gradient test), else -1."""
+    if dec < tol:
+        return _DECREMENT
+    gmax = 0.0
+    for i in range(g.shape[0]):
+        gmax = max(gmax, abs(g[i]))
+    return _GRADIENT if gmax < gtol else -1
+
+
+@njit(cache=True, error_model="numpy")
+def _near_edge(theta, rows, cols, edge):
+    for i in range(theta.shape[0]):
+        if rows[i] == cols[i] and abs(theta[i]) < edge:
+            return True
+    return False
+
+
+@njit(cache=True, error_model="numpy")
+def _canonical(theta, rows, cols, g, H):
+    """Reflect columns of Lambda with a negative diagonal (Lambda Lambda' is unchanged);
+    the gradient and Hessian transform as D g and D H D, D = diag(signs)."""
+    k = theta.shape[0]
+    sign = np.ones(k)
+    for i in range(k):
+        if rows[i] == cols[i] and theta[i] < 0.0:
+            for i2 in range(k):
+                if cols[i2] == cols[i]:
+                    sign[i2] = -1.0
+    for i in range(k):
+        theta[i] *= sign[i]
+        g[i] *= sign[i]
+        for j in range(k):
+            H[i, j] *= sign[i] * sign[j]
+
+
+@njit(cache=True, error_model="numpy")
+def _minimize(theta, st, rows, cols, reml, max_iter, tol, gtol, max_step, edge, g_out, H_out,
+              w, cnt):
+    """Minimise from ``theta`` (updated in place); returns (deviance, iterations, stop code)
+    and writes the gradient and Hessian (exact where last recomputed, else BFGS) there."""
+    k = theta.shape[0]
+    g = np.empty(k)
+    H = np.empty((k, k))
+    Bm = np.empty((k, k))
+    v_neg = np.empty(k)
+    p = np.empty(k)
+    trial = np.empty(k)
+    g_new = np.empty(k)
+    f = _fd_hessian(theta, g, st, rows, cols, reml, H, w, cnt)
+    it = 0
+    if not math.isfinite(f):
+        for i in range(k):
+            g_out[i] = np.nan
+            for j in range(k):
+                H_out[i, j] = np.nan
+        return f, it, _NOT_FINITE
+    lam_rel, lam_min = _curvature(H, Bm, v_neg)
+    exact = True
+    stop = _MAX_ITER
+    while True:
+        dec = _direction(g, Bm, p)
+        code = _stationary(g, dec, tol, gtol)
+        if code >= 0 and not exact and _near_edge(theta, rows, cols, edge):
+            # near the edge judge convergence on the exact Hessian, never on BFGS
+            f = _fd_hessian(theta, g, st, rows, cols, reml, H, w, cnt)
+            lam_rel, lam_min = _curvature(H, Bm, v_neg)
+            exact = True
+            dec = _direction(g, Bm, p)
+            code = _stationary(g, dec, tol, gtol)
+        saddle = code >= 0 and exact and lam_rel < SADDLE
+        if code >= 0 and not saddle:
+            stop = code
+            break
+        if it == max_iter:
+            stop = _MAX_ITER
+            break
+        slope = 0.0
+        if saddle:
+            # at a saddle step along the direction of negative curvature
+            gv = 0.0
+            for i in range(k):
+                gv += g[i] * v_neg[i]
+            sgn = -1.0 if gv > 0.0 else 1.0
+            for i in range(k):
+                p[i] = sgn * v_neg[i]
+            slope = min(sgn * gv, 0.5 * lam_min)
+        else:
+            for i in range(k):
+                slope += g[i] * p[i]
+        big = 0.0
+        for i in range(k):
+            big = max(big, abs(p[i]))
+        shrink = min(1.0, max_step / max(big, 1e-300))
+        for i in range(k):
+            p[i] *= shrink
+        slope *= shrink
+        alpha = 1.0
+        accepted = False
+        f_new = f
+        # at the deviance's rounding floor (decrement below ROUNDING_FLOOR, away from the
+        # edge where the boundary optimum is approached slowly) a Newton step is taken
+        # whole or not at all: halving it further only spends evaluations on noise
+        floor = dec < ROUNDING_FLOOR and not saddle and not _near_edge(theta, rows, cols, edge)
+        halvings = FLOOR_HALVINGS if floor else MAX_HALVINGS
+        for ls in range(halvings):
+            for i in range(k):
+                trial[i] = theta[i] + alpha * p[i]
+            ft = deviance_one(trial, st, rows, cols, reml, True, g_new, w)
+            cnt[_EVALS] += 1
+            if ls > 0:
+                cnt[_HALVINGS] += 1
+            if math.isfinite(ft) and ft <= f + ARMIJO * alpha * slope:
+                accepted = True
+                f_new = ft
+                for i in range(k):
+                    theta[i] = trial[i]
+                break
+            alpha *= 0.5
+        it += 1
+        if accepted:
+            # BFGS update: B + yy'/y's - Bs s'B / s'Bs
+            sy = 0.0
+            sBs = 0.0
+            yy = 0.0
+            Bs = np.empty(k)
+            for i in range(k):
+                s_i = alpha * p[i]
+                y_i = g_new[i] - g[i]
+                sy += s_i * y_i
+                yy += y_i * y_i
+            for i in range(k):
+                v = 0.0
+                for j in range(k):
+                    v += Bm[i, j] * alpha * p[j]
+                Bs[i] = v
+                sBs += alpha * p[i] * v
+            if sy > BFGS_CURVATURE * math.sqrt(sBs * yy) and sBs > 0.0:
+                for i in range(k):
+                    for j in range(k):
+                        Bm[i, j] += ((g_new[i] - g[i]) * (g_new[j] - g[j]) / sy
+                                     - Bs[i] * Bs[j] / sBs)
+            f = f_new
+            for i in range(k):
+                g[i] = g_new[i]
+            exact = False
+        elif exact or floor:
+            # no descent step at the numerical floor of the deviance: with a small
+            # decrement that is convergence (near the edge, where saddles arise, only
+            # once the exact Hessian has confirmed the decrement)
+            stop = _FLOOR if dec < ROUNDING_FLOOR else _LINE_SEARCH
+            break
+        else:
+            # a failed line search on the BFGS matrix is retried with the exact Hessian
+            f = _fd_hessian(theta, g, st, rows, cols, reml, H, w, cnt)
+            lam_rel, lam_min = _curvature(H, Bm, v_neg)
+            exact = True
+    for i in range(k):
+        g_out[i] = g[i]
+        for j in range(k):
+            H_out[i, j] = H[i, j] if exact else Bm[i, j]
+    _canonical(theta, rows, cols, g_out, H_out)
+    return f, it, stop
+
+
+@njit(cache=True, error_model="numpy")
+def _near_singular(theta, rows, cols):
+    """The scaled Lambda Lambda' has an eigenvalue below SINGULAR, or a diagonal element of
+    Lambda is below sqrt(SINGULAR): the restart rule of :func:`minimize_one`."""
+    q = 0
+    for i in range(rows.shape[0]):
+        q = max(q, rows[i] + 1)
+    L = np.zeros((q, q))
+    for i in range(rows.shape[0]):
+        L[rows[i], cols[i]] = theta[i]
+        if rows[i] == cols[i] and abs(theta[i]) < math.sqrt(SINGULAR):
+            return True
+    return np.linalg.eigvalsh(L @ L.T)[0] < SINGULAR
+
+
+@njit(cache=True, error_model="numpy")
+def scaled_stats(st, sz):
+    """docs/math.md (7.1): the statistics of Z S_Z^{-1}, S_Z = diag(sz) with sz_a the root
+    mean square of Z's column a (1 where it is 0): A_j -> S^{-1} A_j S^{-1},
+    B_j -> S^{-1} B_j, c_j -> S^{-1} c_j. Writes sz (q,)."""
+    A, B, c = st.A, st.B, st.c
+    J, q, p = B.shape[0], B.shape[1], B.shape[2]
+    for a in range(q):
+        acc = 0.0
+        for j in range(J):
+            acc += A[j, a, a]
+        v = math.sqrt(acc / st.N) if st.N > 0 else 0.0
+        sz[a] = v if v > 0.0 and math.isfinite(v) else 1.0
+    As = np.empty_like(A)
+    Bs = np.empty_like(B)
+    cs = np.empty_like(c)
+    for j in range(J):
+        for a in range(q):
+            for b in range(q):
+                As[j, a, b] = A[j, a, b] / (sz[a] * sz[b])
+            for b in range(p):
+                Bs[j, a, b] = B[j, a, b] / sz[a]
+            cs[j, a] = c[j, a] / sz[a]
+    return Stats(As, Bs, cs, st.XtX, st.Xty, st.yty, st.N, st.n)
+
+
+@njit(cache=True, error_model="numpy")
+def minimize_one(st, rows, cols, reml, theta0, use_start, max_iter, tol, gtol, max_step, edge,
+                 restart, theta, g, H, info):
+    """Fit one replicate: writes theta, gradient and Hessian (in the original units);
+    returns the deviance. ``info`` (6,) int64 receives (iterations, stop code,
+    evaluations, halvings, restarts, start: 0 moment, 1 Lambda = I, 2 given).
+
+    With ``use_start`` the optimiser starts at ``theta0`` and that is all. Otherwise it
+    starts from :func:`moment_start_one`, and (with ``restart``) a fit that ends singular
+    or not converged is fitted again from lme4's start (Lambda = I); the lower deviance is
+    kept (or the converged fit, at an equal deviance). All in the scaled parameterisation
+    of docs/math.md (7.1).
+    """
+    k = rows.shape[0]
+    q = st.A.shape[1]
+    sz = np.empty(q)
+    ss = scaled_stats(st, sz)
+    w = workspace(st.B.shape[0], q, st.B.shape[2])
+    cnt = np.zeros(2, dtype=np.int64)
+    if use_start:
+        for i in range(k):
+            theta[i] = theta0[i] * sz[rows[i]]
+    else:
+        moment_start_one(ss, rows, cols, theta)
+    f, it, stop = _minimize(theta, ss, rows, cols, reml, max_iter, tol, gtol, max_step, edge,
+                            g, H, w, cnt)
+    start = 2 if use_start else 0
+    restarts = 0
+    conv = stop <= _FLOOR
+    if not (use_start or not restart or (conv and not _near_singular(theta, rows, cols))):
+        t2 = np.empty(k)
+        for i in range(k):
+            t2[i] = 1.0 if rows[i] == cols[i] else 0.0
+        g2 = np.empty(k)
+        H2 = np.empty((k, k))
+        f2, it2, stop2 = _minimize(t2, ss, rows, cols, reml, max_iter, tol, gtol, max_step,
+                                   edge, g2, H2, w, cnt)
+        restarts = 1
+        it += it2
+        conv2 = stop2 <= _FLOOR
+        margin = RESTART_MARGIN * abs(f)
+        if (not math.isfinite(f) and math.isfinite(f2)) or f2 < f - margin or (
+                conv2 and not conv and f2 <= f + margin):
+            f, stop, start = f2, stop2, 1
+            for i in range(k):
+                theta[i] = t2[i]
+                g[i] = g2[i]
+                for j in range(k):
+                    H[i, j] = H2[i, j]
+    # back to the original units: Lambda = S^{-1} Lambda~, theta_i = theta~_i / sz[rows_i]
+    for i in range(k):
+        si = sz[rows[i]]
+        theta[i] /= si
+        g[i] *= si
+        for j in range(k):
+            H[i, j] *= si * sz[rows[j]]
+    info[0] = it
+    info[1] = stop
+    info[2] = cnt[_EVALS]
+    info[3] = cnt[_HALVINGS]
+    info[4] = restarts
+    info[5] = start
+    return f
+
+
+@njit(cache=True, error_model="numpy")
+def minimize_many(st, rows, cols, reml, theta0, use_start, max_iter, tol, gtol, max_step, edge,
+                  restart):
+    """:func:`minimize_one` for each of R replicates (batched statistics; theta0 (R, k)).
+    Returns theta (R, k), deviance (R,), gradient (R, k), Hessian (R, k, k) and info
+    (R, 6)."""
+    R = st.A.shape[0]
+    k = rows.shape[0]
+    theta = np.empty((R, k))
+    dev = np.empty(R)
+    g = np.empty((R, k))
+    H = np.empty((R, k, k))
+    info = np.zeros((R, 6), dtype=np.int64)
+    for r in range(R):
+        dev[r] = minimize_one(replicate(st, r), rows, cols, reml, theta0[r], use_start,
+                              max_iter, tol, gtol, max_step, edge, restart, theta[r], g[r],
+                              H[r], info[r])
+    return theta, dev, g, H, info
