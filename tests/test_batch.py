@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import mlmsim
 from mlmsim.engine.batch import fit_arrays, fit_batch
+from mlmsim.formula import stacked_design
 
 
 def _replicates(seed: int, R: int, J: int, n: int, slope_sd: float, icc_sd: float):
@@ -86,17 +87,136 @@ def test_fit_batch_refuses_mixed_layouts():
 
 
 def test_nonconverged_replicates_are_refitted_alone():
+    """A replicate that does not converge within ``control.max_iter`` is refitted alone
+    from Lambda = I with 5 times the iterations; the refit is kept where it converged or
+    reached a lower deviance."""
+    from mlmsim.engine.batch import fit_stats
+    from mlmsim.engine.control import FitControl
+    from mlmsim.engine.deviance import ThetaMap
+    from mlmsim.engine.optimize import minimize_theta
+    from mlmsim.engine.stats import group_stats
+
     g, x, y = _replicates(3, 4, 10, 5, 0.5, 1.0)
     X = np.stack([np.ones_like(x), x], axis=-1)
+    stats = group_stats(y, X, X, g, 10)
+    names = (("Intercept", "x"), ("Intercept", "x"))
+    full = fit_stats(stats, ((0, 1),), "REML", *names)
+    assert not full.refitted.any() and full.converged.all()
+    tmap = ThetaMap.from_blocks(2, ((0, 1),))
+    for max_iter in (1, 2):
+        control = {"max_iter": max_iter}
+        b = fit_stats(stats, ((0, 1),), "REML", *names, control=control)
+        assert b.refitted.all()
+        assert all("refitted alone" in m[0] for m in b.messages)
+        batch = minimize_theta(stats, tmap, True, None, control)
+        for r in range(4):
+            alone = minimize_theta(stats.select(np.array([r])), tmap, True,
+                                   tmap.start()[None, :], FitControl(max_iter=5 * max_iter))
+            keep = alone.converged[0] or alone.deviance[0] < batch.deviance[r]
+            expected = alone.theta[0] if keep else batch.theta[r]
+            np.testing.assert_allclose(b.estimates.theta[r], expected, rtol=1e-12, atol=1e-14)
+            assert b.converged[r] == (alone.converged[0] if keep else batch.converged[r])
+    # a FitControl does as its dict; an unknown setting is refused
+    c = fit_stats(stats, ((0, 1),), "REML", *names, control=FitControl(max_iter=2))
+    np.testing.assert_array_equal(c.estimates.theta, b.estimates.theta)
+    with pytest.raises(ValueError, match="maxiter"):
+        fit_stats(stats, ((0, 1),), "REML", *names, control={"maxiter": 2})
+
+
+def test_control_reaches_the_optimiser_from_fit_batch_and_fit_arrays():
+    g, x, y = _replicates(4, 3, 10, 5, 0.5, 1.0)
+    frames = [pd.DataFrame({"y": y[r], "x": x[r], "g": g}) for r in range(3)]
+    X = np.stack([np.ones_like(x), x], axis=-1)
+    few = {"max_iter": 1}
+    b = fit_batch("y ~ x + (1 + x | g)", frames, "REML", control=few)
+    a = fit_arrays(y, X, X, g, method="REML", fixed_names=("Intercept", "x"),
+                   random_names=("Intercept", "x"), control=few)
+    assert b.refitted.all() and a.refitted.all()
+    assert not fit_batch("y ~ x + (1 + x | g)", frames, "REML").refitted.any()
+    with pytest.raises(ValueError, match="unknown FitControl"):
+        fit_batch("y ~ x + (1 + x | g)", frames, "REML", control={"iterations": 5})
+
+
+DDF_KINDS = ["satterthwaite", "containment", "between-within", "residual"]
+
+
+def _assert_ddf_equal_to_single_fits(b, formula, frames, method, rtol=1e-8):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        singles = [mlmsim.fit(formula, d, method=method) for d in frames]
+    for kind in DDF_KINDS:
+        df = b.ddf(kind)
+        assert df.shape == (len(frames), len(b.fixed_names))
+        expected = np.array([f.ddf(kind) for f in singles])
+        assert np.isfinite(expected).all()
+        np.testing.assert_allclose(df, expected, rtol=rtol, err_msg=kind)
+
+
+@pytest.mark.parametrize("method", ["ML", "REML"])
+def test_ddf_equal_single_fits_fast_lane(method):
+    """A level-2 predictor z (constant within groups), a level-1 x and their product:
+    every kind of df differs between them."""
+    formula = "y ~ x * z + (1 + x | g)"
+    frames = _frames_with(11)
+    assert stacked_design(formula, frames) is not None
+    b = fit_batch(formula, frames, method)
+    _assert_ddf_equal_to_single_fits(b, formula, frames, method)
+    bw = b.ddf("between-within")
+    assert bw[0, 1] != bw[0, 2]  # x varies within groups, z does not
+
+
+def test_ddf_equal_single_fits_per_data_set_designs():
+    """Unequal numbers of groups (padded statistics) and a categorical predictor: the
+    designs are built one data set at a time."""
+    rng = np.random.default_rng(12)
+    frames = []
+    for J in (8, 11, 14):
+        g = np.repeat(np.arange(J), 6)
+        x = rng.standard_normal(J * 6)
+        f = rng.choice(["a", "b", "c"], J * 6)
+        y = 2 + x + (f == "b") + rng.normal(0, 1, J)[g] + rng.standard_normal(J * 6)
+        frames.append(pd.DataFrame({"y": y, "x": x, "f": f, "g": g}))
+    formula = "y ~ x + f + (1 | g)"
+    assert stacked_design(formula, frames) is None
+    b = fit_batch(formula, frames, "REML")
+    assert b.fixed_names == ("Intercept", "x", "f[T.b]", "f[T.c]")
+    _assert_ddf_equal_to_single_fits(b, formula, frames, "REML")
+
+
+def test_ddf_of_fit_arrays_with_shared_and_stacked_designs():
+    g, x, y = _replicates(9, 3, 10, 5, 0.5, 1.0)
+    frames = [pd.DataFrame({"y": y[r], "x": x[r], "g": g}) for r in range(3)]
+    X = np.stack([np.ones_like(x), x], axis=-1)
+    names = {"fixed_names": ("Intercept", "x"), "random_names": ("Intercept", "x")}
+    b = fit_arrays(y, X, X, g, method="ML", **names)
+    _assert_ddf_equal_to_single_fits(b, "y ~ x + (1 + x | g)", frames, "ML")
+    shared = fit_arrays(y, X[0], X[0], g, method="ML", **names)
+    assert shared.ddf("between-within").shape == (3, 2)
+    np.testing.assert_array_equal(shared.ddf("between-within"), b.ddf("between-within"))
+
+
+def test_ddf_of_an_unfitted_replicate_is_nan_and_kinds_are_checked():
+    frames = _frames_with(13)
+    frames[1] = frames[1].assign(y=1.0)  # a constant response: cannot be fitted
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        b = fit_batch("y ~ x + (1 | g)", frames, "REML")
+    assert b.errors[1] is not None
+    for kind in DDF_KINDS:
+        df = b.ddf(kind.upper())
+        assert np.isnan(df[1]).all() and np.isfinite(df[[0, 2]]).all(), kind
+    with pytest.raises(ValueError, match="satterthwaite, containment"):
+        b.ddf("kenward-roger")
     from mlmsim.engine.batch import fit_stats
     from mlmsim.engine.stats import group_stats
 
-    stats = group_stats(y, X, X, g, 10)
-    b = fit_stats(stats, ((0, 1),), "REML", ("Intercept", "x"), ("Intercept", "x"), max_iter=1)
-    assert b.refitted.all()
-    assert all("refitted alone" in m[0] for m in b.messages)
-    full = fit_stats(stats, ((0, 1),), "REML", ("Intercept", "x"), ("Intercept", "x"))
-    np.testing.assert_allclose(b.deviance, full.deviance, rtol=1e-9)
+    g, x, y = _replicates(3, 2, 10, 5, 0.5, 1.0)
+    X = np.stack([np.ones_like(x), x], axis=-1)
+    alone = fit_stats(group_stats(y, X, X[..., :1], g, 10), ((0,),), "ML",
+                      ("Intercept", "x"), ("Intercept",))
+    assert alone.ddf("residual").tolist() == [[48.0, 48.0]] * 2
+    with pytest.raises(ValueError, match="fixed design"):
+        alone.ddf("between-within")
 
 
 def _frames_with(seed: int, R: int = 3, J: int = 9, n: int = 6):

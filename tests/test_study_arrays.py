@@ -94,3 +94,44 @@ def test_runner_hands_arrays_only_when_every_method_takes_them():
     m = mixed[mixed["method"] == "ML"].set_index(["rep", "parameter"])["estimate"]
     np.testing.assert_allclose(a.sort_index().to_numpy(), m.sort_index().to_numpy(),
                                rtol=1e-9)
+
+
+def between_within_spec() -> ModelSpec:
+    """x varies within groups, z only between them (a level-2 variable)."""
+    return ModelSpec(predictors=[Continuous("x"), Continuous("z", var_between=1.0,
+                                                             var_within=0.0)],
+                     gamma={"Intercept": 1.0, "x": 0.5, "z": 0.3},
+                     random=["Intercept", "x"], T=[[1.0, 0.1], [0.1, 0.25]], sigma2=1.0)
+
+
+@pytest.mark.parametrize("kind", ["satterthwaite", "containment", "between-within",
+                                  "residual"])
+def test_ddf_on_arrays_equals_ddf_on_frames(kind):
+    gen = FromSpec(between_within_spec(), 12, 6)
+    cond = Condition(0, {})
+    draws = [gen.draw(cond, np.random.default_rng(s)) for s in range(6)]
+    formula = "y ~ x + z + (1 + x | g)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = fit_batch(formula, draws, "REML").ddf(kind)
+        f = fit_batch(formula, [d.frame(0) for d in draws], "REML").ddf(kind)
+    assert np.isfinite(a).all()
+    np.testing.assert_allclose(a, f, rtol=1e-9)
+    if kind == "between-within":  # J - 2 for the intercept and z, N - J - 1 for x
+        assert a[0].tolist() == [10.0, 59.0, 10.0]
+
+
+def test_ddf_records_from_simulated_arrays_equal_single_fits():
+    formula = "y ~ x + z + (1 + x | g)"
+    gen = FromSpec(between_within_spec(), 12, 6)
+    methods = {"batched": FormulaMethod(formula, "REML", ddf="between-within", batch_size=4),
+               "single": FormulaMethod(formula, "REML", ddf="between-within", batch=False)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rec = Study(None, gen, methods, n_reps=8, seed=5).run(progress=False).records
+    b, s = (rec[rec.method == m].reset_index(drop=True) for m in ("batched", "single"))
+    assert b.error.isna().all() and s.error.isna().all()
+    fixed = b.parameter.isin(["Intercept", "x", "z"])
+    assert (b.df[fixed] == s.df[fixed]).all() and b.df[~fixed].isna().all()
+    np.testing.assert_allclose(b.p, s.p, rtol=1e-8)
+    np.testing.assert_allclose(b.ci_lower, s.ci_lower, rtol=1e-8)

@@ -81,3 +81,186 @@ def test_summary_of_a_real_study(batched):
     assert s.loc[(1, "REML", "x", "bias"), "n"] == 40
     assert s.loc[(1, "ML", "(fit)", "n_fits"), "estimate"] == 40
     assert 0 <= s.loc[(0, "ML", "(fit)", "singular_rate"), "estimate"] <= 1
+
+
+# ---------------------------------------------------------------------------
+# Settings checked when the study is defined; df and p of the fixed effects
+# ---------------------------------------------------------------------------
+
+DDF_KINDS = ["satterthwaite", "containment", "between-within", "residual"]
+FIXED = ["Intercept", "x"]
+COVPARMS = ["var(Intercept)", "cov(x,Intercept)", "var(x)", "sigma2"]
+
+
+def test_a_wrong_option_is_an_error_at_construction():
+    """Before, unknown options went to mlmsim.fit and every replicate failed silently."""
+    with pytest.raises(TypeError, match="unexpected keyword argument 'dff'"):
+        FormulaMethod(FORMULA, "REML", dff="satterthwaite")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_iter'"):
+        FormulaMethod(FORMULA, "REML", max_iter=5)
+    with pytest.raises(ValueError, match="ddf must be None.*'satterthwaite'.*'residual'"):
+        FormulaMethod(FORMULA, "REML", ddf="kenward-roger")
+    with pytest.raises(ValueError, match="ddf must be None"):
+        FormulaMethod(FORMULA, "REML", ddf=True)
+    with pytest.raises(ValueError, match="maxiter"):
+        FormulaMethod(FORMULA, "REML", control={"maxiter": 5})
+    with pytest.raises(ValueError, match="max_iter must be at least 1"):
+        FormulaMethod(FORMULA, "REML", control={"max_iter": 0})
+    with pytest.raises(ValueError, match="control must be a FitControl or a dict"):
+        FormulaMethod(FORMULA, "REML", control="fast")
+    with pytest.raises(ValueError, match="'ML' or 'REML'"):
+        FormulaMethod(FORMULA, "OLS")
+    with pytest.raises(ValueError, match="'ML' or 'REML'"):
+        FormulaMethod(FORMULA, None)
+
+
+def test_method_and_ddf_in_any_case():
+    from mlmsim.engine.control import FitControl
+
+    fm = FormulaMethod(FORMULA, "reml", ddf="Satterthwaite", control={"max_iter": 50})
+    assert (fm.method, fm.name, fm.ddf) == ("REML", "REML", "satterthwaite")
+    assert fm.control == FitControl(max_iter=50)
+    assert FormulaMethod(FORMULA, "Ml").name == "ML"
+    assert FormulaMethod(FORMULA, "reml").descriptor() == FormulaMethod(FORMULA).descriptor()
+    assert FormulaMethod(FORMULA, "REML", ddf="BETWEEN-WITHIN").ddf == "between-within"
+
+
+def test_descriptor_of_the_defaults_is_unchanged_and_settings_change_it():
+    """The descriptor enters the study's definition hash: a study defined before ddf and
+    control existed must keep its hash (its results directory still resumes), and a
+    study with them must get another one."""
+    from mlmsim.engine.control import FitControl
+
+    base = FormulaMethod(FORMULA, "REML")
+    assert base.descriptor() == {"formula": FORMULA, "method": "REML", "level": 0.95,
+                                 "options": {"mapping": []}, "batch": True, "batch_size": 32}
+    variants = [FormulaMethod(FORMULA, "REML", ddf=k) for k in DDF_KINDS] + [
+        FormulaMethod(FORMULA, "REML", control={"max_iter": 50}),
+        FormulaMethod(FORMULA, "REML", control=FitControl(tol=1e-10))]
+    descriptors = [base.descriptor()] + [m.descriptor() for m in variants]
+    assert len({repr(d) for d in descriptors}) == len(descriptors)
+    hashes = {Study(None, random_slopes, [m], n_reps=2, seed=1).definition_hash
+              for m in [base, *variants]}
+    assert len(hashes) == len(variants) + 1
+
+
+def ddf_study(ddf, batch=True, n_reps=8, level=0.95):
+    return Study({"n_groups": [10]}, random_slopes,
+                 [FormulaMethod(FORMULA, "REML", ddf=ddf, batch=batch, level=level)],
+                 truth=TRUTH, n_reps=n_reps, seed=7)
+
+
+@pytest.mark.parametrize("batch", [True, False])
+@pytest.mark.parametrize("ddf", DDF_KINDS)
+def test_ddf_records_carry_the_df_and_p_of_coef_table(ddf, batch):
+    level = 0.9
+    study = ddf_study(ddf, batch=batch, n_reps=4, level=level)
+    rec = study.run(progress=False).records
+    assert rec.error.isna().all()
+    for rep in (0, 3):
+        one = rec[rec.rep == rep].set_index("parameter")
+        res = fit(FORMULA, study.regenerate(0, rep), method="REML")
+        table = res.coef_table(ddf, level=level)
+        assert np.isfinite(table.df).all()
+        rtol = 1e-8 if batch else 1e-12
+        for col in ("df", "p", "ci_lower", "ci_upper"):
+            np.testing.assert_allclose(one.loc[FIXED, col], table[col], rtol=rtol, err_msg=col)
+        # the covariance parameters keep the Wald z interval, with no df or p
+        cov = one.loc[COVPARMS]
+        assert cov.df.isna().all() and cov.p.isna().all()
+        z = 1.6448536269514722
+        np.testing.assert_allclose(cov.ci_upper - cov.estimate, z * cov.se, rtol=1e-12)
+
+
+def test_without_ddf_there_is_no_df_or_p():
+    rec = ddf_study(None, n_reps=2).run(progress=False).records
+    assert rec.df.isna().all() and rec.p.isna().all()
+    z = 1.959963984540054
+    np.testing.assert_allclose(rec.ci_upper - rec.estimate, z * rec.se, rtol=1e-12)
+
+
+@pytest.mark.parametrize("ddf", ["satterthwaite", "containment", "between-within"])
+def test_ddf_batched_equals_single(ddf):
+    batched = ddf_study(ddf, n_reps=16).run(progress=False).records
+    single = ddf_study(ddf, batch=False, n_reps=16).run(progress=False).records
+    fixed = batched.parameter.isin(FIXED)
+    assert fixed.sum() == 32 and batched.df[fixed].notna().all()
+    for col in ("df", "p", "ci_lower", "ci_upper"):
+        np.testing.assert_allclose(batched[col], single[col], rtol=1e-8, err_msg=col)
+    assert (batched.df.isna() == single.df.isna()).all()
+
+
+def test_a_nan_df_gives_nan_p_and_interval(monkeypatch):
+    """Where the df cannot be computed (Satterthwaite's with a Hessian that is not
+    positive definite), p and the interval are NaN: never the normal's."""
+    from mlmsim.engine.batch import BatchFit
+    from mlmsim.engine.result import FitResult
+
+    real_single, real_batch = FitResult.ddf, BatchFit.ddf
+    calls = []
+
+    def single(self, kind="satterthwaite"):  # replicates are fitted in order: 0, 1, ...
+        out = np.array(real_single(self, kind), dtype=float)
+        if len(calls) % 2 == 0:
+            out[1] = np.nan
+        calls.append(kind)
+        return out
+
+    def batch(self, kind="satterthwaite"):
+        out = np.array(real_batch(self, kind), dtype=float)
+        out[::2, 1] = np.nan
+        return out
+
+    monkeypatch.setattr(FitResult, "ddf", single)
+    monkeypatch.setattr(BatchFit, "ddf", batch)
+    for batched in (True, False):
+        rec = ddf_study("satterthwaite", batch=batched, n_reps=4).run(progress=False).records
+        x = rec[rec.parameter == "x"]
+        nan = x.rep % 2 == 0
+        assert x.se.notna().all() and x.estimate.notna().all()
+        for col in ("df", "p", "ci_lower", "ci_upper"):
+            assert x.loc[nan, col].isna().all(), col
+            assert x.loc[~nan, col].notna().all(), col
+        intercept = rec[rec.parameter == "Intercept"]
+        assert intercept[["df", "p", "ci_lower", "ci_upper"]].notna().all().all()
+        # summarise leaves those replicates out of coverage and rejection (t-based: no
+        # normal-theory fallback) and counts the others
+        s = summarise(rec).set_index(["parameter", "measure"])
+        assert s.loc[("x", "cover"), "n"] == (~nan).sum()
+        assert s.loc[("x", "rejection"), "n"] == (~nan).sum()
+        assert s.loc[("x", "bias"), "n"] == 4
+
+
+def _records(**cols):
+    n = len(cols["estimate"])
+    base = {"condition": 0, "rep": np.arange(n), "method": "m", "parameter": "b",
+            "truth": 0.0, "se": 1.0, "ci_lower": np.nan, "ci_upper": np.nan,
+            "converged": True, "singular": False, "hessian_pd": True, "identifiable": True,
+            "error": None, "seconds": 0.0}
+    base.update(cols)
+    return pd.DataFrame(base)
+
+
+def test_summarise_uses_the_t_test_of_the_recorded_df():
+    from scipy import stats as sps
+
+    # |t| = 2.2: rejected by z (1.96), not by t on 5 df (2.571), rejected on 60 df (2.0)
+    est = np.array([2.2, 2.2, 2.2, -2.2, 0.1])
+    df = np.array([5.0, 5.0, 60.0, 60.0, np.nan])
+    crit = sps.t.ppf(0.975, np.nan_to_num(df, nan=1.0))
+    p = np.where(np.isnan(df), np.nan, 2 * sps.t.sf(np.abs(est), np.nan_to_num(df, nan=1)))
+    lo = np.where(np.isnan(df), np.nan, est - crit)
+    hi = np.where(np.isnan(df), np.nan, est + crit)
+    t_rec = _records(estimate=est, df=df, p=p, ci_lower=lo, ci_upper=hi)
+    s = summarise(t_rec).set_index("measure")
+    assert s.loc["rejection", "n"] == 4 and s.loc["rejection", "estimate"] == 0.5
+    assert s.loc["cover", "n"] == 4
+    assert s.loc["cover", "estimate"] == 0.5   # 0 lies in the 5-df intervals only
+    assert s.loc["becover", "n"] == 4
+    # without df (a method that records only estimates and SEs): the Wald z test and
+    # interval, for every record, as before; old records without the column alike
+    z_rec = _records(estimate=est)
+    for rec in (z_rec, z_rec.assign(df=np.nan, p=np.nan)):
+        s = summarise(rec).set_index("measure")
+        assert s.loc["rejection", "n"] == 5 and s.loc["rejection", "estimate"] == 0.8
+        assert s.loc["cover", "n"] == 5 and s.loc["cover", "estimate"] == 0.2

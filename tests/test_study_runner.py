@@ -370,3 +370,78 @@ def test_bookkeeping_overhead_is_small():
         best = min(best, time.perf_counter() - t0)
     assert len(rec) == 20_000
     assert best / 20_000 < 20e-6
+
+
+def _as_written_before_df_and_p(out_dir):
+    """Rewrite every chunk file of a study directory as mlmsim wrote them before the
+    ``df`` and ``p`` columns existed (valid files: checksums and metadata in order)."""
+    from mlmsim.study.storage import StudyDirectory
+
+    directory = StudyDirectory(out_dir)
+    definition = directory.read_manifest()["definition_hash"]
+    chunks = directory.chunk_files()
+    assert chunks
+    for chunk in chunks:
+        table = directory.read_chunk(chunk, definition)
+        old = table.drop_columns(["df", "p"])
+        chunk.path.unlink()
+        directory.write_chunk(old, chunk.condition, chunk.start, chunk.stop, definition)
+    return definition
+
+
+def test_records_written_before_df_and_p_still_load_summarise_and_resume(tmp_path):
+    """Old chunks have no df and p columns: they are read with both null, summarise as
+    before, and a run resumes in their directory (the definition hash is unchanged) with
+    new chunks next to them."""
+    from mlmsim.study import load_study, summarise
+
+    out = tmp_path / "study"
+    fresh = make_study(n_reps=20).run(progress=False).records
+    make_study(n_reps=12).run(out, chunk_size=4, progress=False)
+    definition = _as_written_before_df_and_p(out)
+    old = load_study(out)
+    assert old.definition_hash == definition == make_study().definition_hash
+    rec = old.records
+    assert list(rec.columns) == list(fresh.columns)
+    assert rec.df.isna().all() and rec.p.isna().all()
+    expected = fresh[fresh.rep < 12].reset_index(drop=True)
+    pd.testing.assert_frame_equal(strip(rec), strip(expected))
+    cols = ["condition", "method", "parameter", "measure", "estimate", "mcse", "n"]
+
+    def measures(source):  # all but the wall-clock time
+        out = summarise(source)
+        return out.loc[out.measure != "mean_seconds", cols].reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(measures(old), measures(expected))
+    # resume: the old chunks are kept (not recomputed), the new ones carry df and p
+    import pyarrow.parquet as pq
+
+    before = set((out / "chunks").glob("*.parquet"))
+    result = make_study(n_reps=20).run(out, chunk_size=4, progress=False)
+    after = set((out / "chunks").glob("*.parquet"))
+    assert before < after and not list((out / "chunks").glob("*.corrupt"))
+    for path in after:
+        assert ("df" in pq.read_schema(path).names) == (path not in before)
+    pd.testing.assert_frame_equal(strip(result.records), strip(fresh))
+    pd.testing.assert_frame_equal(strip(load_study(out).records), strip(fresh))
+    # and a records frame without the columns (saved by an older version) summarises
+    pd.testing.assert_frame_equal(measures(expected.drop(columns=["df", "p"])),
+                                  measures(expected))
+
+
+def test_methods_may_record_df_and_p():
+    methods = {
+        "nested": lambda d: {"mu": {"estimate": 1.0, "se": 0.5, "df": 9.0, "p": 0.07}},
+        "estimates": lambda d: Estimates({"mu": 1.0, "tau": 2.0}, se={"mu": 0.5},
+                                         df={"mu": 4.0}, p={"mu": 0.2}),
+        "frame": lambda d: pd.DataFrame({"estimate": [1.0], "df": [3.0]}, index=["mu"]),
+        "plain": lambda d: {"mu": 1.0},
+    }
+    rec = Study(None, lambda c, r: None, methods, truth={"mu": 1.0}, n_reps=1,
+                seed=1).run(progress=False).records.set_index(["method", "parameter"])
+    assert (rec.loc[("nested", "mu"), "df"], rec.loc[("nested", "mu"), "p"]) == (9.0, 0.07)
+    assert (rec.loc[("estimates", "mu"), "df"], rec.loc[("estimates", "mu"), "p"]) == (4.0, 0.2)
+    assert np.isnan(rec.loc[("estimates", "tau"), "df"])
+    assert rec.loc[("frame", "mu"), "df"] == 3.0 and np.isnan(rec.loc[("frame", "mu"), "p"])
+    assert np.isnan(rec.loc[("plain", "mu"), "df"]) and np.isnan(rec.loc[("plain", "mu"), "p"])
+    assert str(rec["df"].dtype) == "float64" and str(rec["p"].dtype) == "float64"

@@ -14,22 +14,27 @@ and stopping rule), so its result equals the single fit's to rounding. A
 replicate that does not converge in the batch is refitted alone from lme4's
 start (Lambda = I) with a larger iteration limit, and its messages say so.
 
+:meth:`BatchFit.ddf` gives the denominator degrees of freedom of the fixed
+effects' t tests for every replicate, as :meth:`FitResult.ddf
+<mlmsim.engine.result.FitResult.ddf>` gives them for one fit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
 from mlmsim.engine import inference
+from mlmsim.engine.control import FitControl
 from mlmsim.engine.deviance import ThetaMap
 from mlmsim.engine.estimates import Estimates, estimates, messages
 from mlmsim.engine.fit import _method
 from mlmsim.engine.optimize import OptResult, minimize_theta
-from mlmsim.engine.result import covparm_names
+from mlmsim.engine.result import DDF_METHODS, _variables, _varies_within, covparm_names
 from mlmsim.engine.stats import (
     Centering,
     GroupStats,
@@ -39,6 +44,7 @@ from mlmsim.engine.stats import (
 )
 from mlmsim.formula import StackedDesign, clearly_full_rank, model_design, stacked_design
 from mlmsim.simulate import SimBatch
+from mlmsim.terms import term_products
 
 __all__ = ["BatchFit", "fit_batch", "fit_arrays", "fit_stats"]
 
@@ -53,6 +59,15 @@ class BatchFit:
     NaN where H is not positive definite). ``estimates`` holds everything else
     (T, sigma2, theta, Hessians, flags); ``messages`` one tuple per replicate;
     ``errors`` None, or why a replicate could not be fitted (its estimates are NaN).
+
+    For :meth:`ddf` it keeps what a ``FitResult`` keeps for its own: the statistics
+    ``stats`` the replicates were fitted from (batch axis R; of the centred data when
+    ``fixed_map`` is given), the ``theta_map`` and ``cov_structure`` of the model,
+    ``fixed_map`` (R, p, p), the map of the fixed effects of ``stats`` to the reported
+    ones (:class:`~mlmsim.engine.stats.Centering`'s ``L``; None: the identity), and
+    ``varies_within``, a callable giving (R, p) whether each fixed column varies
+    within groups (computed on request from the data the batch was fitted from, to which
+    it keeps a reference; None when fitted from statistics alone).
     """
 
     method: str
@@ -63,10 +78,60 @@ class BatchFit:
     messages: tuple[tuple[str, ...], ...]
     refitted: np.ndarray
     errors: tuple[str | None, ...] = ()
+    stats: GroupStats | None = field(default=None, repr=False, compare=False)
+    theta_map: ThetaMap | None = field(default=None, repr=False, compare=False)
+    cov_structure: inference.CovStructure | None = field(default=None, repr=False,
+                                                         compare=False)
+    fixed_map: np.ndarray | None = field(default=None, repr=False, compare=False)
+    varies_within: Callable[[], np.ndarray] | None = field(default=None, repr=False,
+                                                           compare=False)
 
     @property
     def n(self) -> int:
         return int(self.estimates.beta.shape[0])
+
+    @property
+    def reml(self) -> bool:
+        return self.method == "REML"
+
+    def ddf(self, kind: str = "satterthwaite") -> np.ndarray:
+        """Denominator degrees of freedom (R, p) of each fixed effect in each replicate,
+        as :meth:`FitResult.ddf <mlmsim.engine.result.FitResult.ddf>` computes them for
+        a single fit: ``kind`` is "satterthwaite" (lmerTest), "containment" (SAS's
+        default), "between-within" (SAS DDFM=BW) or "residual" (N - p), in any case.
+        NaN for a replicate that could not be fitted, and where the df cannot be
+        computed (Satterthwaite's when the Hessian in the covariance parameters is not
+        positive definite)."""
+        kind = _ddf_kind(kind)
+        if self.stats is None:
+            raise ValueError("this BatchFit carries no statistics; degrees of freedom need "
+                             "a fit by fit_stats, fit_arrays or fit_batch")
+        R, p = self.n, len(self.fixed_names)
+        fitted = np.array([e is None for e in self.errors], dtype=bool) if self.errors \
+            else np.ones(R, dtype=bool)
+        stats = self.stats
+        out = np.full((R, p), np.nan)
+        if kind == "residual":
+            out[:] = (np.asarray(stats.N, dtype=float).reshape(R) - p)[:, None]
+        elif kind == "satterthwaite":
+            est = self.estimates
+            out = np.asarray(inference.satterthwaite_many(
+                stats, self.theta_map, self.cov_structure, est.theta, est.sigma2, self.reml,
+                self.fixed_map), dtype=float).reshape(R, p).copy()
+        elif kind == "containment":
+            fv = [_variables(n) for n in self.fixed_names]
+            rv = [_variables(n) for n in self.random_names]
+            for r in np.flatnonzero(fitted):
+                out[r] = inference.containment_df(_one(stats, r), fv, rv, [])
+        else:
+            if self.varies_within is None:
+                raise ValueError("between-within df need the fixed design (which columns "
+                                 "vary within groups); fit with fit_arrays or fit_batch")
+            varies = np.asarray(self.varies_within(), dtype=bool).reshape(R, p)
+            for r in np.flatnonzero(fitted):
+                out[r] = inference.between_within_df(_one(stats, r), varies[r])
+        out[~fitted] = np.nan
+        return out
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -115,17 +180,36 @@ class BatchFit:
         })
 
 
+def _ddf_kind(kind: str) -> str:
+    """``kind`` in lower case if it names a df method, else a ValueError naming them."""
+    m = kind.lower() if isinstance(kind, str) else kind
+    if m not in DDF_METHODS:
+        raise ValueError(f"unknown ddf method {kind!r}; choose one of {', '.join(DDF_METHODS)}")
+    return m
+
+
+def _one(stats: GroupStats, r: int) -> GroupStats:
+    """Replicate r of batched statistics, without the batch axis (as a single fit's)."""
+    return GroupStats(*(np.asarray(getattr(stats, f))[r]
+                        for f in GroupStats.__dataclass_fields__))
+
+
 def fit_stats(stats: GroupStats, blocks: tuple[tuple[int, ...], ...], method: str,
               fixed_names: Sequence[str], random_names: Sequence[str],
-              max_iter: int = 300, centering: Centering | None = None) -> BatchFit:
+              control: FitControl | dict | None = None,
+              centering: Centering | None = None) -> BatchFit:
     """Fit R replicates from stacked statistics (batch axis R first).
 
     A replicate that cannot be fitted (its fixed effects fit y exactly) gets NaN
     estimates and its reason in ``errors``; the others are fitted as usual. With
     ``centering`` (batched), the statistics are of centred data and the fixed
-    effects are mapped back, as in the single fit.
+    effects are mapped back, as in the single fit. ``control`` (a
+    :class:`~mlmsim.engine.control.FitControl`, a dict of its fields, or None for the
+    defaults) goes to the optimiser; a replicate refitted alone gets 5 times its
+    ``max_iter``.
     """
     reml = _method(method) == "REML"
+    control = FitControl.coerce(control)
     q = stats.A.shape[-1]
     tmap = ThetaMap.from_blocks(q, blocks)
     cs = inference.CovStructure.from_blocks(q, blocks)
@@ -135,10 +219,10 @@ def fit_stats(stats: GroupStats, blocks: tuple[tuple[int, ...], ...], method: st
     pk = stats.select(good)
     refitted = np.zeros(R, dtype=bool)
     if good.size:
-        opt = minimize_theta(pk, tmap, reml, max_iter=max_iter)
+        opt = minimize_theta(pk, tmap, reml, None, control)
         refit = np.flatnonzero(~opt.converged)
         if refit.size:
-            opt = _refit_alone(pk, tmap, reml, opt, refit)
+            opt = _refit_alone(pk, tmap, reml, opt, refit, control)
             refitted[good[refit]] = True
         est = estimates(pk, tmap, cs, opt, reml)
         if centering is not None:
@@ -161,7 +245,9 @@ def fit_stats(stats: GroupStats, blocks: tuple[tuple[int, ...], ...], method: st
         notes.append(tuple(m))
     cp_names, _ = covparm_names(rnames, cs.rows, cs.cols)
     return BatchFit("REML" if reml else "ML", tuple(fixed_names), tuple(rnames),
-                    tuple(cp_names), est, tuple(notes), refitted, tuple(errors.tolist()))
+                    tuple(cp_names), est, tuple(notes), refitted, tuple(errors.tolist()),
+                    stats=stats, theta_map=tmap, cov_structure=cs,
+                    fixed_map=None if centering is None else centering.L)
 
 
 def _scatter(est: Estimates | None, good: np.ndarray, R: int, like=None) -> Estimates:
@@ -190,36 +276,43 @@ def _scatter(est: Estimates | None, good: np.ndarray, R: int, like=None) -> Esti
     return Estimates(**fields)
 
 
-def _refit_alone(pk, tmap, reml, opt: OptResult, idx: np.ndarray) -> OptResult:
-    """Refit replicates ``idx`` one by one (start Lambda = I, 5x the iterations);
-    keep the refit where it converged or reached a lower deviance."""
-    theta, dev, grad = opt.theta.copy(), opt.deviance.copy(), opt.grad.copy()
-    hess, iters, conv = opt.hessian.copy(), opt.iterations.copy(), opt.converged.copy()
+def _refit_alone(pk, tmap, reml, opt: OptResult, idx: np.ndarray,
+                control: FitControl | None = None) -> OptResult:
+    """Refit replicates ``idx`` one by one (start Lambda = I, 5x the iterations of
+    ``control``); keep the refit where it converged or reached a lower deviance."""
+    control = FitControl.coerce(control)
+    longer = replace(control, max_iter=5 * control.max_iter)
+    names = ("theta", "deviance", "grad", "hessian", "iterations", "converged", "info")
+    out = {f: getattr(opt, f).copy() for f in names}
     for r in idx:
         one = minimize_theta(pk.select(np.array([r])), tmap, reml, tmap.start()[None, :],
-                             max_iter=1500)
-        if one.converged[0] or one.deviance[0] < dev[r]:
-            theta[r], dev[r], grad[r] = one.theta[0], one.deviance[0], one.grad[0]
-            hess[r], iters[r], conv[r] = one.hessian[0], one.iterations[0], one.converged[0]
-    return OptResult(theta, dev, grad, hess, iters, conv)
+                             longer)
+        if one.converged[0] or one.deviance[0] < out["deviance"][r]:
+            for f in names:
+                out[f][r] = getattr(one, f)[0]
+    return replace(opt, **out)
 
 
 def fit_arrays(y: np.ndarray, X: np.ndarray, Z: np.ndarray, codes: np.ndarray, *,
                method: str = "REML", fixed_names: Sequence[str], random_names: Sequence[str],
                blocks: tuple[tuple[int, ...], ...] | None = None, n_groups: int | None = None,
-               ) -> BatchFit:
+               control: FitControl | dict | None = None) -> BatchFit:
     """Fit R data sets given as arrays: y (R, N), X (R, N, p) or (N, p), Z (R, N, q) or
     (N, q), group codes (N,) shared by all replicates. ``blocks`` defaults to one
-    unstructured T over all q random effects."""
+    unstructured T over all q random effects; ``control`` goes to the optimiser
+    (:func:`fit_stats`)."""
     codes = np.asarray(codes)
     J = int(codes.max()) + 1 if n_groups is None else int(n_groups)
     q = np.shape(Z)[-1]
     blocks = (tuple(range(q)),) if blocks is None else blocks
     stats, centering = centred_group_stats(y, X, Z, codes, J)
-    return fit_stats(stats, blocks, method, fixed_names, random_names, centering=centering)
+    fitted = fit_stats(stats, blocks, method, fixed_names, random_names, control, centering)
+    R = int(np.asarray(stats.yty).reshape(-1).shape[0])
+    return replace(fitted, varies_within=functools.partial(_varies_arrays, X, codes, J, R))
 
 
-def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REML") -> BatchFit:
+def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REML",
+              control: FitControl | dict | None = None) -> BatchFit:
     """Fit one lme4 formula to each DataFrame of ``datasets`` in one batch.
 
     All data sets must give the same fixed and random columns (the same names);
@@ -228,6 +321,7 @@ def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REM
     (:func:`mlmsim.formula.stacked_design`): one stacked design for all. A data set
     may also be a one-replicate :class:`mlmsim.simulate.SimBatch` (what a study's
     generator draws), read without a DataFrame where the fast lane applies.
+    ``control`` goes to the optimiser (:func:`fit_stats`).
 
     >>> import mlmsim
     >>> nels = mlmsim.datasets.load("nels88")
@@ -236,9 +330,10 @@ def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REM
     [3730.494, 3730.494]
     """
     _method(method)
+    control = FitControl.coerce(control)
     stacked = stacked_design(formula, datasets)
     if stacked is not None:
-        fitted = _fit_stacked(stacked, method)
+        fitted = _fit_stacked(stacked, method, control)
         if fitted is not None:
             return fitted
     frames = [d.frame(0) if isinstance(d, SimBatch) else d for d in datasets]
@@ -253,11 +348,13 @@ def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REM
     parts = [centred_group_stats(d.y, d.X, d.Z, d.group_codes, d.ngroups) for d in designs]
     stats = stack_stats([st for st, _ in parts])
     centering = Centering(np.stack([c.L for _, c in parts]), np.stack([c.offset for _, c in parts]))
-    return fit_stats(stats, first.blocks, method, first.fixed_names, first.random_names,
-                     centering=centering)
+    fitted = fit_stats(stats, first.blocks, method, first.fixed_names, first.random_names,
+                       control, centering)
+    return replace(fitted, varies_within=functools.partial(_varies_designs, designs))
 
 
-def _fit_stacked(stacked: StackedDesign, method: str) -> BatchFit | None:
+def _fit_stacked(stacked: StackedDesign, method: str,
+                 control: FitControl | None = None) -> BatchFit | None:
     """Fit a stacked design from its variables and terms (X and Z never formed), or None
     when a replicate needs :func:`mlmsim.formula.model_design`: a value is missing or
     infinite (then a sum of squares, y'y, a diagonal of X'X or of some A_j, is not
@@ -274,8 +371,11 @@ def _fit_stacked(stacked: StackedDesign, method: str) -> BatchFit | None:
         return None
     if not _full_rank(stats.XtX, centering.L):
         return None
-    return fit_stats(stats, stacked.blocks, method, stacked.fixed_names, stacked.random_names,
-                     centering=centering)
+    fitted = fit_stats(stats, stacked.blocks, method, stacked.fixed_names,
+                       stacked.random_names, control, centering)
+    return replace(fitted, varies_within=functools.partial(
+        _varies_stacked, stacked.variables, stacked.fixed_terms, stacked.group_codes,
+        stacked.group_labels.shape[0]))
 
 
 def _full_rank(XtX_c: np.ndarray, L: np.ndarray) -> bool:
@@ -285,3 +385,26 @@ def _full_rank(XtX_c: np.ndarray, L: np.ndarray) -> bool:
     M = L^{-1} = 2 I - L (L = I - e_0 m', (e_0 m')^2 = 0), so X'X = M' X_c'X_c M."""
     M = 2.0 * np.eye(L.shape[-1]) - L
     return bool(clearly_full_rank(np.swapaxes(M, -1, -2) @ XtX_c @ M).all())
+
+
+# Which fixed columns vary within groups (for between-within df), per replicate, from
+# the data the batch was fitted from: the rule of a single fit's ``FitResult.ddf``.
+
+def _varies_designs(designs: Sequence) -> np.ndarray:
+    return np.stack([_varies_within(d.X, d.group_codes, d.ngroups) for d in designs])
+
+
+def _varies_arrays(X, codes: np.ndarray, J: int, R: int) -> np.ndarray:
+    if isinstance(X, list | tuple) and X and all(isinstance(x, np.ndarray) for x in X):
+        return np.stack([_varies_within(np.asarray(x, dtype=float), codes, J) for x in X])
+    X = np.asarray(X, dtype=float)
+    if X.ndim == 2:  # one design shared by all replicates
+        return np.broadcast_to(_varies_within(X, codes, J), (R, X.shape[-1]))
+    X = X.reshape(-1, *X.shape[-2:])
+    return np.stack([_varies_within(x, codes, J) for x in X])
+
+
+def _varies_stacked(variables: Sequence[np.ndarray], fixed_terms: np.ndarray,
+                    codes: np.ndarray, J: int) -> np.ndarray:
+    return np.stack([_varies_within(term_products(np.asarray(v, dtype=float), fixed_terms),
+                                    codes, J) for v in variables])

@@ -17,11 +17,11 @@ given theta, from the per-group statistics (``stats.GroupStats``):
 
 (XtVX etc. are sigma^2 X'V^{-1}X and so on.) The gradient with respect to the
 elements of Lambda, with u_j = c_j - B_j beta, P_j = M_j^{-1} Lambda',
-W_j = Lambda P_j and G_j = I - W_j A_j:
+D_j = Lambda P_j and G_j = I - A_j D_j (docs/math.md (5.1)-(5.3)):
 
     d log|M_j|   / d Lambda =  2 A_j Lambda M_j^{-1}
-    d r2         / d Lambda = -2 sum_j (G_j' u_j)(P_j u_j)'
-    d log|XtVX|  / d Lambda = -2 sum_j G_j' B_j XtVX^{-1} (P_j B_j)'
+    d r2         / d Lambda = -2 sum_j (G_j u_j)(P_j u_j)'
+    d log|XtVX|  / d Lambda = -2 sum_j (G_j B_j) XtVX^{-1} (P_j B_j)'
 
 :func:`deviance` and :func:`deviance_grad` evaluate these in compiled loops
 over groups (:mod:`mlmsim.engine.kernels`), for any leading batch dimensions

@@ -130,6 +130,11 @@ def estimates_and_ranef(stats: GroupStats, tmap: ThetaMap, cs: inference.CovStru
      ) = kernels.estimates_many(
         theta, st, tmap.rows, tmap.cols, cs.rows, cs.cols, bool(reml),
         kernel_array(opt.grad, (R,), (k,)), kernel_array(opt.hessian, (R,), (k, k)), ranef)
+    # the Newton step H_theta^{-1} g in the scaled theta of docs/math.md (7.1), so that the
+    # check (9.4) does not depend on the units of Z: theta~_k = theta_k sqrt(zz_rows[k])
+    zscale = np.einsum("rjaa->ra", st.A) / st.N[:, None]
+    sz = np.sqrt(np.where(zscale > 0, zscale, 1.0))
+    scaled = scaled * sz[:, tmap.rows]
     grad_ok = np.abs(scaled).max(axis=-1, initial=0.0) <= GRAD_CHECK
     with np.errstate(invalid="ignore"):
         singular = ~(smallest >= SINGULAR)
@@ -138,7 +143,7 @@ def estimates_and_ranef(stats: GroupStats, tmap: ThetaMap, cs: inference.CovStru
         hessian_eigenvalues=eig, hessian_pd=pd, acov=acov, deviance=opt.deviance,
         converged=opt.converged, grad_ok=grad_ok, scaled_grad=scaled, singular=singular,
         dependent=dependent_columns(stats), singular_value=smallest,
-        zscale=np.einsum("rjaa->ra", st.A) / st.N[:, None], stop=opt.info[:, 1].copy(),
+        zscale=zscale, stop=opt.info[:, 1].copy(),
     )
     return est, U, V
 

@@ -74,14 +74,17 @@ def lambda_theta(theta, rows, cols, L, s):
 @njit(cache=True, error_model="numpy")
 def lambda_psi(Psi, L, s):
     """A signed root of the symmetric Psi (docs/math.md (3.1)): Psi = L diag(s) L' with
-    L = V |w|^{1/2}, s = sign(w) (+1 for w = 0) from Psi = V diag(w) V'."""
+    L = V |w|^{1/2}, s = sign(w) (+1 for w = 0) from Psi = V diag(w) V', the columns in
+    descending order of w: with the +1 columns first, the LDL' of M_j without pivoting
+    cannot meet a zero pivot at a valid point (docs/math.md (3.3))."""
     q = Psi.shape[0]
     w, V = np.linalg.eigh(Psi)
     for b in range(q):
-        r = math.sqrt(abs(w[b]))
-        s[b] = -1.0 if w[b] < 0.0 else 1.0
+        e = q - 1 - b
+        r = math.sqrt(abs(w[e]))
+        s[b] = -1.0 if w[e] < 0.0 else 1.0
         for a in range(q):
-            L[a, b] = V[a, b] * r
+            L[a, b] = V[a, e] * r
 
 
 @njit(cache=True, error_model="numpy")

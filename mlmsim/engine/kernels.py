@@ -31,7 +31,7 @@ from mlmsim.engine.gls import (
     replicate,
     workspace,
 )
-from mlmsim.engine.linalg import ldl_inverse, lu_solve, scaled_eigh, scaled_inverse
+from mlmsim.engine.linalg import ldl, ldl_inverse, lu_solve, scaled_eigh, scaled_inverse
 from mlmsim.engine.phi_kernel import phi_pass, phi_workspace
 from mlmsim.engine.tolerances import DEPENDENT_EIG, HESSIAN_PD
 
@@ -87,14 +87,14 @@ def deviance_one(theta, st, rows, cols, reml, want_grad, g_out, w):
                 t -= S[j, a, b] * beta[b, 0]
             u[a] = s
             Pu[a] = t
-        # G_j'u_j = u_j - A_j Lambda P_j u_j
+        # G_j u_j = u_j - A_j Lambda P_j u_j = u_j - A_j D_j u_j
         for a in range(q):
             s = u[a]
             for t in range(q):
                 s -= AL[a, t] * Pu[t]
             Gu[a] = s
         ldl_inverse(w.F[j], q, Minv)
-        # (5.1) 2 A_j Lambda M_j^{-1}  and  (5.2) -2 (G_j'u_j)(P_j u_j)'
+        # (5.1) 2 A_j Lambda M_j^{-1}  and  (5.2) -2 (G_j u_j)(P_j u_j)'
         for a in range(q):
             for b in range(q):
                 s = 0.0
@@ -102,7 +102,7 @@ def deviance_one(theta, st, rows, cols, reml, want_grad, g_out, w):
                     s += AL[a, t] * Minv[t, b]
                 gL[a, b] += 2.0 * s - 2.0 * wt * Gu[a] * Pu[b]
         if reml:
-            # (5.3) -2 (G_j'B_j) C (P_j B_j)', P_j B_j = S_jB, G_j'B_j = B_j - A_j Lambda S_jB
+            # (5.3) -2 (G_j B_j) C (P_j B_j)', P_j B_j = S_jB, G_j B_j = B_j - A_j Lambda S_jB
             for a in range(q):
                 for b in range(p):
                     s = B[j, a, b]
@@ -216,43 +216,51 @@ def _readout_arrays(R, J, q, p, want_ranef):
 
 
 @njit(cache=True, error_model="numpy")
-def singular_one(T, sigma2, A, N):
-    """docs/math.md (9.2): the smallest eigenvalue of T (Z'Z / N) / sigma^2 on the column
-    space of Z, Z'Z = sum_j A_j. With Z'Z / N = E diag(ev) E', it is the smallest
-    eigenvalue of diag(ev_r)^{1/2} E_r' T E_r diag(ev_r)^{1/2} / sigma^2 over the r
-    eigenvalues above DEPENDENT_EIG times the largest (all q unless Z's columns are
-    dependent, as for intercept + female + male). T-hat is singular when it is below
-    SINGULAR. Invariant to the units of y and to any linear recoding of Z's columns."""
+def singular_one(L, A, N):
+    """docs/math.md (9.2): the smallest eigenvalue of T (Z'Z / N) / sigma^2 = Lambda Lambda'
+    (Z'Z / N) on the column space of Z (Z'Z = sum_j A_j); T-hat is singular when it is below
+    SINGULAR. Invariant to the units of y and to any linear recoding of Z's columns.
+
+    Computed from Lambda, not from T (whose rounding, after a shift of a predictor, can
+    exceed the quantity itself), as the squared smallest singular value of W Lambda with
+    W'W = Z'Z / N: W the transposed Cholesky factor, or, where Z's columns are dependent
+    (intercept + female + male), diag(ev_r)^{1/2} E_r' from the eigenvalues ev_r of Z'Z / N
+    above DEPENDENT_EIG times the largest."""
     J, q = A.shape[0], A.shape[1]
     ZZ = np.zeros((q, q))
     for j in range(J):
         for a in range(q):
             for b in range(q):
                 ZZ[a, b] += A[j, a, b] / N
-    ev, E = np.linalg.eigh(ZZ)
-    top = max(ev[q - 1], 1e-300)
-    r = 0
-    for e in range(q):
-        if ev[e] > DEPENDENT_EIG * top:
-            r += 1
-    if r == 0:
-        return np.nan
-    M = np.empty((r, r))
-    for a in range(r):
-        ea = q - r + a
-        for b in range(r):
-            eb = q - r + b
-            s = 0.0
-            for i in range(q):
-                for t in range(q):
-                    s += E[i, ea] * T[i, t] * E[t, eb]
-            M[a, b] = s * math.sqrt(ev[ea] * ev[eb])
-    for a in range(r):
-        for b in range(a):
-            v = 0.5 * (M[a, b] + M[b, a])
-            M[a, b] = v
-            M[b, a] = v
-    return np.linalg.eigvalsh(M)[0] / sigma2
+    F = ZZ.copy()
+    ld, neg = ldl(F, q)
+    full = not math.isnan(ld) and neg == 0
+    if full:
+        for a in range(q):
+            if not F[a, a] > DEPENDENT_EIG * ZZ[a, a]:
+                full = False
+    if full:
+        W = np.zeros((q, q))
+        for a in range(q):
+            r = math.sqrt(F[a, a])
+            for b in range(a, q):
+                W[a, b] = r * (1.0 if a == b else F[b, a])
+    else:
+        ev, E = np.linalg.eigh(ZZ)
+        top = max(ev[q - 1], 1e-300)
+        nr = 0
+        for e in range(q):
+            if ev[e] > DEPENDENT_EIG * top:
+                nr += 1
+        if nr == 0:
+            return np.nan
+        W = np.zeros((nr, q))
+        for a in range(nr):
+            e = q - nr + a
+            for b in range(q):
+                W[a, b] = math.sqrt(ev[e]) * E[b, e]
+    sv = np.linalg.svd(W @ L)[1]
+    return sv[sv.shape[0] - 1] ** 2
 
 
 @njit(cache=True, error_model="numpy")
@@ -319,7 +327,7 @@ def estimates_many(theta, st, rows, cols, cs_rows, cs_cols, reml, grad, hess, wa
         for i in range(k):
             v = gk[i, 0]
             scaled[r, i] = v if ok and math.isfinite(v) else grad[r, i]
-        smallest[r] = singular_one(T[r], s2, one.A, one.N) if s2 > 0.0 else np.nan
+        smallest[r] = singular_one(L, one.A, one.N)
     return (betas, vcov, sigma2, T, phi, H, eig, pd, acov, scaled, smallest, U, V)
 
 

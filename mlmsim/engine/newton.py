@@ -2,10 +2,11 @@
 
 docs/math.md section 7; the strategy is described in :mod:`mlmsim.engine.optimize`. Every
 evaluation is :func:`mlmsim.engine.kernels.deviance_one`. The optimiser works in the
-scaled parameterisation of docs/math.md (7.1): Z's columns divided by their root mean
-square, so that theta, the step bound, the edge and the gradient tolerance mean the same
-whatever the units of the random-effect predictors; theta, the gradient and the Hessian
-are mapped back at the end. Counters (evaluations, halvings) and the stop reason
+standardised parameterisation of docs/math.md (7.1): Z~ = Z U^{-T} with U U' = Z'Z / N
+block by block (U upper triangular, so Lambda~ = U' Lambda stays lower triangular), so
+that theta, the step bound, the edge and the gradient tolerance mean the same whatever
+the units of the random-effect predictors and wherever their origin; theta, the gradient
+and the Hessian are mapped back at the end. Counters (evaluations, halvings) and the stop reason
 (:class:`mlmsim.engine.control.StopReason` codes) are returned per replicate.
 """
 
@@ -18,11 +19,12 @@ from numba import njit
 
 from mlmsim.engine.gls import Stats, replicate, workspace
 from mlmsim.engine.kernels import deviance_one
-from mlmsim.engine.linalg import ldl, ldl_inverse, ldl_solve
+from mlmsim.engine.linalg import ldl, ldl_inverse, ldl_solve, lu_solve
 from mlmsim.engine.tolerances import (
     ARMIJO,
     BFGS_CURVATURE,
     CURVATURE_FLOOR,
+    DEPENDENT_EIG,
     FD_STEP,
     FLOOR_HALVINGS,
     MAX_HALVINGS,
@@ -34,7 +36,8 @@ from mlmsim.engine.tolerances import (
     START_DET,
 )
 
-__all__ = ["moment_start_one", "minimize_one", "minimize_many", "scaled_stats"]
+__all__ = ["moment_start_one", "minimize_one", "minimize_many", "standardising_map",
+           "transformed_stats", "theta_map"]
 
 # StopReason codes (mlmsim.engine.control.StopReason)
 _DECREMENT, _GRADIENT, _FLOOR, _MAX_ITER, _LINE_SEARCH, _NOT_FINITE = 0, 1, 2, 3, 4, 5
@@ -412,29 +415,135 @@ def _near_singular(theta, rows, cols):
 
 
 @njit(cache=True, error_model="numpy")
-def scaled_stats(st, sz):
-    """docs/math.md (7.1): the statistics of Z S_Z^{-1}, S_Z = diag(sz) with sz_a the root
-    mean square of Z's column a (1 where it is 0): A_j -> S^{-1} A_j S^{-1},
-    B_j -> S^{-1} B_j, c_j -> S^{-1} c_j. Writes sz (q,)."""
-    A, B, c = st.A, st.B, st.c
-    J, q, p = B.shape[0], B.shape[1], B.shape[2]
-    for a in range(q):
-        acc = 0.0
-        for j in range(J):
-            acc += A[j, a, a]
-        v = math.sqrt(acc / st.N) if st.N > 0 else 0.0
-        sz[a] = v if v > 0.0 and math.isfinite(v) else 1.0
-    As = np.empty_like(A)
-    Bs = np.empty_like(B)
-    cs = np.empty_like(c)
+def standardising_map(st, rows, cols, Ut):
+    """docs/math.md (7.1): the lower-triangular Ut = U' with U U' = Z'Z / N (an "upper-lower"
+    Cholesky factor, taken block by block of T's structure), so that Z~ = Z U^{-T} has
+    Z~'Z~ / N = I within each block and Lambda~ = U' Lambda stays lower triangular and
+    block-diagonal: the optimiser's parameters then do not depend on the units of the
+    random-effect predictors, nor on shifts of them (x + a is a linear recoding of [1, x]).
+    A block whose Z'Z is not positive definite (dependent or empty columns) falls back to
+    the diagonal root mean squares (1 for an empty column)."""
+    A = st.A
+    J, q = A.shape[0], A.shape[1]
+    ZZ = np.zeros((q, q))
     for j in range(J):
         for a in range(q):
             for b in range(q):
-                As[j, a, b] = A[j, a, b] / (sz[a] * sz[b])
+                ZZ[a, b] += A[j, a, b]
+    for a in range(q):
+        for b in range(q):
+            ZZ[a, b] = ZZ[a, b] / st.N if st.N > 0 else 0.0
+            Ut[a, b] = 0.0
+    same = np.zeros((q, q), dtype=np.bool_)
+    for i in range(rows.shape[0]):
+        same[rows[i], cols[i]] = True
+        same[cols[i], rows[i]] = True
+    done = np.zeros(q, dtype=np.bool_)
+    for a0 in range(q):
+        if done[a0]:
+            continue
+        idx = np.empty(q, dtype=np.int64)
+        nb = 0
+        for b in range(q):
+            if same[a0, b] or b == a0:
+                idx[nb] = b
+                nb += 1
+                done[b] = True
+        # reversed Cholesky of the block: P_rev = L L', U = rev(L); U' = rev(L')
+        P = np.empty((nb, nb))
+        for i in range(nb):
+            for t in range(nb):
+                P[i, t] = ZZ[idx[nb - 1 - i], idx[nb - 1 - t]]
+        ok = True
+        for i in range(nb):
+            for t in range(nb):
+                if not math.isfinite(P[i, t]):
+                    ok = False
+        if ok:
+            diag = np.empty(nb)
+            for i in range(nb):
+                diag[i] = P[i, i]
+            ld, neg = ldl(P, nb)
+            ok = not math.isnan(ld) and neg == 0
+            if ok:
+                # a pivot tiny against its own diagonal (1 - R^2 of that column on the
+                # ones before it): dependent columns
+                for i in range(nb):
+                    if not P[i, i] > DEPENDENT_EIG * diag[i]:
+                        ok = False
+        if ok:
+            # L = unit-lower(P) sqrt(Delta); U'[a, b] = L[rev a, rev b]' = L[rev b, rev a]
+            for i in range(nb):
+                for t in range(nb):
+                    ri, rt = nb - 1 - i, nb - 1 - t
+                    if rt > ri:
+                        continue
+                    lv = math.sqrt(P[rt, rt]) * (1.0 if ri == rt else P[ri, rt])
+                    # L[ri, rt] with ri >= rt; U = J L J: U[i, t] = L[ri, rt] (i <= t)
+                    Ut[idx[t], idx[i]] = lv
+        else:
+            for i in range(nb):
+                v = math.sqrt(ZZ[idx[i], idx[i]]) if ZZ[idx[i], idx[i]] > 0.0 else 1.0
+                Ut[idx[i], idx[i]] = v if math.isfinite(v) and v > 0.0 else 1.0
+
+
+@njit(cache=True, error_model="numpy")
+def transformed_stats(st, Ut):
+    """The statistics of Z~ = Z U^{-T} (U = Ut'): A~ = U^{-1} A U^{-T}, B~ = U^{-1} B,
+    c~ = U^{-1} c, by triangular solves with the upper-triangular U."""
+    A, B, c = st.A, st.B, st.c
+    J, q, p = B.shape[0], B.shape[1], B.shape[2]
+    As = np.empty_like(A)
+    Bs = np.empty_like(B)
+    cs = np.empty_like(c)
+    X = np.empty((q, q + p + 1))
+    for j in range(J):
+        for a in range(q):
+            for b in range(q):
+                X[a, b] = A[j, a, b]
             for b in range(p):
-                Bs[j, a, b] = B[j, a, b] / sz[a]
-            cs[j, a] = c[j, a] / sz[a]
+                X[a, q + b] = B[j, a, b]
+            X[a, q + p] = c[j, a]
+        _solve_upper(Ut, X, q + p + 1)
+        # A~ = U^{-1} (U^{-1} A)' = U^{-1} A U^{-T}: solve again on the transpose
+        Y = np.empty((q, q))
+        for a in range(q):
+            for b in range(q):
+                Y[a, b] = X[b, a]
+        _solve_upper(Ut, Y, q)
+        for a in range(q):
+            for b in range(q):
+                As[j, a, b] = 0.5 * (Y[a, b] + Y[b, a])
+            for b in range(p):
+                Bs[j, a, b] = X[a, q + b]
+            cs[j, a] = X[a, q + p]
     return Stats(As, Bs, cs, st.XtX, st.Xty, st.yty, st.N, st.n)
+
+
+@njit(cache=True, error_model="numpy")
+def _solve_upper(Ut, X, m):
+    """X <- U^{-1} X for U = Ut' upper triangular (X (q, >= m), first m columns)."""
+    q = Ut.shape[0]
+    for col in range(m):
+        for i in range(q - 1, -1, -1):
+            s = X[i, col]
+            for t in range(i + 1, q):
+                s -= Ut[t, i] * X[t, col]
+            X[i, col] = s / Ut[i, i]
+
+
+@njit(cache=True, error_model="numpy")
+def theta_map(Ut, rows, cols):
+    """K (k, k) with theta~ = K theta for Lambda~ = U' Lambda (Ut = U' lower triangular):
+    column i is theta~ of the Lambda with theta = e_i."""
+    k = rows.shape[0]
+    K = np.zeros((k, k))
+    for i in range(k):
+        # Lambda = E_{rows[i], cols[i]}: (U' Lambda)[a, b] = Ut[a, rows[i]] [b = cols[i]]
+        for e in range(k):
+            if cols[e] == cols[i]:
+                K[e, i] = Ut[rows[e], rows[i]]
+    return K
 
 
 @njit(cache=True, error_model="numpy")
@@ -452,13 +561,18 @@ def minimize_one(st, rows, cols, reml, theta0, use_start, max_iter, tol, gtol, m
     """
     k = rows.shape[0]
     q = st.A.shape[1]
-    sz = np.empty(q)
-    ss = scaled_stats(st, sz)
+    Ut = np.empty((q, q))
+    standardising_map(st, rows, cols, Ut)
+    ss = transformed_stats(st, Ut)
+    K = theta_map(Ut, rows, cols)
     w = workspace(st.B.shape[0], q, st.B.shape[2])
     cnt = np.zeros(2, dtype=np.int64)
     if use_start:
         for i in range(k):
-            theta[i] = theta0[i] * sz[rows[i]]
+            acc = 0.0
+            for t in range(k):
+                acc += K[i, t] * theta0[t]
+            theta[i] = acc
     else:
         moment_start_one(ss, rows, cols, theta)
     f, it, stop = _minimize(theta, ss, rows, cols, reml, max_iter, tol, gtol, max_step, edge,
@@ -486,13 +600,19 @@ def minimize_one(st, rows, cols, reml, theta0, use_start, max_iter, tol, gtol, m
                 g[i] = g2[i]
                 for j in range(k):
                     H[i, j] = H2[i, j]
-    # back to the original units: Lambda = S^{-1} Lambda~, theta_i = theta~_i / sz[rows_i]
+    # back to the original parameters: theta = K^{-1} theta~, g = K' g~, H = K' H~ K
+    Kc = K.copy()
+    tt = np.empty((k, 1))
     for i in range(k):
-        si = sz[rows[i]]
-        theta[i] /= si
-        g[i] *= si
+        tt[i, 0] = theta[i]
+    lu_solve(Kc, tt)
+    gk = K.T @ g
+    Hk = K.T @ H @ K
+    for i in range(k):
+        theta[i] = tt[i, 0]
+        g[i] = gk[i]
         for j in range(k):
-            H[i, j] *= si * sz[rows[j]]
+            H[i, j] = 0.5 * (Hk[i, j] + Hk[j, i])
     info[0] = it
     info[1] = stop
     info[2] = cnt[_EVALS]

@@ -29,6 +29,15 @@ with var(s^2) = sum_i (s_i^2 - mean(s^2))^2 / (n-1), theta_0 the null value (0 b
 default; ``rejection`` is power when theta != theta_0 and the type I error rate when
 theta = theta_0; rsimsum calls it ``power``), and (lo_i, hi_i) the interval recorded by
 the method, or the Wald interval theta_i -+ z_{(1+level)/2} s_i where none was recorded.
+
+Records with degrees of freedom (the ``df`` column, e.g. of ``FormulaMethod(...,
+ddf="satterthwaite")``) are t-based: ``rejection`` compares |theta_i - theta_0| / s_i with
+t_{df_i, 1-alpha/2} (for theta_0 = 0, the recorded p <= alpha). A condition x method x
+parameter with a finite df in any record is t-based throughout: its records with a NaN df
+(where the method could not compute one, and so recorded no p and no interval) are left
+out of ``rejection``, ``cover`` and ``becover`` rather than given a normal-theory test or
+interval; ``n`` says how many records were used. (One whose df are all NaN cannot be told
+from a method without df, and gets the Wald fallback.)
 ``bias``, ``empse`` and the measures of theta_i use the replicates with a finite
 estimate (and a finite truth for bias, relbias, mse, rmse); ``modse``, ``relerror`` and
 ``rejection`` those with a finite estimate and SE (``relerror`` compares modse and empse on
@@ -75,8 +84,10 @@ FIT_PARAMETER = "(fit)"
 _KEYS = ["condition", "method", "parameter"]
 _FIT_KEYS = ["condition", "method"]
 _COLUMNS = ["condition", "rep", "method", "parameter", "truth", "estimate", "se", "ci_lower",
-            "ci_upper", "converged", "singular", "hessian_pd", "identifiable", "error",
+            "ci_upper", "df", "converged", "singular", "hessian_pd", "identifiable", "error",
             "seconds"]
+# record columns that are neither read here nor condition variables
+_OTHER_COLUMNS = ("p", "messages", "seed")
 # Moments pooled across chunks: name -> (count column, mean column, M2 column)
 _MOMENTS = ("est", "err2", "pest", "s2")
 _BATCH_ROWS = 500_000
@@ -110,7 +121,7 @@ def _chunk_source(source: Any, where: Callable | None
             return iter([frame])
 
         cond_vars = [c for c in frame.columns if c not in _COLUMNS
-                     and c not in ("messages", "seed")]
+                     and c not in _OTHER_COLUMNS]
         conditions = frame[["condition", *cond_vars]].drop_duplicates("condition")
         methods = list(dict.fromkeys(frame["method"].tolist()))
     elif isinstance(source, Iterable):
@@ -148,19 +159,30 @@ def _batches(tables: Iterable, rows: int | None = None) -> Iterator[pd.DataFrame
 
 def _pass1(df: pd.DataFrame, level: float, alpha: float, null: float
            ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-group counts, means and sums of squares (M2) of one chunk of records."""
+    """Per-group counts, means and sums of squares (M2) of one chunk of records.
+
+    Coverage and rejection are counted apart for the records that bring their own
+    interval or df (``n_cover``, ``n_rej``) and for those given the Wald fallback
+    (``n_cover_z``, ``n_rej_z``); :func:`_t_based` decides per group, after pooling,
+    whether the latter count.
+    """
     fits = _fit_partial(df)  # every fit, including those without a parameter row
     df = df[df["parameter"].notna()] if df["parameter"].isna().any() else df
     est = df["estimate"].to_numpy(dtype=float, na_value=np.nan)
     truth = df["truth"].to_numpy(dtype=float, na_value=np.nan)
     se = df["se"].to_numpy(dtype=float, na_value=np.nan)
-    lo, hi = _intervals(df, est, se, level)
+    dof = _dof(df)
+    lo, hi, wald = _intervals(df, est, se, level)
     with np.errstate(all="ignore"):
         f_est = np.isfinite(est)
         f_err = f_est & np.isfinite(truth)
         f_pair = f_est & np.isfinite(se)
         f_ci = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(truth)
-        crit = _z(1.0 - alpha / 2.0)
+        f_df = np.isfinite(dof)
+        stat = np.abs(est - null) / se
+        z_rej = stat >= _z(1.0 - alpha / 2.0)
+        t_rej = stat >= _t_crit(1.0 - alpha / 2.0, dof, f_pair & f_df)
+        covers = (lo <= truth) & (truth <= hi)
         work = pd.DataFrame({
             "condition": df["condition"].to_numpy(),
             "method": df["method"].to_numpy(dtype=object),
@@ -169,8 +191,11 @@ def _pass1(df: pd.DataFrame, level: float, alpha: float, null: float
             "err2": np.where(f_err, (est - truth) ** 2, np.nan),
             "pest": np.where(f_pair, est, np.nan),
             "s2": np.where(f_pair, se**2, np.nan),
-            "cover": np.where(f_ci, (lo <= truth) & (truth <= hi), np.nan),
-            "rej": np.where(f_pair, np.abs(est - null) / se >= crit, np.nan),
+            "cover": np.where(f_ci & ~wald, covers, np.nan),
+            "cover_z": np.where(f_ci & wald, covers, np.nan),
+            "rej": np.where(f_pair & f_df, t_rej, np.nan),
+            "rej_z": np.where(f_pair & ~f_df, z_rej, np.nan),
+            "dof": np.where(f_df, 1.0, np.nan),
             "truth": np.where(np.isfinite(truth), truth, np.nan),
         })
     g = work.groupby(_KEYS, sort=False)
@@ -180,16 +205,36 @@ def _pass1(df: pd.DataFrame, level: float, alpha: float, null: float
     m2 = (g[cols].var(ddof=0).fillna(0.0) * n)
     part = pd.concat({"n": n, "mean": mean, "m2": m2}, axis=1)
     part.columns = [f"{a}_{b}" for a, b in part.columns]
-    part["n_cover"] = g["cover"].count()
-    part["hits_cover"] = g["cover"].sum()
-    part["n_rej"] = g["rej"].count()
-    part["hits_rej"] = g["rej"].sum()
+    for c in ("cover", "cover_z", "rej", "rej_z"):
+        part[f"n_{c}"] = g[c].count()
+        part[f"hits_{c}"] = g[c].sum()
+    part["n_df"] = g["dof"].count()
     part["truth"] = g["truth"].first()
     return part.reset_index(), fits
 
 
+def _dof(df: pd.DataFrame) -> np.ndarray:
+    """The records' degrees of freedom (NaN where none; records without the column,
+    written before it existed, have none)."""
+    if "df" not in df:
+        return np.full(len(df), np.nan)
+    return df["df"].to_numpy(dtype=float, na_value=np.nan)
+
+
+def _t_crit(q: float, dof: np.ndarray, use: np.ndarray) -> np.ndarray:
+    """The q quantile of t on dof where ``use``, NaN elsewhere."""
+    out = np.full(dof.shape, np.nan)
+    if use.any():
+        from scipy import stats as sps
+
+        out[use] = sps.t.ppf(q, dof[use])
+    return out
+
+
 def _intervals(df: pd.DataFrame, est: np.ndarray, se: np.ndarray, level: float
-               ) -> tuple[np.ndarray, np.ndarray]:
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The recorded intervals, with the Wald interval where none was recorded; and
+    which are the Wald fallback."""
     lo = df["ci_lower"].to_numpy(dtype=float, na_value=np.nan)
     hi = df["ci_upper"].to_numpy(dtype=float, na_value=np.nan)
     z = _z(0.5 + level / 2.0)
@@ -198,7 +243,17 @@ def _intervals(df: pd.DataFrame, est: np.ndarray, se: np.ndarray, level: float
         if missing.any():
             lo = np.where(missing, est - z * se, lo)
             hi = np.where(missing, est + z * se, hi)
-    return lo, hi
+    return lo, hi, missing
+
+
+def _t_based(acc: pd.DataFrame) -> pd.DataFrame:
+    """Pooled counts -> ``n_cover``, ``hits_cover``, ``n_rej``, ``hits_rej``: the Wald
+    fallback counts only in groups without df (module docstring)."""
+    z_ok = acc["n_df"] == 0
+    for c in ("cover", "rej"):
+        for k in ("n", "hits"):
+            acc[f"{k}_{c}"] = acc[f"{k}_{c}"] + acc[f"{k}_{c}_z"].where(z_ok, 0)
+    return acc.drop(columns=[f"{k}_{c}_z" for c in ("cover", "rej") for k in ("n", "hits")])
 
 
 def _fit_partial(df: pd.DataFrame) -> pd.DataFrame:
@@ -251,17 +306,20 @@ def _pool(parts: pd.DataFrame, keys: list[str], moments: Sequence[str],
 
 
 def _pass2(df: pd.DataFrame, means: pd.DataFrame, level: float) -> pd.DataFrame:
-    """Per-group counts of intervals covering thetabar (bias-eliminated coverage)."""
+    """Per-group counts of intervals covering thetabar (bias-eliminated coverage);
+    ``means`` has per group ``mean_est`` and ``n_df`` (no Wald fallback where > 0)."""
     df = df[df["parameter"].notna()] if df["parameter"].isna().any() else df
     est = df["estimate"].to_numpy(dtype=float, na_value=np.nan)
     se = df["se"].to_numpy(dtype=float, na_value=np.nan)
-    lo, hi = _intervals(df, est, se, level)
+    lo, hi, wald = _intervals(df, est, se, level)
     keys = pd.DataFrame({"condition": df["condition"].to_numpy(),
                          "method": df["method"].to_numpy(dtype=object),
                          "parameter": df["parameter"].to_numpy(dtype=object)})
-    center = keys.merge(means, on=_KEYS, how="left")["mean_est"].to_numpy(dtype=float)
+    group = keys.merge(means, on=_KEYS, how="left")
+    center = group["mean_est"].to_numpy(dtype=float)
+    t_based = group["n_df"].to_numpy(dtype=float, na_value=0.0) > 0
     with np.errstate(all="ignore"):
-        ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(center)
+        ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(center) & ~(wald & t_based)
         keys["be"] = np.where(ok, (lo <= center) & (center <= hi), np.nan)
     g = keys.groupby(_KEYS, sort=False)["be"]
     return pd.DataFrame({"n_becover": g.count(), "hits_becover": g.sum()}).reset_index()
@@ -361,7 +419,8 @@ def summarise(source: Any, *, alpha: float = 0.05, level: float = 0.95, null: fl
     ----------
     source : records (DataFrame), a :class:`~mlmsim.study.StudyResult`, or a study
         directory (read chunk by chunk).
-    alpha : level of the Wald test of theta = ``null`` behind ``rejection``.
+    alpha : level of the Wald test (t test, for records with df) of theta = ``null``
+        behind ``rejection``.
     level : confidence level of the Wald interval used where no interval was recorded.
     null : theta_0 of the rejection rate.
     where : optional row filter ``where(records_chunk) -> boolean mask`` applied before
@@ -388,10 +447,11 @@ def summarise(source: Any, *, alpha: float = 0.05, level: float = 0.95, null: fl
     if not parts:
         return pd.DataFrame(columns=columns)
     allparts = pd.concat(parts, ignore_index=True)
-    counts = ["n_cover", "hits_cover", "n_rej", "hits_rej"]
-    acc = _pool(allparts, _KEYS, _MOMENTS, counts)
+    counts = [f"{k}_{c}" for c in ("cover", "cover_z", "rej", "rej_z") for k in ("n", "hits")]
+    acc = _t_based(_pool(allparts, _KEYS, _MOMENTS, [*counts, "n_df"]))
     acc["truth"] = allparts.groupby(_KEYS, sort=False)["truth"].first()
-    means = acc["mean_est"].where(acc["n_est"] > 0).rename("mean_est").reset_index()
+    means = pd.DataFrame({"mean_est": acc["mean_est"].where(acc["n_est"] > 0),
+                          "n_df": acc["n_df"]}).reset_index()
     be = [_pass2(df, means, level) for df in chunks() if len(df)]
     be_acc = pd.concat(be, ignore_index=True).groupby(_KEYS, sort=False).sum()
     acc = acc.join(be_acc, how="left").fillna({"n_becover": 0, "hits_becover": 0})

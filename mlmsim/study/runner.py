@@ -16,10 +16,11 @@ resume history, except the ``seconds`` column, which measures wall-clock time.
 A method is any callable ``method(data) -> estimates`` or ``method(data, rng) ->
 estimates``; estimates may be a number (the single estimand), a mapping or Series
 ``parameter -> estimate``, a mapping ``parameter -> {"estimate", "se", "ci_lower",
-"ci_upper"}``, a DataFrame indexed by parameter with those columns, an
-:class:`Estimates`, or a fitted model with ``params`` (a ``FitResult``).
-:class:`FormulaMethod` fits an lme4-style formula by ML or REML with ``mlmsim.fit``,
-and :class:`FromSpec` draws each replicate from a ``ModelSpec`` with ``mlmsim.simulate``.
+"ci_upper", "df", "p"}`` (all but the estimate optional), a DataFrame indexed by parameter
+with those columns, an :class:`Estimates`, or a fitted model with ``params`` (a
+``FitResult``). :class:`FormulaMethod` fits an lme4-style formula by ML or REML with
+``mlmsim.fit``, and :class:`FromSpec` draws each replicate from a ``ModelSpec`` with
+``mlmsim.simulate``.
 
 A method object may offer ``fit_batch(datasets) -> list`` (one result or exception per
 data set) to fit many replicates at once; the runner then uses it, unless the object's
@@ -84,11 +85,16 @@ __all__ = [
 #: Columns of the tidy records, in order; the condition variables follow ``condition``.
 RECORD_COLUMNS = (
     "condition", "rep", "method", "parameter", "truth", "estimate", "se", "ci_lower",
-    "ci_upper", "converged", "singular", "hessian_pd", "identifiable", "error", "messages",
-    "seconds", "seed",
+    "ci_upper", "df", "p", "converged", "singular", "hessian_pd", "identifiable", "error",
+    "messages", "seconds", "seed",
 )
 _RESERVED = frozenset(RECORD_COLUMNS) | {"measure", "mcse", "n"}
+# Part of the study's identity: bump it only when the records of an unchanged study would
+# change. Columns added since (each with the column it follows) are not: chunks written
+# without them are read with them null (:func:`_with_added_columns`), so directories
+# written before still resume and summarise.
 _RECORD_FORMAT = 1
+_ADDED_COLUMNS = (("df", "ci_upper"), ("p", "df"))
 _FLAGS = ("converged", "singular", "hessian_pd", "identifiable")
 _MAX_CHUNK = 10_000
 _NAN = float("nan")
@@ -195,9 +201,11 @@ def _z(level: float) -> float:
 class Estimates:
     """What a method returns for one replicate.
 
-    ``estimate`` maps parameter -> estimate; ``se``, ``ci_lower``, ``ci_upper`` map
-    parameter -> value (missing parameters are NaN). The flags are None when the method
-    does not report them; ``messages`` are the method's warnings and notes.
+    ``estimate`` maps parameter -> estimate; ``se``, ``ci_lower``, ``ci_upper``, ``df``
+    (the degrees of freedom of a t test of the parameter) and ``p`` (its two-sided
+    p-value) map parameter -> value (missing parameters are NaN). The flags are None
+    when the method does not report them; ``messages`` are the method's warnings and
+    notes.
     """
 
     estimate: Mapping[str, float] | pd.Series
@@ -209,15 +217,24 @@ class Estimates:
     hessian_pd: bool | None = None
     identifiable: bool | None = None
     messages: Sequence[str] = field(default_factory=tuple)
+    df: Mapping[str, float] | pd.Series | None = None
+    p: Mapping[str, float] | pd.Series | None = None
 
     @classmethod
-    def from_fit(cls, res: Any, level: float = 0.95) -> Estimates:
+    def from_fit(cls, res: Any, level: float = 0.95, ddf: str | None = None) -> Estimates:
         """Estimates of a fitted model (``FitResult``): ``params``, their SEs, Wald CIs.
 
         ``params`` are the fixed effects gamma then the covariance parameters (vech T,
         sigma2); their SEs are ``fixef_se`` and ``covparms["se"]`` (from 2 H^{-1}, NaN
         where the Hessian H is not positive definite); the interval is the Wald interval
         estimate +- z_{(1+level)/2} SE.
+
+        With ``ddf`` (a method of ``res.ddf``: "satterthwaite", "containment",
+        "between-within", "residual"), each fixed effect also gets its df and the
+        two-sided p-value of t = estimate / SE on those df, and its interval is
+        estimate +- t_{df, (1+level)/2} SE; where the df is NaN, so are p and the
+        interval (no fallback to the normal). The covariance parameters keep the Wald
+        interval, with df and p NaN.
         """
         params = pd.Series(res.params, dtype=float)
         se = pd.Series(np.nan, index=params.index)
@@ -228,8 +245,18 @@ class Estimates:
         if covparms is not None and "se" in covparms:
             se.update(pd.Series(covparms["se"], dtype=float))
         z = _z(level)
+        lo, hi = params - z * se, params + z * se
+        df = p = None
+        if ddf is not None:  # the fixed effects come first in params
+            k = len(res.fixef)
+            dfs = np.asarray(res.ddf(ddf), dtype=float)
+            tlo, thi, tp = _t_inference(params.to_numpy()[:k], se.to_numpy()[:k], dfs, level)
+            lo.iloc[:k], hi.iloc[:k] = tlo, thi
+            df = pd.Series(np.nan, index=params.index)
+            p = pd.Series(np.nan, index=params.index)
+            df.iloc[:k], p.iloc[:k] = dfs, tp
         return cls(
-            estimate=params, se=se, ci_lower=params - z * se, ci_upper=params + z * se,
+            estimate=params, se=se, ci_lower=lo, ci_upper=hi, df=df, p=p,
             converged=_flag(getattr(res, "converged", None)),
             singular=_flag(getattr(res, "singular", None)),
             hessian_pd=_flag(getattr(res, "hessian_pd", None)),
@@ -240,6 +267,20 @@ class Estimates:
 
 def _flag(value: Any) -> bool | None:
     return None if value is None else bool(value)
+
+
+def _t_inference(est: np.ndarray, se: np.ndarray, df: np.ndarray, level: float
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The t interval est -+ t_{df, (1+level)/2} se and the two-sided p-value of
+    t = est / se on df (the p of ``FitResult.coef_table``); NaN wherever df is NaN."""
+    from scipy import stats as sps
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        crit = sps.t.ppf(0.5 + level / 2.0, df)
+        p = 2.0 * sps.t.sf(np.abs(est / se), df)
+        lo, hi = est - crit * se, est + crit * se
+    bad = np.isnan(df)
+    return (np.where(bad, np.nan, lo), np.where(bad, np.nan, hi), np.where(bad, np.nan, p))
 
 
 def _engine_fit_batch() -> Callable | None:
@@ -256,7 +297,26 @@ class FormulaMethod:
     Records, per parameter (fixed effects gamma, then the covariance parameters
     ``var(...)``, ``cov(...)``, ``sigma2``): the estimate, its SE, the Wald interval
     estimate +- z_{(1+level)/2} SE, and the fit's flags ``converged``, ``singular``,
-    ``hessian_pd``, ``identifiable`` and ``messages``. ``options`` go to the engine.
+    ``hessian_pd``, ``identifiable`` and ``messages``.
+
+    Parameters
+    ----------
+    formula : an lme4-style formula.
+    method : "ML" or "REML", in any case.
+    level : the level of the intervals.
+    name : the method's name in the records (default: the method, "ML" or "REML").
+    batch, batch_size : the batched path (below).
+    ddf : None (the fixed effects get Wald z intervals, as the covariance parameters) or
+        a denominator-df method of ``FitResult.ddf``: "satterthwaite", "containment",
+        "between-within" or "residual" (any case). Then each fixed effect's records also
+        carry ``df`` and ``p``, the two-sided p-value of t = estimate / SE on df, and the
+        interval is estimate +- t_{df, (1+level)/2} SE; where the df cannot be computed
+        (NaN), p and the interval are NaN too, never a normal approximation.
+    control : None (the engine's defaults), a ``mlmsim.engine.control.FitControl`` or a
+        dict of its fields: the optimiser's settings.
+
+    Every setting is checked here, when the study is defined: an unknown keyword is a
+    TypeError, a bad value a ValueError (rather than an error in every replicate).
 
     With ``batch=True`` (the default) the runner fits the replicates of a chunk together
     through :meth:`fit_batch` (``mlmsim.engine.batch.fit_batch``: all replicates in one
@@ -274,20 +334,35 @@ class FormulaMethod:
 
     def __init__(self, formula: str, method: str = "REML", *, level: float = 0.95,
                  name: str | None = None, batch: bool = True, batch_size: int = 32,
-                 **options: Any):
-        if method not in ("ML", "REML"):
-            raise ValueError(f"method must be 'ML' or 'REML', got {method!r}")
+                 ddf: str | None = None, control: Any = None):
+        norm = method.upper() if isinstance(method, str) else None
+        if norm not in ("ML", "REML"):
+            raise ValueError(f"method must be 'ML' or 'REML' (any case), got {method!r}")
         if not 0.0 < level < 1.0:
             raise ValueError("level must lie in (0, 1)")
         if int(batch_size) < 1:
             raise ValueError("batch_size must be at least 1")
+        if ddf is not None:
+            from mlmsim.engine.result import DDF_METHODS
+
+            kind = ddf.lower() if isinstance(ddf, str) else None
+            if kind not in DDF_METHODS:
+                raise ValueError(
+                    "ddf must be None (Wald z) or one of "
+                    f"{', '.join(repr(k) for k in DDF_METHODS)} (any case), got {ddf!r}")
+            ddf = kind
+        if control is not None:
+            from mlmsim.engine.control import FitControl
+
+            control = FitControl.coerce(control)
         self.formula = formula
-        self.method = method
+        self.method = norm
         self.level = float(level)
-        self.name = name or method
+        self.name = name or norm
         self.batch = bool(batch)
         self.batch_size = int(batch_size)
-        self.options = dict(options)
+        self.ddf = ddf
+        self.control = control
 
     def __call__(self, data: Any) -> Estimates:
         from mlmsim import fit
@@ -295,8 +370,10 @@ class FormulaMethod:
 
         if isinstance(data, SimBatch):
             data = data.frame(0)
-        res = fit(self.formula, data, method=self.method, **self.options)
-        return Estimates.from_fit(res, self.level)
+        # control only when set: an engine whose fit() does not take it still works
+        extra = {} if self.control is None else {"control": self.control}
+        res = fit(self.formula, data, method=self.method, **extra)
+        return Estimates.from_fit(res, self.level, ddf=self.ddf)
 
     @property
     def fit_batch(self) -> Callable[[list], list] | None:
@@ -306,18 +383,29 @@ class FormulaMethod:
         return self._fit_batch
 
     def _fit_batch(self, datasets: list) -> list[Estimates]:
-        res = _engine_fit_batch()(self.formula, datasets, method=self.method, **self.options)
+        extra = {} if self.control is None else {"control": self.control}
+        res = _engine_fit_batch()(self.formula, datasets, method=self.method, **extra)
         names = list(res.param_names)
         z = _z(self.level)
         with np.errstate(invalid="ignore"):
             params, se = np.asarray(res.params, dtype=float), np.asarray(res.se, dtype=float)
-        lo, hi = params - z * se, params + z * se
+            lo, hi = params - z * se, params + z * se
+        df = pv = None
+        if self.ddf is not None:
+            k = len(res.fixed_names)
+            df = np.full(params.shape, np.nan)
+            pv = np.full(params.shape, np.nan)
+            df[:, :k] = res.ddf(self.ddf)
+            lo[:, :k], hi[:, :k], pv[:, :k] = _t_inference(params[:, :k], se[:, :k],
+                                                           df[:, :k], self.level)
         flags = [np.asarray(getattr(res, f), dtype=bool) for f in _FLAGS]
+
+        def row(a: np.ndarray | None, r: int) -> dict | None:
+            return None if a is None else dict(zip(names, a[r].tolist(), strict=True))
+
         return [
-            Estimates(dict(zip(names, params[r].tolist(), strict=True)),
-                      se=dict(zip(names, se[r].tolist(), strict=True)),
-                      ci_lower=dict(zip(names, lo[r].tolist(), strict=True)),
-                      ci_upper=dict(zip(names, hi[r].tolist(), strict=True)),
+            Estimates(row(params, r), se=row(se, r), ci_lower=row(lo, r),
+                      ci_upper=row(hi, r), df=row(df, r), p=row(pv, r),
                       converged=bool(flags[0][r]), singular=bool(flags[1][r]),
                       hessian_pd=bool(flags[2][r]), identifiable=bool(flags[3][r]),
                       messages=tuple(res.messages[r]))
@@ -325,12 +413,22 @@ class FormulaMethod:
         ]
 
     def descriptor(self) -> dict:
-        return {"formula": self.formula, "method": self.method, "level": self.level,
-                "options": canonical(self.options), "batch": self.fit_batch is not None,
-                "batch_size": self.batch_size}
+        # "options" is what **options used to be (now always empty); ddf and control are
+        # added only when set, so that a study without them keeps its definition hash.
+        out = {"formula": self.formula, "method": self.method, "level": self.level,
+               "options": canonical({}), "batch": self.fit_batch is not None,
+               "batch_size": self.batch_size}
+        if self.ddf is not None:
+            out["ddf"] = self.ddf
+        if self.control is not None:
+            out["control"] = canonical(self.control)
+        return out
 
     def __repr__(self) -> str:
-        return f"FormulaMethod({self.formula!r}, method={self.method!r})"
+        extra = "".join(f", {k}={v!r}" for k, v in (("ddf", self.ddf),
+                                                     ("control", self.control))
+                        if v is not None)
+        return f"FormulaMethod({self.formula!r}, method={self.method!r}{extra})"
 
 
 class FromSpec:
@@ -458,40 +556,46 @@ def _values(mapping: Any, names: list[str]) -> list[float] | None:
     return [_NAN if v is None else float(v) for v in values]
 
 
+_EXTRA = ("se", "ci_lower", "ci_upper", "df", "p")
+"""The per-parameter values a method may give besides the estimate (record columns)."""
+_NO_EXTRA = (None,) * len(_EXTRA)
+
+
 def _normalise(out: Any, scalar_name: str | None):
-    """Any supported method result -> (names, estimates, se, lo, hi, flags, messages)."""
+    """Any supported method result -> (names, estimates, extras, flags, messages), extras
+    one list of values or None for each of :data:`_EXTRA`."""
     if isinstance(out, Estimates):
         est = out.estimate.to_dict() if isinstance(out.estimate, pd.Series) else out.estimate
         names = [str(k) for k in est]
         values = [float(v) for v in est.values()]
         flags = (out.converged, out.singular, out.hessian_pd, out.identifiable)
-        return (names, values, _values(out.se, names), _values(out.ci_lower, names),
-                _values(out.ci_upper, names), flags, [str(m) for m in out.messages])
+        extras = tuple(_values(getattr(out, c), names) for c in _EXTRA)
+        return names, values, extras, flags, [str(m) for m in out.messages]
     if hasattr(out, "params") and hasattr(out, "converged"):
         return _normalise(Estimates.from_fit(out), scalar_name)
     if isinstance(out, pd.DataFrame):
         if "estimate" not in out:
             raise TypeError("a DataFrame result needs an 'estimate' column")
         names = [str(k) for k in out.index]
-        cols = [out[c].astype(float).tolist() if c in out else None
-                for c in ("se", "ci_lower", "ci_upper")]
-        return (names, out["estimate"].astype(float).tolist(), *cols, (None,) * 4, [])
+        extras = tuple(out[c].astype(float).tolist() if c in out else None for c in _EXTRA)
+        return names, out["estimate"].astype(float).tolist(), extras, (None,) * 4, []
     if isinstance(out, pd.Series):
-        return [str(k) for k in out.index], out.astype(float).tolist(), None, None, None, \
+        return [str(k) for k in out.index], out.astype(float).tolist(), _NO_EXTRA, \
             (None,) * 4, []
     if isinstance(out, Mapping):
         names = [str(k) for k in out]
         rows = list(out.values())
         if rows and isinstance(rows[0], Mapping):
             est = [float(r["estimate"]) for r in rows]
-            extra = [[float(r.get(c, _NAN)) for r in rows] for c in ("se", "ci_lower", "ci_upper")]
-            return names, est, *extra, (None,) * 4, []
-        return names, [float(v) for v in rows], None, None, None, (None,) * 4, []
+            extras = tuple([float(r.get(c, _NAN)) for r in rows] if any(c in r for r in rows)
+                           else None for c in _EXTRA)
+            return names, est, extras, (None,) * 4, []
+        return names, [float(v) for v in rows], _NO_EXTRA, (None,) * 4, []
     if isinstance(out, numbers.Real):
         if scalar_name is None:
             raise TypeError("a method returned a single number but the study declares several "
                             "estimands; return a mapping parameter -> estimate")
-        return [scalar_name], [float(out)], None, None, None, (None,) * 4, []
+        return [scalar_name], [float(out)], _NO_EXTRA, (None,) * 4, []
     raise TypeError(f"unsupported method result of type {type(out).__name__}")
 
 
@@ -537,7 +641,8 @@ class _Records:
         self.fits: list[tuple] = []
         self.names: list[str | None] = []
         self.est: list[float] = []
-        self.extra: list[tuple] = []  # (first record, se, lo, hi) for results with SEs/CIs
+        # (first record, extras) for results with any of _EXTRA (SEs, CIs, df, p)
+        self.extra: list[tuple] = []
 
     def ok(self, i: int, k: int, out: Any, seconds: float, notes: list[str] | None) -> None:
         if type(out) is dict:
@@ -558,16 +663,16 @@ class _Records:
                               "\n".join(notes) if notes else "", seconds))
             return
         try:
-            names, est, se, lo, hi, flags, messages = _normalise(out, self.scalar_name)
+            names, est, extras, flags, messages = _normalise(out, self.scalar_name)
         except Exception as exc:  # noqa: BLE001 - a bad result is the method's error
             self.error(i, k, f"result: {_error_text(exc)}", seconds, notes)
             return
         if notes:
             messages = messages + notes
         if not names:  # a fit that returned no estimates is still a fit: one empty row
-            names, est, se, lo, hi = [None], [_NAN], None, None, None
-        if se is not None or lo is not None or hi is not None:
-            self.extra.append((len(self.est), se, lo, hi))
+            names, est, extras = [None], [_NAN], _NO_EXTRA
+        if any(v is not None for v in extras):
+            self.extra.append((len(self.est), extras))
         self.names.extend(names)
         self.est.extend(est)
         self.fits.append((i, k, len(names), *flags, None, "\n".join(messages), seconds))
@@ -592,13 +697,11 @@ class _Records:
         take = pa.array(fit_idx, type=pa.int64())
         rep_off = np.asarray(offs, dtype=np.int64)[fit_idx]
         truth_map = plan.truths[self.condition]
-        se = np.full(n, np.nan)
-        lo = np.full(n, np.nan)
-        hi = np.full(n, np.nan)
-        for first, s, l, h in self.extra:
-            for arr, vals in ((se, s), (lo, l), (hi, h)):
+        extra = {c: np.full(n, np.nan) for c in _EXTRA}
+        for first, values in self.extra:
+            for c, vals in zip(_EXTRA, values, strict=True):
                 if vals is not None:
-                    arr[first:first + len(vals)] = vals
+                    extra[c][first:first + len(vals)] = vals
         method_names = pa.array([m.name for m in plan.methods], type=pa.string())
         method_idx = pa.array(np.asarray(meth, dtype=np.int32)[fit_idx], type=pa.int32())
         columns: dict[str, pa.Array] = {
@@ -615,9 +718,7 @@ class _Records:
             "truth": pa.array(np.array([truth_map.get(p, _NAN) for p in self.names],
                                        dtype=float)),
             "estimate": pa.array(np.asarray(self.est, dtype=float)),
-            "se": pa.array(se),
-            "ci_lower": pa.array(lo),
-            "ci_upper": pa.array(hi),
+            **{c: pa.array(extra[c]) for c in _EXTRA},
             "converged": pa.array(conv, type=pa.bool_()).take(take),
             "singular": pa.array(sing, type=pa.bool_()).take(take),
             "hessian_pd": pa.array(hpd, type=pa.bool_()).take(take),
@@ -636,7 +737,8 @@ def _record_schema(cond_schema: pa.Schema) -> pa.Schema:
               pa.field("rep", pa.int64()), pa.field("method", pa.string()),
               pa.field("parameter", pa.string()), pa.field("truth", f64),
               pa.field("estimate", f64), pa.field("se", f64), pa.field("ci_lower", f64),
-              pa.field("ci_upper", f64), pa.field("converged", b), pa.field("singular", b),
+              pa.field("ci_upper", f64), pa.field("df", f64), pa.field("p", f64),
+              pa.field("converged", b), pa.field("singular", b),
               pa.field("hessian_pd", b), pa.field("identifiable", b),
               pa.field("error", pa.string()), pa.field("messages", pa.string()),
               pa.field("seconds", f64), pa.field("seed", pa.uint64())]
@@ -833,7 +935,7 @@ class Study:
     ...               n_reps=200, seed=1)
     >>> res = study.run(progress=False)
     >>> res.records.shape
-    (400, 18)
+    (400, 20)
     >>> s = res.summarise()
     >>> s[s.measure == "empse"][["size", "estimate", "mcse", "n"]]
         size  estimate      mcse    n
@@ -1125,6 +1227,18 @@ def _to_pandas(table: pa.Table) -> pd.DataFrame:
     return table.to_pandas(types_mapper={pa.bool_(): pd.BooleanDtype()}.get)
 
 
+def _with_added_columns(table: pa.Table) -> pa.Table:
+    """A chunk's records with the columns added to the records since it was written
+    (:data:`_ADDED_COLUMNS`) as nulls, in their place: old and new chunks then concatenate
+    and summarise alike."""
+    for name, after in _ADDED_COLUMNS:
+        names = table.column_names
+        if name not in names and after in names:
+            table = table.add_column(names.index(after) + 1, pa.field(name, pa.float64()),
+                                     pa.nulls(table.num_rows, pa.float64()))
+    return table
+
+
 class StudyResult:
     """The records of a study run, in memory or streamed from its directory.
 
@@ -1157,6 +1271,7 @@ class StudyResult:
             chunks = self.directory.chunk_files()
             tables = (t for _, t in self.directory.iter_tables(chunks, self.definition_hash))
         for table in tables:
+            table = _with_added_columns(table)
             if self.n_reps is not None:
                 reps = table.column("rep")
                 if pc.max(reps).as_py() is not None and pc.max(reps).as_py() >= self.n_reps:
