@@ -81,7 +81,8 @@ def studies_registry():
 
 
 __all__ = [
-    "BatchFit", "Binary", "Evaluation", "FitControl", "OptSummary", "evaluate", "CenteredForms", "Equivalence", "add_centered", "centered_forms",
+    "BatchFit", "Binary", "Evaluation", "FitControl", "OptSummary", "evaluate",
+    "CenteredForms", "Equivalence", "add_centered", "centered_forms",
     "centering", "equivalence", "Categorical", "ChiSquare", "Complement", "Continuous", "Discrete",
     "FitResult", "FormulaMethod", "FromSpec", "GroupCentered", "GroupMean", "Indicator",
     "LRTResult", "Level2Binary", "Level2Continuous", "ModelSpec", "Normal", "PoissonSizes",

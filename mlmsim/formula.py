@@ -67,7 +67,7 @@ class Design:
     ``group_labels`` (J,). ``blocks`` lists, per block of T, the indices of the
     random-effect columns it covers (one block per ``|`` term, one block per
     term of a ``||`` term). ``used_rows`` are the positions (0-based, in the
-    input data) of the rows used.
+    input data) of the rows used, ``row_index`` their labels in the input's index.
     """
 
     formula: ParsedFormula
@@ -82,6 +82,7 @@ class Design:
     n_dropped: int
     used_rows: np.ndarray
     dropped_fixed: tuple[str, ...] = ()
+    row_index: pd.Index | None = None
 
     @property
     def nobs(self) -> int:
@@ -390,6 +391,7 @@ def model_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
         n_dropped=n_dropped,
         used_rows=used_rows,
         dropped_fixed=tuple(dropped),
+        row_index=data.index,
     )
 
 

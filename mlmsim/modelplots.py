@@ -208,7 +208,7 @@ def plot_group_lines(fit: FitResult, x: str | None = None, n_groups: int | None 
                          f"of {', '.join(n for n in fit.fixed_names if n != 'Intercept')}")
     af, bf, af_all, bf_all = _line_parts(fit, d.fixed_names, d.X, x, data)
     ar, br, _, _ = _line_parts(fit, d.random_names, d.Z, x, data)
-    gamma, U = fit.beta, fit.U
+    gamma, U = fit.fixef.to_numpy(), fit.ranef.to_numpy()
     intercept = af @ gamma + np.einsum("jk,jk->j", ar, U)
     slope = bf @ gamma + np.einsum("jk,jk->j", br, U)
     codes, J = d.group_codes, d.ngroups
@@ -270,7 +270,7 @@ def variance_function(fit: FitResult, x: str | None = None,
     z0 = np.array([1.0 if n == "Intercept" else float(at.get(n, 0.0)) for n in names])
     k = names.index(x)
     z0[k] = 0.0
-    T = fit.T_matrix
+    T = fit.T.to_numpy()
     return float(z0 @ T @ z0 + fit.sigma2), float((T @ z0)[k]), float(T[k, k])
 
 
@@ -356,7 +356,7 @@ def ranef_intervals(fit: FitResult, term: str = "Intercept", level: float = 0.95
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     k = names.index(term)
-    u = fit.U[:, k]
+    u = fit.ranef.to_numpy()[:, k]
     se = np.sqrt(np.clip(fit.ranef_condvar[:, k, k], 0.0, None))
     z = sps.norm.ppf(0.5 + level / 2.0)
     grp = fit.design.formula.group if fit.design is not None else "group"

@@ -202,6 +202,26 @@ def test_non_finite_rows_are_dropped_and_counted(df, cells, method):
     np.testing.assert_allclose(res.fixef, clean.fixef, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(res.T, clean.T, rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(res.fitted, clean.fitted, rtol=1e-9, atol=1e-10)
+    # fitted and resid are labelled by the input rows they belong to
+    assert res.fitted.index.equals(data.index[~bad])
+    assert res.resid.index.equals(data.index[~bad])
+
+
+def test_fitted_and_resid_align_with_the_input_rows(df):
+    """As statsmodels' fittedvalues: a Series on the input's own index, so that
+    y - fitted - resid is 0 row by row, also after dropped rows and with a shuffled,
+    non-integer index; ``.reindex`` puts NaN where a row was not used."""
+    data = df.sample(frac=1.0, random_state=3)
+    data.index = [f"row{i}" for i in range(len(data))]
+    data.iloc[5, data.columns.get_loc("x")] = np.nan
+    with pytest.warns(UserWarning, match="1 row"):
+        res = mlmsim.fit("y ~ x + (1 + x | g)", data, method="REML")
+    assert "row5" not in res.fitted.index
+    used = data.drop(index="row5")
+    np.testing.assert_allclose((used["y"] - res.fitted - res.resid).to_numpy(), 0.0, atol=1e-10)
+    assert np.isnan(res.fitted.reindex(data.index)["row5"])
+    assert list(res.hessian.index) == list(res.covparms.index)
+    assert list(res.hessian.columns) == list(res.covparms.index)
 
 
 def test_missing_in_categorical_and_group_labels(df):

@@ -77,7 +77,7 @@ def test_group_lines_all_groups(name, fits, tmp_path):
         rows = d.group_codes == j
         assert x0 == pytest.approx(xv[rows].min()) and x1 == pytest.approx(xv[rows].max())
         on_line = y0 + (y1 - y0) / (x1 - x0) * (xv[rows] - x0)
-        np.testing.assert_allclose(on_line, res.fitted[rows], rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(on_line, res.fitted.to_numpy()[rows], rtol=1e-9, atol=1e-9)
     # the average line is gamma_00 + gamma_10 x
     g0, g1 = res.fixef["Intercept"], res.fixef[x]
     np.testing.assert_allclose(avg.get_ydata(), g0 + g1 * np.asarray(avg.get_xdata()))
@@ -115,7 +115,7 @@ def test_group_lines_cross_level_interaction(data):
         (x0, x1), (y0, y1) = groups[j].get_xdata(), groups[j].get_ydata()
         rows = d.group_codes == j
         np.testing.assert_allclose(y0 + (y1 - y0) / (x1 - x0) * (xv[rows] - x0),
-                                   res.fitted[rows], rtol=1e-9)
+                                   res.fitted.to_numpy()[rows], rtol=1e-9)
 
 
 def test_group_lines_errors(data, fits):
@@ -219,7 +219,7 @@ def test_caterpillar(name, term, fits, tmp_path):
     np.testing.assert_allclose(u, np.sort(res.ranef[term].to_numpy()))
     lo = np.array([s[0, 0] for s in segs.get_segments()])
     hi = np.array([s[1, 0] for s in segs.get_segments()])
-    order = np.argsort(res.U[:, k], kind="stable")
+    order = np.argsort(res.ranef.to_numpy()[:, k], kind="stable")
     half = sps.norm.ppf(0.95) * np.sqrt(res.ranef_condvar[order, k, k])
     np.testing.assert_allclose(hi - lo, 2 * half)
     np.testing.assert_allclose((hi + lo) / 2, u)

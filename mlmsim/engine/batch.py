@@ -260,11 +260,14 @@ def _scatter(est: Estimates | None, good: np.ndarray, R: int, like=None) -> Esti
         shapes = {"theta": (k,), "beta": (p,), "vcov": (p, p), "sigma2": (), "T": (q, q),
                   "phi": (m,), "hessian": (m, m), "hessian_eigenvalues": (m,), "acov": (m, m),
                   "deviance": (), "scaled_grad": (k,), "hessian_pd": (), "converged": (),
-                  "grad_ok": (), "singular": (), "dependent": (q,)}
+                  "grad_ok": (), "singular": (), "dependent": (q,), "singular_value": (),
+                  "zscale": (q,), "stop": ()}
         dtypes = {f: bool for f in ("hessian_pd", "converged", "grad_ok", "singular",
                                     "dependent")}
-        fields = {f: np.full((R,) + shp, False if f in dtypes else np.nan,
-                             dtype=dtypes.get(f, float)) for f, shp in shapes.items()}
+        dtypes["stop"] = np.int64
+        fields = {f: np.full((R,) + shp, False if dtypes.get(f) is bool else
+                             (5 if f == "stop" else np.nan), dtype=dtypes.get(f, float))
+                  for f, shp in shapes.items()}
         return Estimates(**fields)
     fields = {}
     for f in Estimates.__dataclass_fields__:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlmsim.engine import kernels
-from mlmsim.engine.gls import Stats
+from mlmsim.engine.gls import Stats, qtoken
 from mlmsim.engine.stats import GroupStats, flat_arrays, kernel_array
 
 __all__ = ["ThetaMap", "deviance", "deviance_grad"]
@@ -96,12 +96,14 @@ def _evaluate(stats: GroupStats, theta: np.ndarray, tmap: ThetaMap, reml: bool,
     R = int(np.prod(batch, dtype=np.int64))
     st = Stats(*flat_arrays(stats, batch))
     th = kernel_array(theta, batch, theta.shape[-1:]).reshape(R, 1, theta.shape[-1])
-    d, g = kernels.deviance_many(th, st, tmap.rows, tmap.cols, bool(reml), want_grad)
+    d, g = kernels.deviance_many(th, st, tmap.rows, tmap.cols, bool(reml), want_grad,
+                                 qtoken(tmap.q))
     return d[:, 0].reshape(batch), g[:, 0].reshape(batch + (tmap.size,))
 
 
 def deviance(stats: GroupStats, theta: np.ndarray, tmap: ThetaMap, reml: bool) -> np.ndarray:
-    """The profiled deviance d(theta) (ML) or REML criterion d_R(theta); shape (...)."""
+    """The profiled deviance d(theta) (ML) or REML criterion d_R(theta); shape (...)
+    (docs/math.md (4.1), (4.2))."""
     return _evaluate(stats, theta, tmap, reml, False)[0]
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from mlmsim.engine import inference, kernels, sums
 from mlmsim.engine.deviance import ThetaMap
-from mlmsim.engine.gls import Stats
+from mlmsim.engine.gls import Stats, qtoken
 from mlmsim.engine.optimize import OptResult
 from mlmsim.engine.stats import GroupStats, flat_arrays, kernel_array
 from mlmsim.engine.tolerances import DEPENDENT_EIG, GRAD_CHECK, SINGULAR
@@ -85,6 +85,7 @@ def dependent_columns(stats: GroupStats) -> np.ndarray:
     A group's Z_j has dependent columns when A_j = Z_j'Z_j is singular; if that
     holds in every group with at least q rows (intercept + female + male; a
     random slope on a variable constant within groups), T is not identifiable.
+    (docs/math.md (9.3))
     """
     A = stats.A
     n = stats.n
@@ -129,7 +130,8 @@ def estimates_and_ranef(stats: GroupStats, tmap: ThetaMap, cs: inference.CovStru
     (beta, vcov, sigma2, T, phi, H, eig, pd, acov, scaled, smallest, U, V
      ) = kernels.estimates_many(
         theta, st, tmap.rows, tmap.cols, cs.rows, cs.cols, bool(reml),
-        kernel_array(opt.grad, (R,), (k,)), kernel_array(opt.hessian, (R,), (k, k)), ranef)
+        kernel_array(opt.grad, (R,), (k,)), kernel_array(opt.hessian, (R,), (k, k)), ranef,
+        qtoken(tmap.q))
     # the Newton step H_theta^{-1} g in the scaled theta of docs/math.md (7.1), so that the
     # check (9.4) does not depend on the units of Z: theta~_k = theta_k sqrt(zz_rows[k])
     zscale = np.einsum("rjaa->ra", st.A) / st.N[:, None]

@@ -20,7 +20,7 @@ import pandas as pd
 from mlmsim.engine import inference, kernels
 from mlmsim.engine.deviance import ThetaMap, deviance
 from mlmsim.engine.fit import _method
-from mlmsim.engine.gls import Stats
+from mlmsim.engine.gls import Stats, qtoken
 from mlmsim.engine.result import FitResult, covparm_names
 from mlmsim.engine.stats import centred_group_stats, flat_arrays
 from mlmsim.formula import Design
@@ -99,6 +99,7 @@ def evaluate(model: FitResult | Design, *, theta: np.ndarray | None = None,
     """Evaluate ``model`` (a :class:`FitResult`, or a :class:`~mlmsim.formula.Design`)
     at ``theta`` (lme4's order; sigma^2 profiled) or at ``phi`` (T's distinct elements in
     ``covparms`` order, then sigma^2). ``method`` defaults to the fit's (REML for a design).
+    The criterion is docs/math.md (4.1)/(4.2) at theta, (6.1) at phi.
 
     >>> import mlmsim
     >>> fit = mlmsim.fit("math ~ homework + (1 | school)", mlmsim.datasets.load("nels88"),
@@ -106,6 +107,7 @@ def evaluate(model: FitResult | Design, *, theta: np.ndarray | None = None,
     >>> ev = mlmsim.evaluate(fit, phi=fit.phi)
     >>> round(ev.criterion - fit.deviance, 6)
     0.0
+    (docs/math.md (4.1), (6.1))
     """
     if (theta is None) == (phi is None):
         raise ValueError("give exactly one of theta= and phi=")
@@ -131,7 +133,8 @@ def evaluate(model: FitResult | Design, *, theta: np.ndarray | None = None,
         if theta.shape != (tmap.size,):
             raise ValueError(f"theta must have {tmap.size} elements, got shape {theta.shape}")
         criterion = float(deviance(stats, theta, tmap, reml))
-        _, _, r2, _, _ = kernels.readout_many(theta[None], st, tmap.rows, tmap.cols, False)
+        _, _, r2, _, _ = kernels.readout_many(theta[None], st, tmap.rows, tmap.cols, False,
+                                              qtoken(q))
         s2 = float(r2[0]) / (N - p if reml else N)
         L = tmap.Lambda(theta)
         phi_v = cs.phi(s2 * (L @ L.T), s2)
@@ -147,7 +150,7 @@ def evaluate(model: FitResult | Design, *, theta: np.ndarray | None = None,
         criterion = float(f)
     s2 = phi_v[-1]
     Psi = cs.T(phi_v) / s2
-    beta_c, _, _, U, _ = kernels.readout_psi_many(Psi[None], st, True)
+    beta_c, _, _, U, _ = kernels.readout_psi_many(Psi[None], st, True, qtoken(q))
     valid = bool(np.isfinite(f) and np.isfinite(beta_c).all())
     if not valid:
         criterion = np.nan

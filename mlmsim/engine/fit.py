@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 
 from mlmsim.engine import inference
-from mlmsim.engine.deviance import ThetaMap
 from mlmsim.engine.control import FitControl
+from mlmsim.engine.deviance import ThetaMap
 from mlmsim.engine.estimates import estimates_and_ranef, notes
 from mlmsim.engine.optimize import OptResult, minimize_theta
-from mlmsim.engine.result import FitResult, covparm_names
+from mlmsim.engine.result import FitArrays, FitResult, covparm_names
 from mlmsim.engine.stats import Centering, GroupStats, centred_group_stats, residual_check
 from mlmsim.formula import Design, model_design
 
@@ -113,9 +113,6 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
         random_names=tuple(rnames),
         covparm_names=tuple(names),
         covparm_sas=tuple(sas),
-        beta=beta,
-        vcov_matrix=centering.cov(est.vcov[0]),
-        T_matrix=est.T[0],
         sigma2=sigma2,
         theta=theta.copy(),
         deviance=dev,
@@ -126,17 +123,14 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
         ngroups=design.ngroups,
         converged=bool(est.converged[0]),
         singular=bool(est.singular[0]),
-        hessian=est.hessian[0],
         hessian_eigenvalues=est.hessian_eigenvalues[0],
         hessian_pd=bool(est.hessian_pd[0]),
         identifiable=bool(est.identifiable[0]),
         phi=est.phi[0],
-        acov=est.acov[0],
+        arrays=FitArrays(beta=beta, vcov=centering.cov(est.vcov[0]), T=est.T[0],
+                         hessian=est.hessian[0], acov=est.acov[0], U=U, condvar=condvar,
+                         fitted=fitted, resid=design.y - fitted),
         group_labels=design.group_labels,
-        U=U,
-        ranef_condvar=condvar,
-        fitted=fitted,
-        resid=design.y - fitted,
         n_dropped=design.n_dropped,
         messages=tuple(n.text for n in fit_notes),
         optsum=opt.summary(0),

@@ -26,10 +26,10 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-from mlmsim.engine.linalg import ldl, ldl_solve
+from mlmsim.engine.linalg import ldl, ldl_at, ldl_solve, ldl_solve_at
 
 __all__ = ["Stats", "Work", "replicate", "workspace", "lambda_theta", "lambda_psi",
-           "gls_pass", "gls_finish", "group_D"]
+           "gls_pass", "gls_finish", "group_D", "q_of", "qtoken"]
 
 Stats = namedtuple("Stats", ["A", "B", "c", "XtX", "Xty", "yty", "N", "n"])
 Stats.__doc__ = """Sufficient statistics of one replicate (docs/math.md (2.1)): A (J, q, q),
@@ -88,44 +88,42 @@ def lambda_psi(Psi, L, s):
 
 
 @njit(cache=True, error_model="numpy")
-def gls_pass(st, L, s, tri, w, keep_AL):
+def gls_pass(st, L, s, tri, w, keep_AL, qc):
     """The loop over groups of docs/math.md (3.2), (3.3) and (3.5): for every group j
     forms M_j = Lambda' A_j Lambda + S and its factor (into w.F[j]), R_j = Lambda'[B_j c_j]
     and S_j = M_j^{-1} R_j (into w.S[j]), and accumulates sum_j R_j' S_j (lower triangle,
     into w.corr). With ``keep_AL`` A_j Lambda is kept in w.AL[j] (else w.AL[0] is scratch).
-    ``tri``: Lambda is lower triangular (loops skip its zeros). Returns
-    (sum_j log|det M_j|, valid): valid is False, and the sum nan, where some M_j is
+    ``tri``: Lambda is lower triangular (loops skip its zeros); ``qc``: :func:`qtoken`.
+    Returns (sum_j log|det M_j|, valid): valid is False, and the sum nan, where some M_j is
     singular or lacks the inertia of S (then some V_j is not positive definite)."""
     A, B, c = st.A, st.B, st.c
-    J, q, p = B.shape[0], B.shape[1], B.shape[2]
+    J, p = B.shape[0], B.shape[2]
+    q = q_of(qc, B.shape[1])
     m = p + 1
     nneg = 0
     for a in range(q):
         if s[a] < 0.0:
             nneg += 1
-    corr = w.corr
+    corr, R, AL, F, S = w.corr, w.R, w.AL, w.F, w.S
     for a in range(m):
         for b in range(m):
             corr[a, b] = 0.0
-    R = w.R
     logdet = 0.0
     for j in range(J):
-        AL = w.AL[j] if keep_AL else w.AL[0]
-        F = w.F[j]
-        Sj = w.S[j]
+        jj = j if keep_AL else 0
         for a in range(q):
             for b in range(q):
                 acc = 0.0
                 for t in range(b if tri else 0, q):
                     acc += A[j, a, t] * L[t, b]
-                AL[a, b] = acc
+                AL[jj, a, b] = acc
         for a in range(q):
             for b in range(a + 1):
                 acc = s[a] if a == b else 0.0
                 for t in range(a if tri else 0, q):
-                    acc += L[t, a] * AL[t, b]
-                F[a, b] = acc
-        ld, neg = ldl(F, q)
+                    acc += L[t, a] * AL[jj, t, b]
+                F[j, a, b] = acc
+        ld, neg = ldl_at(F, j, q)
         if math.isnan(ld) or neg != nneg:
             return np.nan, False
         logdet += ld
@@ -139,13 +137,13 @@ def gls_pass(st, L, s, tri, w, keep_AL):
                     for t in range(a if tri else 0, q):
                         acc += L[t, a] * c[j, t]
                 R[a, col] = acc
-                Sj[a, col] = acc
-        ldl_solve(F, q, Sj, m)
+                S[j, a, col] = acc
+        ldl_solve_at(F, j, q, S, j, m)
         for r in range(m):
             for col in range(r + 1):
                 acc = 0.0
                 for a in range(q):
-                    acc += R[a, r] * Sj[a, col]
+                    acc += R[a, r] * S[j, a, col]
                 corr[r, col] += acc
     return logdet, True
 
@@ -178,22 +176,37 @@ def gls_finish(st, w):
 
 
 @njit(cache=True, error_model="numpy")
-def group_D(F, L, X, D):
-    """D_j = Lambda M_j^{-1} Lambda' (docs/math.md (3.4)) into D (q, q), from the factor F
-    of M_j; X (q, q) is scratch."""
-    q = L.shape[0]
+def group_D(F, j, L, X, D, qc):
+    """D_j = Lambda M_j^{-1} Lambda' (docs/math.md (3.4)) into D[j] (q, q), from the factor
+    F[j] of M_j; X (1, q, q) is scratch."""
+    q = q_of(qc, L.shape[0])
     for a in range(q):
         for b in range(q):
-            X[a, b] = L[b, a]
-    ldl_solve(F, q, X, q)
+            X[0, a, b] = L[b, a]
+    ldl_solve_at(F, j, q, X, 0, q)
     for a in range(q):
         for b in range(q):
             acc = 0.0
             for t in range(q):
-                acc += L[a, t] * X[t, b]
-            D[a, b] = acc
+                acc += L[a, t] * X[0, t, b]
+            D[j, a, b] = acc
     for a in range(q):
         for b in range(a):
-            v = 0.5 * (D[a, b] + D[b, a])
-            D[a, b] = v
-            D[b, a] = v
+            v = 0.5 * (D[j, a, b] + D[j, b, a])
+            D[j, a, b] = v
+            D[j, b, a] = v
+
+
+@njit(cache=True)
+def q_of(qc, q):
+    """q as a compile-time constant where the token ``qc`` carries it (:func:`qtoken`),
+    else the run-time ``q``."""
+    return len(qc) if len(qc) > 0 else q
+
+
+def qtoken(q: int) -> tuple:
+    """The token that compiles the per-group loops for a fixed q (a tuple of q zeros, for
+    q = 1 and 2: random intercept, intercept and slope), or for any q (the empty tuple).
+    The kernels are written once, for any q; with the token, numba compiles a copy in
+    which q is a constant, so that the loops over q x q blocks unroll."""
+    return (0,) * q if q <= 2 else ()

@@ -38,7 +38,7 @@ import numpy as np
 from scipy import stats as sps
 
 from mlmsim.engine import phi_kernel, tolerances
-from mlmsim.engine.gls import Stats
+from mlmsim.engine.gls import Stats, qtoken
 from mlmsim.engine.linalg import scaled_eigh, scaled_inverse
 from mlmsim.engine.stats import GroupStats, flat_arrays, kernel_array
 
@@ -118,7 +118,7 @@ def phi_pass(stats: GroupStats, cs: CovStructure, phi: np.ndarray, reml: bool,
                          f"sigma^2), got {m}")
     st = Stats(*flat_arrays(stats, batch))
     f, g, H, C, dC = phi_kernel.phi_many(st, cs.rows, cs.cols, kernel_array(phi, batch, (m,)),
-                                         bool(reml), bool(want_dC))
+                                         bool(reml), bool(want_dC), qtoken(cs.q))
     p = C.shape[-1]
     return (f.reshape(batch), g.reshape(batch + (m,)), H.reshape(batch + (m, m)),
             C.reshape(batch + (p, p)), dC.reshape(batch + dC.shape[1:]))
@@ -175,6 +175,7 @@ def phi_hessian_fd(stats: GroupStats, cs: CovStructure, phi: np.ndarray, reml: b
 
     Batched: ``stats`` with batch shape (R,) and phi (R, m), or unbatched. About 8
     significant digits.
+    (docs/math.md (6.3))
     """
     phi = np.asarray(phi, dtype=float)
     m = phi.shape[-1]
@@ -198,6 +199,7 @@ def theta_jacobians(cs: CovStructure, tmap, theta: np.ndarray, sigma: float):
     theta_t at Lambda[r_t, c_t]: d(Lambda Lambda')_ab / d theta_t = [a = r_t] Lambda[b, c_t]
     + [b = r_t] Lambda[a, c_t], and d^2 / d theta_t d theta_u = [c_t = c_u] ([a = r_t]
     [b = r_u] + [a = r_u][b = r_t]).
+    (docs/math.md (10.1))
     """
     L = tmap.Lambda(theta)
     LL = L @ L.T
@@ -226,6 +228,7 @@ def satterthwaite_df(C: np.ndarray, dC: np.ndarray, acov: np.ndarray,
     """Satterthwaite df for each row l of L (default: each coefficient).
 
     df = 2 (l'Cl)^2 / (g' Acov g), g_k = l' dC_k l. NaN where Acov is NaN.
+    (docs/math.md (10.3))
     """
     p = C.shape[-1]
     L = np.eye(p) if L is None else np.atleast_2d(L)
@@ -315,6 +318,7 @@ def containment_df(st: GroupStats, fixed_vars: list[frozenset], random_vars: lis
     Its df is the smallest rank contribution of a containing random effect to
     [X Z]: rank[X Z] - rank[X Z without that effect's columns], over all groups;
     without a containing effect, N - rank[X Z].
+    (docs/math.md (10.4))
     """
     q = st.q
     allz = np.arange(q)
@@ -337,7 +341,8 @@ def containment_df(st: GroupStats, fixed_vars: list[frozenset], random_vars: lis
 def between_within_df(st: GroupStats, X_varies: np.ndarray) -> np.ndarray:
     """SAS's between-within df (DDFM=BW): effects constant within every group get
     J - rank(between-group columns); effects that vary within groups get
-    N - J - rank(within-group columns)."""
+    N - J - rank(within-group columns).
+    (docs/math.md (10.5))"""
     J = int((st.n > 0).sum())
     N = int(st.N)
     p_between = int((~X_varies).sum())
@@ -363,7 +368,8 @@ def satterthwaite_many(stats: GroupStats, tmap, cs: CovStructure, theta: np.ndar
                        fixed_map: np.ndarray | None = None) -> np.ndarray:
     """Satterthwaite df (R, p) of every fixed effect for R replicates: ``stats`` with batch
     axis R, theta (R, k), sigma2 (R,), ``fixed_map`` None or (R, p, p) (see
-    :func:`satterthwaite_theta`). NaN for a replicate where the df cannot be computed."""
+    :func:`satterthwaite_theta`). NaN for a replicate where the df cannot be computed.
+    (docs/math.md (10.3))"""
     theta = np.atleast_2d(theta)
     sigma2 = np.atleast_1d(sigma2)
     R, p = theta.shape[0], stats.p

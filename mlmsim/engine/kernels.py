@@ -28,10 +28,18 @@ from mlmsim.engine.gls import (
     group_D,
     lambda_psi,
     lambda_theta,
+    q_of,
     replicate,
     workspace,
 )
-from mlmsim.engine.linalg import ldl, ldl_inverse, lu_solve, scaled_eigh, scaled_inverse
+from mlmsim.engine.linalg import (
+    ldl,
+    ldl_inverse,
+    ldl_inverse_at,
+    lu_solve,
+    scaled_eigh,
+    scaled_inverse,
+)
 from mlmsim.engine.phi_kernel import phi_pass, phi_workspace
 from mlmsim.engine.tolerances import DEPENDENT_EIG, HESSIAN_PD
 
@@ -42,16 +50,17 @@ _LOG2PI = math.log(2.0 * math.pi)
 
 
 @njit(cache=True, error_model="numpy")
-def deviance_one(theta, st, rows, cols, reml, want_grad, g_out, w):
+def deviance_one(theta, st, rows, cols, reml, want_grad, g_out, w, qc):
     """d(theta) (ML, docs/math.md (4.1)) or d_R(theta) (REML, (4.2)) for one replicate;
     with ``want_grad`` the gradient in theta ((5.4)) is written to ``g_out`` (k,).
-    ``w``: a :func:`mlmsim.engine.gls.workspace`. Returns nan where some M_j or XtVX is
-    not positive definite, or r2 <= 0."""
-    B, c, A = st.B, st.c, st.A
-    J, q, p = B.shape[0], B.shape[1], B.shape[2]
+    ``w``: a :func:`mlmsim.engine.gls.workspace`; ``qc``: :func:`mlmsim.engine.gls.qtoken`.
+    Returns nan where some M_j or XtVX is not positive definite, or r2 <= 0."""
+    B, c = st.B, st.c
+    J, p = B.shape[0], B.shape[2]
+    q = q_of(qc, B.shape[1])
     L = w.L
     lambda_theta(theta, rows, cols, L, w.s)
-    logdetM, ok = gls_pass(st, L, w.s, True, w, want_grad)
+    logdetM, ok = gls_pass(st, L, w.s, True, w, want_grad, qc)
     if not ok:
         return np.nan
     ldX, r2 = gls_finish(st, w)
@@ -72,12 +81,12 @@ def deviance_one(theta, st, rows, cols, reml, want_grad, g_out, w):
     u = np.empty(q)
     Pu = np.empty(q)
     Gu = np.empty(q)
-    Minv = np.empty((q, q))
+    Minv = np.empty((1, q, q))
     GB = np.empty((q, p))
     SC = np.empty((q, p))
     wt = nu / r2
+    AL = w.AL
     for j in range(J):
-        AL = w.AL[j]
         # u_j = c_j - B_j beta, P_j u_j = S_jc - S_jB beta
         for a in range(q):
             s = c[j, a]
@@ -91,15 +100,15 @@ def deviance_one(theta, st, rows, cols, reml, want_grad, g_out, w):
         for a in range(q):
             s = u[a]
             for t in range(q):
-                s -= AL[a, t] * Pu[t]
+                s -= AL[j, a, t] * Pu[t]
             Gu[a] = s
-        ldl_inverse(w.F[j], q, Minv)
+        ldl_inverse_at(w.F, j, q, Minv, 0)
         # (5.1) 2 A_j Lambda M_j^{-1}  and  (5.2) -2 (G_j u_j)(P_j u_j)'
         for a in range(q):
             for b in range(q):
                 s = 0.0
                 for t in range(q):
-                    s += AL[a, t] * Minv[t, b]
+                    s += AL[j, a, t] * Minv[0, t, b]
                 gL[a, b] += 2.0 * s - 2.0 * wt * Gu[a] * Pu[b]
         if reml:
             # (5.3) -2 (G_j B_j) C (P_j B_j)', P_j B_j = S_jB, G_j B_j = B_j - A_j Lambda S_jB
@@ -107,7 +116,7 @@ def deviance_one(theta, st, rows, cols, reml, want_grad, g_out, w):
                 for b in range(p):
                     s = B[j, a, b]
                     for t in range(q):
-                        s -= AL[a, t] * S[j, t, b]
+                        s -= AL[j, a, t] * S[j, t, b]
                     GB[a, b] = s
                     acc = 0.0
                     for t in range(p):
@@ -125,9 +134,10 @@ def deviance_one(theta, st, rows, cols, reml, want_grad, g_out, w):
 
 
 @njit(cache=True, error_model="numpy")
-def deviance_many(theta, st, rows, cols, reml, want_grad):
+def deviance_many(theta, st, rows, cols, reml, want_grad, qc):
     """:func:`deviance_one` for R replicates at P points each: theta (R, P, k), batched
-    statistics. Returns d (R, P) and the gradient (R, P, k)."""
+    statistics. Returns d (R, P) and the gradient (R, P, k).
+    (docs/math.md (4.1), (5.4))"""
     R, P, k = theta.shape
     J, q, p = st.B.shape[1], st.B.shape[2], st.B.shape[3]
     w = workspace(J, q, p)
@@ -136,16 +146,17 @@ def deviance_many(theta, st, rows, cols, reml, want_grad):
     for r in range(R):
         one = replicate(st, r)
         for i in range(P):
-            d[r, i] = deviance_one(theta[r, i], one, rows, cols, reml, want_grad, g[r, i], w)
+            d[r, i] = deviance_one(theta[r, i], one, rows, cols, reml, want_grad, g[r, i], w,
+                                   qc)
     return d, g
 
 
 @njit(cache=True, error_model="numpy")
-def _ranef(w, J, q, p, U, V):
+def _ranef(w, J, q, p, U, V, qc):
     """EBLUPs U_j = Lambda P_j u_j = D_j u_j (P_j u_j = S_jc - S_jB beta) into U (J, q) and
     D_j = Lambda M_j^{-1} Lambda' into V (J, q, q) (docs/math.md (8.2))."""
     L, S, beta = w.L, w.S, w.beta
-    X = np.empty((q, q))
+    X = np.empty((1, q, q))
     Pu = np.empty(q)
     for j in range(J):
         for a in range(q):
@@ -158,14 +169,14 @@ def _ranef(w, J, q, p, U, V):
             for t in range(q):
                 s += L[a, t] * Pu[t]
             U[j, a] = s
-        group_D(w.F[j], L, X, V[j])
+        group_D(w.F, j, L, X, V, qc)
 
 
 @njit(cache=True, error_model="numpy")
-def _readout(one, w, tri, want_ranef, r, betas, C, r2s, U, V):
+def _readout(one, w, tri, want_ranef, r, betas, C, r2s, U, V, qc):
     """The read-out of replicate r once Lambda and S are in ``w``."""
     J, q, p = one.B.shape[0], one.B.shape[1], one.B.shape[2]
-    _, ok = gls_pass(one, w.L, w.s, tri, w, False)
+    _, ok = gls_pass(one, w.L, w.s, tri, w, False, qc)
     if not ok:
         return
     ldX, r2 = gls_finish(one, w)
@@ -176,11 +187,11 @@ def _readout(one, w, tri, want_ranef, r, betas, C, r2s, U, V):
         betas[r, a] = w.beta[a, 0]
     ldl_inverse(w.XV, p, C[r])
     if want_ranef:
-        _ranef(w, J, q, p, U[r], V[r])
+        _ranef(w, J, q, p, U[r], V[r], qc)
 
 
 @njit(cache=True, error_model="numpy")
-def readout_many(theta, st, rows, cols, want_ranef):
+def readout_many(theta, st, rows, cols, want_ranef, qc):
     """What a fit reports at theta (R, k), per replicate: beta (R, p), C = XtVX^{-1}
     (R, p, p), r2 (R,) and, with ``want_ranef``, the EBLUPs U (R, J, q) and
     D_j (R, J, q, q) (times sigma^2: their conditional covariance), docs/math.md (8.2).
@@ -190,12 +201,12 @@ def readout_many(theta, st, rows, cols, want_ranef):
     w = workspace(J, q, p)
     for r in range(R):
         lambda_theta(theta[r], rows, cols, w.L, w.s)
-        _readout(replicate(st, r), w, True, want_ranef, r, betas, C, r2s, U, V)
+        _readout(replicate(st, r), w, True, want_ranef, r, betas, C, r2s, U, V, qc)
     return betas, C, r2s, U, V
 
 
 @njit(cache=True, error_model="numpy")
-def readout_psi_many(Psi, st, want_ranef):
+def readout_psi_many(Psi, st, want_ranef, qc):
     """:func:`readout_many` at Psi = T / sigma^2 (R, q, q), any symmetric matrix with every
     V_j positive definite (the signed root of docs/math.md (3.1)); the EBLUPs are
     U_j = D_j u_j (8.2)."""
@@ -204,7 +215,7 @@ def readout_psi_many(Psi, st, want_ranef):
     w = workspace(J, q, p)
     for r in range(R):
         lambda_psi(Psi[r], w.L, w.s)
-        _readout(replicate(st, r), w, False, want_ranef, r, betas, C, r2s, U, V)
+        _readout(replicate(st, r), w, False, want_ranef, r, betas, C, r2s, U, V, qc)
     return betas, C, r2s, U, V
 
 
@@ -237,14 +248,14 @@ def singular_one(L, A, N):
     full = not math.isnan(ld) and neg == 0
     if full:
         for a in range(q):
-            if not F[a, a] > DEPENDENT_EIG * ZZ[a, a]:
+            if not 1.0 / F[a, a] ** 2 > DEPENDENT_EIG * ZZ[a, a]:
                 full = False
     if full:
+        # W = L', L the Cholesky factor in F (1 / L_ii on the diagonal)
         W = np.zeros((q, q))
         for a in range(q):
-            r = math.sqrt(F[a, a])
             for b in range(a, q):
-                W[a, b] = r * (1.0 if a == b else F[b, a])
+                W[a, b] = 1.0 / F[a, a] if a == b else F[b, a]
     else:
         ev, E = np.linalg.eigh(ZZ)
         top = max(ev[q - 1], 1e-300)
@@ -264,7 +275,7 @@ def singular_one(L, A, N):
 
 
 @njit(cache=True, error_model="numpy")
-def estimates_many(theta, st, rows, cols, cs_rows, cs_cols, reml, grad, hess, want_ranef):
+def estimates_many(theta, st, rows, cols, cs_rows, cs_cols, reml, grad, hess, want_ranef, qc):
     """Everything a fit reports at its optimum theta (R, k), per replicate
     (:mod:`mlmsim.engine.estimates`): beta, vcov = sigma^2 XtVX^{-1} (8.1), sigma2 (4.3),
     T = sigma^2 Lambda Lambda', phi (T's elements ``cs_rows``/``cs_cols``, then sigma^2),
@@ -277,7 +288,7 @@ def estimates_many(theta, st, rows, cols, cs_rows, cs_cols, reml, grad, hess, wa
     K = cs_rows.shape[0]
     m = K + 1
     k = rows.shape[0]
-    betas, C, r2, U, V = readout_many(theta, st, rows, cols, want_ranef)
+    betas, C, r2, U, V = readout_many(theta, st, rows, cols, want_ranef, qc)
     vcov = np.empty((R, p, p))
     sigma2 = np.empty(R)
     T = np.empty((R, q, q))
@@ -315,7 +326,7 @@ def estimates_many(theta, st, rows, cols, cs_rows, cs_cols, reml, grad, hess, wa
         for i in range(K):
             phi[r, i] = T[r, cs_rows[i], cs_cols[i]]
         phi[r, K] = s2
-        phi_pass(one, cs_rows, cs_cols, phi[r], reml, False, pw, f, g, H[r], Cp, dC)
+        phi_pass(one, cs_rows, cs_cols, phi[r], reml, False, pw, f, g, H[r], Cp, dC, qc)
         pd[r] = _positive_definite(H[r], d, eig[r])
         if pd[r]:
             scaled_inverse(H[r], d, 2.0, acov[r])

@@ -4,9 +4,10 @@ The matrices of a two-level model's per-group algebra are q x q (q <= 4 or so) a
 p x p; a LAPACK call costs more in overhead than the work, so these are written as plain
 loops that numba compiles. All work in place and allocate nothing.
 
-- :func:`ldl` factors a symmetric matrix as L Delta L' (unit lower L, diagonal Delta),
-  without pivoting, and counts Delta's negative pivots: for a positive definite matrix
-  it is the Cholesky factorisation without square roots; for the signed
+- :func:`ldl` factors a symmetric matrix as L S L' (L lower triangular, S = diag(+-1):
+  the LDL' factorisation with Delta = S L_ii^2), without pivoting, and counts the
+  negative pivots: for a positive definite matrix it is the Cholesky factorisation; for
+  the signed
   M_j = Lambda' A_j Lambda + S of docs/math.md (3.2) the count decides validity (3.3).
 - :func:`ldl_solve`, :func:`ldl_inverse` use that factor.
 - :func:`lu_solve` solves a general square system by Gaussian elimination with partial
@@ -22,66 +23,112 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["ldl", "ldl_solve", "ldl_inverse", "lu_solve", "scaled_eigh", "scaled_inverse"]
+__all__ = ["ldl", "ldl_solve", "ldl_inverse", "ldl_at", "ldl_solve_at", "ldl_inverse_at",
+           "lu_solve", "scaled_eigh", "scaled_inverse", "symmetrise"]
 
 _BIG = 1e280
 
 
 @njit(cache=True, error_model="numpy")
-def ldl(M, n):
-    """Factor the symmetric M[:n, :n] (lower triangle read) as L Delta L' in place: the
-    strict lower triangle holds L, the diagonal holds Delta. Returns (log|det M|, number
-    of negative pivots); log|det M| is nan when a pivot is zero or not finite."""
+def symmetrise(M):
+    """M <- (M + M') / 2 in place (square M)."""
+    n = M.shape[0]
+    for i in range(n):
+        for j in range(i):
+            v = 0.5 * (M[i, j] + M[j, i])
+            M[i, j] = v
+            M[j, i] = v
+
+
+@njit(cache=True, error_model="numpy")
+def ldl_at(M, j, n):
+    """Factor the symmetric M[j, :n, :n] (lower triangle read) in place as L S L' with L
+    lower triangular with positive diagonal and S = diag(+-1) (the LDL' factorisation
+    with Delta = S L_ii^2; for a positive definite M, S = I and L is its Cholesky factor).
+    The strict lower triangle holds L, the diagonal s_i / L_ii (so that solves multiply
+    and the sign travels with it). Returns (log|det M|, number of negative pivots);
+    log|det M| is nan when a pivot is zero or not finite. (Indexed by j so that a loop
+    over groups makes no array views.)"""
     prod = 1.0
     logdet = 0.0
     neg = 0
-    for j in range(n):
-        d = M[j, j]
-        for k in range(j):
-            d -= M[j, k] * M[j, k] * M[k, k]
+    for c in range(n):
+        d = M[j, c, c]
+        for k in range(c):
+            lk = M[j, c, k]
+            d -= lk * lk if M[j, k, k] > 0.0 else -lk * lk
         if not (d != 0.0 and math.isfinite(d)):
             return np.nan, neg
-        M[j, j] = d
+        ad = abs(d)
+        r = 1.0 / math.sqrt(ad)
         if d < 0.0:
             neg += 1
-        prod *= abs(d)
+            M[j, c, c] = -r
+        else:
+            M[j, c, c] = r
+        prod *= ad
         if prod > _BIG or prod < 1.0 / _BIG:
             logdet += math.log(prod)
             prod = 1.0
-        r = 1.0 / d
-        for i in range(j + 1, n):
-            s = M[i, j]
-            for k in range(j):
-                s -= M[i, k] * M[j, k] * M[k, k]
-            M[i, j] = s * r
+        for i in range(c + 1, n):
+            s = M[j, i, c]
+            for k in range(c):
+                t = M[j, i, k] * M[j, c, k]
+                s -= t if M[j, k, k] > 0.0 else -t
+            M[j, i, c] = s * M[j, c, c]
     return logdet + math.log(prod), neg
 
 
 @njit(cache=True, error_model="numpy")
-def ldl_solve(F, n, X, m):
-    """Solve (L Delta L') Y = X[:n, :m] in place, with F from :func:`ldl`."""
+def ldl_solve_at(F, j, n, X, i0, m):
+    """Solve (L S L') Y = X[i0, :n, :m] in place, with F[j] from :func:`ldl_at`:
+    Y = L^{-T} S L^{-1} X."""
     for col in range(m):
         for i in range(n):
-            s = X[i, col]
+            s = X[i0, i, col]
             for k in range(i):
-                s -= F[i, k] * X[k, col]
-            X[i, col] = s
+                s -= F[j, i, k] * X[i0, k, col]
+            X[i0, i, col] = s * abs(F[j, i, i])
         for i in range(n):
-            X[i, col] = X[i, col] / F[i, i]
+            if F[j, i, i] < 0.0:
+                X[i0, i, col] = -X[i0, i, col]
         for i in range(n - 1, -1, -1):
-            s = X[i, col]
+            s = X[i0, i, col]
             for k in range(i + 1, n):
-                s -= F[k, i] * X[k, col]
-            X[i, col] = s
+                s -= F[j, k, i] * X[i0, k, col]
+            X[i0, i, col] = s * abs(F[j, i, i])
+
+
+@njit(cache=True, error_model="numpy")
+def ldl_inverse_at(F, j, n, out, i0):
+    """out[i0, :n, :n] = (L Delta L')^{-1}, F[j] from :func:`ldl_at`."""
+    for a in range(n):
+        for b in range(n):
+            out[i0, a, b] = 1.0 if a == b else 0.0
+    ldl_solve_at(F, j, n, out, i0, n)
+
+
+@njit(cache=True)
+def _as3(M):
+    return M.reshape((1, M.shape[0], M.shape[1]))
+
+
+@njit(cache=True, error_model="numpy")
+def ldl(M, n):
+    """:func:`ldl_at` of a 2-d (C-contiguous) M."""
+    return ldl_at(_as3(M), 0, n)
+
+
+@njit(cache=True, error_model="numpy")
+def ldl_solve(F, n, X, m):
+    """:func:`ldl_solve_at` of 2-d F and X."""
+    ldl_solve_at(_as3(F), 0, n, _as3(X), 0, m)
 
 
 @njit(cache=True, error_model="numpy")
 def ldl_inverse(F, n, out):
-    """out[:n, :n] = (L Delta L')^{-1}, F from :func:`ldl`."""
-    for i in range(n):
-        for j in range(n):
-            out[i, j] = 1.0 if i == j else 0.0
-    ldl_solve(F, n, out, n)
+    """:func:`ldl_inverse_at` of 2-d F and out."""
+    ldl_inverse_at(_as3(F), 0, n, _as3(out), 0)
 
 
 @njit(cache=True, error_model="numpy")
@@ -166,9 +213,5 @@ def scaled_inverse(H, d, c, out):
     for i in range(m):
         for j in range(m):
             out[i, j] *= d[i] * d[j]
-    for i in range(m):
-        for j in range(i):
-            v = 0.5 * (out[i, j] + out[j, i])
-            out[i, j] = v
-            out[j, i] = v
+    symmetrise(out)
     return True

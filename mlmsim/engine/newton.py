@@ -19,7 +19,7 @@ from numba import njit
 
 from mlmsim.engine.gls import Stats, replicate, workspace
 from mlmsim.engine.kernels import deviance_one
-from mlmsim.engine.linalg import ldl, ldl_inverse, ldl_solve, lu_solve
+from mlmsim.engine.linalg import ldl, ldl_inverse, ldl_solve, lu_solve, symmetrise
 from mlmsim.engine.tolerances import (
     ARMIJO,
     BFGS_CURVATURE,
@@ -148,10 +148,10 @@ def moment_start_one(st, rows, cols, theta0):
     ld, neg = ldl(rel, q)
     if math.isnan(ld) or neg > 0:
         return
-    # Cholesky factor of rel = L Delta L': L sqrt(Delta)
+    # the Cholesky factor of rel (:func:`ldl` keeps 1 / L_ii on the diagonal)
     for i in range(k):
         r, cc = rows[i], cols[i]
-        v = math.sqrt(rel[cc, cc]) * (1.0 if r == cc else rel[r, cc])
+        v = 1.0 / rel[cc, cc] if r == cc else rel[r, cc]
         if not math.isfinite(v):
             for i2 in range(k):
                 theta0[i2] = 1.0 if rows[i2] == cols[i2] else 0.0
@@ -160,26 +160,23 @@ def moment_start_one(st, rows, cols, theta0):
 
 
 @njit(cache=True, error_model="numpy")
-def _fd_hessian(theta, f_g, st, rows, cols, reml, H, w, cnt):
+def _fd_hessian(theta, f_g, st, rows, cols, reml, H, w, cnt, qc):
     """Forward differences of the analytic gradient: H_i = (g(theta + h_i e_i) - g) / h_i,
-    h_i = FD_STEP (1 + |theta_i|), symmetrised. Returns d(theta) and writes g to ``f_g``."""
+    h_i = FD_STEP (1 + |theta_i|), symmetrised. Returns d(theta) and writes g to ``f_g``.
+    (docs/math.md (7.2))"""
     k = theta.shape[0]
-    f = deviance_one(theta, st, rows, cols, reml, True, f_g, w)
+    f = deviance_one(theta, st, rows, cols, reml, True, f_g, w, qc)
     gt = np.empty(k)
     t = theta.copy()
     for i in range(k):
         h = FD_STEP * (1.0 + abs(theta[i]))
         t[i] = theta[i] + h
-        deviance_one(t, st, rows, cols, reml, True, gt, w)
+        deviance_one(t, st, rows, cols, reml, True, gt, w, qc)
         t[i] = theta[i]
         for j in range(k):
             H[i, j] = (gt[j] - f_g[j]) / h
     cnt[_EVALS] += k + 1
-    for i in range(k):
-        for j in range(i):
-            v = 0.5 * (H[i, j] + H[j, i])
-            H[i, j] = v
-            H[j, i] = v
+    symmetrise(H)
     return f
 
 
@@ -187,7 +184,8 @@ def _fd_hessian(theta, f_g, st, rows, cols, reml, H, w, cnt):
 def _curvature(H, Babs, v_neg):
     """|H| (eigenvalues by absolute value, floored at CURVATURE_FLOOR of the largest) into
     ``Babs``, the eigenvector of the smallest eigenvalue into ``v_neg``; returns
-    (lam_min / scale, lam_min). A non-finite H gives the identity and (0, 0)."""
+    (lam_min / scale, lam_min). A non-finite H gives the identity and (0, 0).
+    (docs/math.md (7.2))"""
     k = H.shape[0]
     for i in range(k):
         for j in range(k):
@@ -214,7 +212,8 @@ def _curvature(H, Babs, v_neg):
 @njit(cache=True, error_model="numpy")
 def _direction(g, Bm, p):
     """p = -B^{-1} g for positive definite B; returns the decrement g'B^{-1}g (inf when B
-    is not positive definite)."""
+    is not positive definite).
+    (docs/math.md (7.2))"""
     k = g.shape[0]
     Lc = Bm.copy()
     ld, neg = ldl(Lc, k)
@@ -255,7 +254,8 @@ def _near_edge(theta, rows, cols, edge):
 @njit(cache=True, error_model="numpy")
 def _canonical(theta, rows, cols, g, H):
     """Reflect columns of Lambda with a negative diagonal (Lambda Lambda' is unchanged);
-    the gradient and Hessian transform as D g and D H D, D = diag(signs)."""
+    the gradient and Hessian transform as D g and D H D, D = diag(signs).
+    (docs/math.md (7.2))"""
     k = theta.shape[0]
     sign = np.ones(k)
     for i in range(k):
@@ -272,9 +272,10 @@ def _canonical(theta, rows, cols, g, H):
 
 @njit(cache=True, error_model="numpy")
 def _minimize(theta, st, rows, cols, reml, max_iter, tol, gtol, max_step, edge, g_out, H_out,
-              w, cnt):
+              w, cnt, qc):
     """Minimise from ``theta`` (updated in place); returns (deviance, iterations, stop code)
-    and writes the gradient and Hessian (exact where last recomputed, else BFGS) there."""
+    and writes the gradient and Hessian (exact where last recomputed, else BFGS) there.
+    (docs/math.md (7.2))"""
     k = theta.shape[0]
     g = np.empty(k)
     H = np.empty((k, k))
@@ -283,7 +284,7 @@ def _minimize(theta, st, rows, cols, reml, max_iter, tol, gtol, max_step, edge, 
     p = np.empty(k)
     trial = np.empty(k)
     g_new = np.empty(k)
-    f = _fd_hessian(theta, g, st, rows, cols, reml, H, w, cnt)
+    f = _fd_hessian(theta, g, st, rows, cols, reml, H, w, cnt, qc)
     it = 0
     if not math.isfinite(f):
         for i in range(k):
@@ -299,7 +300,7 @@ def _minimize(theta, st, rows, cols, reml, max_iter, tol, gtol, max_step, edge, 
         code = _stationary(g, dec, tol, gtol)
         if code >= 0 and not exact and _near_edge(theta, rows, cols, edge):
             # near the edge judge convergence on the exact Hessian, never on BFGS
-            f = _fd_hessian(theta, g, st, rows, cols, reml, H, w, cnt)
+            f = _fd_hessian(theta, g, st, rows, cols, reml, H, w, cnt, qc)
             lam_rel, lam_min = _curvature(H, Bm, v_neg)
             exact = True
             dec = _direction(g, Bm, p)
@@ -307,6 +308,21 @@ def _minimize(theta, st, rows, cols, reml, max_iter, tol, gtol, max_step, edge, 
         saddle = code >= 0 and exact and lam_rel < SADDLE
         if code >= 0 and not saddle:
             stop = code
+            if code == _DECREMENT and dec > 0.0:
+                # the last Newton step, taken when it does not raise the deviance: one
+                # evaluation that takes the estimate from ~1e-6 of a standard error of the
+                # optimum to rounding level (the digits that lme4 and SAS print)
+                for i in range(k):
+                    trial[i] = theta[i] + p[i]
+                ft = deviance_one(trial, st, rows, cols, reml, True, g_new, w, qc)
+                cnt[_EVALS] += 1
+                # (within the deviance's rounding, so that the same fit in other units,
+                # equal to rounding, takes the same decision)
+                if math.isfinite(ft) and ft <= f + 1e-14 * abs(f):
+                    f = ft
+                    for i in range(k):
+                        theta[i] = trial[i]
+                        g[i] = g_new[i]
             break
         if it == max_iter:
             stop = _MAX_ITER
@@ -334,15 +350,16 @@ def _minimize(theta, st, rows, cols, reml, max_iter, tol, gtol, max_step, edge, 
         alpha = 1.0
         accepted = False
         f_new = f
-        # at the deviance's rounding floor (decrement below ROUNDING_FLOOR, away from the
+        # at the deviance's rounding floor (decrement below ROUNDING_FLOOR |f|, away from the
         # edge where the boundary optimum is approached slowly) a Newton step is taken
         # whole or not at all: halving it further only spends evaluations on noise
-        floor = dec < ROUNDING_FLOOR and not saddle and not _near_edge(theta, rows, cols, edge)
+        floor_tol = ROUNDING_FLOOR * max(abs(f), 1.0)
+        floor = dec < floor_tol and not saddle and not _near_edge(theta, rows, cols, edge)
         halvings = FLOOR_HALVINGS if floor else MAX_HALVINGS
         for ls in range(halvings):
             for i in range(k):
                 trial[i] = theta[i] + alpha * p[i]
-            ft = deviance_one(trial, st, rows, cols, reml, True, g_new, w)
+            ft = deviance_one(trial, st, rows, cols, reml, True, g_new, w, qc)
             cnt[_EVALS] += 1
             if ls > 0:
                 cnt[_HALVINGS] += 1
@@ -380,15 +397,15 @@ def _minimize(theta, st, rows, cols, reml, max_iter, tol, gtol, max_step, edge, 
             for i in range(k):
                 g[i] = g_new[i]
             exact = False
-        elif exact or floor:
-            # no descent step at the numerical floor of the deviance: with a small
-            # decrement that is convergence (near the edge, where saddles arise, only
-            # once the exact Hessian has confirmed the decrement)
-            stop = _FLOOR if dec < ROUNDING_FLOOR else _LINE_SEARCH
+        elif exact:
+            # no descent step on the exact Hessian: at the numerical floor of the deviance
+            # (a small decrement) that is convergence
+            stop = _FLOOR if dec < floor_tol else _LINE_SEARCH
             break
         else:
             # a failed line search on the BFGS matrix is retried with the exact Hessian
-            f = _fd_hessian(theta, g, st, rows, cols, reml, H, w, cnt)
+            # (also at the floor: the BFGS direction, not the noise, may be to blame)
+            f = _fd_hessian(theta, g, st, rows, cols, reml, H, w, cnt, qc)
             lam_rel, lam_min = _curvature(H, Bm, v_neg)
             exact = True
     for i in range(k):
@@ -466,19 +483,19 @@ def standardising_map(st, rows, cols, Ut):
             ld, neg = ldl(P, nb)
             ok = not math.isnan(ld) and neg == 0
             if ok:
-                # a pivot tiny against its own diagonal (1 - R^2 of that column on the
-                # ones before it): dependent columns
+                # a pivot L_ii^2 tiny against its own diagonal (1 - R^2 of that column on
+                # the ones before it): dependent columns
                 for i in range(nb):
-                    if not P[i, i] > DEPENDENT_EIG * diag[i]:
+                    if not 1.0 / P[i, i] ** 2 > DEPENDENT_EIG * diag[i]:
                         ok = False
         if ok:
-            # L = unit-lower(P) sqrt(Delta); U'[a, b] = L[rev a, rev b]' = L[rev b, rev a]
+            # L: the Cholesky factor in P (1 / L_ii on the diagonal); U = J L J
             for i in range(nb):
                 for t in range(nb):
                     ri, rt = nb - 1 - i, nb - 1 - t
                     if rt > ri:
                         continue
-                    lv = math.sqrt(P[rt, rt]) * (1.0 if ri == rt else P[ri, rt])
+                    lv = 1.0 / P[rt, rt] if ri == rt else P[ri, rt]
                     # L[ri, rt] with ri >= rt; U = J L J: U[i, t] = L[ri, rt] (i <= t)
                     Ut[idx[t], idx[i]] = lv
         else:
@@ -490,13 +507,15 @@ def standardising_map(st, rows, cols, Ut):
 @njit(cache=True, error_model="numpy")
 def transformed_stats(st, Ut):
     """The statistics of Z~ = Z U^{-T} (U = Ut'): A~ = U^{-1} A U^{-T}, B~ = U^{-1} B,
-    c~ = U^{-1} c, by triangular solves with the upper-triangular U."""
+    c~ = U^{-1} c, by triangular solves with the upper-triangular U.
+    (docs/math.md (7.1))"""
     A, B, c = st.A, st.B, st.c
     J, q, p = B.shape[0], B.shape[1], B.shape[2]
     As = np.empty_like(A)
     Bs = np.empty_like(B)
     cs = np.empty_like(c)
     X = np.empty((q, q + p + 1))
+    Y = np.empty((q, q))
     for j in range(J):
         for a in range(q):
             for b in range(q):
@@ -506,7 +525,6 @@ def transformed_stats(st, Ut):
             X[a, q + p] = c[j, a]
         _solve_upper(Ut, X, q + p + 1)
         # A~ = U^{-1} (U^{-1} A)' = U^{-1} A U^{-T}: solve again on the transpose
-        Y = np.empty((q, q))
         for a in range(q):
             for b in range(q):
                 Y[a, b] = X[b, a]
@@ -535,7 +553,8 @@ def _solve_upper(Ut, X, m):
 @njit(cache=True, error_model="numpy")
 def theta_map(Ut, rows, cols):
     """K (k, k) with theta~ = K theta for Lambda~ = U' Lambda (Ut = U' lower triangular):
-    column i is theta~ of the Lambda with theta = e_i."""
+    column i is theta~ of the Lambda with theta = e_i.
+    (docs/math.md (7.1))"""
     k = rows.shape[0]
     K = np.zeros((k, k))
     for i in range(k):
@@ -548,7 +567,7 @@ def theta_map(Ut, rows, cols):
 
 @njit(cache=True, error_model="numpy")
 def minimize_one(st, rows, cols, reml, theta0, use_start, max_iter, tol, gtol, max_step, edge,
-                 restart, theta, g, H, info):
+                 restart, theta, g, H, info, qc):
     """Fit one replicate: writes theta, gradient and Hessian (in the original units);
     returns the deviance. ``info`` (6,) int64 receives (iterations, stop code,
     evaluations, halvings, restarts, start: 0 moment, 1 Lambda = I, 2 given).
@@ -576,7 +595,7 @@ def minimize_one(st, rows, cols, reml, theta0, use_start, max_iter, tol, gtol, m
     else:
         moment_start_one(ss, rows, cols, theta)
     f, it, stop = _minimize(theta, ss, rows, cols, reml, max_iter, tol, gtol, max_step, edge,
-                            g, H, w, cnt)
+                            g, H, w, cnt, qc)
     start = 2 if use_start else 0
     restarts = 0
     conv = stop <= _FLOOR
@@ -587,7 +606,7 @@ def minimize_one(st, rows, cols, reml, theta0, use_start, max_iter, tol, gtol, m
         g2 = np.empty(k)
         H2 = np.empty((k, k))
         f2, it2, stop2 = _minimize(t2, ss, rows, cols, reml, max_iter, tol, gtol, max_step,
-                                   edge, g2, H2, w, cnt)
+                                   edge, g2, H2, w, cnt, qc)
         restarts = 1
         it += it2
         conv2 = stop2 <= _FLOOR
@@ -624,10 +643,11 @@ def minimize_one(st, rows, cols, reml, theta0, use_start, max_iter, tol, gtol, m
 
 @njit(cache=True, error_model="numpy")
 def minimize_many(st, rows, cols, reml, theta0, use_start, max_iter, tol, gtol, max_step, edge,
-                  restart):
+                  restart, qc):
     """:func:`minimize_one` for each of R replicates (batched statistics; theta0 (R, k)).
     Returns theta (R, k), deviance (R,), gradient (R, k), Hessian (R, k, k) and info
-    (R, 6)."""
+    (R, 6).
+    (docs/math.md (7.2))"""
     R = st.A.shape[0]
     k = rows.shape[0]
     theta = np.empty((R, k))
@@ -638,5 +658,5 @@ def minimize_many(st, rows, cols, reml, theta0, use_start, max_iter, tol, gtol, 
     for r in range(R):
         dev[r] = minimize_one(replicate(st, r), rows, cols, reml, theta0[r], use_start,
                               max_iter, tol, gtol, max_step, edge, restart, theta[r], g[r],
-                              H[r], info[r])
+                              H[r], info[r], qc)
     return theta, dev, g, H, info

@@ -28,7 +28,7 @@ Convergence (:class:`mlmsim.engine.control.StopReason`): the Newton decrement
 g'|H|^{-1}g falls below ``tol`` = 1e-12
 (deviance units: each parameter within about 1e-6 of its standard error of
 the optimum), or the gradient's largest element is below ``gtol``, or, with
-a decrement below ROUNDING_FLOOR = 1e-6, the Newton step no longer lowers the deviance: the
+a decrement below ROUNDING_FLOOR |d| = 2e-11 |d|, the Newton step no longer lowers the deviance: the
 numerical floor of the deviance (roughly 1e-13 of |d|, about
 5e-9 for HSB's d = 46,711) is reached. Away from the edge that step is tried
 at full length and three halvings, not forty; near the edge only once the
@@ -44,7 +44,7 @@ import numpy as np
 from mlmsim.engine import newton
 from mlmsim.engine.control import FitControl, OptSummary, StopReason
 from mlmsim.engine.deviance import ThetaMap
-from mlmsim.engine.gls import Stats
+from mlmsim.engine.gls import Stats, qtoken
 from mlmsim.engine.stats import GroupStats, flat_arrays, kernel_array
 
 __all__ = ["OptResult", "minimize_theta"]
@@ -103,6 +103,7 @@ def minimize_theta(
     fields, or None for the defaults) holds the settings; ``max_iter`` overrides its
     iteration limit. Returns theta in canonical form (Lambda's diagonal >= 0) with the
     deviance, gradient and Hessian in theta there.
+    (docs/math.md (7.2))
     """
     control = FitControl.coerce(control)
     if max_iter is not None:
@@ -114,6 +115,6 @@ def minimize_theta(
     theta, dev, g, H, info = newton.minimize_many(
         st, tmap.rows, tmap.cols, bool(reml), start, use_start, int(control.max_iter),
         float(control.tol), float(control.gtol), float(control.max_step), float(control.edge),
-        bool(control.restart))
+        bool(control.restart), qtoken(tmap.q))
     converged = info[:, 1] <= int(StopReason.ROUNDING_FLOOR)
     return OptResult(theta, dev, g, H, info[:, 0].copy(), converged, info, control)

@@ -29,8 +29,16 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-from mlmsim.engine.gls import gls_finish, gls_pass, group_D, lambda_psi, replicate, workspace
-from mlmsim.engine.linalg import ldl_inverse
+from mlmsim.engine.gls import (
+    gls_finish,
+    gls_pass,
+    group_D,
+    lambda_psi,
+    q_of,
+    replicate,
+    workspace,
+)
+from mlmsim.engine.linalg import ldl_inverse, symmetrise
 
 __all__ = ["phi_pass", "phi_workspace", "phi_many"]
 
@@ -76,22 +84,23 @@ def _trace_E(rows, cols, k, X):
 
 
 @njit(cache=True, error_model="numpy")
-def phi_pass(st, rows, cols, phi, reml, want_dC, pw, f_out, g_out, H, C, dC):
+def phi_pass(st, rows, cols, phi, reml, want_dC, pw, f_out, g_out, H, C, dC, qc):
     """At phi (K + 1,) for one replicate: the objective into f_out[0] (6.1), the gradient
     into g_out (K + 1,) (6.2), the observed Hessian into H (K + 1, K + 1) (6.3), C =
     (X'V^{-1}X)^{-1} into C (p, p) and, with ``want_dC``, dC/dphi_k = C M_k C into dC
     (K + 1, p, p) (10.2). Returns False (outputs nan) where some V_j or X'V^{-1}X is not
     positive definite or sigma^2 <= 0."""
     A, B, c = st.A, st.B, st.c
-    J, q, p = B.shape[0], B.shape[1], B.shape[2]
+    J, p = B.shape[0], B.shape[2]
+    q = q_of(qc, B.shape[1])
     K = rows.shape[0]
     m = K + 1
     N = st.N
     w = pw.gls
     wqq, wq, wqp, wpp, wp = pw.wqq, pw.wq, pw.wqp, pw.wpp, pw.wp
     D, W4, Wf, FF, W, CM = pw.D, pw.W4, pw.Wf, pw.FF, pw.W, pw.CM
-    G, GA, G2A, Q, P, Ps, Gs, X = (wqq[0], wqq[1], wqq[2], wqq[3], wqq[4], wqq[5], wqq[6],
-                                   wqq[7])
+    G, GA, G2A, Q, P, Ps, Gs = wqq[0], wqq[1], wqq[2], wqq[3], wqq[4], wqq[5], wqq[6]
+    X = wqq[7:8]
     u, Du, Gu, G2u, s, s_2 = wq[0], wq[1], wq[2], wq[3], wq[4], wq[5]
     DB, GB, G2B, F, FC = wqp[0], wqp[1], wqp[2], wqp[3], wqp[4]
     GBDB, G2BDB, XK2X, XK3X, Mk, BtDB, XtVXinv = (wpp[0], wpp[1], wpp[2], wpp[3], wpp[4],
@@ -111,7 +120,7 @@ def phi_pass(st, rows, cols, phi, reml, want_dC, pw, f_out, g_out, H, C, dC):
 
     # the GLS core: D_j, beta, C (3.1)-(3.6)
     lambda_psi(Psi, w.L, w.s)
-    logdetM, ok = gls_pass(st, w.L, w.s, False, w, False)
+    logdetM, ok = gls_pass(st, w.L, w.s, False, w, False, qc)
     if not ok:
         _fail(f_out, g_out, H, C, dC)
         return False
@@ -120,7 +129,7 @@ def phi_pass(st, rows, cols, phi, reml, want_dC, pw, f_out, g_out, H, C, dC):
         _fail(f_out, g_out, H, C, dC)
         return False
     for j in range(J):
-        group_D(w.F[j], w.L, X, D[j])
+        group_D(w.F, j, w.L, X, D, qc)
     ldl_inverse(w.XV, p, XtVXinv)
     for a in range(p):
         beta[a] = w.beta[a, 0]
@@ -401,11 +410,7 @@ def phi_pass(st, rows, cols, phi, reml, want_dC, pw, f_out, g_out, H, C, dC):
                     dC[k, a, b] = v
                     dC[k, b, a] = v
 
-    for k in range(m):
-        for l in range(k):
-            h = 0.5 * (H[k, l] + H[l, k])
-            H[k, l] = h
-            H[l, k] = h
+    symmetrise(H)
     return True
 
 
@@ -419,7 +424,7 @@ def _fail(f_out, g_out, H, C, dC):
 
 
 @njit(cache=True, error_model="numpy")
-def phi_many(st, rows, cols, phi, reml, want_dC):
+def phi_many(st, rows, cols, phi, reml, want_dC, qc):
     """:func:`phi_pass` for R replicates: batched statistics, phi (R, K + 1). Returns
     f (R,), g (R, m), H (R, m, m), C (R, p, p), dC (R, m, p, p) (zeros without
     ``want_dC``), m = K + 1. The work arrays are allocated once."""
@@ -437,6 +442,6 @@ def phi_many(st, rows, cols, phi, reml, want_dC):
     for r in range(R):
         out = dC[r] if want_dC else scratch
         phi_pass(replicate(st, r), rows, cols, phi[r], reml, want_dC, pw, fo, g[r], H[r],
-                 C[r], out)
+                 C[r], out, qc)
         f[r] = fo[0]
     return f, g, H, C, dC

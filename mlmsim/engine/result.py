@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from mlmsim.engine.stats import GroupStats
     from mlmsim.formula import Design
 
-__all__ = ["FitResult", "covparm_names", "DDF_METHODS"]
+__all__ = ["FitResult", "FitArrays", "covparm_names", "DDF_METHODS"]
 
 DDF_METHODS = ("satterthwaite", "containment", "between-within", "residual")
 
@@ -38,6 +38,23 @@ def covparm_names(random_names, rows, cols) -> tuple[list[str], list[str]]:
         names.append(f"var({a})" if r == c else f"cov({a},{b})")
         sas.append(f"UN({r + 1},{c + 1})")
     return names + ["sigma2"], sas + ["Residual"]
+
+
+@dataclass(frozen=True)
+class FitArrays:
+    """The arrays behind a :class:`FitResult`'s labelled views: beta (p,), vcov (p, p),
+    T (q, q), hessian and acov (m, m) in phi, U (J, q) EBLUPs, condvar (J, q, q) their
+    conditional covariances, fitted and resid (N,) over the rows used."""
+
+    beta: np.ndarray
+    vcov: np.ndarray
+    T: np.ndarray
+    hessian: np.ndarray
+    acov: np.ndarray
+    U: np.ndarray
+    condvar: np.ndarray
+    fitted: np.ndarray
+    resid: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -64,9 +81,9 @@ class FitResult:
         The optimiser met its criterion; T-hat is rank-deficient: the smallest eigenvalue
         of T (Z'Z/N) / sigma^2 is below 1e-8 (docs/math.md (9.2): for a random intercept
         lme4's ``isSingular`` rule, and unchanged when a predictor is rescaled or shifted).
-    hessian : np.ndarray
+    hessian : pd.DataFrame
         H = d^2 (objective) / dphi dphi' at the estimate, phi = (T elements in
-        ``covparms`` order, sigma^2).
+        ``covparms`` order, sigma^2), labelled by the covariance-parameter names.
     hessian_pd : bool
         The smallest eigenvalue of H's correlation form D^{-1/2} H D^{-1/2} (D = diag H)
         exceeds 1e-8: a verdict that does not depend on the units of the data
@@ -82,8 +99,12 @@ class FitResult:
         2 H^{-1}, NaN where H is not positive definite.
     ranef : pd.DataFrame
         EBLUPs U_j-hat = Lambda M_j^{-1} Lambda' (c_j - B_j gamma-hat), one row per group.
-    fitted, resid : np.ndarray
-        X gamma-hat + Z_j U_j-hat, and y minus it, over the rows used.
+    fitted, resid : pd.Series
+        X gamma-hat + Z_j U_j-hat, and y minus it, for the rows used, indexed by the input
+        data's row labels (``.reindex(data.index)`` gives NaN for the rows not used).
+    arrays : FitArrays
+        The plain arrays behind these labelled views, in the engine's order (for code
+        that computes with them).
     n_dropped : int
         Rows not used (missing or non-finite values).
     optsum : OptSummary
@@ -98,9 +119,6 @@ class FitResult:
     random_names: tuple[str, ...]
     covparm_names: tuple[str, ...]
     covparm_sas: tuple[str, ...]
-    beta: np.ndarray
-    vcov_matrix: np.ndarray = field(repr=False)
-    T_matrix: np.ndarray = field(repr=False)
     sigma2: float
     theta: np.ndarray
     deviance: float
@@ -111,17 +129,12 @@ class FitResult:
     ngroups: int
     converged: bool
     singular: bool
-    hessian: np.ndarray = field(repr=False)
     hessian_eigenvalues: np.ndarray
     hessian_pd: bool
     identifiable: bool
     phi: np.ndarray
-    acov: np.ndarray = field(repr=False)
+    arrays: FitArrays = field(repr=False)
     group_labels: np.ndarray = field(repr=False)
-    U: np.ndarray = field(repr=False)
-    ranef_condvar: np.ndarray = field(repr=False)
-    fitted: np.ndarray = field(repr=False)
-    resid: np.ndarray = field(repr=False)
     n_dropped: int = 0
     messages: tuple[str, ...] = ()
     optsum: OptSummary | None = field(default=None, repr=False)
@@ -134,26 +147,26 @@ class FitResult:
     # ---- labelled views (built on first access) ------------------------------
     @cached_property
     def fixef(self) -> pd.Series:
-        return pd.Series(self.beta, index=list(self.fixed_names), name="estimate")
+        return pd.Series(self.arrays.beta, index=list(self.fixed_names), name="estimate")
 
     @cached_property
     def fixef_se(self) -> pd.Series:
-        return pd.Series(np.sqrt(np.diag(self.vcov_matrix)), index=list(self.fixed_names),
+        return pd.Series(np.sqrt(np.diag(self.arrays.vcov)), index=list(self.fixed_names),
                          name="se")
 
     @cached_property
     def vcov(self) -> pd.DataFrame:
         names = list(self.fixed_names)
-        return pd.DataFrame(self.vcov_matrix, index=names, columns=names)
+        return pd.DataFrame(self.arrays.vcov, index=names, columns=names)
 
     @cached_property
     def T(self) -> pd.DataFrame:  # noqa: N802 - the seed's notation
         names = list(self.random_names)
-        return pd.DataFrame(self.T_matrix, index=names, columns=names)
+        return pd.DataFrame(self.arrays.T, index=names, columns=names)
 
     @cached_property
     def covparms(self) -> pd.DataFrame:
-        se = np.sqrt(np.diag(self.acov))
+        se = np.sqrt(np.diag(self.arrays.acov))
         with np.errstate(divide="ignore", invalid="ignore"):
             z = self.phi / se
         isvar = np.array([n.startswith("var(") or n == "sigma2" for n in self.covparm_names])
@@ -164,12 +177,38 @@ class FitResult:
     @cached_property
     def covparms_cov(self) -> pd.DataFrame:
         names = list(self.covparm_names)
-        return pd.DataFrame(self.acov, index=names, columns=names)
+        return pd.DataFrame(self.arrays.acov, index=names, columns=names)
+
+    @cached_property
+    def hessian(self) -> pd.DataFrame:
+        names = list(self.covparm_names)
+        return pd.DataFrame(self.arrays.hessian, index=names, columns=names)
+
+    @cached_property
+    def fitted(self) -> pd.Series:
+        return pd.Series(self.arrays.fitted, index=self._row_index, name="fitted")
+
+    @cached_property
+    def resid(self) -> pd.Series:
+        return pd.Series(self.arrays.resid, index=self._row_index, name="resid")
+
+    @property
+    def ranef_condvar(self) -> np.ndarray:
+        """(J, q, q): sigma2-hat D_j, the conditional covariance of each group's EBLUPs
+        (docs/math.md (8.2)), in ``ranef``'s row and column order."""
+        return self.arrays.condvar
+
+    @property
+    def _row_index(self) -> pd.Index:
+        d = self.design
+        if d is not None and d.row_index is not None:
+            return d.row_index
+        return pd.RangeIndex(self.nobs)
 
     @cached_property
     def ranef(self) -> pd.DataFrame:
         grp = self.design.formula.group if self.design is not None else "group"
-        return pd.DataFrame(self.U, index=pd.Index(self.group_labels, name=grp),
+        return pd.DataFrame(self.arrays.U, index=pd.Index(self.group_labels, name=grp),
                             columns=list(self.random_names))
 
     # ---- derived quantities -------------------------------------------------
@@ -185,7 +224,7 @@ class FitResult:
     @property
     def npar(self) -> int:
         """Number of parameters: fixed effects + theta + sigma (as lme4's df)."""
-        return int(self.beta.shape[0] + self.theta.shape[0] + 1)
+        return int(self.arrays.beta.shape[0] + self.theta.shape[0] + 1)
 
     @property
     def params(self) -> pd.Series:

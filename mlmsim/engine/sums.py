@@ -65,6 +65,7 @@ def group_sums_one(y, VX, xterms, VZ, zterms, order, ordered, starts, centre, W,
     Writes A (J, q, q),
     B (J, q, p), c (J, q), XtX (p, p), Xty (p,), m (p,); returns (y'y, ybar, i0), i0
     the intercept column (-1 when none, or without ``centre``).
+    (docs/math.md (2.1))
     """
     N = y.shape[0]
     p = xterms.shape[0]
@@ -123,7 +124,8 @@ def dependence_screen(A, n):
     every group with n_j >= q (every non-empty group, if none has q rows) has a
     correlation-scaled A_j (unit diagonal, determinant in [0, 1]) with determinant below
     DEPENDENT_SCREEN. A (R, J, q, q), n (R, J). Only these replicates need an
-    eigen-decomposition."""
+    eigen-decomposition.
+    (docs/math.md (9.3))"""
     R, J, q = A.shape[0], A.shape[1], A.shape[2]
     out = np.zeros(R, dtype=np.bool_)
     Cs = np.empty((q, q))

@@ -36,9 +36,11 @@ EDGE = 1e-2
 """A diagonal element of the scaled Lambda below this is near the edge theta_ii = 0,
 where saddles arise: convergence is then judged on the exact Hessian, not on BFGS."""
 
-ROUNDING_FLOOR = 1e-6
-"""A decrement below this, with no step lowering the deviance, is the deviance's
-rounding floor (about 1e-13 of |d|, 5e-9 for HSB's d = 46,711): convergence."""
+ROUNDING_FLOOR = 2e-11
+"""A decrement below this times max(|d|, 1), with no step lowering the deviance, is the
+deviance's rounding floor: convergence. The deviance's rounding noise is about 1e-13 of
+|d| (5e-9 for HSB's d = 46,711, where this gives 1e-6); relative to |d|, so that a small
+deviance is not declared converged on a decrement its noise cannot explain."""
 
 FLOOR_HALVINGS = 3
 """Line-search halvings at the rounding floor (a Newton step there is taken whole or not

@@ -43,7 +43,7 @@ import pandas as pd
 from scipy import stats as sps
 
 import mlmsim
-from mlmsim.engine import inference
+from mlmsim.engine.evaluate import evaluate
 
 __all__ = ["TITLE", "run", "report", "load_seed", "model_data"]
 
@@ -207,8 +207,8 @@ def _arith(text: str) -> float:
 
 def fit_view(res, data: pd.DataFrame) -> View:
     """The view at mlmsim's optimum."""
-    return View("mlmsim", res, data, res.beta, res.vcov_matrix, res.phi,
-                np.sqrt(np.diag(res.acov)), res.T, res.ranef, res.deviance)
+    return View("mlmsim", res, data, res.fixef.to_numpy(), res.vcov.to_numpy(), res.phi,
+                res.covparms["se"].to_numpy(), res.T, res.ranef, res.deviance)
 
 
 def point_view(res, data: pd.DataFrame, phi: np.ndarray, where: str) -> View:
@@ -216,32 +216,13 @@ def point_view(res, data: pd.DataFrame, phi: np.ndarray, where: str) -> View:
 
     gamma(phi) = (X'V^{-1}X)^{-1} X'V^{-1}y with V_j = Z_j T Z_j' + sigma^2 I,
     vcov = (X'V^{-1}X)^{-1}, SEs of phi from 2 H^{-1} (H the Hessian of
-    -2 log L in phi), U_j = T Z_j'V_j^{-1}(y_j - X_j gamma), -2 log L at phi.
+    -2 log L in phi), U_j = T Z_j'V_j^{-1}(y_j - X_j gamma), -2 log L at phi: all from
+    :func:`mlmsim.evaluate` (the engine's one GLS core).
     """
-    d, cs, st = res.design, res.cov_structure, res.stats
-    phi = np.asarray(phi, dtype=float)
-    T = cs.T(phi)
-    s2 = phi[-1]
-    p = d.X.shape[1]
-    xvx, xvy = np.zeros((p, p)), np.zeros(p)
-    parts = []
-    for j in range(d.ngroups):
-        rows = d.group_codes == j
-        X, Z, y = d.X[rows], d.Z[rows], d.y[rows]
-        Vinv = np.linalg.inv(Z @ T @ Z.T + s2 * np.eye(rows.sum()))
-        xvx += X.T @ Vinv @ X
-        xvy += X.T @ Vinv @ y
-        parts.append((X, Z, y, Vinv))
-    vcov = np.linalg.inv(xvx)
-    beta = vcov @ xvy
-    U = np.array([T @ Z.T @ Vinv @ (y - X @ beta) for X, Z, y, Vinv in parts])
-    H = inference.phi_hessian(st, cs, phi, False)
-    with np.errstate(invalid="ignore"):
-        se = np.sqrt(np.diag(2.0 * np.linalg.inv(H)))
-    dev = float(inference.phi_objective(st, cs, phi, False))
-    names = list(res.random_names)
-    return View(where, res, data, beta, vcov, phi, se, pd.DataFrame(T, index=names, columns=names),
-                pd.DataFrame(U, index=res.ranef.index, columns=names), dev)
+    ev = evaluate(res, phi=np.asarray(phi, dtype=float), method="ML")
+    return View(where, res, data, ev.fixef.to_numpy(), ev.vcov.to_numpy(), ev.phi.to_numpy(),
+                ev.covparm_se.to_numpy(), ev.T, ev.ranef.set_axis(res.ranef.index),
+                ev.criterion)
 
 
 # ---- reading printed numbers -----------------------------------------------------------------
