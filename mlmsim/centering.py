@@ -716,20 +716,6 @@ def model_map(fit_a: FitResult, fit_b: FitResult) -> ModelMap:
     return mm
 
 
-def _psd_cholesky(S: np.ndarray) -> np.ndarray:
-    """Lower-triangular Lambda with Lambda Lambda' = S for a positive semi-definite S
-    (zero pivots give zero columns, so a singular T has a Lambda too)."""
-    q = S.shape[0]
-    L = np.zeros_like(S)
-    for j in range(q):
-        d = S[j, j] - L[j, :j] @ L[j, :j]
-        if d <= 1e-12 * max(1.0, abs(S[j, j])):
-            continue
-        L[j, j] = np.sqrt(d)
-        L[j + 1:, j] = (S[j + 1:, j] - L[j + 1:, :j] @ L[j, :j]) / L[j, j]
-    return L
-
-
 def refit_mapped(fit_from: FitResult, fit_to: FitResult) -> FitResult:
     """Refit ``fit_to``'s model with the optimiser started at ``fit_from``'s estimates,
     mapped exactly into ``fit_to``'s parameterisation (T_to = A T_from A').
@@ -740,15 +726,15 @@ def refit_mapped(fit_from: FitResult, fit_to: FitResult) -> FitResult:
     deviances (lme4 shows the same). Equivalent models share their optima, so
     restarting from the other fit's mapped optimum finds the better one.
     """
-    from mlmsim.engine.deviance import ThetaMap
+    from mlmsim.engine.evaluate import evaluate
     from mlmsim.engine.fit import fit_design
 
     mm = model_map(fit_from, fit_to)
     d = _design(fit_to)
     T = mm.map_T(fit_from.T).to_numpy()
-    Lam = _psd_cholesky(0.5 * (T + T.T) / fit_from.sigma2)
-    theta0 = ThetaMap.from_blocks(len(d.random_names), d.blocks).theta(Lam)
-    return fit_design(d, fit_to.method, theta0=theta0)
+    phi = fit_to.cov_structure.phi(0.5 * (T + T.T), fit_from.sigma2)
+    start = evaluate(d, phi=phi, method=fit_to.method)
+    return fit_design(d, fit_to.method, theta0=start.theta)
 
 
 # ---- recognising the forms ---------------------------------------------------------------

@@ -142,3 +142,52 @@ def test_statistics_take_nested_lists_and_lists_of_data_sets():
     for got in (group_stats(y.tolist(), X.tolist(), X.tolist(), codes.tolist(), 4),
                 group_stats(list(y), list(X), list(X), codes, 4)):
         _assert_stats(got, {f: getattr(want, f) for f in ("A", "B", "c", "XtX", "Xty", "yty")})
+
+
+@pytest.mark.parametrize("reml", [False, True], ids=["ML", "REML"])
+@pytest.mark.parametrize("q", [1, 2])
+def test_q_specialised_kernels_equal_the_general_ones(q, reml):
+    """The per-group algebra is written once; numba compiles a copy with q as a constant for
+    q = 1 and 2 (``qtoken``). That copy must compute what the general code computes: the
+    deviance and gradient, the optimiser's path, the phi pass and the read-out."""
+    from mlmsim.engine import kernels, newton, phi_kernel
+    from mlmsim.engine.gls import Stats, qtoken
+    from mlmsim.engine.stats import flat_arrays
+
+    assert qtoken(q) == (0,) * q and qtoken(3) == ()
+    rng = np.random.default_rng(q)
+    J, n = 25, 6
+    g = np.repeat(np.arange(J), n)
+    x = rng.normal(size=J * n)
+    y = 1 + 0.5 * x + rng.normal(size=J)[g] + 0.4 * rng.normal(size=J)[g] * x \
+        + rng.normal(size=J * n)
+    formula = "y ~ x + (1 + x | g)" if q == 2 else "y ~ x + (1 | g)"
+    import pandas as pd
+    res = mlmsim.fit(formula, pd.DataFrame({"y": y, "x": x, "g": g}),
+                     method="REML" if reml else "ML")
+    st = Stats(*flat_arrays(res.stats.select(None)))
+    tm, cs = res.theta_map, res.cov_structure
+    theta = np.stack([res.theta, 1.3 * res.theta + 0.1])[None]
+    spec = kernels.deviance_many(theta, st, tm.rows, tm.cols, reml, True, qtoken(q))
+    gen = kernels.deviance_many(theta, st, tm.rows, tm.cols, reml, True, ())
+    for a, b in zip(spec, gen, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
+    phi = np.asarray(res.phi)[None]
+    for a, b in zip(phi_kernel.phi_many(st, cs.rows, cs.cols, phi, reml, True, qtoken(q)),
+                    phi_kernel.phi_many(st, cs.rows, cs.cols, phi, reml, True, ()), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14 * np.abs(b).max())
+    args = (st, tm.rows, tm.cols, reml, np.zeros((1, tm.size)), False, 300, 1e-12, 1e-8, 2.0,
+            1e-2, True)
+    a, b = newton.minimize_many(*args, qtoken(q)), newton.minimize_many(*args, ())
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-9, atol=1e-12)   # theta
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-13)              # deviance
+    grad, hess = a[2], a[3]
+    ea = kernels.estimates_many(a[0], st, tm.rows, tm.cols, cs.rows, cs.cols, reml, grad, hess,
+                                True, qtoken(q))
+    eb = kernels.estimates_many(a[0], st, tm.rows, tm.cols, cs.rows, cs.cols, reml, grad, hess,
+                                True, ())
+    for x_a, x_b in zip(ea, eb, strict=True):
+        if x_a.dtype == bool:
+            np.testing.assert_array_equal(x_a, x_b)
+        else:
+            np.testing.assert_allclose(x_a, x_b, rtol=1e-11, atol=1e-13)

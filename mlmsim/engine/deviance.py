@@ -25,7 +25,7 @@ D_j = Lambda P_j and G_j = I - A_j D_j (docs/math.md (5.1)-(5.3)):
 
 :func:`deviance` and :func:`deviance_grad` evaluate these in compiled loops
 over groups (:mod:`mlmsim.engine.kernels`), for any leading batch dimensions
-(replicates, trial points); :func:`mlmsim.engine.kernels.readout_many` reads
+(replicates, trial points); :func:`mlmsim.engine.kernels.estimates_many` reads
 beta, XtVX^{-1} and the EBLUPs off an optimum.
 """
 
@@ -85,6 +85,26 @@ class ThetaMap:
 
     def theta(self, Lambda: np.ndarray) -> np.ndarray:
         return np.asarray(Lambda)[..., self.rows, self.cols]
+
+    def theta_of(self, Psi: np.ndarray) -> np.ndarray | None:
+        """theta for a positive semi-definite Psi = T / sigma^2 (q, q): the lower Cholesky
+        factor Lambda, a zero pivot giving a zero column (so a singular T has a theta too);
+        None where Psi is not positive semi-definite (a negative variance)."""
+        S = 0.5 * (np.asarray(Psi, dtype=float) + np.asarray(Psi, dtype=float).T)
+        q = S.shape[0]
+        L = np.zeros_like(S)
+        scale = max(1.0, float(np.abs(np.diag(S)).max(initial=0.0)))
+        for j in range(q):
+            d = S[j, j] - L[j, :j] @ L[j, :j]
+            if d < -1e-10 * scale:
+                return None
+            if d <= 1e-12 * max(1.0, abs(S[j, j])):
+                continue
+            L[j, j] = np.sqrt(d)
+            L[j + 1:, j] = (S[j + 1:, j] - L[j + 1:, :j] @ L[j, :j]) / L[j, j]
+        if not np.allclose(L @ L.T, S, rtol=1e-8, atol=1e-10 * scale):
+            return None
+        return self.theta(L)
 
 
 def _evaluate(stats: GroupStats, theta: np.ndarray, tmap: ThetaMap, reml: bool,

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from mlmsim.engine import inference, kernels
-from mlmsim.engine.deviance import ThetaMap, deviance
+from mlmsim.engine import inference, phi_kernel
+from mlmsim.engine.deviance import ThetaMap
 from mlmsim.engine.fit import _method
 from mlmsim.engine.gls import Stats, qtoken
 from mlmsim.engine.result import FitResult, covparm_names
@@ -41,7 +41,8 @@ class Evaluation:
     phi : pd.Series
         T's distinct elements and sigma^2 (at theta: sigma^2 profiled, (4.3)).
     theta : np.ndarray | None
-        The theta given, or None at phi.
+        The theta given; at phi, lme4's theta of T / sigma^2 when T is positive
+        semi-definite (a start for a refit), else None.
     fixef, vcov : GLS fixed effects (X'V^{-1}X)^{-1} X'V^{-1}y and (X'V^{-1}X)^{-1}.
     ranef : pd.DataFrame
         U_j = D_j (c_j - B_j gamma) = T Z_j'V_j^{-1}(y_j - X_j gamma) (8.2).
@@ -107,7 +108,6 @@ def evaluate(model: FitResult | Design, *, theta: np.ndarray | None = None,
     >>> ev = mlmsim.evaluate(fit, phi=fit.phi)
     >>> round(ev.criterion - fit.deviance, 6)
     0.0
-    (docs/math.md (4.1), (6.1))
     """
     if (theta is None) == (phi is None):
         raise ValueError("give exactly one of theta= and phi=")
@@ -127,17 +127,12 @@ def evaluate(model: FitResult | Design, *, theta: np.ndarray | None = None,
     cs = inference.CovStructure.from_blocks(q, design.blocks)
     one = stats.select(None)
     st = Stats(*flat_arrays(one))
-    N, p = float(stats.N), stats.p
     if theta is not None:
         theta = np.asarray(theta, dtype=float)
         if theta.shape != (tmap.size,):
             raise ValueError(f"theta must have {tmap.size} elements, got shape {theta.shape}")
-        criterion = float(deviance(stats, theta, tmap, reml))
-        _, _, r2, _, _ = kernels.readout_many(theta[None], st, tmap.rows, tmap.cols, False,
-                                              qtoken(q))
-        s2 = float(r2[0]) / (N - p if reml else N)
-        L = tmap.Lambda(theta)
-        phi_v = cs.phi(s2 * (L @ L.T), s2)
+        f, g, H, C, dC, beta_c, U, phi_v = phi_kernel.phi_at_theta_many(
+            theta[None], tmap.rows, tmap.cols, st, cs.rows, cs.cols, reml, True, qtoken(q))
     else:
         phi_v = np.asarray(phi, dtype=float)
         if phi_v.shape != (cs.size,):
@@ -145,15 +140,13 @@ def evaluate(model: FitResult | Design, *, theta: np.ndarray | None = None,
                              f"sigma^2), got shape {phi_v.shape}")
         if not np.all(np.isfinite(phi_v)) or not phi_v[-1] > 0:
             raise ValueError("phi must be finite, with sigma^2 > 0")
-    f, g, H, C, dC = inference.phi_pass(stats, cs, phi_v, reml, True)
-    if phi is not None:
-        criterion = float(f)
+        f, g, H, C, dC, beta_c, U, phi_v = phi_kernel.phi_many(
+            st, cs.rows, cs.cols, phi_v[None], reml, True, qtoken(q))
+    f, g, H, C, dC, phi_v = f[0], g[0], H[0], C[0], dC[0], phi_v[0]
+    valid = bool(np.isfinite(f))
+    criterion = float(f) if valid else np.nan
     s2 = phi_v[-1]
     Psi = cs.T(phi_v) / s2
-    beta_c, _, _, U, _ = kernels.readout_psi_many(Psi[None], st, True, qtoken(q))
-    valid = bool(np.isfinite(f) and np.isfinite(beta_c).all())
-    if not valid:
-        criterion = np.nan
     acov = inference.psi_acov(H)
     hpd = bool(np.isfinite(acov).all())
     Lm = centering.L
@@ -166,7 +159,7 @@ def evaluate(model: FitResult | Design, *, theta: np.ndarray | None = None,
         criterion=criterion,
         valid=valid,
         phi=pd.Series(phi_v, index=names, name="estimate"),
-        theta=None if theta is None else theta.copy(),
+        theta=tmap.theta_of(Psi) if theta is None else theta.copy(),
         fixef=pd.Series(beta, index=fixed, name="estimate"),
         vcov=pd.DataFrame(Lm @ C @ Lm.T, index=fixed, columns=fixed),
         ranef=pd.DataFrame(U[0], index=pd.Index(design.group_labels,

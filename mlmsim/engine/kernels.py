@@ -5,8 +5,6 @@ section 3) and adds what its quantity needs:
 
 - :func:`deviance_one` -- the profiled deviance d(theta) (ML, docs/math.md (4.1)) or
   REML criterion d_R(theta) (4.2), and its analytic gradient in theta (5.1)-(5.4);
-- :func:`readout_many` -- beta, XtVX^{-1}, r2 and the EBLUPs with their conditional
-  covariances (8.1), (8.2);
 - :func:`estimates_many` -- everything a fit reports at its optimum: estimates, the
   Hessian in phi (:mod:`mlmsim.engine.phi_kernel`), the flags of docs/math.md
   section 9, and the EBLUPs.
@@ -25,8 +23,6 @@ from numba import njit
 from mlmsim.engine.gls import (
     gls_finish,
     gls_pass,
-    group_D,
-    lambda_psi,
     lambda_theta,
     q_of,
     replicate,
@@ -40,11 +36,10 @@ from mlmsim.engine.linalg import (
     scaled_eigh,
     scaled_inverse,
 )
-from mlmsim.engine.phi_kernel import phi_pass, phi_workspace
+from mlmsim.engine.phi_kernel import phi_terms, phi_workspace
 from mlmsim.engine.tolerances import DEPENDENT_EIG, HESSIAN_PD
 
-__all__ = ["deviance_one", "deviance_many", "readout_many", "readout_psi_many", "estimates_many",
-           "singular_one"]
+__all__ = ["deviance_one", "deviance_many", "estimates_many", "singular_one"]
 
 _LOG2PI = math.log(2.0 * math.pi)
 
@@ -152,81 +147,6 @@ def deviance_many(theta, st, rows, cols, reml, want_grad, qc):
 
 
 @njit(cache=True, error_model="numpy")
-def _ranef(w, J, q, p, U, V, qc):
-    """EBLUPs U_j = Lambda P_j u_j = D_j u_j (P_j u_j = S_jc - S_jB beta) into U (J, q) and
-    D_j = Lambda M_j^{-1} Lambda' into V (J, q, q) (docs/math.md (8.2))."""
-    L, S, beta = w.L, w.S, w.beta
-    X = np.empty((1, q, q))
-    Pu = np.empty(q)
-    for j in range(J):
-        for a in range(q):
-            t = S[j, a, p]
-            for b in range(p):
-                t -= S[j, a, b] * beta[b, 0]
-            Pu[a] = t
-        for a in range(q):
-            s = 0.0
-            for t in range(q):
-                s += L[a, t] * Pu[t]
-            U[j, a] = s
-        group_D(w.F, j, L, X, V, qc)
-
-
-@njit(cache=True, error_model="numpy")
-def _readout(one, w, tri, want_ranef, r, betas, C, r2s, U, V, qc):
-    """The read-out of replicate r once Lambda and S are in ``w``."""
-    J, q, p = one.B.shape[0], one.B.shape[1], one.B.shape[2]
-    _, ok = gls_pass(one, w.L, w.s, tri, w, False, qc)
-    if not ok:
-        return
-    ldX, r2 = gls_finish(one, w)
-    if math.isnan(ldX):
-        return
-    r2s[r] = r2
-    for a in range(p):
-        betas[r, a] = w.beta[a, 0]
-    ldl_inverse(w.XV, p, C[r])
-    if want_ranef:
-        _ranef(w, J, q, p, U[r], V[r], qc)
-
-
-@njit(cache=True, error_model="numpy")
-def readout_many(theta, st, rows, cols, want_ranef, qc):
-    """What a fit reports at theta (R, k), per replicate: beta (R, p), C = XtVX^{-1}
-    (R, p, p), r2 (R,) and, with ``want_ranef``, the EBLUPs U (R, J, q) and
-    D_j (R, J, q, q) (times sigma^2: their conditional covariance), docs/math.md (8.2).
-    NaN where some M_j or XtVX is not positive definite."""
-    R, J, q, p = st.B.shape[0], st.B.shape[1], st.B.shape[2], st.B.shape[3]
-    betas, C, r2s, U, V = _readout_arrays(R, J, q, p, want_ranef)
-    w = workspace(J, q, p)
-    for r in range(R):
-        lambda_theta(theta[r], rows, cols, w.L, w.s)
-        _readout(replicate(st, r), w, True, want_ranef, r, betas, C, r2s, U, V, qc)
-    return betas, C, r2s, U, V
-
-
-@njit(cache=True, error_model="numpy")
-def readout_psi_many(Psi, st, want_ranef, qc):
-    """:func:`readout_many` at Psi = T / sigma^2 (R, q, q), any symmetric matrix with every
-    V_j positive definite (the signed root of docs/math.md (3.1)); the EBLUPs are
-    U_j = D_j u_j (8.2)."""
-    R, J, q, p = st.B.shape[0], st.B.shape[1], st.B.shape[2], st.B.shape[3]
-    betas, C, r2s, U, V = _readout_arrays(R, J, q, p, want_ranef)
-    w = workspace(J, q, p)
-    for r in range(R):
-        lambda_psi(Psi[r], w.L, w.s)
-        _readout(replicate(st, r), w, False, want_ranef, r, betas, C, r2s, U, V, qc)
-    return betas, C, r2s, U, V
-
-
-@njit(cache=True, error_model="numpy")
-def _readout_arrays(R, J, q, p, want_ranef):
-    return (np.full((R, p), np.nan), np.full((R, p, p), np.nan), np.full(R, np.nan),
-            np.full((R, J, q) if want_ranef else (R, 0, q), np.nan),
-            np.full((R, J, q, q) if want_ranef else (R, 0, q, q), np.nan))
-
-
-@njit(cache=True, error_model="numpy")
 def singular_one(L, A, N):
     """docs/math.md (9.2): the smallest eigenvalue of T (Z'Z / N) / sigma^2 = Lambda Lambda'
     (Z'Z / N) on the column space of Z (Z'Z = sum_j A_j); T-hat is singular when it is below
@@ -277,46 +197,61 @@ def singular_one(L, A, N):
 @njit(cache=True, error_model="numpy")
 def estimates_many(theta, st, rows, cols, cs_rows, cs_cols, reml, grad, hess, want_ranef, qc):
     """Everything a fit reports at its optimum theta (R, k), per replicate
-    (:mod:`mlmsim.engine.estimates`): beta, vcov = sigma^2 XtVX^{-1} (8.1), sigma2 (4.3),
-    T = sigma^2 Lambda Lambda', phi (T's elements ``cs_rows``/``cs_cols``, then sigma^2),
-    the Hessian H in phi (6.3) with the eigenvalues of its correlation form, positive
-    definiteness (9.1) and Acov = 2 H^{-1} (6.5) (nan unless positive definite); the
-    gradient ``grad`` scaled by the Hessian in theta ``hess`` (H_theta^{-1} g, or g where
-    that is singular; (9.4)); the smallest eigenvalue of T (Z'Z/N) / sigma^2 (9.2); and
-    with ``want_ranef`` the EBLUPs U_j and D_j (8.2)."""
+    (:mod:`mlmsim.engine.estimates`), from one pass of the GLS core and one loop over the
+    groups (:func:`mlmsim.engine.phi_kernel.phi_terms` at Lambda from theta, sigma^2
+    profiled): beta, vcov = sigma^2 XtVX^{-1} (8.1), sigma2 (4.3), T = sigma^2 Lambda
+    Lambda', phi (T's elements ``cs_rows``/``cs_cols``, then sigma^2), the Hessian H in phi
+    (6.3) with the eigenvalues of its correlation form, positive definiteness (9.1) and
+    Acov = 2 H^{-1} (6.5) (nan unless positive definite); the gradient ``grad`` scaled by
+    the Hessian in theta ``hess`` (H_theta^{-1} g, or g where that is singular; (9.4)); the
+    smallest eigenvalue of T (Z'Z/N) / sigma^2 (9.2); and with ``want_ranef`` the EBLUPs
+    U_j = D_j u_j and D_j (8.2)."""
     R, J, q, p = st.B.shape[0], st.B.shape[1], st.B.shape[2], st.B.shape[3]
     K = cs_rows.shape[0]
     m = K + 1
     k = rows.shape[0]
-    betas, C, r2, U, V = readout_many(theta, st, rows, cols, want_ranef, qc)
-    vcov = np.empty((R, p, p))
-    sigma2 = np.empty(R)
-    T = np.empty((R, q, q))
-    phi = np.empty((R, m))
-    H = np.empty((R, m, m))
-    eig = np.empty((R, m))
+    betas = np.full((R, p), np.nan)
+    vcov = np.full((R, p, p), np.nan)
+    sigma2 = np.full(R, np.nan)
+    T = np.full((R, q, q), np.nan)
+    phi = np.full((R, m), np.nan)
+    H = np.full((R, m, m), np.nan)
+    eig = np.full((R, m), np.nan)
     pd = np.zeros(R, dtype=np.bool_)
     acov = np.full((R, m, m), np.nan)
     scaled = np.empty((R, k))
-    smallest = np.empty(R)
+    smallest = np.full(R, np.nan)
+    U = np.full((R, J, q) if want_ranef else (R, 0, q), np.nan)
+    V = np.full((R, J, q, q) if want_ranef else (R, 0, q, q), np.nan)
     pw = phi_workspace(J, q, p, K)
-    L = np.empty((q, q))
-    s = np.empty(q)
+    L = pw.gls.L
     d = np.empty(m)
     Mk = np.empty((k, k))
     gk = np.empty((k, 1))
     f = np.empty(1)
     g = np.empty(m)
-    Cp = np.empty((p, p))
-    dC = np.empty((m, p, p))
+    C = np.empty((p, p))
+    dC = np.empty((0, p, p))
     for r in range(R):
         one = replicate(st, r)
-        s2 = r2[r] / (one.N - p if reml else one.N)
+        for i in range(k):
+            gk[i, 0] = grad[r, i]
+            for j in range(k):
+                Mk[i, j] = hess[r, i, j]
+        ok = lu_solve(Mk, gk)
+        for i in range(k):
+            v = gk[i, 0]
+            scaled[r, i] = v if ok and math.isfinite(v) else grad[r, i]
+        lambda_theta(theta[r], rows, cols, L, pw.gls.s)
+        s2 = phi_terms(one, cs_rows, cs_cols, np.nan, True, reml, False, pw, f, g, H[r], C,
+                       dC, U[r] if want_ranef else pw.U[:0], qc)
+        if math.isnan(s2):
+            continue
         sigma2[r] = s2
         for a in range(p):
+            betas[r, a] = pw.wp[5][a]
             for b in range(p):
-                vcov[r, a, b] = s2 * 0.5 * (C[r, a, b] + C[r, b, a])
-        lambda_theta(theta[r], rows, cols, L, s)
+                vcov[r, a, b] = 0.5 * (C[a, b] + C[b, a])
         for a in range(q):
             for b in range(q):
                 t = 0.0
@@ -326,18 +261,14 @@ def estimates_many(theta, st, rows, cols, cs_rows, cs_cols, reml, grad, hess, wa
         for i in range(K):
             phi[r, i] = T[r, cs_rows[i], cs_cols[i]]
         phi[r, K] = s2
-        phi_pass(one, cs_rows, cs_cols, phi[r], reml, False, pw, f, g, H[r], Cp, dC, qc)
+        if want_ranef:
+            for j in range(J):
+                for a in range(q):
+                    for b in range(q):
+                        V[r, j, a, b] = pw.D[j, a, b]
         pd[r] = _positive_definite(H[r], d, eig[r])
         if pd[r]:
             scaled_inverse(H[r], d, 2.0, acov[r])
-        for i in range(k):
-            gk[i, 0] = grad[r, i]
-            for j in range(k):
-                Mk[i, j] = hess[r, i, j]
-        ok = lu_solve(Mk, gk)
-        for i in range(k):
-            v = gk[i, 0]
-            scaled[r, i] = v if ok and math.isfinite(v) else grad[r, i]
         smallest[r] = singular_one(L, one.A, one.N)
     return (betas, vcov, sigma2, T, phi, H, eig, pd, acov, scaled, smallest, U, V)
 

@@ -24,9 +24,20 @@ import numpy as np
 from numba import njit
 
 __all__ = ["ldl", "ldl_solve", "ldl_inverse", "ldl_at", "ldl_solve_at", "ldl_inverse_at",
-           "lu_solve", "scaled_eigh", "scaled_inverse", "symmetrise"]
+           "lu_solve", "scaled_eigh", "scaled_inverse", "symmetrise", "outer_add"]
 
 _BIG = 1e280
+
+
+@njit(cache=True, error_model="numpy")
+def outer_add(O, X, Y):
+    """O[i, a, l, b] += X[i, a] Y[l, b] (O (n1, n2, n3, n4), X (n1, n2), Y (n3, n4))."""
+    for i in range(X.shape[0]):
+        for a in range(X.shape[1]):
+            x = X[i, a]
+            for l in range(Y.shape[0]):
+                for b in range(Y.shape[1]):
+                    O[i, a, l, b] += x * Y[l, b]
 
 
 @njit(cache=True, error_model="numpy")

@@ -38,14 +38,15 @@ from mlmsim.engine.gls import (
     replicate,
     workspace,
 )
-from mlmsim.engine.linalg import ldl_inverse, symmetrise
+from mlmsim.engine.linalg import ldl_inverse, outer_add, symmetrise
 
-__all__ = ["phi_pass", "phi_workspace", "phi_many"]
+__all__ = ["phi_pass", "phi_pass_U", "phi_terms", "phi_workspace", "phi_many",
+           "phi_at_theta_many"]
 
 _LOG2PI = math.log(2.0 * math.pi)
 
 PhiWork = namedtuple("PhiWork", ["gls", "D", "Psi", "wqq", "wq", "wqp", "wpp", "wp", "W4",
-                                 "Wf", "FF", "W", "CM"])
+                                 "Wf", "FF", "W", "CM", "U"])
 
 
 @njit(cache=True)
@@ -55,8 +56,8 @@ def phi_workspace(J, q, p, K):
     return PhiWork(workspace(J, q, p), np.empty((J, q, q)), np.empty((q, q)),
                    np.empty((8, q, q)), np.empty((6, q)), np.empty((5, q, p)),
                    np.empty((7, p, p)), np.empty((6, p)), np.empty((q, q, q, q)),
-                   np.empty((q, p, q)), np.empty((q, p, q, p)), np.empty((m, p)),
-                   np.empty((m, p, p)))
+                   np.empty((q, p, q, 1)), np.empty((q, p, q, p)), np.empty((m, p)),
+                   np.empty((m, p, p)), np.empty((J, q)))
 
 
 @njit(cache=True, error_model="numpy")
@@ -85,11 +86,42 @@ def _trace_E(rows, cols, k, X):
 
 @njit(cache=True, error_model="numpy")
 def phi_pass(st, rows, cols, phi, reml, want_dC, pw, f_out, g_out, H, C, dC, qc):
+    """:func:`phi_pass_U` without the EBLUPs."""
+    return phi_pass_U(st, rows, cols, phi, reml, want_dC, pw, f_out, g_out, H, C, dC,
+                      pw.U[:0], qc)
+
+
+@njit(cache=True, error_model="numpy")
+def phi_pass_U(st, rows, cols, phi, reml, want_dC, pw, f_out, g_out, H, C, dC, U, qc):
     """At phi (K + 1,) for one replicate: the objective into f_out[0] (6.1), the gradient
     into g_out (K + 1,) (6.2), the observed Hessian into H (K + 1, K + 1) (6.3), C =
     (X'V^{-1}X)^{-1} into C (p, p) and, with ``want_dC``, dC/dphi_k = C M_k C into dC
-    (K + 1, p, p) (10.2). Returns False (outputs nan) where some V_j or X'V^{-1}X is not
-    positive definite or sigma^2 <= 0."""
+    (K + 1, p, p) (10.2). Any symmetric T: Lambda and S come from the signed root of
+    Psi = T / sigma^2 (3.1). Returns False (outputs nan) where some V_j or X'V^{-1}X is
+    not positive definite or sigma^2 <= 0."""
+    K = rows.shape[0]
+    sigma2 = phi[K]
+    if not sigma2 > 0.0:
+        _fail(f_out, g_out, H, C, dC)
+        return False
+    Psi = pw.Psi
+    Psi[:, :] = 0.0
+    for k in range(K):
+        Psi[rows[k], cols[k]] = phi[k] / sigma2
+        Psi[cols[k], rows[k]] = phi[k] / sigma2
+    lambda_psi(Psi, pw.gls.L, pw.gls.s)
+    return phi_terms(st, rows, cols, sigma2, False, reml, want_dC, pw, f_out, g_out, H, C,
+                     dC, U, qc) > 0.0
+
+
+@njit(cache=True, error_model="numpy")
+def phi_terms(st, rows, cols, sigma2, tri, reml, want_dC, pw, f_out, g_out, H, C, dC, U,
+              qc):
+    """:func:`phi_pass` from Lambda and S already in pw.gls (Psi = Lambda S Lambda'; ``tri``:
+    Lambda lower triangular, S = I, as from theta). ``sigma2`` nan means sigma^2 profiled,
+    r2 / N (ML) or r2 / (N - p) (REML) (4.3): then the point is the fit's phi at theta. With
+    U (J, q) (not empty) the EBLUPs D_j u_j are written there (8.2). Returns sigma^2, or
+    nan (outputs nan) where some V_j or X'V^{-1}X is not positive definite."""
     A, B, c = st.A, st.B, st.c
     J, p = B.shape[0], B.shape[2]
     q = q_of(qc, B.shape[1])
@@ -106,28 +138,22 @@ def phi_pass(st, rows, cols, phi, reml, want_dC, pw, f_out, g_out, H, C, dC, qc)
     GBDB, G2BDB, XK2X, XK3X, Mk, BtDB, XtVXinv = (wpp[0], wpp[1], wpp[2], wpp[3], wpp[4],
                                                   wpp[5], wpp[6])
     BDu, GBDu, XK2r, Xr, Cw, beta = wp[0], wp[1], wp[2], wp[3], wp[4], wp[5]
-    sigma2 = phi[K]
-    if not sigma2 > 0.0:
-        _fail(f_out, g_out, H, C, dC)
-        return False
-    v1, v2 = 1.0 / sigma2, 1.0 / sigma2**2
-    v3 = 1.0 / sigma2**3
-    Psi = pw.Psi
-    Psi[:, :] = 0.0
-    for k in range(K):
-        Psi[rows[k], cols[k]] = phi[k] * v1
-        Psi[cols[k], rows[k]] = phi[k] * v1
+    want_U = U.shape[0] > 0
 
     # the GLS core: D_j, beta, C (3.1)-(3.6)
-    lambda_psi(Psi, w.L, w.s)
-    logdetM, ok = gls_pass(st, w.L, w.s, False, w, False, qc)
+    logdetM, ok = gls_pass(st, w.L, w.s, tri, w, False, qc)
     if not ok:
         _fail(f_out, g_out, H, C, dC)
-        return False
+        return np.nan
     ldX, r2 = gls_finish(st, w)
-    if math.isnan(ldX):
+    nu = N - p if reml else N
+    if math.isnan(sigma2):
+        sigma2 = r2 / nu
+    if math.isnan(ldX) or not sigma2 > 0.0:
         _fail(f_out, g_out, H, C, dC)
-        return False
+        return np.nan
+    v1, v2 = 1.0 / sigma2, 1.0 / sigma2**2
+    v3 = 1.0 / sigma2**3
     for j in range(J):
         group_D(w.F, j, w.L, X, D, qc)
     ldl_inverse(w.XV, p, XtVXinv)
@@ -138,7 +164,6 @@ def phi_pass(st, rows, cols, phi, reml, want_dC, pw, f_out, g_out, H, C, dC, qc)
             BtDB[a, b] = w.corr[max(a, b), min(a, b)]
 
     # (6.1): log|V| = N log sigma^2 + sum_j log|M_j|, r'V^{-1}r = r2 / sigma^2
-    nu = N - p if reml else N
     f = nu * _LOG2PI + N * math.log(sigma2) + logdetM + r2 * v1
     if reml:
         f += ldX - p * math.log(sigma2)
@@ -157,12 +182,16 @@ def phi_pass(st, rows, cols, phi, reml, want_dC, pw, f_out, g_out, H, C, dC, qc)
     Ps[:, :] = 0.0
     Gs[:, :] = 0.0
     W4[:, :, :, :] = 0.0
-    Wf[:, :, :] = 0.0
+    Wf[:, :, :, :] = 0.0
+    s_col = s.reshape((q, 1))
     want_FF = reml or want_dC
     if want_FF:
         FF[:, :, :, :] = 0.0
     for j in range(J):
         if st.n[j] == 0:
+            if want_U:
+                for a in range(q):
+                    U[j, a] = 0.0
             continue
         # G = I - A D, u = c - B beta
         for a in range(q):
@@ -184,6 +213,8 @@ def phi_pass(st, rows, cols, phi, reml, want_dC, pw, f_out, g_out, H, C, dC, qc)
                 acc_g += G[a, t] * u[t]
             Du[a] = acc_d
             Gu[a] = acc_g
+            if want_U:
+                U[j, a] = acc_d
             for b in range(p):
                 acc_d = 0.0
                 acc_g = 0.0
@@ -271,26 +302,12 @@ def phi_pass(st, rows, cols, phi, reml, want_dC, pw, f_out, g_out, H, C, dC, qc)
                     P[a, b] += 2.0 * acc
                     Ps[a, b] += 2.0 * acc_2
                     Gs[a, b] -= acc
+        # FF[i, a, l, b] += F[i, a] F[l, b] (for M_k = sum_j F_j'E_k F_j),
+        # W4[n, i, t, m] += P[n, i] Q[t, m],  Wf[i, a, l] += F[i, a] s[l]
         if want_FF:
-            # F[i, a] F[l, b] for M_k = sum_j F_j'E_k F_j
-            for i in range(q):
-                for a in range(p):
-                    fia = F[i, a]
-                    for l in range(q):
-                        for b in range(p):
-                            FF[i, a, l, b] += fia * F[l, b]
-        # W4[n, i, t, m] += P[n, i] Q[t, m];  Wf[i, a, l] += F[i, a] s[l]
-        for n in range(q):
-            for i in range(q):
-                fni = P[n, i]
-                for t in range(q):
-                    for mm in range(q):
-                        W4[n, i, t, mm] += fni * Q[t, mm]
-        for i in range(q):
-            for a in range(p):
-                fia = F[i, a]
-                for l in range(q):
-                    Wf[i, a, l] += fia * s[l]
+            outer_add(FF, F, F)
+        outer_add(W4, P, Q)
+        outer_add(Wf, F, s_col)
 
     # totals (6.4): r'K^m r, X'K^m r, X'K^m X, tr K^m, K = sigma^2 V^{-1}
     ee = float(st.yty)
@@ -351,7 +368,7 @@ def phi_pass(st, rows, cols, phi, reml, want_dC, pw, f_out, g_out, H, C, dC, qc)
             acc = 0.0
             for e in range(_npairs(rows, cols, k)):
                 i, t = _pair(rows, cols, k, e)
-                acc += Wf[i, a, t]
+                acc += Wf[i, a, t, 0]
             W[k, a] = acc
     for a in range(p):
         W[K, a] = XK2r[a] * v2
@@ -404,14 +421,10 @@ def phi_pass(st, rows, cols, phi, reml, want_dC, pw, f_out, g_out, H, C, dC, qc)
                     for t in range(p):
                         acc += CM[k, a, t] * C[t, b]
                     dC[k, a, b] = acc
-            for a in range(p):
-                for b in range(a):
-                    v = 0.5 * (dC[k, a, b] + dC[k, b, a])
-                    dC[k, a, b] = v
-                    dC[k, b, a] = v
+            symmetrise(dC[k])
 
     symmetrise(H)
-    return True
+    return sigma2
 
 
 @njit(cache=True, error_model="numpy")
@@ -426,22 +439,64 @@ def _fail(f_out, g_out, H, C, dC):
 @njit(cache=True, error_model="numpy")
 def phi_many(st, rows, cols, phi, reml, want_dC, qc):
     """:func:`phi_pass` for R replicates: batched statistics, phi (R, K + 1). Returns
-    f (R,), g (R, m), H (R, m, m), C (R, p, p), dC (R, m, p, p) (zeros without
-    ``want_dC``), m = K + 1. The work arrays are allocated once."""
+    f (R,), g (R, m), H (R, m, m), C (R, p, p), dC (R, m, p, p) (empty without
+    ``want_dC``), beta (R, p), the EBLUPs U (R, J, q) and phi, m = K + 1."""
+    none = np.empty(0, dtype=np.intp)
+    return _drive(st, rows, cols, phi.copy(), np.empty((phi.shape[0], 0)), none, none, False,
+                  reml, want_dC, qc)
+
+
+@njit(cache=True, error_model="numpy")
+def phi_at_theta_many(theta, trows, tcols, st, rows, cols, reml, want_dC, qc):
+    """:func:`phi_many` at the point of theta (R, k) with sigma^2 profiled (4.3): Lambda
+    from theta (``trows``, ``tcols``), the objective equal to the profiled criterion
+    (4.1)/(4.2). The returned ``phi`` (R, m) says which point that is."""
+    phi = np.full((theta.shape[0], rows.shape[0] + 1), np.nan)
+    return _drive(st, rows, cols, phi, theta, trows, tcols, True, reml, want_dC, qc)
+
+
+@njit(cache=True, error_model="numpy")
+def _drive(st, rows, cols, phi, theta, trows, tcols, at_theta, reml, want_dC, qc):
+    """The replicate loop of :func:`phi_many` (``theta`` empty: at phi) and
+    :func:`phi_at_theta_many` (at theta; ``phi`` is filled in)."""
     R, J, q, p = st.B.shape[0], st.B.shape[1], st.B.shape[2], st.B.shape[3]
     K = rows.shape[0]
     m = K + 1
-    f = np.empty(R)
-    g = np.empty((R, m))
-    H = np.empty((R, m, m))
-    C = np.empty((R, p, p))
-    dC = np.zeros((R, m, p, p) if want_dC else (R, 0, p, p))
+    f = np.full(R, np.nan)
+    g = np.full((R, m), np.nan)
+    H = np.full((R, m, m), np.nan)
+    C = np.full((R, p, p), np.nan)
+    dC = np.full((R, m, p, p) if want_dC else (R, 0, p, p), np.nan)
+    beta = np.full((R, p), np.nan)
+    U = np.full((R, J, q), np.nan)
     scratch = np.empty((m, p, p))
     pw = phi_workspace(J, q, p, K)
     fo = np.empty(1)
     for r in range(R):
         out = dC[r] if want_dC else scratch
-        phi_pass(replicate(st, r), rows, cols, phi[r], reml, want_dC, pw, fo, g[r], H[r],
-                 C[r], out, qc)
+        one = replicate(st, r)
+        if at_theta:
+            L = pw.gls.L
+            for a in range(q):
+                pw.gls.s[a] = 1.0
+                for b in range(q):
+                    L[a, b] = 0.0
+            for i in range(trows.shape[0]):
+                L[trows[i], tcols[i]] = theta[r, i]
+            s2 = phi_terms(one, rows, cols, np.nan, True, reml, want_dC, pw, fo, g[r], H[r],
+                           C[r], out, U[r], qc)
+            if math.isnan(s2):
+                continue
+            for i in range(K):
+                acc = 0.0
+                for e in range(q):
+                    acc += L[rows[i], e] * L[cols[i], e]
+                phi[r, i] = s2 * acc
+            phi[r, K] = s2
+        elif not phi_pass_U(one, rows, cols, phi[r], reml, want_dC, pw, fo, g[r], H[r], C[r],
+                            out, U[r], qc):
+            continue
         f[r] = fo[0]
-    return f, g, H, C, dC
+        for a in range(p):
+            beta[r, a] = pw.wp[5][a]
+    return f, g, H, C, dC, beta, U, phi
