@@ -397,14 +397,14 @@ def _minimize(theta, st, rows, cols, reml, max_iter, tol, gtol, max_step, edge, 
             for i in range(k):
                 g[i] = g_new[i]
             exact = False
-        elif exact:
-            # no descent step on the exact Hessian: at the numerical floor of the deviance
-            # (a small decrement) that is convergence
+        elif exact or floor:
+            # no descent step at the numerical floor of the deviance: with a small
+            # decrement that is convergence (near the edge, where saddles arise, only
+            # once the exact Hessian has confirmed the decrement)
             stop = _FLOOR if dec < floor_tol else _LINE_SEARCH
             break
         else:
             # a failed line search on the BFGS matrix is retried with the exact Hessian
-            # (also at the floor: the BFGS direction, not the noise, may be to blame)
             f = _fd_hessian(theta, g, st, rows, cols, reml, H, w, cnt, qc)
             lam_rel, lam_min = _curvature(H, Bm, v_neg)
             exact = True
