@@ -22,6 +22,18 @@ def lme4_name(name: str) -> str:
     return {"fb": "f[T.b]", "fc": "f[T.c]"}.get(name, name)
 
 
+def lme4_T(entry) -> dict[tuple[str, str], float]:
+    """lme4's varcorr as {(row, col): value} for T (both orders of a covariance)."""
+    out = {}
+    for row in entry["varcorr"]:
+        if row["grp"] == "Residual":
+            continue
+        a = lme4_name(row["var1"])
+        b = lme4_name(row["var2"]) if row["var2"] is not None else a
+        out[(a, b)] = out[(b, a)] = row["vcov"]
+    return out
+
+
 @pytest.fixture(scope="session")
 def hsb() -> pd.DataFrame:
     return mlmsim.datasets.load("hsb")

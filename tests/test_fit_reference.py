@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import DATA, lme4_name
+from conftest import DATA, lme4_name, lme4_T
 
 import mlmsim
 
@@ -30,18 +30,6 @@ def _fit(data, formula: str, method: str) -> mlmsim.FitResult:
 
 def _hsb_fit(hsb, entry) -> mlmsim.FitResult:
     return _fit(hsb, entry["formula"], "REML" if entry["reml"] else "ML")
-
-
-def _lme4_T(entry) -> dict[tuple[str, str], float]:
-    """lme4's varcorr as {(row, col): value} for T (both orders of a covariance)."""
-    out = {}
-    for row in entry["varcorr"]:
-        if row["grp"] == "Residual":
-            continue
-        a = lme4_name(row["var1"])
-        b = lme4_name(row["var2"]) if row["var2"] is not None else a
-        out[(a, b)] = out[(b, a)] = row["vcov"]
-    return out
 
 
 @pytest.mark.parametrize("entry", HSB_REF, ids=HSB_IDS)
@@ -82,7 +70,7 @@ class TestHSBAgainstLme4:
 
     def test_covariance_parameters(self, hsb, entry):
         res = _hsb_fit(hsb, entry)
-        ref = _lme4_T(entry)
+        ref = lme4_T(entry)
         T = res.T
         names = sorted({a for a, _ in ref})
         assert sorted(T.index) == names and sorted(T.columns) == names

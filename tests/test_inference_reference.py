@@ -22,7 +22,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DATA, REPO, lme4_name
+from conftest import DATA, REPO, lme4_name, lme4_T
 
 import mlmsim
 
@@ -89,17 +89,6 @@ def _at_common_optimum(entry) -> mlmsim.FitResult:
     return res
 
 
-def _lme4_T(entry) -> dict[tuple[str, str], float]:
-    out = {}
-    for row in entry["varcorr"]:
-        if row["grp"] == "Residual":
-            continue
-        a = lme4_name(row["var1"])
-        b = lme4_name(row["var2"]) if row["var2"] is not None else a
-        out[(a, b)] = out[(b, a)] = row["vcov"]
-    return out
-
-
 # ---------------------------------------------------------------------------
 # every reference fit against lme4 / lmerTest
 # ---------------------------------------------------------------------------
@@ -131,7 +120,7 @@ def test_fixef_and_se_at_common_optimum(entry):
 @pytest.mark.parametrize("entry", REF, ids=_ids(REF))
 def test_T_and_sigma2_at_common_optimum(entry):
     res = _at_common_optimum(entry)
-    ref = _lme4_T(entry)
+    ref = lme4_T(entry)
     T = res.T
     names = sorted({a for a, _ in ref})
     assert sorted(T.index) == names

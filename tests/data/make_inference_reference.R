@@ -31,18 +31,11 @@
 # other tight fit's criterion and df are stored too (`stability`), so a test can
 # see how far lmerTest's df move between two optima that agree to ~1e-9.
 
-suppressPackageStartupMessages({
-  library(lme4)
-  library(lmerTest)
-  library(jsonlite)
-})
-
 script_dir <- local({
   arg <- grep("^--file=", commandArgs(trailingOnly = FALSE), value = TRUE)
   if (length(arg) == 1) dirname(normalizePath(sub("^--file=", "", arg))) else "tests/data"
 })
-repo_root <- normalizePath(file.path(script_dir, "..", ".."))
-rel <- function(path) sub(paste0("^", repo_root, "/"), "", normalizePath(path))
+source(file.path(script_dir, "reference_common.R"))  # libraries, rel(), capture(), varcorr_rows()
 
 write_data <- function(df, name, round_cols = character(0)) {
   path <- file.path(script_dir, name)
@@ -52,22 +45,6 @@ write_data <- function(df, name, round_cols = character(0)) {
   list(data = back, file = rel(path))
 }
 
-capture <- function(expr) {
-  msgs <- character(0)
-  warns <- character(0)
-  value <- withCallingHandlers(
-    expr,
-    warning = function(w) {
-      warns <<- c(warns, conditionMessage(w))
-      invokeRestart("muffleWarning")
-    },
-    message = function(m) {
-      msgs <<- c(msgs, trimws(conditionMessage(m)))
-      invokeRestart("muffleMessage")
-    }
-  )
-  list(value = value, messages = msgs, warnings = warns)
-}
 
 json_array <- function(v) if (is.null(v)) NULL else I(unname(as.numeric(v)))
 json_matrix <- function(M) lapply(seq_len(nrow(M)), function(i) I(unname(M[i, ])))
@@ -155,14 +132,7 @@ fit_entry <- function(id, case, ds, formula, reml, data_note = NULL, start_from 
   other <- best_of(Filter(function(t) t$optimizer != best$optimizer, tight))
   m <- best$fit$value
 
-  vc <- as.data.frame(VarCorr(m))
-  varcorr <- lapply(seq_len(nrow(vc)), function(i) list(
-    grp = vc$grp[i],
-    var1 = if (is.na(vc$var1[i])) NA else vc$var1[i],
-    var2 = if (is.na(vc$var2[i])) NA else vc$var2[i],
-    vcov = vc$vcov[i],
-    sdcor = vc$sdcor[i]
-  ))
+  varcorr <- varcorr_rows(m)
   theta <- getME(m, "theta")
 
   sat <- satterthwaite(m)

@@ -20,18 +20,11 @@
 # and by Nelder_Mead from the same start (`alt_optimizers`), so a test can
 # tell lme4's stopping noise from a genuinely better optimum.
 
-suppressPackageStartupMessages({
-  library(lme4)
-  library(lmerTest)
-  library(jsonlite)
-})
-
 script_dir <- local({
   arg <- grep("^--file=", commandArgs(trailingOnly = FALSE), value = TRUE)
   if (length(arg) == 1) dirname(normalizePath(sub("^--file=", "", arg))) else "tests/data"
 })
-repo_root <- normalizePath(file.path(script_dir, "..", ".."))
-rel <- function(path) sub(paste0("^", repo_root, "/"), "", normalizePath(path))
+source(file.path(script_dir, "reference_common.R"))  # libraries, rel(), capture(), varcorr_rows()
 
 # ---------------------------------------------------------------------------
 # Simulation helpers: y = X gamma + Z u_j + e, u_j ~ N(0, T), e ~ N(0, sigma2)
@@ -68,22 +61,6 @@ sim_slope <- function(J, n, gamma, T, sigma) {
 # One lme4 fit -> one JSON entry
 # ---------------------------------------------------------------------------
 
-capture <- function(expr) {
-  msgs <- character(0)
-  warns <- character(0)
-  value <- withCallingHandlers(
-    expr,
-    warning = function(w) {
-      warns <<- c(warns, conditionMessage(w))
-      invokeRestart("muffleWarning")
-    },
-    message = function(m) {
-      msgs <<- c(msgs, trimws(conditionMessage(m)))
-      invokeRestart("muffleMessage")
-    }
-  )
-  list(value = value, messages = msgs, warnings = warns)
-}
 
 named_list <- function(v) as.list(v)
 json_array <- function(v) if (is.null(v)) NULL else I(unname(as.numeric(v)))
@@ -94,14 +71,7 @@ fit_entry <- function(id, case, ds, formula, reml, data_note = NULL) {
   fit <- capture(lmer(f, data = data, REML = reml))
   m <- fit$value
 
-  vc <- as.data.frame(VarCorr(m))
-  varcorr <- lapply(seq_len(nrow(vc)), function(i) list(
-    grp = vc$grp[i],
-    var1 = if (is.na(vc$var1[i])) NA else vc$var1[i],
-    var2 = if (is.na(vc$var2[i])) NA else vc$var2[i],
-    vcov = vc$vcov[i],
-    sdcor = vc$sdcor[i]
-  ))
+  varcorr <- varcorr_rows(m)
   # T as a matrix, lme4's random-effect order (block-diagonal for || or several bars).
   vcm <- VarCorr(m)
   re_names <- unlist(lapply(vcm, colnames), use.names = FALSE)

@@ -1,0 +1,42 @@
+# reference_common.R -- helpers shared by the reference scripts of tests/data/
+# (make_lme4_reference.R, make_inference_reference.R); sourced by them after they have
+# set `script_dir` (the folder of the script, tests/data/).
+
+suppressPackageStartupMessages({
+  library(lme4)
+  library(lmerTest)
+  library(jsonlite)
+})
+
+repo_root <- normalizePath(file.path(script_dir, "..", ".."))
+rel <- function(path) sub(paste0("^", repo_root, "/"), "", normalizePath(path))
+
+# Run expr, keeping its value and the warnings and messages it raised.
+capture <- function(expr) {
+  msgs <- character(0)
+  warns <- character(0)
+  value <- withCallingHandlers(
+    expr,
+    warning = function(w) {
+      warns <<- c(warns, conditionMessage(w))
+      invokeRestart("muffleWarning")
+    },
+    message = function(m) {
+      msgs <<- c(msgs, trimws(conditionMessage(m)))
+      invokeRestart("muffleMessage")
+    }
+  )
+  list(value = value, messages = msgs, warnings = warns)
+}
+
+# lme4's as.data.frame(VarCorr(m)) as a list of rows (var2 NA for a variance).
+varcorr_rows <- function(m) {
+  vc <- as.data.frame(VarCorr(m))
+  lapply(seq_len(nrow(vc)), function(i) list(
+    grp = vc$grp[i],
+    var1 = if (is.na(vc$var1[i])) NA else vc$var1[i],
+    var2 = if (is.na(vc$var2[i])) NA else vc$var2[i],
+    vcov = vc$vcov[i],
+    sdcor = vc$sdcor[i]
+  ))
+}
