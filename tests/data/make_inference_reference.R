@@ -35,7 +35,7 @@ script_dir <- local({
   arg <- grep("^--file=", commandArgs(trailingOnly = FALSE), value = TRUE)
   if (length(arg) == 1) dirname(normalizePath(sub("^--file=", "", arg))) else "tests/data"
 })
-source(file.path(script_dir, "reference_common.R"))  # libraries, rel(), capture(), varcorr_rows()
+source(file.path(script_dir, "reference_common.R"))  # libraries, rel, capture, varcorr_rows, entry_head
 
 write_data <- function(df, name, round_cols = character(0)) {
   path <- file.path(script_dir, name)
@@ -148,17 +148,7 @@ fit_entry <- function(id, case, ds, formula, reml, data_note = NULL, start_from 
   rel_diff <- function(a, b) if (is.null(a) || is.null(b)) NA else max(abs(a / b - 1))
 
   derivs <- m@optinfo$derivs
-  list(
-    id = id,
-    case = case,
-    dataset = ds$file,
-    data_note = data_note,
-    formula = formula,
-    reml = reml,
-    nobs = nobs(m),
-    ngroups = as.integer(ngrps(m)[[1]]),
-    fixef = as.list(fixef(m)),
-    se = as.list(sqrt(diag(as.matrix(vcov(m))))),
+  c(entry_head(id, case, ds, data_note, formula, reml, m), list(
     satterthwaite_df = if (is.null(sat$df)) NULL else as.list(sat$df),
     t = if (is.null(sat$t)) NULL else as.list(sat$t),
     p = if (is.null(sat$p)) NULL else as.list(sat$p),
@@ -196,7 +186,7 @@ fit_entry <- function(id, case, ds, formula, reml, data_note = NULL, start_from 
       df_rel_diff_lmertest_lmer = rel_diff(df_lmertest_lmer, sat$df)
     ),
     model = m
-  )
+  ))
 }
 
 fits <- list()

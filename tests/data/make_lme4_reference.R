@@ -24,7 +24,7 @@ script_dir <- local({
   arg <- grep("^--file=", commandArgs(trailingOnly = FALSE), value = TRUE)
   if (length(arg) == 1) dirname(normalizePath(sub("^--file=", "", arg))) else "tests/data"
 })
-source(file.path(script_dir, "reference_common.R"))  # libraries, rel(), capture(), varcorr_rows()
+source(file.path(script_dir, "reference_common.R"))  # libraries, rel, capture, varcorr_rows, entry_head
 
 # ---------------------------------------------------------------------------
 # Simulation helpers: y = X gamma + Z u_j + e, u_j ~ N(0, T), e ~ N(0, sigma2)
@@ -112,17 +112,7 @@ fit_entry <- function(id, case, ds, formula, reml, data_note = NULL) {
 
   re <- ranef(m)[[1]]
   ll <- logLik(m)
-  list(
-    id = id,
-    case = case,
-    dataset = ds$file,
-    data_note = data_note,
-    formula = formula,
-    reml = reml,
-    nobs = nobs(m),
-    ngroups = as.integer(ngrps(m)[[1]]),
-    fixef = named_list(fixef(m)),
-    se = named_list(sqrt(diag(as.matrix(vcov(m))))),
+  c(entry_head(id, case, ds, data_note, formula, reml, m), list(
     satterthwaite_df = if (is.null(df_sat)) NULL else named_list(df_sat),
     varcorr = varcorr,
     T = list(names = I(re_names), matrix = lapply(seq_len(nrow(T)), function(i) I(T[i, ]))),
@@ -144,7 +134,7 @@ fit_entry <- function(id, case, ds, formula, reml, data_note = NULL) {
     alt_optimizers = alt,
     ranef = list(groups = I(rownames(re)),
                  values = lapply(names(re), function(k) list(name = k, value = I(re[[k]]))))
-  )
+  ))
 }
 
 fits <- list()

@@ -1,5 +1,5 @@
 # reference_common.R -- helpers shared by the reference scripts of tests/data/
-# (make_lme4_reference.R, make_inference_reference.R); sourced by them after they have
+# (make_lme4_reference.R, make_inference_reference.R), sourced by them after they have
 # set `script_dir` (the folder of the script, tests/data/).
 
 suppressPackageStartupMessages({
@@ -39,4 +39,20 @@ varcorr_rows <- function(m) {
     vcov = vc$vcov[i],
     sdcor = vc$sdcor[i]
   ))
+}
+
+# The fields every JSON entry starts with: the fit's identity, data and fixed effects.
+entry_head <- function(id, case, ds, data_note, formula, reml, m) {
+  list(
+    id = id,
+    case = case,
+    dataset = ds$file,
+    data_note = data_note,
+    formula = formula,
+    reml = reml,
+    nobs = nobs(m),
+    ngroups = as.integer(ngrps(m)[[1]]),
+    fixef = as.list(fixef(m)),
+    se = as.list(sqrt(diag(as.matrix(vcov(m)))))
+  )
 }
