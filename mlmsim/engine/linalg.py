@@ -24,9 +24,21 @@ import numpy as np
 from numba import njit
 
 __all__ = ["ldl", "ldl_solve", "ldl_inverse", "ldl_at", "ldl_solve_at", "ldl_inverse_at",
-           "lu_solve", "scaled_eigh", "scaled_inverse", "symmetrise", "outer_add"]
+           "lu_solve", "scaled_eigh", "scaled_inverse", "symmetrise", "outer_add",
+           "matmul_into"]
 
 _BIG = 1e280
+
+
+@njit(cache=True, error_model="numpy")
+def matmul_into(O, X, Y):
+    """O = X Y for 2-d X (n, k), Y (k, m), O (n, m), in place (no allocation)."""
+    for a in range(X.shape[0]):
+        for b in range(Y.shape[1]):
+            acc = 0.0
+            for t in range(X.shape[1]):
+                acc += X[a, t] * Y[t, b]
+            O[a, b] = acc
 
 
 @njit(cache=True, error_model="numpy")

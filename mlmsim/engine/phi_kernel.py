@@ -38,7 +38,7 @@ from mlmsim.engine.gls import (
     replicate,
     workspace,
 )
-from mlmsim.engine.linalg import ldl_inverse, outer_add, symmetrise
+from mlmsim.engine.linalg import ldl_inverse, matmul_into, outer_add, symmetrise
 
 __all__ = ["phi_pass", "phi_pass_U", "phi_terms", "phi_workspace", "phi_many",
            "phi_at_theta_many"]
@@ -234,16 +234,8 @@ def phi_terms(st, rows, cols, sigma2, tri, reml, want_dC, pw, f_out, g_out, H, C
             for t in range(q):
                 acc += G[a, t] * Gu[t]
             G2u[a] = acc
-            for b in range(p):
-                acc = 0.0
-                for t in range(q):
-                    acc += G[a, t] * GB[t, b]
-                G2B[a, b] = acc
-            for b in range(q):
-                acc = 0.0
-                for t in range(q):
-                    acc += G[a, t] * GA[t, b]
-                G2A[a, b] = acc
+        matmul_into(G2B, G, GB)
+        matmul_into(G2A, G, GA)
         # Q = G A / sigma^2 (symmetrised), s = G u / sigma^2, s_2 = G^2 u / sigma^4,
         # F = G B / sigma^2
         for a in range(q):
@@ -286,12 +278,7 @@ def phi_terms(st, rows, cols, sigma2, tri, reml, want_dC, pw, f_out, g_out, H, C
                 Ps[a, b] += -G2A[a, b] * v2 + 2.0 * s_2[a] * s[b]
                 Gs[a, b] += Q[a, b] - s[a] * s[b]
         if reml:
-            for a in range(q):
-                for b in range(p):
-                    acc = 0.0
-                    for t in range(p):
-                        acc += F[a, t] * C[t, b]
-                    FC[a, b] = acc
+            matmul_into(FC, F, C)
             for a in range(q):
                 for b in range(q):
                     acc = 0.0
