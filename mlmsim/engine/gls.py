@@ -26,7 +26,7 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-from mlmsim.engine.linalg import ldl, ldl_at, ldl_solve, ldl_solve_at
+from mlmsim.engine.linalg import ldl, ldl_at, ldl_solve, ldl_solve_at, log_accumulate
 
 __all__ = ["Stats", "Work", "replicate", "workspace", "lambda_theta", "lambda_psi",
            "gls_pass", "gls_finish", "group_D", "q_of", "qtoken"]
@@ -109,6 +109,7 @@ def gls_pass(st, L, s, tri, w, keep_AL, qc):
         for b in range(m):
             corr[a, b] = 0.0
     logdet = 0.0
+    detprod = 1.0
     for j in range(J):
         jj = j if keep_AL else 0
         for a in range(q):
@@ -123,10 +124,10 @@ def gls_pass(st, L, s, tri, w, keep_AL, qc):
                 for t in range(a if tri else 0, q):
                     acc += L[t, a] * AL[jj, t, b]
                 F[j, a, b] = acc
-        ld, neg = ldl_at(F, j, q)
-        if math.isnan(ld) or neg != nneg:
+        lp, dp, neg = ldl_at(F, j, q)
+        if math.isnan(dp) or neg != nneg:
             return np.nan, False
-        logdet += ld
+        logdet, detprod = log_accumulate(logdet, detprod, lp, dp)
         for a in range(q):
             for col in range(m):
                 acc = 0.0
@@ -145,7 +146,7 @@ def gls_pass(st, L, s, tri, w, keep_AL, qc):
                 for a in range(q):
                     acc += R[a, r] * S[j, a, col]
                 corr[r, col] += acc
-    return logdet, True
+    return logdet + math.log(detprod), True
 
 
 @njit(cache=True, error_model="numpy")

@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit
 
 __all__ = ["ldl", "ldl_solve", "ldl_inverse", "ldl_at", "ldl_solve_at", "ldl_inverse_at",
-           "lu_solve", "scaled_eigh", "scaled_inverse", "symmetrise", "outer_add",
+           "log_accumulate", "lu_solve", "scaled_eigh", "scaled_inverse", "symmetrise", "outer_add",
            "matmul_into"]
 
 _BIG = 1e280
@@ -69,9 +69,11 @@ def ldl_at(M, j, n):
     lower triangular with positive diagonal and S = diag(+-1) (the LDL' factorisation
     with Delta = S L_ii^2; for a positive definite M, S = I and L is its Cholesky factor).
     The strict lower triangle holds L, the diagonal s_i / L_ii (so that solves multiply
-    and the sign travels with it). Returns (log|det M|, number of negative pivots);
-    log|det M| is nan when a pivot is zero or not finite. (Indexed by j so that a loop
-    over groups makes no array views.)"""
+    and the sign travels with it). Returns (log_part, det_part, number of negative
+    pivots) with log|det M| = log_part + log(det_part): the logarithm is left to the
+    caller, so that a loop over groups takes one log for all of them (:func:`log_accumulate`);
+    det_part is nan when a pivot is zero or not finite. (Indexed by j so that a loop over
+    groups makes no array views.)"""
     prod = 1.0
     logdet = 0.0
     neg = 0
@@ -81,7 +83,7 @@ def ldl_at(M, j, n):
             lk = M[j, c, k]
             d -= lk * lk if M[j, k, k] > 0.0 else -lk * lk
         if not (d != 0.0 and math.isfinite(d)):
-            return np.nan, neg
+            return 0.0, np.nan, neg
         ad = abs(d)
         r = 1.0 / math.sqrt(ad)
         if d < 0.0:
@@ -99,7 +101,19 @@ def ldl_at(M, j, n):
                 t = M[j, i, k] * M[j, c, k]
                 s -= t if M[j, k, k] > 0.0 else -t
             M[j, i, c] = s * M[j, c, c]
-    return logdet + math.log(prod), neg
+    return logdet, prod, neg
+
+
+@njit(cache=True, error_model="numpy")
+def log_accumulate(acc_log, acc_prod, log_part, det_part):
+    """Add log_part + log(det_part) to the running sum acc_log + log(acc_prod) without
+    taking a log (only when the product leaves [1e-280, 1e280]); returns the new pair."""
+    acc_log += log_part
+    acc_prod *= det_part
+    if acc_prod > _BIG or acc_prod < 1.0 / _BIG:
+        acc_log += math.log(acc_prod)
+        acc_prod = 1.0
+    return acc_log, acc_prod
 
 
 @njit(cache=True, error_model="numpy")
@@ -138,8 +152,10 @@ def _as3(M):
 
 @njit(cache=True, error_model="numpy")
 def ldl(M, n):
-    """:func:`ldl_at` of a 2-d (C-contiguous) M."""
-    return ldl_at(_as3(M), 0, n)
+    """:func:`ldl_at` of a 2-d (C-contiguous) M: returns (log|det M|, negative pivots),
+    log|det M| nan when a pivot is zero or not finite."""
+    lp, dp, neg = ldl_at(_as3(M), 0, n)
+    return lp + math.log(dp), neg
 
 
 @njit(cache=True, error_model="numpy")
