@@ -2,7 +2,7 @@
 
 For random small data sets (q = 1, 2, 3; balanced and unbalanced; correlated and
 diagonal T) and random theta -- not only at the optimum -- the per-group
-sufficient-statistic formulas of DESIGN.md s.3 must equal
+sufficient-statistic formulas of docs/math.md sections 3-4 must equal
 
     ML:    -2 log N(y; X beta, V) at beta = beta_GLS, sigma^2 = r'V0^{-1}r / N
     REML:  log|V| + log|X'V^{-1}X| + r'V^{-1}r + (N - p) log 2pi,  sigma^2 = r'V0^{-1}r / (N - p)
