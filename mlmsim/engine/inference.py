@@ -52,7 +52,6 @@ __all__ = [
     "satterthwaite_theta",
     "satterthwaite_many",
     "phi_pass",
-    "vcov_derivatives",
     "theta_jacobians",
     "containment_df",
     "between_within_df",
@@ -150,13 +149,6 @@ def phi_hessian(stats: GroupStats, cs: CovStructure, phi: np.ndarray, reml: bool
 
     Batched over leading dimensions of ``stats`` and ``phi``."""
     return phi_pass(stats, cs, phi, reml)[2]
-
-
-def vcov_derivatives(stats: GroupStats, cs: CovStructure, phi: np.ndarray, reml: bool):
-    """C = (X'V^{-1}X)^{-1} (..., p, p) and dC/dphi_k = C M_k C (..., m, p, p),
-    docs/math.md (10.2)."""
-    _, _, _, C, dC = phi_pass(stats, cs, phi, reml, True)
-    return C, dC
 
 
 def _steps(cs: CovStructure, phi: np.ndarray) -> np.ndarray:

@@ -40,7 +40,7 @@ from mlmsim.engine.gls import (
 )
 from mlmsim.engine.linalg import ldl_inverse, matmul_into, outer_add, symmetrise
 
-__all__ = ["phi_pass", "phi_pass_U", "phi_terms", "phi_workspace", "phi_many",
+__all__ = ["phi_pass", "phi_terms", "phi_workspace", "phi_many",
            "phi_at_theta_many"]
 
 _LOG2PI = math.log(2.0 * math.pi)
@@ -85,20 +85,14 @@ def _trace_E(rows, cols, k, X):
 
 
 @njit(cache=True, error_model="numpy")
-def phi_pass(st, rows, cols, phi, reml, want_dC, pw, f_out, g_out, H, C, dC, qc):
-    """:func:`phi_pass_U` without the EBLUPs."""
-    return phi_pass_U(st, rows, cols, phi, reml, want_dC, pw, f_out, g_out, H, C, dC,
-                      pw.U[:0], qc)
-
-
-@njit(cache=True, error_model="numpy")
-def phi_pass_U(st, rows, cols, phi, reml, want_dC, pw, f_out, g_out, H, C, dC, U, qc):
+def phi_pass(st, rows, cols, phi, reml, want_dC, pw, f_out, g_out, H, C, dC, U, qc):
     """At phi (K + 1,) for one replicate: the objective into f_out[0] (6.1), the gradient
     into g_out (K + 1,) (6.2), the observed Hessian into H (K + 1, K + 1) (6.3), C =
     (X'V^{-1}X)^{-1} into C (p, p) and, with ``want_dC``, dC/dphi_k = C M_k C into dC
     (K + 1, p, p) (10.2). Any symmetric T: Lambda and S come from the signed root of
-    Psi = T / sigma^2 (3.1). Returns False (outputs nan) where some V_j or X'V^{-1}X is
-    not positive definite or sigma^2 <= 0."""
+    Psi = T / sigma^2 (3.1). With U (J, q) not empty the EBLUPs D_j u_j go there (8.2).
+    Returns False (outputs nan) where some V_j or X'V^{-1}X is not positive definite or
+    sigma^2 <= 0."""
     K = rows.shape[0]
     sigma2 = phi[K]
     if not sigma2 > 0.0:
@@ -480,7 +474,7 @@ def _drive(st, rows, cols, phi, theta, trows, tcols, at_theta, reml, want_dC, qc
                     acc += L[rows[i], e] * L[cols[i], e]
                 phi[r, i] = s2 * acc
             phi[r, K] = s2
-        elif not phi_pass_U(one, rows, cols, phi[r], reml, want_dC, pw, fo, g[r], H[r], C[r],
+        elif not phi_pass(one, rows, cols, phi[r], reml, want_dC, pw, fo, g[r], H[r], C[r],
                             out, U[r], qc):
             continue
         f[r] = fo[0]
