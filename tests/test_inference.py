@@ -401,3 +401,28 @@ def test_hessian_in_theta_sigma_matches_finite_differences():
     g = inf.phi_gradient(pk, cs, res.phi, False)
     analytic = J.T @ inf.phi_hessian(pk, cs, res.phi, False) @ J + np.einsum("e,eij->ij", g, H2)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-4, atol=1e-4 * np.abs(numeric).max())
+
+
+@pytest.mark.parametrize("method", ["ML", "REML"])
+def test_evaluate_at_the_optimum_reproduces_the_fit(hsb, method):
+    """mlmsim.evaluate at the fit's own phi, and at its theta, gives back the fit: the
+    criterion, T, the fixed effects and their covariance, the EBLUPs, the Hessian and the
+    Satterthwaite df (phi and lmerTest's psi parameterisation agree inside the space)."""
+    res = mlmsim.fit("mathach ~ cses + (1 + cses | school)", hsb, method=method)
+    for ev in (mlmsim.evaluate(res, phi=res.phi), mlmsim.evaluate(res, theta=res.theta)):
+        assert ev.valid and ev.hessian_pd
+        assert ev.criterion == pytest.approx(res.deviance, rel=1e-12)
+        np.testing.assert_allclose(ev.T.to_numpy(), res.T.to_numpy(), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(ev.fixef, res.fixef, rtol=1e-10)
+        np.testing.assert_allclose(ev.vcov.to_numpy(), res.vcov.to_numpy(), rtol=1e-8)
+        np.testing.assert_allclose(ev.ranef.to_numpy(), res.ranef.to_numpy(), rtol=1e-7,
+                                   atol=1e-10)
+        np.testing.assert_allclose(ev.hessian.to_numpy(), res.hessian.to_numpy(), rtol=1e-7,
+                                   atol=1e-10 * np.abs(res.hessian.to_numpy()).max())
+        np.testing.assert_allclose(ev.df, res.coef_table()["df"], rtol=1e-6)
+    # a negative variance with every V_j positive definite is a valid point
+    phi = res.phi.copy()
+    phi[2] = -0.05
+    assert mlmsim.evaluate(res, phi=phi).valid
+    with pytest.raises(ValueError, match="exactly one"):
+        mlmsim.evaluate(res)

@@ -239,7 +239,7 @@ def fit_stats(stats: GroupStats, blocks: tuple[tuple[int, ...], ...], method: st
             continue
         flagged = (refitted[r] or not est.converged[r] or not est.grad_ok[r]
                    or not est.hessian_pd[r] or est.singular[r] or est.dependent[r].any())
-        m = messages(est, r, tmap, rnames) if flagged else []
+        m = messages(est, r, rnames) if flagged else []
         if refitted[r]:
             m.insert(0, "did not converge in the batch; refitted alone from Lambda = I")
         notes.append(tuple(m))

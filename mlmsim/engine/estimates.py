@@ -120,7 +120,7 @@ def estimates(stats: GroupStats, tmap: ThetaMap, cs: inference.CovStructure, opt
 def estimates_and_ranef(stats: GroupStats, tmap: ThetaMap, cs: inference.CovStructure,
                         opt: OptResult, reml: bool, ranef: bool
                         ) -> tuple[Estimates, np.ndarray, np.ndarray]:
-    """:func:`estimates`, and with ``ranef`` the EBLUPs over sigma (R, J, q) and
+    """:func:`estimates`, and with ``ranef`` the EBLUPs U_j = D_j u_j (R, J, q) and
     D_j = Lambda M_j^{-1} Lambda' (R, J, q, q), whose sigma^2 multiple is their conditional
     covariance (docs/math.md (8.2)); computed in one compiled pass
     (:func:`mlmsim.engine.kernels.estimates_many`)."""
@@ -132,8 +132,9 @@ def estimates_and_ranef(stats: GroupStats, tmap: ThetaMap, cs: inference.CovStru
         theta, st, tmap.rows, tmap.cols, cs.rows, cs.cols, bool(reml),
         kernel_array(opt.grad, (R,), (k,)), kernel_array(opt.hessian, (R,), (k, k)), ranef,
         qtoken(tmap.q))
-    # the Newton step H_theta^{-1} g in the scaled theta of docs/math.md (7.1), so that the
-    # check (9.4) does not depend on the units of Z: theta~_k = theta_k sqrt(zz_rows[k])
+    # the Newton step H_theta^{-1} g with theta's rows scaled by the root mean square of
+    # Z's columns, theta~_k = theta_k sqrt(zz_rows[k]), so that the check (9.4) does not
+    # depend on the units of Z (a diagonal scaling: not the full standardisation of (7.1))
     zscale = np.einsum("rjaa->ra", st.A) / st.N[:, None]
     sz = np.sqrt(np.where(zscale > 0, zscale, 1.0))
     scaled = scaled * sz[:, tmap.rows]
@@ -195,10 +196,9 @@ def notes(est: Estimates, r: int, random_names, dropped_fixed=(), n_dropped: int
     return out
 
 
-def messages(est: Estimates, r: int, tmap: ThetaMap, random_names, dropped_fixed=(),
-             n_dropped: int = 0) -> list[str]:
+def messages(est: Estimates, r: int, random_names, dropped_fixed=(), n_dropped: int = 0
+             ) -> list[str]:
     """The texts of :func:`notes`."""
-    del tmap
     return [n.text for n in notes(est, r, random_names, dropped_fixed, n_dropped)]
 
 

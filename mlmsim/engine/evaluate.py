@@ -44,6 +44,8 @@ class Evaluation:
         The theta given; at phi, lme4's theta of T / sigma^2 when T is positive
         semi-definite (a start for a refit), else None.
     fixef, vcov : GLS fixed effects (X'V^{-1}X)^{-1} X'V^{-1}y and (X'V^{-1}X)^{-1}.
+    T : pd.DataFrame
+        T from phi, labelled by the random-effect names.
     ranef : pd.DataFrame
         U_j = D_j (c_j - B_j gamma) = T Z_j'V_j^{-1}(y_j - X_j gamma) (8.2).
     gradient, hessian : the gradient (6.2) and observed Hessian (6.3) in phi.
@@ -63,26 +65,13 @@ class Evaluation:
     theta: np.ndarray | None
     fixef: pd.Series
     vcov: pd.DataFrame
+    T: pd.DataFrame = field(repr=False)
     ranef: pd.DataFrame = field(repr=False)
     gradient: pd.Series = field(repr=False)
     hessian: pd.DataFrame = field(repr=False)
     hessian_pd: bool = False
     acov: pd.DataFrame = field(default=None, repr=False)
     df: pd.Series = field(default=None)
-
-    @property
-    def T(self) -> pd.DataFrame:  # noqa: N802 - the seed's notation
-        """T from phi, labelled by the random-effect names."""
-        names = list(self.ranef.columns)
-        q = len(names)
-        T = np.zeros((q, q))
-        rows, cols = np.tril_indices(q)
-        cp = self.phi
-        for a, b in zip(rows, cols, strict=True):
-            key = f"var({names[a]})" if a == b else f"cov({names[a]},{names[b]})"
-            if key in cp.index:
-                T[a, b] = T[b, a] = cp[key]
-        return pd.DataFrame(T, index=names, columns=names)
 
     @property
     def sigma2(self) -> float:
@@ -150,7 +139,8 @@ def evaluate(model: FitResult | Design, *, theta: np.ndarray | None = None,
     acov = inference.psi_acov(H)
     hpd = bool(np.isfinite(acov).all())
     Lm = centering.L
-    df = inference.satterthwaite_df(Lm @ C @ Lm.T, Lm @ dC @ Lm.T, acov)
+    vcov = Lm @ C @ Lm.T
+    df = inference.satterthwaite_df(vcov, Lm @ dC @ Lm.T, acov)
     beta = centering.beta(beta_c[0])
     names, _ = covparm_names(list(design.random_names), cs.rows, cs.cols)
     fixed = list(design.fixed_names)
@@ -161,7 +151,9 @@ def evaluate(model: FitResult | Design, *, theta: np.ndarray | None = None,
         phi=pd.Series(phi_v, index=names, name="estimate"),
         theta=tmap.theta_of(Psi) if theta is None else theta.copy(),
         fixef=pd.Series(beta, index=fixed, name="estimate"),
-        vcov=pd.DataFrame(Lm @ C @ Lm.T, index=fixed, columns=fixed),
+        vcov=pd.DataFrame(vcov, index=fixed, columns=fixed),
+        T=pd.DataFrame(Psi * s2, index=list(design.random_names),
+                       columns=list(design.random_names)),
         ranef=pd.DataFrame(U[0], index=pd.Index(design.group_labels,
                                                 name=design.formula.group),
                            columns=list(design.random_names)),
