@@ -26,7 +26,14 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-from mlmsim.engine.linalg import ldl, ldl_at, ldl_solve, ldl_solve_at, log_accumulate
+from mlmsim.engine.linalg import (
+    ldl_at,
+    ldl_at_q2,
+    ldl_solve_at,
+    ldl_solve_at_q2,
+    log_accumulate,
+)
+from mlmsim.engine.unroll import specialise
 
 __all__ = ["Stats", "Work", "replicate", "workspace", "lambda_theta", "lambda_psi",
            "gls_pass", "gls_finish", "group_D", "q_of", "qtoken"]
@@ -39,8 +46,9 @@ Batched: the same fields with a leading replicate axis."""
 Work = namedtuple("Work", ["L", "s", "F", "AL", "S", "R", "corr", "XV", "XtVy", "beta"])
 Work.__doc__ = """Work arrays of the GLS pass for J groups: Lambda L (q, q), signs s (q,),
 the factors of M_j F (J, q, q), A_j Lambda AL (J, q, q), S_j = M_j^{-1} R_j S (J, q, p+1),
-R_j R (q, p+1), sum_j R_j' S_j corr (p+1, p+1), the factor of XtVX XV (p, p),
-XtVy (p,) and beta (p, 1)."""
+R_j R (q, p+1), sum_j R_j' S_j corr (p+1, p+1), the factor of XtVX XV (1, p, p),
+XtVy (p,) and beta (1, p, 1) (a leading axis of 1, so that the primitives of
+:mod:`mlmsim.engine.linalg` take them as they are)."""
 
 
 @njit(cache=True)
@@ -54,8 +62,8 @@ def workspace(J, q, p):
     """A :class:`Work` for J groups, q random effects and p fixed effects."""
     m = p + 1
     return Work(np.empty((q, q)), np.ones(q), np.empty((J, q, q)), np.empty((J, q, q)),
-                np.empty((J, q, m)), np.empty((q, m)), np.empty((m, m)), np.empty((p, p)),
-                np.empty(p), np.empty((p, 1)))
+                np.empty((J, q, m)), np.empty((q, m)), np.empty((m, m)), np.empty((1, p, p)),
+                np.empty(p), np.empty((1, p, 1)))
 
 
 @njit(cache=True, error_model="numpy")
@@ -88,7 +96,7 @@ def lambda_psi(Psi, L, s):
 
 
 @njit(cache=True, error_model="numpy")
-def gls_pass(st, L, s, tri, w, keep_AL, qc):
+def gls_pass(st, L, s, w, keep_AL, qc):
     """The loop over groups of docs/math.md (3.2), (3.3) and (3.5): for every group j
     forms M_j = Lambda' A_j Lambda + S and its factor (into w.F[j]), R_j = Lambda'[B_j c_j]
     and S_j = M_j^{-1} R_j (into w.S[j]), and accumulates sum_j R_j' S_j (lower triangle,
@@ -96,6 +104,8 @@ def gls_pass(st, L, s, tri, w, keep_AL, qc):
     ``tri``: Lambda is lower triangular (loops skip its zeros); ``qc``: :func:`qtoken`.
     Returns (sum_j log|det M_j|, valid): valid is False, and the sum nan, where some M_j is
     singular or lacks the inertia of S (then some V_j is not positive definite)."""
+    if len(qc) == 2:
+        return gls_pass_q2(st, L, s, w, keep_AL, qc)
     A, B, c = st.A, st.B, st.c
     J, p = B.shape[0], B.shape[2]
     q = q_of(qc, B.shape[1])
@@ -115,27 +125,27 @@ def gls_pass(st, L, s, tri, w, keep_AL, qc):
         for a in range(q):
             for b in range(q):
                 acc = 0.0
-                for t in range(b if tri else 0, q):
+                for t in range(q):
                     acc += A[j, a, t] * L[t, b]
                 AL[jj, a, b] = acc
         for a in range(q):
             for b in range(a + 1):
                 acc = s[a] if a == b else 0.0
-                for t in range(a if tri else 0, q):
+                for t in range(q):
                     acc += L[t, a] * AL[jj, t, b]
                 F[j, a, b] = acc
         lp, dp, neg = ldl_at(F, j, q)
         if math.isnan(dp) or neg != nneg:
             return np.nan, False
         logdet, detprod = log_accumulate(logdet, detprod, lp, dp)
-        for a in range(q):
-            for col in range(m):
+        for col in range(m):
+            for a in range(q):
                 acc = 0.0
                 if col < p:
-                    for t in range(a if tri else 0, q):
+                    for t in range(q):
                         acc += L[t, a] * B[j, t, col]
                 else:
-                    for t in range(a if tri else 0, q):
+                    for t in range(q):
                         acc += L[t, a] * c[j, t]
                 R[a, col] = acc
                 S[j, a, col] = acc
@@ -159,18 +169,19 @@ def gls_finish(st, w):
     corr, XV, XtVy, beta = w.corr, w.XV, w.XtVy, w.beta
     for a in range(p):
         for b in range(a + 1):
-            XV[a, b] = st.XtX[a, b] - corr[a, b]
-            XV[b, a] = XV[a, b]
+            XV[0, a, b] = st.XtX[a, b] - corr[a, b]
+            XV[0, b, a] = XV[0, a, b]
         XtVy[a] = st.Xty[a] - corr[p, a]
-        beta[a, 0] = XtVy[a]
+        beta[0, a, 0] = XtVy[a]
     ytVy = st.yty - corr[p, p]
-    ldX, neg = ldl(XV, p)
-    if math.isnan(ldX) or neg > 0:
+    lp, dp, neg = ldl_at(XV, 0, p)
+    if math.isnan(dp) or neg > 0:
         return np.nan, np.nan
-    ldl_solve(XV, p, beta, 1)
+    ldX = lp + math.log(dp)
+    ldl_solve_at(XV, 0, p, beta, 0, 1)
     r2 = ytVy
     for a in range(p):
-        r2 -= beta[a, 0] * XtVy[a]
+        r2 -= beta[0, a, 0] * XtVy[a]
     if not r2 > 0.0:
         return ldX, np.nan
     return ldX, r2
@@ -180,6 +191,8 @@ def gls_finish(st, w):
 def group_D(F, j, L, X, D, qc):
     """D_j = Lambda M_j^{-1} Lambda' (docs/math.md (3.4)) into D[j] (q, q), from the factor
     F[j] of M_j; X (1, q, q) is scratch."""
+    if len(qc) == 2:
+        return group_D_q2(F, j, L, X, D, qc)
     q = q_of(qc, L.shape[0])
     for a in range(q):
         for b in range(q):
@@ -211,3 +224,7 @@ def qtoken(q: int) -> tuple:
     The kernels are written once, for any q; with the token, numba compiles a copy in
     which q is a constant, so that the loops over q x q blocks unroll."""
     return (0,) * q if q <= 2 else ()
+
+
+group_D_q2 = specialise(group_D, {"q": 2}, "group_D_q2", (ldl_solve_at_q2,))
+gls_pass_q2 = specialise(gls_pass, {"q": 2}, "gls_pass_q2", (ldl_at_q2, ldl_solve_at_q2))

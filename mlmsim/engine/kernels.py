@@ -23,6 +23,7 @@ from numba import njit
 from mlmsim.engine.gls import (
     gls_finish,
     gls_pass,
+    gls_pass_q2,
     lambda_theta,
     q_of,
     replicate,
@@ -30,14 +31,15 @@ from mlmsim.engine.gls import (
 )
 from mlmsim.engine.linalg import (
     ldl,
-    ldl_inverse,
     ldl_inverse_at,
+    ldl_inverse_at_q2,
     lu_solve,
     scaled_eigh,
     scaled_inverse,
 )
 from mlmsim.engine.phi_kernel import phi_terms, phi_workspace
 from mlmsim.engine.tolerances import DEPENDENT_EIG, HESSIAN_PD
+from mlmsim.engine.unroll import specialise
 
 __all__ = ["deviance_one", "deviance_many", "estimates_many", "singular_one"]
 
@@ -50,12 +52,14 @@ def deviance_one(theta, st, rows, cols, reml, want_grad, g_out, w, qc):
     with ``want_grad`` the gradient in theta ((5.4)) is written to ``g_out`` (k,).
     ``w``: a :func:`mlmsim.engine.gls.workspace`; ``qc``: :func:`mlmsim.engine.gls.qtoken`.
     Returns nan where some M_j or XtVX is not positive definite, or r2 <= 0."""
+    if len(qc) == 2:
+        return deviance_one_q2(theta, st, rows, cols, reml, want_grad, g_out, w, qc)
     B, c = st.B, st.c
     J, p = B.shape[0], B.shape[2]
     q = q_of(qc, B.shape[1])
     L = w.L
     lambda_theta(theta, rows, cols, L, w.s)
-    logdetM, ok = gls_pass(st, L, w.s, True, w, want_grad, qc)
+    logdetM, ok = gls_pass(st, L, w.s, w, want_grad, qc)
     if not ok:
         return np.nan
     ldX, r2 = gls_finish(st, w)
@@ -69,9 +73,9 @@ def deviance_one(theta, st, rows, cols, reml, want_grad, g_out, w, qc):
         return d
     beta, S = w.beta, w.S
     # (5.4): gL = (5.1) + (nu / r2) (5.2) [+ (5.3)], with C = XtVX^{-1}
-    C = np.empty((p, p))
+    C = np.empty((1, p, p))
     if reml:
-        ldl_inverse(w.XV, p, C)
+        ldl_inverse_at(w.XV, 0, p, C, 0)
     gL = np.zeros((q, q))
     u = np.empty(q)
     Pu = np.empty(q)
@@ -87,8 +91,8 @@ def deviance_one(theta, st, rows, cols, reml, want_grad, g_out, w, qc):
             s = c[j, a]
             t = S[j, a, p]
             for b in range(p):
-                s -= B[j, a, b] * beta[b, 0]
-                t -= S[j, a, b] * beta[b, 0]
+                s -= B[j, a, b] * beta[0, b, 0]
+                t -= S[j, a, b] * beta[0, b, 0]
             u[a] = s
             Pu[a] = t
         # G_j u_j = u_j - A_j Lambda P_j u_j = u_j - A_j D_j u_j
@@ -115,7 +119,7 @@ def deviance_one(theta, st, rows, cols, reml, want_grad, g_out, w, qc):
                     GB[a, b] = s
                     acc = 0.0
                     for t in range(p):
-                        acc += S[j, a, t] * C[t, b]
+                        acc += S[j, a, t] * C[0, t, b]
                     SC[a, b] = acc
             for a in range(q):
                 for b in range(q):
@@ -123,9 +127,16 @@ def deviance_one(theta, st, rows, cols, reml, want_grad, g_out, w, qc):
                     for t in range(p):
                         s += GB[a, t] * SC[b, t]
                     gL[a, b] -= 2.0 * s
-    for i in range(rows.shape[0]):
-        g_out[i] = gL[rows[i], cols[i]]
+    for a in range(q):
+        for b in range(q):
+            for i in range(rows.shape[0]):
+                if rows[i] == a and cols[i] == b:
+                    g_out[i] = gL[a, b]
     return d
+
+
+deviance_one_q2 = specialise(deviance_one, {"q": 2}, "deviance_one_q2",
+                             (gls_pass_q2, ldl_inverse_at_q2))
 
 
 @njit(cache=True, error_model="numpy")
@@ -243,7 +254,7 @@ def estimates_many(theta, st, rows, cols, cs_rows, cs_cols, reml, grad, hess, wa
             v = gk[i, 0]
             scaled[r, i] = v if ok and math.isfinite(v) else grad[r, i]
         lambda_theta(theta[r], rows, cols, L, pw.gls.s)
-        s2 = phi_terms(one, cs_rows, cs_cols, np.nan, True, reml, False, pw, f, g, H[r], C,
+        s2 = phi_terms(one, cs_rows, cs_cols, np.nan, reml, False, pw, f, g, H[r], C,
                        dC, U[r] if want_ranef else pw.U[:0], qc)
         if math.isnan(s2):
             continue

@@ -23,33 +23,12 @@ import math
 import numpy as np
 from numba import njit
 
+from mlmsim.engine.unroll import specialise
+
 __all__ = ["ldl", "ldl_solve", "ldl_inverse", "ldl_at", "ldl_solve_at", "ldl_inverse_at",
-           "log_accumulate", "lu_solve", "scaled_eigh", "scaled_inverse", "symmetrise", "outer_add",
-           "matmul_into"]
+           "log_accumulate", "lu_solve", "scaled_eigh", "scaled_inverse", "symmetrise"]
 
 _BIG = 1e280
-
-
-@njit(cache=True, error_model="numpy")
-def matmul_into(O, X, Y):
-    """O = X Y for 2-d X (n, k), Y (k, m), O (n, m), in place (no allocation)."""
-    for a in range(X.shape[0]):
-        for b in range(Y.shape[1]):
-            acc = 0.0
-            for t in range(X.shape[1]):
-                acc += X[a, t] * Y[t, b]
-            O[a, b] = acc
-
-
-@njit(cache=True, error_model="numpy")
-def outer_add(O, X, Y):
-    """O[i, a, l, b] += X[i, a] Y[l, b] (O (n1, n2, n3, n4), X (n1, n2), Y (n3, n4))."""
-    for i in range(X.shape[0]):
-        for a in range(X.shape[1]):
-            x = X[i, a]
-            for l in range(Y.shape[0]):
-                for b in range(Y.shape[1]):
-                    O[i, a, l, b] += x * Y[l, b]
 
 
 @njit(cache=True, error_model="numpy")
@@ -254,3 +233,10 @@ def scaled_inverse(H, d, c, out):
             out[i, j] *= d[i] * d[j]
     symmetrise(out)
     return True
+
+
+# loop-free copies for n = 2 (docs/math.md (3.2)): see mlmsim.engine.unroll
+ldl_at_q2 = specialise(ldl_at, {"n": 2}, "ldl_at_q2")
+ldl_solve_at_q2 = specialise(ldl_solve_at, {"n": 2}, "ldl_solve_at_q2")
+ldl_inverse_at_q2 = specialise(ldl_inverse_at, {"n": 2}, "ldl_inverse_at_q2",
+                               (ldl_solve_at_q2,))

@@ -17,9 +17,18 @@ import math
 import numpy as np
 from numba import njit
 
-from mlmsim.engine.gls import Stats, replicate, workspace
+from mlmsim.engine.gls import Stats, q_of, replicate, workspace
 from mlmsim.engine.kernels import deviance_one
-from mlmsim.engine.linalg import ldl, ldl_inverse, ldl_solve, lu_solve, symmetrise
+from mlmsim.engine.linalg import (
+    ldl,
+    ldl_at,
+    ldl_at_q2,
+    ldl_inverse_at,
+    ldl_inverse_at_q2,
+    ldl_solve,
+    lu_solve,
+    symmetrise,
+)
 from mlmsim.engine.tolerances import (
     ARMIJO,
     BFGS_CURVATURE,
@@ -35,6 +44,7 @@ from mlmsim.engine.tolerances import (
     START_CLIP,
     START_DET,
 )
+from mlmsim.engine.unroll import specialise
 
 __all__ = ["moment_start_one", "minimize_one", "minimize_many", "standardising_map",
            "transformed_stats", "theta_map"]
@@ -46,7 +56,7 @@ _EVALS, _HALVINGS = 0, 1
 
 
 @njit(cache=True, error_model="numpy")
-def moment_start_one(st, rows, cols, theta0):
+def moment_start_one(st, rows, cols, theta0, qc):
     """A method-of-moments start for theta, written to ``theta0`` (k,) (docs/math.md (7.3)).
 
     With OLS residual effects u_j = c_j - B_j beta_OLS and, for groups whose
@@ -60,8 +70,11 @@ def moment_start_one(st, rows, cols, theta0):
     to [1 / START_CLIP, START_CLIP] (a start, not an estimate). Where fewer than two
     groups qualify, or the result is not finite: lme4's start, Lambda = I.
     """
+    if len(qc) == 2:
+        return moment_start_one_q2(st, rows, cols, theta0, qc)
     A, B, c, n = st.A, st.B, st.c, st.n
-    J, q, p = B.shape[0], B.shape[1], B.shape[2]
+    J, p = B.shape[0], B.shape[2]
+    q = q_of(qc, B.shape[1])
     k = rows.shape[0]
     for i in range(k):
         theta0[i] = 1.0 if rows[i] == cols[i] else 0.0
@@ -79,8 +92,8 @@ def moment_start_one(st, rows, cols, theta0):
     b = np.zeros((J, q))
     ok = np.zeros(J, dtype=np.bool_)
     Ainv_sum = np.zeros((q, q))
-    Cs = np.empty((q, q))
-    Ci = np.empty((q, q))
+    Cs = np.empty((1, q, q))
+    Ci = np.empty((1, q, q))
     d = np.empty(q)
     u = np.empty(q)
     ub = 0.0
@@ -92,11 +105,12 @@ def moment_start_one(st, rows, cols, theta0):
             d[a] = math.sqrt(max(A[j, a, a], 1e-300))
         for a in range(q):
             for t in range(q):
-                Cs[a, t] = A[j, a, t] / (d[a] * d[t])
-        ld, neg = ldl(Cs, q)
-        if not (ld > math.log(START_DET) and neg == 0):
+                Cs[0, a, t] = A[j, a, t] / (d[a] * d[t])
+        # |Cs| = dp exp(lp) <= 1 (a correlation matrix): lp = 0 unless it underflowed
+        lp, dp, neg = ldl_at(Cs, 0, q)
+        if not (neg == 0 and lp == 0.0 and dp > START_DET):
             continue
-        ldl_inverse(Cs, q, Ci)
+        ldl_inverse_at(Cs, 0, q, Ci, 0)
         for a in range(q):
             s = c[j, a]
             for t in range(p):
@@ -105,7 +119,7 @@ def moment_start_one(st, rows, cols, theta0):
         for a in range(q):
             s = 0.0
             for t in range(q):
-                v = Ci[a, t] / (d[a] * d[t])
+                v = Ci[0, a, t] / (d[a] * d[t])
                 Ainv_sum[a, t] += v
                 s += v * u[t]
             b[j, a] = s
@@ -428,7 +442,16 @@ def _near_singular(theta, rows, cols):
         L[rows[i], cols[i]] = theta[i]
         if rows[i] == cols[i] and abs(theta[i]) < math.sqrt(SINGULAR):
             return True
-    return np.linalg.eigvalsh(L @ L.T)[0] < SINGULAR
+    # smallest eigenvalue of L L' below SINGULAR  <=>  L L' - SINGULAR I not positive definite
+    M = np.empty((1, q, q))
+    for a in range(q):
+        for b in range(q):
+            acc = -SINGULAR if a == b else 0.0
+            for t in range(q):
+                acc += L[a, t] * L[b, t]
+            M[0, a, b] = acc
+    lp, dp, neg = ldl_at(M, 0, q)
+    return neg > 0 or math.isnan(dp)
 
 
 @njit(cache=True, error_model="numpy")
@@ -505,15 +528,17 @@ def standardising_map(st, rows, cols, Ut):
 
 
 @njit(cache=True, error_model="numpy")
-def transformed_stats(st, Ut):
+def transformed_stats(st, Ut, qc, out):
     """The statistics of Z~ = Z U^{-T} (U = Ut'): A~ = U^{-1} A U^{-T}, B~ = U^{-1} B,
-    c~ = U^{-1} c, by triangular solves with the upper-triangular U.
+    c~ = U^{-1} c, by triangular solves with the upper-triangular U (into out.A, out.B,
+    out.c; the other statistics are st's).
     (docs/math.md (7.1))"""
+    if len(qc) == 2:
+        return transformed_stats_q2(st, Ut, qc, out)
     A, B, c = st.A, st.B, st.c
-    J, q, p = B.shape[0], B.shape[1], B.shape[2]
-    As = np.empty_like(A)
-    Bs = np.empty_like(B)
-    cs = np.empty_like(c)
+    J, p = B.shape[0], B.shape[2]
+    q = q_of(qc, B.shape[1])
+    As, Bs, cs = out.A, out.B, out.c
     X = np.empty((q, q + p + 1))
     Y = np.empty((q, q))
     for j in range(J):
@@ -523,12 +548,12 @@ def transformed_stats(st, Ut):
             for b in range(p):
                 X[a, q + b] = B[j, a, b]
             X[a, q + p] = c[j, a]
-        _solve_upper(Ut, X, q + p + 1)
+        _solve_upper(Ut, X, q + p + 1, qc)
         # A~ = U^{-1} (U^{-1} A)' = U^{-1} A U^{-T}: solve again on the transpose
         for a in range(q):
             for b in range(q):
                 Y[a, b] = X[b, a]
-        _solve_upper(Ut, Y, q)
+        _solve_upper(Ut, Y, q, qc)
         for a in range(q):
             for b in range(q):
                 As[j, a, b] = 0.5 * (Y[a, b] + Y[b, a])
@@ -539,9 +564,9 @@ def transformed_stats(st, Ut):
 
 
 @njit(cache=True, error_model="numpy")
-def _solve_upper(Ut, X, m):
+def _solve_upper(Ut, X, m, qc):
     """X <- U^{-1} X for U = Ut' upper triangular (X (q, >= m), first m columns)."""
-    q = Ut.shape[0]
+    q = q_of(qc, Ut.shape[0])
     for col in range(m):
         for i in range(q - 1, -1, -1):
             s = X[i, col]
@@ -567,7 +592,7 @@ def theta_map(Ut, rows, cols):
 
 @njit(cache=True, error_model="numpy")
 def minimize_one(st, rows, cols, reml, theta0, use_start, max_iter, tol, gtol, max_step, edge,
-                 restart, theta, g, H, info, qc):
+                 restart, theta, g, H, info, w, ts, qc):
     """Fit one replicate: writes theta, gradient and Hessian (in the original units);
     returns the deviance. ``info`` (6,) int64 receives (iterations, stop code,
     evaluations, halvings, restarts, start: 0 moment, 1 Lambda = I, 2 given).
@@ -576,15 +601,15 @@ def minimize_one(st, rows, cols, reml, theta0, use_start, max_iter, tol, gtol, m
     starts from :func:`moment_start_one`, and (with ``restart``) a fit that ends singular
     or not converged is fitted again from lme4's start (Lambda = I); the lower deviance is
     kept (or the converged fit, at an equal deviance). All in the scaled parameterisation
-    of docs/math.md (7.1).
+    of docs/math.md (7.1). ``w`` (a :func:`mlmsim.engine.gls.workspace`) and ``ts`` (a
+    :class:`Stats` whose A, B, c receive the transformed statistics) are work space.
     """
     k = rows.shape[0]
     q = st.A.shape[1]
     Ut = np.empty((q, q))
     standardising_map(st, rows, cols, Ut)
-    ss = transformed_stats(st, Ut)
+    ss = transformed_stats(st, Ut, qc, ts)
     K = theta_map(Ut, rows, cols)
-    w = workspace(st.B.shape[0], q, st.B.shape[2])
     cnt = np.zeros(2, dtype=np.int64)
     if use_start:
         for i in range(k):
@@ -593,7 +618,7 @@ def minimize_one(st, rows, cols, reml, theta0, use_start, max_iter, tol, gtol, m
                 acc += K[i, t] * theta0[t]
             theta[i] = acc
     else:
-        moment_start_one(ss, rows, cols, theta)
+        moment_start_one(ss, rows, cols, theta, qc)
     f, it, stop = _minimize(theta, ss, rows, cols, reml, max_iter, tol, gtol, max_step, edge,
                             g, H, w, cnt, qc)
     start = 2 if use_start else 0
@@ -625,13 +650,22 @@ def minimize_one(st, rows, cols, reml, theta0, use_start, max_iter, tol, gtol, m
     for i in range(k):
         tt[i, 0] = theta[i]
     lu_solve(Kc, tt)
-    gk = K.T @ g
-    Hk = K.T @ H @ K
+    gk = np.zeros(k)
+    HK = np.zeros((k, k))
+    for i in range(k):
+        for t in range(k):
+            gk[i] += K[t, i] * g[t]
+            for j in range(k):
+                HK[i, j] += H[i, t] * K[t, j]
     for i in range(k):
         theta[i] = tt[i, 0]
         g[i] = gk[i]
         for j in range(k):
-            H[i, j] = 0.5 * (Hk[i, j] + Hk[j, i])
+            acc = 0.0
+            for t in range(k):
+                acc += K[t, i] * HK[t, j]
+            H[i, j] = acc
+    symmetrise(H)
     info[0] = it
     info[1] = stop
     info[2] = cnt[_EVALS]
@@ -648,8 +682,11 @@ def minimize_many(st, rows, cols, reml, theta0, use_start, max_iter, tol, gtol, 
     Returns theta (R, k), deviance (R,), gradient (R, k), Hessian (R, k, k) and info
     (R, 6).
     (docs/math.md (7.2))"""
-    R = st.A.shape[0]
+    R, J, q, p = st.B.shape
     k = rows.shape[0]
+    w = workspace(J, q, p)
+    ts = Stats(np.empty((J, q, q)), np.empty((J, q, p)), np.empty((J, q)), st.XtX[0], st.Xty[0],
+               0.0, 0.0, st.n[0])
     theta = np.empty((R, k))
     dev = np.empty(R)
     g = np.empty((R, k))
@@ -658,5 +695,13 @@ def minimize_many(st, rows, cols, reml, theta0, use_start, max_iter, tol, gtol, 
     for r in range(R):
         dev[r] = minimize_one(replicate(st, r), rows, cols, reml, theta0[r], use_start,
                               max_iter, tol, gtol, max_step, edge, restart, theta[r], g[r],
-                              H[r], info[r], qc)
+                              H[r], info[r], w, ts, qc)
     return theta, dev, g, H, info
+
+
+# loop-free copies for q = 2 (mlmsim.engine.unroll)
+_solve_upper_q2 = specialise(_solve_upper, {"q": 2}, "_solve_upper_q2")
+transformed_stats_q2 = specialise(transformed_stats, {"q": 2}, "transformed_stats_q2",
+                                  (_solve_upper_q2,))
+moment_start_one_q2 = specialise(moment_start_one, {"q": 2}, "moment_start_one_q2",
+                                 (ldl_at_q2, ldl_inverse_at_q2))

@@ -32,20 +32,23 @@ from numba import njit
 from mlmsim.engine.gls import (
     gls_finish,
     gls_pass,
+    gls_pass_q2,
     group_D,
+    group_D_q2,
     lambda_psi,
     q_of,
     replicate,
     workspace,
 )
-from mlmsim.engine.linalg import ldl_inverse, matmul_into, outer_add, symmetrise
+from mlmsim.engine.linalg import ldl_inverse_at, symmetrise
+from mlmsim.engine.unroll import specialise
 
 __all__ = ["phi_pass", "phi_terms", "phi_workspace", "phi_many",
            "phi_at_theta_many"]
 
 _LOG2PI = math.log(2.0 * math.pi)
 
-PhiWork = namedtuple("PhiWork", ["gls", "D", "Psi", "wqq", "wq", "wqp", "wpp", "wp", "W4",
+PhiWork = namedtuple("PhiWork", ["gls", "D", "Psi", "wqq", "wqp", "wpp", "wp", "W4",
                                  "Wf", "FF", "W", "CM", "U"])
 
 
@@ -54,7 +57,7 @@ def phi_workspace(J, q, p, K):
     """Work arrays for :func:`phi_pass`, allocated once per call of a batch driver."""
     m = K + 1
     return PhiWork(workspace(J, q, p), np.empty((J, q, q)), np.empty((q, q)),
-                   np.empty((8, q, q)), np.empty((6, q)), np.empty((5, q, p)),
+                   np.empty((3, q, q)), np.empty((5, q, p)),
                    np.empty((7, p, p)), np.empty((6, p)), np.empty((q, q, q, q)),
                    np.empty((q, p, q, 1)), np.empty((q, p, q, p)), np.empty((m, p)),
                    np.empty((m, p, p)), np.empty((J, q)))
@@ -104,18 +107,21 @@ def phi_pass(st, rows, cols, phi, reml, want_dC, pw, f_out, g_out, H, C, dC, U, 
         Psi[rows[k], cols[k]] = phi[k] / sigma2
         Psi[cols[k], rows[k]] = phi[k] / sigma2
     lambda_psi(Psi, pw.gls.L, pw.gls.s)
-    return phi_terms(st, rows, cols, sigma2, False, reml, want_dC, pw, f_out, g_out, H, C,
+    return phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C,
                      dC, U, qc) > 0.0
 
 
 @njit(cache=True, error_model="numpy")
-def phi_terms(st, rows, cols, sigma2, tri, reml, want_dC, pw, f_out, g_out, H, C, dC, U,
+def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC, U,
               qc):
-    """:func:`phi_pass` from Lambda and S already in pw.gls (Psi = Lambda S Lambda'; ``tri``:
-    Lambda lower triangular, S = I, as from theta). ``sigma2`` nan means sigma^2 profiled,
+    """:func:`phi_pass` from Lambda and S already in pw.gls (Psi = Lambda S Lambda'; from
+    theta, Lambda is lower triangular and S = I). ``sigma2`` nan means sigma^2 profiled,
     r2 / N (ML) or r2 / (N - p) (REML) (4.3): then the point is the fit's phi at theta. With
     U (J, q) (not empty) the EBLUPs D_j u_j are written there (8.2). Returns sigma^2, or
     nan (outputs nan) where some V_j or X'V^{-1}X is not positive definite."""
+    if len(qc) == 2:
+        return phi_terms_q2(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C,
+                            dC, U, qc)
     A, B, c = st.A, st.B, st.c
     J, p = B.shape[0], B.shape[2]
     q = q_of(qc, B.shape[1])
@@ -123,19 +129,30 @@ def phi_terms(st, rows, cols, sigma2, tri, reml, want_dC, pw, f_out, g_out, H, C
     m = K + 1
     N = st.N
     w = pw.gls
-    wqq, wq, wqp, wpp, wp = pw.wqq, pw.wq, pw.wqp, pw.wpp, pw.wp
+    wqq, wqp, wpp, wp = pw.wqq, pw.wqp, pw.wpp, pw.wp
     D, W4, Wf, FF, W, CM = pw.D, pw.W4, pw.Wf, pw.FF, pw.W, pw.CM
-    G, GA, G2A, Q, P, Ps, Gs = wqq[0], wqq[1], wqq[2], wqq[3], wqq[4], wqq[5], wqq[6]
-    X = wqq[7:8]
-    u, Du, Gu, G2u, s, s_2 = wq[0], wq[1], wq[2], wq[3], wq[4], wq[5]
+    Ps, Gs = wqq[0], wqq[1]
+    X = wqq[2:3]
+    # per-group q x q and q-vectors (local: loop-free copies keep them in registers)
+    G = np.empty((q, q))
+    GA = np.empty((q, q))
+    G2A = np.empty((q, q))
+    Q = np.empty((q, q))
+    P = np.empty((q, q))
+    u = np.empty(q)
+    Du = np.empty(q)
+    Gu = np.empty(q)
+    G2u = np.empty(q)
+    s = np.empty(q)
+    s_2 = np.empty(q)
     DB, GB, G2B, F, FC = wqp[0], wqp[1], wqp[2], wqp[3], wqp[4]
-    GBDB, G2BDB, XK2X, XK3X, Mk, BtDB, XtVXinv = (wpp[0], wpp[1], wpp[2], wpp[3], wpp[4],
-                                                  wpp[5], wpp[6])
+    GBDB, G2BDB, XK2X, XK3X, Mk, BtDB = wpp[0], wpp[1], wpp[2], wpp[3], wpp[4], wpp[5]
+    XtVXinv = wpp[6:7]
     BDu, GBDu, XK2r, Xr, Cw, beta = wp[0], wp[1], wp[2], wp[3], wp[4], wp[5]
     want_U = U.shape[0] > 0
 
     # the GLS core: D_j, beta, C (3.1)-(3.6)
-    logdetM, ok = gls_pass(st, w.L, w.s, tri, w, False, qc)
+    logdetM, ok = gls_pass(st, w.L, w.s, w, False, qc)
     if not ok:
         _fail(f_out, g_out, H, C, dC)
         return np.nan
@@ -150,11 +167,11 @@ def phi_terms(st, rows, cols, sigma2, tri, reml, want_dC, pw, f_out, g_out, H, C
     v3 = 1.0 / sigma2**3
     for j in range(J):
         group_D(w.F, j, w.L, X, D, qc)
-    ldl_inverse(w.XV, p, XtVXinv)
+    ldl_inverse_at(w.XV, 0, p, XtVXinv, 0)
     for a in range(p):
-        beta[a] = w.beta[a, 0]
+        beta[a] = w.beta[0, a, 0]
         for b in range(p):
-            C[a, b] = XtVXinv[a, b] * sigma2
+            C[a, b] = XtVXinv[0, a, b] * sigma2
             BtDB[a, b] = w.corr[max(a, b), min(a, b)]
 
     # (6.1): log|V| = N log sigma^2 + sum_j log|M_j|, r'V^{-1}r = r2 / sigma^2
@@ -177,7 +194,6 @@ def phi_terms(st, rows, cols, sigma2, tri, reml, want_dC, pw, f_out, g_out, H, C
     Gs[:, :] = 0.0
     W4[:, :, :, :] = 0.0
     Wf[:, :, :, :] = 0.0
-    s_col = s.reshape((q, 1))
     want_FF = reml or want_dC
     if want_FF:
         FF[:, :, :, :] = 0.0
@@ -228,8 +244,17 @@ def phi_terms(st, rows, cols, sigma2, tri, reml, want_dC, pw, f_out, g_out, H, C
             for t in range(q):
                 acc += G[a, t] * Gu[t]
             G2u[a] = acc
-        matmul_into(G2B, G, GB)
-        matmul_into(G2A, G, GA)
+        for a in range(q):
+            for b in range(p):
+                acc = 0.0
+                for t in range(q):
+                    acc += G[a, t] * GB[t, b]
+                G2B[a, b] = acc
+            for b in range(q):
+                acc = 0.0
+                for t in range(q):
+                    acc += G[a, t] * GA[t, b]
+                G2A[a, b] = acc
         # Q = G A / sigma^2 (symmetrised), s = G u / sigma^2, s_2 = G^2 u / sigma^4,
         # F = G B / sigma^2
         for a in range(q):
@@ -272,7 +297,12 @@ def phi_terms(st, rows, cols, sigma2, tri, reml, want_dC, pw, f_out, g_out, H, C
                 Ps[a, b] += -G2A[a, b] * v2 + 2.0 * s_2[a] * s[b]
                 Gs[a, b] += Q[a, b] - s[a] * s[b]
         if reml:
-            matmul_into(FC, F, C)
+            for a in range(q):
+                for b in range(p):
+                    acc = 0.0
+                    for t in range(p):
+                        acc += F[a, t] * C[t, b]
+                    FC[a, b] = acc
             for a in range(q):
                 for b in range(q):
                     acc = 0.0
@@ -285,10 +315,20 @@ def phi_terms(st, rows, cols, sigma2, tri, reml, want_dC, pw, f_out, g_out, H, C
                     Gs[a, b] -= acc
         # FF[i, a, l, b] += F[i, a] F[l, b] (for M_k = sum_j F_j'E_k F_j),
         # W4[n, i, t, m] += P[n, i] Q[t, m],  Wf[i, a, l] += F[i, a] s[l]
-        if want_FF:
-            outer_add(FF, F, F)
-        outer_add(W4, P, Q)
-        outer_add(Wf, F, s_col)
+        for i in range(q):
+            for a in range(q):
+                x = P[i, a]
+                for t in range(q):
+                    for b in range(q):
+                        W4[i, a, t, b] += x * Q[t, b]
+            for a in range(p):
+                x = F[i, a]
+                for t in range(q):
+                    Wf[i, a, t, 0] += x * s[t]
+                if want_FF:
+                    for t in range(q):
+                        for b in range(p):
+                            FF[i, a, t, b] += x * F[t, b]
 
     # totals (6.4): r'K^m r, X'K^m r, X'K^m X, tr K^m, K = sigma^2 V^{-1}
     ee = float(st.yty)
@@ -408,6 +448,9 @@ def phi_terms(st, rows, cols, sigma2, tri, reml, want_dC, pw, f_out, g_out, H, C
     return sigma2
 
 
+phi_terms_q2 = specialise(phi_terms, {"q": 2}, "phi_terms_q2", (gls_pass_q2, group_D_q2))
+
+
 @njit(cache=True, error_model="numpy")
 def _fail(f_out, g_out, H, C, dC):
     f_out[0] = np.nan
@@ -464,7 +507,7 @@ def _drive(st, rows, cols, phi, theta, trows, tcols, at_theta, reml, want_dC, qc
                     L[a, b] = 0.0
             for i in range(trows.shape[0]):
                 L[trows[i], tcols[i]] = theta[r, i]
-            s2 = phi_terms(one, rows, cols, np.nan, True, reml, want_dC, pw, fo, g[r], H[r],
+            s2 = phi_terms(one, rows, cols, np.nan, reml, want_dC, pw, fo, g[r], H[r],
                            C[r], out, U[r], qc)
             if math.isnan(s2):
                 continue

@@ -1,0 +1,494 @@
+"""q-specialised kernels, generated from the general code (a code template keyed on q).
+
+The per-group algebra of the engine is written once, for any number q of random
+effects, as loops over ``range(q)``. For q = 1 and 2 (random intercept; intercept and
+slope: most models of the field) a loop-free copy is much faster: every q x q block then
+lives in registers. :func:`specialise` makes that copy from the general function's own
+source, so that there is nothing to keep in step by hand:
+
+1. the name ``q`` (bound by ``q = q_of(qc, ...)``), or a size parameter such as ``n`` of
+   the linear-algebra primitives, becomes the constant;
+2. every ``for`` loop over a ``range`` whose bounds are then constant is unrolled, and
+   constant expressions (``a == b``, ``1.0 if a == b else 0.0``, ``if q == 2:``) fold;
+3. within straight-line code, an array element that was just stored or loaded is read
+   back from a local variable instead of memory (the kernels' arrays never alias, which
+   the compiler cannot know);
+4. small local arrays of constant shape, used only element by element, become scalars;
+5. a call that passes the token ``qc`` or the size as a constant goes to the callee's
+   specialised version (``rename``), and the dispatch statement (an ``if`` that tests
+   ``qc``) is dropped.
+
+The general function dispatches to its copy with ``if len(qc) == 2: return
+<copy>(...)``, where ``qc`` is the token of :func:`mlmsim.engine.gls.qtoken`: a tuple
+whose length numba knows when it compiles, so the branch costs nothing. Tests compare
+every specialised kernel with the general one (tests/test_kernels.py).
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import inspect
+import itertools
+import textwrap
+
+from numba import njit
+
+__all__ = ["specialise", "source_of"]
+
+
+_PURE = {"abs", "min", "max", "float", "int", "len", "range"}
+
+
+def _is_const(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant)
+
+
+class _Fold(ast.NodeTransformer):
+    """Substitute constants for names and fold constant expressions."""
+
+    def __init__(self, consts: dict):
+        self.consts = consts
+
+    def visit_Name(self, node: ast.Name):
+        if isinstance(node.ctx, ast.Load) and node.id in self.consts:
+            return ast.copy_location(ast.Constant(self.consts[node.id]), node)
+        return node
+
+    def visit_BinOp(self, node: ast.BinOp):
+        self.generic_visit(node)
+        if _is_const(node.left) and _is_const(node.right):
+            try:
+                v = eval(compile(ast.Expression(node), "<fold>", "eval"))  # noqa: S307
+            except Exception:
+                return node
+            return ast.copy_location(ast.Constant(v), node)
+        return node
+
+    def visit_UnaryOp(self, node: ast.UnaryOp):
+        self.generic_visit(node)
+        if _is_const(node.operand):
+            v = eval(compile(ast.Expression(node), "<fold>", "eval"))  # noqa: S307
+            return ast.copy_location(ast.Constant(v), node)
+        return node
+
+    def visit_Compare(self, node: ast.Compare):
+        self.generic_visit(node)
+        if _is_const(node.left) and all(_is_const(c) for c in node.comparators):
+            v = eval(compile(ast.Expression(node), "<fold>", "eval"))  # noqa: S307
+            return ast.copy_location(ast.Constant(v), node)
+        return node
+
+    def visit_BoolOp(self, node: ast.BoolOp):
+        self.generic_visit(node)
+        if all(_is_const(v) for v in node.values):
+            v = eval(compile(ast.Expression(node), "<fold>", "eval"))  # noqa: S307
+            return ast.copy_location(ast.Constant(v), node)
+        return node
+
+    def visit_IfExp(self, node: ast.IfExp):
+        self.generic_visit(node)
+        if _is_const(node.test):
+            return node.body if node.test.value else node.orelse
+        return node
+
+    def visit_Call(self, node: ast.Call):
+        self.generic_visit(node)
+        if (isinstance(node.func, ast.Name) and node.func.id in ("max", "min", "abs")
+                and node.args and all(_is_const(a) for a in node.args) and not node.keywords):
+            v = {"max": max, "min": min, "abs": abs}[node.func.id](*(a.value for a in node.args))
+            return ast.copy_location(ast.Constant(v), node)
+        return node
+
+
+def _jumps_out(body: list[ast.stmt]) -> bool:
+    """A break or continue of this loop (not of a loop nested in it)."""
+    for stmt in body:
+        for node in _walk_same_loop(stmt):
+            if isinstance(node, (ast.Break, ast.Continue)):
+                return True
+    return False
+
+
+def _walk_same_loop(node: ast.AST):
+    yield node
+    if isinstance(node, (ast.For, ast.While)):
+        for s in node.orelse:
+            yield from _walk_same_loop(s)
+        return
+    for child in ast.iter_child_nodes(node):
+        yield from _walk_same_loop(child)
+
+
+def _unroll(body: list[ast.stmt], consts: dict, drop_dispatch: bool) -> list[ast.stmt]:
+    """Fold constants in a statement list and unroll the loops with constant ranges."""
+    out: list[ast.stmt] = []
+    for stmt in body:
+        stmt = _Fold(consts).visit(copy.deepcopy(stmt))
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(
+                stmt.targets[0], ast.Name) and stmt.targets[0].id in consts:
+            continue  # q = q_of(qc, ...): q is the constant now
+        if isinstance(stmt, ast.If):
+            test = stmt.test
+            if drop_dispatch and any(isinstance(n, ast.Name) and n.id == "qc"
+                                     for n in ast.walk(test)):
+                continue
+            if _is_const(test):
+                out.extend(_unroll(stmt.body if test.value else stmt.orelse, consts,
+                                   drop_dispatch))
+                continue
+            stmt.body = _unroll(stmt.body, consts, drop_dispatch) or [ast.Pass()]
+            stmt.orelse = _unroll(stmt.orelse, consts, drop_dispatch)
+            out.append(stmt)
+            continue
+        if isinstance(stmt, ast.For):
+            it = stmt.iter
+            if (isinstance(it, ast.Call) and isinstance(it.func, ast.Name)
+                    and it.func.id == "range" and all(_is_const(a) for a in it.args)
+                    and isinstance(stmt.target, ast.Name) and not stmt.orelse
+                    and not _jumps_out(stmt.body)):
+                for v in range(*(a.value for a in it.args)):
+                    inner = dict(consts)
+                    inner[stmt.target.id] = v
+                    out.extend(_unroll(stmt.body, inner, drop_dispatch))
+                continue
+            stmt.body = _unroll(stmt.body, consts, drop_dispatch) or [ast.Pass()]
+            out.append(stmt)
+            continue
+        if isinstance(stmt, ast.While):
+            stmt.body = _unroll(stmt.body, consts, drop_dispatch) or [ast.Pass()]
+            out.append(stmt)
+            continue
+        out.append(stmt)
+    return out
+
+
+class _Forward:
+    """Store-to-load forwarding and load reuse of array elements in straight-line code.
+
+    An element ``X[i, j]`` stored or loaded once is held in a local until ``X`` may be
+    written otherwise (a store with other indices, a call that takes ``X``, a nested
+    block that writes it) or a name in its indices is rebound."""
+
+    def __init__(self):
+        self.count = 0
+
+    def block(self, body: list[ast.stmt]) -> list[ast.stmt]:
+        known: dict[str, tuple[str, str, set]] = {}
+        out: list[ast.stmt] = []
+        for stmt in body:
+            if isinstance(stmt, (ast.For, ast.While, ast.If)):
+                arrays, stores, names = _writes(stmt)
+                _forget(known, arrays, stores, names)
+                if isinstance(stmt, ast.If):
+                    stmt.test = _Replace(known).visit(stmt.test)
+                    stmt.body = self.block(stmt.body)
+                    stmt.orelse = self.block(stmt.orelse)
+                elif isinstance(stmt, ast.For):
+                    stmt.iter = _Replace(known).visit(stmt.iter)
+                    stmt.body = self.block(stmt.body)
+                else:
+                    stmt.body = self.block(stmt.body)
+                _forget(known, arrays, stores, names)
+                out.append(stmt)
+                continue
+            # loads worth a local: unconditional subscripts of names with simple indices
+            for sub in _plain_loads(stmt):
+                key = ast.dump(sub)
+                if key not in known:
+                    local = self._new()
+                    out.append(ast.Assign([ast.Name(local, ast.Store())], copy.deepcopy(sub),
+                                          lineno=0))
+                    known[key] = (local, sub.value.id, _index_names(sub), sub)
+            stmt = _Replace(known).visit(stmt)
+            arrays, stores, names = _writes(stmt)
+            stored = None
+            if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                    and _simple_subscript(stmt.targets[0])):
+                stored = stmt.targets[0]
+            _forget(known, arrays, stores, names)
+            if stored is not None:
+                local = self._new()
+                out.append(ast.Assign([ast.Name(local, ast.Store())], stmt.value, lineno=0))
+                stmt.value = ast.Name(local, ast.Load())
+                load = _as_load(stored)
+                known[ast.dump(load)] = (local, stored.value.id, _index_names(stored), load)
+            out.append(stmt)
+        return out
+
+    def _new(self) -> str:
+        self.count += 1
+        return f"_e{self.count}"
+
+
+def _as_load(sub: ast.Subscript) -> ast.Subscript:
+    s = copy.deepcopy(sub)
+    s.ctx = ast.Load()
+    return s
+
+
+def _simple_subscript(node: ast.AST) -> bool:
+    """X[i, j, ...] with X a name and every index a name or an integer constant."""
+    if not (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name)):
+        return False
+    idx = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+    return all(isinstance(i, ast.Name) or (isinstance(i, ast.Constant)
+                                           and isinstance(i.value, int)) for i in idx)
+
+
+def _index_names(sub: ast.Subscript) -> set:
+    return {n.id for n in ast.walk(sub.slice) if isinstance(n, ast.Name)}
+
+
+def _plain_loads(stmt: ast.stmt) -> list[ast.Subscript]:
+    """Simple subscript loads that are evaluated whenever ``stmt`` is (not inside the
+    branches of a conditional expression or a short-circuit operator)."""
+    found: list[ast.Subscript] = []
+    for node in ast.walk(stmt):
+        # a call may write an array before a later operand is read: keep the order
+        if isinstance(node, ast.Call) and not (
+                isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "math") and not (
+                isinstance(node.func, ast.Name) and node.func.id in _PURE):
+            return found
+
+    def visit(node):
+        if isinstance(node, (ast.IfExp, ast.BoolOp, ast.Lambda)):
+            if isinstance(node, ast.IfExp):
+                visit(node.test)
+            return
+        if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and \
+                _simple_subscript(node):
+            found.append(node)
+            return
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    if isinstance(stmt, (ast.Assign, ast.AugAssign, ast.Expr, ast.Return)):
+        if isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Subscript):
+            visit(stmt.value)
+        elif stmt.value is not None:
+            visit(stmt.value)
+    return found
+
+
+class _Replace(ast.NodeTransformer):
+    def __init__(self, known):
+        self.known = known
+
+    def visit_Subscript(self, node: ast.Subscript):
+        if isinstance(node.ctx, ast.Load):
+            hit = self.known.get(ast.dump(node))
+            if hit is not None:
+                return ast.copy_location(ast.Name(hit[0], ast.Load()), node)
+        self.generic_visit(node)
+        return node
+
+
+def _writes(stmt: ast.AST) -> tuple[set, list, set]:
+    """What a statement may write: whole arrays (passed to a call, or stored with other
+    than simple indices), simple element stores, and the names it binds."""
+    arrays: set = set()
+    stores: list = []
+    names: set = set()
+    for node in ast.walk(stmt):
+        if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store):
+            if _simple_subscript(node):
+                stores.append(node)
+            else:
+                base = node.value
+                while isinstance(base, ast.Subscript):
+                    base = base.value
+                if isinstance(base, ast.Name):
+                    arrays.add(base.id)
+        elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Subscript):
+            if _simple_subscript(node.target):
+                stores.append(node.target)
+            elif isinstance(node.target.value, ast.Name):
+                arrays.add(node.target.value.id)
+        elif isinstance(node, ast.Call):
+            for a in node.args:
+                for n in ast.walk(a):
+                    if isinstance(n, ast.Name):
+                        arrays.add(n.id)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    return arrays, stores, names
+
+
+def _index(sub: ast.Subscript) -> list:
+    return sub.slice.elts if isinstance(sub.slice, ast.Tuple) else [sub.slice]
+
+
+def _distinct(a: ast.Subscript, b: ast.Subscript) -> bool:
+    """Two simple subscripts of one array that cannot be the same element: some index is
+    a different integer constant in each."""
+    ia, ib = _index(a), _index(b)
+    if len(ia) != len(ib):
+        return False
+    return any(isinstance(x, ast.Constant) and isinstance(y, ast.Constant)
+               and x.value != y.value for x, y in zip(ia, ib, strict=True))
+
+
+def _forget(known: dict, arrays: set, stores: list, names: set) -> None:
+    """Drop what a write may have changed (see :func:`_writes`)."""
+    drop = []
+    for key, (_, arr, idx, sub) in known.items():
+        if arr in arrays or arr in names or idx & names:
+            drop.append(key)
+            continue
+        for st in stores:
+            if st.value.id == arr and not _distinct(st, sub):
+                drop.append(key)
+                break
+    for key in drop:
+        del known[key]
+
+
+def _small_allocation(stmt: ast.stmt):
+    """(name, shape) for ``X = np.empty(shape)`` / ``np.zeros(shape)`` with a constant shape."""
+    if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+            and isinstance(stmt.targets[0], ast.Name) and isinstance(stmt.value, ast.Call)):
+        return None
+    f = stmt.value.func
+    if not (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)
+            and f.value.id == "np" and f.attr in ("empty", "zeros")
+            and len(stmt.value.args) == 1 and not stmt.value.keywords):
+        return None
+    shape = stmt.value.args[0]
+    dims = shape.elts if isinstance(shape, ast.Tuple) else [shape]
+    if not all(isinstance(d, ast.Constant) and isinstance(d.value, int) for d in dims):
+        return None
+    return stmt.targets[0].id, tuple(d.value for d in dims)
+
+
+def _scalars(body: list[ast.stmt]) -> list[ast.stmt]:
+    """Scalar replacement of small local arrays: an array allocated with a constant shape
+    whose every use is an element at constant indices becomes one local per element."""
+    wrapper = ast.Module(body=body, type_ignores=[])
+    allocs: dict[str, list] = {}
+    for node in ast.walk(wrapper):
+        if isinstance(node, ast.stmt):
+            hit = _small_allocation(node)
+            if hit is not None:
+                allocs.setdefault(hit[0], []).append(hit[1] if node in body else None)
+    names = {}
+    for name, shapes in allocs.items():
+        if len(shapes) != 1 or shapes[0] is None:
+            continue
+        ok = True
+        for node in ast.walk(wrapper):
+            if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and \
+                    node.value.id == name:
+                idx = _index(node)
+                if not all(isinstance(i, ast.Constant) and isinstance(i.value, int)
+                           for i in idx):
+                    ok = False
+        uses = sum(1 for n in ast.walk(wrapper) if isinstance(n, ast.Name) and n.id == name)
+        direct = sum(1 for n in ast.walk(wrapper) if isinstance(n, ast.Subscript)
+                     and isinstance(n.value, ast.Name) and n.value.id == name)
+        if ok and uses == direct + 1:
+            names[name] = shapes[0]
+    if not names:
+        return body
+
+    class Sub(ast.NodeTransformer):
+        def visit_Subscript(self, node):
+            if isinstance(node.value, ast.Name) and node.value.id in names:
+                label = "_".join(str(i.value) for i in _index(node))
+                return ast.copy_location(ast.Name(f"{node.value.id}_{label}", node.ctx), node)
+            self.generic_visit(node)
+            return node
+
+    out = []
+    for stmt in body:
+        hit = _small_allocation(stmt)
+        if hit is not None and hit[0] in names:
+            for idx in itertools.product(*(range(d) for d in hit[1])):
+                label = "_".join(str(i) for i in idx)
+                out.append(ast.Assign([ast.Name(f"{hit[0]}_{label}", ast.Store())],
+                                      ast.Constant(0.0), lineno=0))
+            continue
+        out.append(Sub().visit(stmt))
+    return out
+
+
+def _hoist_invariants(fdef: ast.FunctionDef, body: list[ast.stmt]) -> list[ast.stmt]:
+    """Loads of a parameter array at constant indices, where the function never writes
+    that array (no store, never passed to a call) nor rebinds its name, are read once at
+    the start (e.g. Lambda's elements in the loop over groups)."""
+    params = {a.arg for a in fdef.args.args}
+    written: set = set()
+    for stmt in body:
+        arrays, stores, names = _writes(stmt)
+        written |= arrays | names | {st.value.id for st in stores}
+    found: dict[str, ast.Subscript] = {}
+    for stmt in body:
+        for node in ast.walk(stmt):
+            if (isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load)
+                    and isinstance(node.value, ast.Name) and node.value.id in params
+                    and node.value.id not in written
+                    and all(isinstance(i, ast.Constant) for i in _index(node))):
+                found.setdefault(ast.dump(node), node)
+    if not found:
+        return body
+    names = {key: f"_h{i}" for i, key in enumerate(found)}
+
+    class Sub(ast.NodeTransformer):
+        def visit_Subscript(self, node):
+            key = ast.dump(node)
+            if isinstance(node.ctx, ast.Load) and key in names:
+                return ast.copy_location(ast.Name(names[key], ast.Load()), node)
+            self.generic_visit(node)
+            return node
+
+    head = [ast.Assign([ast.Name(names[k], ast.Store())], copy.deepcopy(n), lineno=0)
+            for k, n in found.items()]
+    return head + [Sub().visit(stmt) for stmt in body]
+
+
+def source_of(func, consts: dict, name: str, rename: dict) -> str:
+    """The source of the specialised copy of the (numba-compiled or plain) ``func``:
+    ``consts`` maps names to their constant values, ``rename`` maps called names to the
+    names of their specialised versions; the copy is called ``name``."""
+    py = getattr(func, "py_func", func)
+    tree = ast.parse(textwrap.dedent(inspect.getsource(py)))
+    fdef = tree.body[0]
+    fdef.decorator_list = []
+    fdef.name = name
+    if fdef.body and isinstance(fdef.body[0], ast.Expr) and isinstance(
+            getattr(fdef.body[0], "value", None), ast.Constant):
+        fdef.body = fdef.body[1:]
+    body = _scalars(_unroll(fdef.body, consts, True))
+    sizes = set(consts.values())
+    for node in ast.walk(ast.Module(body=body, type_ignores=[])):
+        # a call in the q context: it passes the token qc or the size as a constant
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+                node.func.id in rename and any(
+                    (isinstance(a, ast.Name) and a.id == "qc")
+                    or (isinstance(a, ast.Constant) and a.value in sizes
+                        and not isinstance(a.value, bool)) for a in node.args):
+            node.func.id = rename[node.func.id]
+    fdef.body = _Forward().block(_hoist_invariants(fdef, body))
+    ast.fix_missing_locations(tree)
+    return ast.unparse(tree)
+
+
+def specialise(func, consts: dict, name: str, calls: tuple = ()):
+    """Compile the specialised copy of ``func`` (see :func:`source_of`) in the general
+    function's module globals and bind it there as ``name``. ``calls``: the specialised
+    copies of the functions it calls, which its calls in the q context go to (a copy
+    ``f_q2`` made by this function stands for ``f``)."""
+    py = getattr(func, "py_func", func)
+    ns = py.__globals__
+    rename = {}
+    for copy_ in calls:
+        cname = getattr(copy_, "py_func", copy_).__name__
+        rename[cname.rsplit("_q", 1)[0]] = cname
+        ns[cname] = copy_
+    src = source_of(func, consts, name, rename)
+    code = compile(src, f"<{py.__module__}.{name}>", "exec")
+    exec(code, ns)  # noqa: S102
+    compiled = njit(error_model="numpy")(ns[name])
+    ns[name] = compiled
+    return compiled

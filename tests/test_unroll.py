@@ -1,0 +1,111 @@
+"""The loop-free copies of mlmsim.engine.unroll compute what the general code computes.
+
+The kernels' own copies are compared with the general kernels in test_kernels.py
+(test_q_specialised_kernels_equal_the_general_ones); here the transformations themselves
+are checked on small functions, including the cases where reading an element back from a
+local would be wrong.
+"""
+
+from __future__ import annotations
+
+import ast
+
+import numpy as np
+import pytest
+from numba import njit
+
+from mlmsim.engine import gls, kernels, linalg, newton, phi_kernel
+from mlmsim.engine.unroll import source_of, specialise
+
+
+def _sandwich(A, L, out, n):
+    """out = L' A L + I for (n, n) arrays, written with loops over n."""
+    AL = np.empty((n, n))
+    for a in range(n):
+        for b in range(n):
+            acc = 0.0
+            for t in range(n):
+                acc += A[a, t] * L[t, b]
+            AL[a, b] = acc
+    for a in range(n):
+        for b in range(n):
+            acc = 1.0 if a == b else 0.0
+            for t in range(n):
+                acc += L[t, a] * AL[t, b]
+            out[a, b] = acc
+    return out[0, 0] + out[n - 1, n - 1]
+
+
+def _aliasing(X, i, k):
+    """Stores through two run-time indices that may be equal: a read after the second
+    store must see it."""
+    X[i, 0] = 1.0
+    X[k, 0] = 2.0
+    a = X[i, 0]
+    X[i, 1] = a + X[k, 0]
+    return X[i, 1]
+
+
+def _through_call(X, n):
+    """A call that writes X between a store and a read."""
+    X[0, 0] = 1.0
+    _bump(X, n)
+    return X[0, 0]
+
+
+@njit
+def _bump(X, n):
+    for a in range(n):
+        X[a, a] += 10.0
+
+
+def _loops(tree: ast.AST) -> list[ast.For]:
+    return [n for n in ast.walk(tree) if isinstance(n, ast.For)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_unrolled_copy_equals_the_loops(n):
+    rng = np.random.default_rng(n)
+    A = rng.normal(size=(n, n))
+    A = A @ A.T
+    L = np.tril(rng.normal(size=(n, n)))
+    fast = specialise(_sandwich, {"n": n}, f"_sandwich_q{n}")
+    src = source_of(_sandwich, {"n": n}, "x", {})
+    assert not _loops(ast.parse(src)), "every loop over n should be unrolled"
+    assert "np.empty" not in src, "the small local array should become scalars"
+    o1, o2 = np.empty((n, n)), np.empty((n, n))
+    assert fast(A, L, o1, n) == _sandwich(A, L, o2, n)
+    np.testing.assert_array_equal(o1, o2)
+    np.testing.assert_allclose(o1, L.T @ A @ L + np.eye(n), rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("i, k", [(0, 0), (0, 1)])
+def test_forwarding_respects_indices_that_may_alias(i, k):
+    fast = specialise(_aliasing, {}, "_aliasing_q")
+    X1, X2 = np.zeros((2, 2)), np.zeros((2, 2))
+    assert fast(X1, i, k) == _aliasing(X2, i, k)
+    np.testing.assert_array_equal(X1, X2)
+
+
+def test_forwarding_stops_at_a_call_that_takes_the_array():
+    fast = specialise(_through_call, {"n": 2}, "_through_call_q")
+    X = np.zeros((2, 2))
+    assert fast(X, 2) == 11.0
+
+
+@pytest.mark.parametrize("func", [gls.gls_pass, gls.group_D, kernels.deviance_one,
+                                  phi_kernel.phi_terms, newton.moment_start_one,
+                                  newton.transformed_stats, linalg.ldl_at,
+                                  linalg.ldl_solve_at])
+def test_the_kernels_copies_have_no_loop_over_q(func):
+    """Every loop left in a q = 2 copy runs over groups, fixed effects or parameters."""
+    size = "n" if func in (linalg.ldl_at, linalg.ldl_solve_at) else "q"
+    tree = ast.parse(source_of(func, {size: 2}, "x", {}))
+    for loop in _loops(tree):
+        it = loop.iter
+        assert isinstance(it, ast.Call) and it.func.id == "range"
+        assert not all(isinstance(a, ast.Constant) for a in it.args), ast.unparse(loop)[:80]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If):
+            names = {n.id for n in ast.walk(node.test) if isinstance(n, ast.Name)}
+            assert "qc" not in names, "the dispatch to the copy must not be in the copy"
