@@ -15,24 +15,22 @@ import pytest
 from numba import njit
 
 from mlmsim.engine import gls, kernels, linalg, newton, phi_kernel
+from mlmsim.engine.linalg import matmul
 from mlmsim.engine.unroll import source_of, specialise
 
 
 def _sandwich(A, L, out, n):
-    """out = L' A L + I for (n, n) arrays, written with loops over n."""
+    """out = L' A L + I for (n, n) arrays: loops over n and two calls of the primitive
+    ``matmul`` (inlined in the copy)."""
     AL = np.empty((n, n))
+    Lt = np.empty((n, n))
     for a in range(n):
         for b in range(n):
-            acc = 0.0
-            for t in range(n):
-                acc += A[a, t] * L[t, b]
-            AL[a, b] = acc
+            Lt[a, b] = L[b, a]
+    matmul(AL, A, L, n, n, n)
+    matmul(out, Lt, AL, n, n, n)
     for a in range(n):
-        for b in range(n):
-            acc = 1.0 if a == b else 0.0
-            for t in range(n):
-                acc += L[t, a] * AL[t, b]
-            out[a, b] = acc
+        out[a, a] += 1.0
     return out[0, 0] + out[n - 1, n - 1]
 
 
@@ -69,10 +67,11 @@ def test_unrolled_copy_equals_the_loops(n):
     A = rng.normal(size=(n, n))
     A = A @ A.T
     L = np.tril(rng.normal(size=(n, n)))
-    fast = specialise(_sandwich, {"n": n}, f"_sandwich_q{n}")
-    src = source_of(_sandwich, {"n": n}, "x", {})
+    fast = specialise(_sandwich, {"n": n}, f"_sandwich_q{n}", inline=(linalg.matmul,))
+    src = source_of(_sandwich, {"n": n}, "x", {}, {"matmul": linalg.matmul})
     assert not _loops(ast.parse(src)), "every loop over n should be unrolled"
-    assert "np.empty" not in src, "the small local array should become scalars"
+    assert "np.empty" not in src, "the small local arrays should become scalars"
+    assert "matmul" not in src, "the primitive should be inlined"
     o1, o2 = np.empty((n, n)), np.empty((n, n))
     assert fast(A, L, o1, n) == _sandwich(A, L, o2, n)
     np.testing.assert_array_equal(o1, o2)

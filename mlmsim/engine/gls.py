@@ -221,8 +221,9 @@ def q_of(qc, q):
 def qtoken(q: int) -> tuple:
     """The token that compiles the per-group loops for a fixed q (a tuple of q zeros, for
     q = 1 and 2: random intercept, intercept and slope), or for any q (the empty tuple).
-    The kernels are written once, for any q; with the token, numba compiles a copy in
-    which q is a constant, so that the loops over q x q blocks unroll."""
+    The kernels are written once, for any q. With the token of q = 1, numba compiles a
+    copy in which q is a constant; with that of q = 2 the kernels run their loop-free
+    copies, generated from the same source by :mod:`mlmsim.engine.unroll`."""
     return (0,) * q if q <= 2 else ()
 
 

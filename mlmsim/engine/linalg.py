@@ -26,9 +26,22 @@ from numba import njit
 from mlmsim.engine.unroll import specialise
 
 __all__ = ["ldl", "ldl_solve", "ldl_inverse", "ldl_at", "ldl_solve_at", "ldl_inverse_at",
-           "log_accumulate", "lu_solve", "scaled_eigh", "scaled_inverse", "symmetrise"]
+           "log_accumulate", "lu_solve", "matmul", "scaled_eigh", "scaled_inverse", "symmetrise"]
 
 _BIG = 1e280
+
+
+@njit(cache=True, error_model="numpy")
+def matmul(O, X, Y, n, k, m):
+    """O[:n, :m] = X[:n, :k] Y[:k, :m] for 2-d arrays, in place (no allocation). Kernels
+    pass the sizes, so that their loop-free copies (:mod:`mlmsim.engine.unroll`), which
+    put this body in place of the call, unroll the loops over q."""
+    for a in range(n):
+        for b in range(m):
+            acc = 0.0
+            for t in range(k):
+                acc += X[a, t] * Y[t, b]
+            O[a, b] = acc
 
 
 @njit(cache=True, error_model="numpy")

@@ -40,7 +40,7 @@ from mlmsim.engine.gls import (
     replicate,
     workspace,
 )
-from mlmsim.engine.linalg import ldl_inverse_at, symmetrise
+from mlmsim.engine.linalg import ldl_inverse_at, matmul, symmetrise
 from mlmsim.engine.unroll import specialise
 
 __all__ = ["phi_pass", "phi_terms", "phi_workspace", "phi_many",
@@ -134,21 +134,14 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
     Ps, Gs = wqq[0], wqq[1]
     X = wqq[2:3]
     # per-group q x q and q-vectors (local: loop-free copies keep them in registers)
-    G = np.empty((q, q))
-    GA = np.empty((q, q))
-    G2A = np.empty((q, q))
-    Q = np.empty((q, q))
-    P = np.empty((q, q))
-    u = np.empty(q)
-    Du = np.empty(q)
-    Gu = np.empty(q)
-    G2u = np.empty(q)
-    s = np.empty(q)
-    s_2 = np.empty(q)
+    G, GA, G2A, Q, P = (np.empty((q, q)), np.empty((q, q)), np.empty((q, q)),
+                        np.empty((q, q)), np.empty((q, q)))
+    u, Du, Gu, G2u, s, s_2 = (np.empty(q), np.empty(q), np.empty(q), np.empty(q),
+                              np.empty(q), np.empty(q))
     DB, GB, G2B, F, FC = wqp[0], wqp[1], wqp[2], wqp[3], wqp[4]
     GBDB, G2BDB, XK2X, XK3X, Mk, BtDB = wpp[0], wpp[1], wpp[2], wpp[3], wpp[4], wpp[5]
     XtVXinv = wpp[6:7]
-    BDu, GBDu, XK2r, Xr, Cw, beta = wp[0], wp[1], wp[2], wp[3], wp[4], wp[5]
+    BGDu, XK2r, Xr, Cw, beta = wp[0], wp[2], wp[3], wp[4], wp[5]
     want_U = U.shape[0] > 0
 
     # the GLS core: D_j, beta, C (3.1)-(3.6)
@@ -186,8 +179,7 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
     G2uDu = 0.0
     trAD = 0.0
     trGAD = 0.0
-    BDu[:] = 0.0
-    GBDu[:] = 0.0
+    BGDu[:] = 0.0
     GBDB[:, :] = 0.0
     G2BDB[:, :] = 0.0
     Ps[:, :] = 0.0
@@ -214,17 +206,19 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
             for t in range(p):
                 acc -= B[j, a, t] * beta[t]
             u[a] = acc
-        # D u, G u; D B, G B; G A
+        # D u (the EBLUP, 8.2), G u = u - A D u; D B, G B; G A
         for a in range(q):
-            acc_d = 0.0
-            acc_g = 0.0
+            acc = 0.0
             for t in range(q):
-                acc_d += D[j, a, t] * u[t]
-                acc_g += G[a, t] * u[t]
-            Du[a] = acc_d
-            Gu[a] = acc_g
+                acc += D[j, a, t] * u[t]
+            Du[a] = acc
             if want_U:
-                U[j, a] = acc_d
+                U[j, a] = acc
+        for a in range(q):
+            acc = u[a]
+            for t in range(q):
+                acc -= A[j, a, t] * Du[t]
+            Gu[a] = acc
             for b in range(p):
                 acc_d = 0.0
                 acc_g = 0.0
@@ -244,17 +238,8 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
             for t in range(q):
                 acc += G[a, t] * Gu[t]
             G2u[a] = acc
-        for a in range(q):
-            for b in range(p):
-                acc = 0.0
-                for t in range(q):
-                    acc += G[a, t] * GB[t, b]
-                G2B[a, b] = acc
-            for b in range(q):
-                acc = 0.0
-                for t in range(q):
-                    acc += G[a, t] * GA[t, b]
-                G2A[a, b] = acc
+        matmul(G2B, G, GB, q, q, p)
+        matmul(G2A, G, GA, q, q, q)
         # Q = G A / sigma^2 (symmetrised), s = G u / sigma^2, s_2 = G^2 u / sigma^4,
         # F = G B / sigma^2
         for a in range(q):
@@ -272,15 +257,12 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
             for t in range(q):
                 trAD += A[j, a, t] * D[j, t, a]
                 trGAD += GA[a, t] * D[j, t, a]
-        # B'Du, (GB)'Du, (GB)'DB, (G^2 B)'DB
+        # (B + GB)'Du, (GB)'DB, (G^2 B)'DB
         for a in range(p):
             acc = 0.0
-            acc_g = 0.0
             for t in range(q):
-                acc += B[j, t, a] * Du[t]
-                acc_g += GB[t, a] * Du[t]
-            BDu[a] += acc
-            GBDu[a] += acc_g
+                acc += (B[j, t, a] + GB[t, a]) * Du[t]
+            BGDu[a] += acc
             for b in range(p):
                 acc = 0.0
                 acc_g = 0.0
@@ -297,12 +279,7 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
                 Ps[a, b] += -G2A[a, b] * v2 + 2.0 * s_2[a] * s[b]
                 Gs[a, b] += Q[a, b] - s[a] * s[b]
         if reml:
-            for a in range(q):
-                for b in range(p):
-                    acc = 0.0
-                    for t in range(p):
-                        acc += F[a, t] * C[t, b]
-                    FC[a, b] = acc
+            matmul(FC, F, C, q, p, p)
             for a in range(q):
                 for b in range(q):
                     acc = 0.0
@@ -341,7 +318,7 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
     rK2r = ee - uDu - GuDu
     rK3r = rK2r - G2uDu
     for a in range(p):
-        XK2r[a] = Xr[a] - BDu[a] - GBDu[a]
+        XK2r[a] = Xr[a] - BGDu[a]
         for b in range(p):
             XK2X[a, b] = st.XtX[a, b] - BtDB[a, b] - GBDB[a, b]
             XK3X[a, b] = XK2X[a, b] - G2BDB[a, b]
@@ -436,19 +413,15 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
                     H[l, k] -= acc
     if want_dC:
         for k in range(m):
-            for a in range(p):
-                for b in range(p):
-                    acc = 0.0
-                    for t in range(p):
-                        acc += CM[k, a, t] * C[t, b]
-                    dC[k, a, b] = acc
+            matmul(dC[k], CM[k], C, p, p, p)
             symmetrise(dC[k])
 
     symmetrise(H)
     return sigma2
 
 
-phi_terms_q2 = specialise(phi_terms, {"q": 2}, "phi_terms_q2", (gls_pass_q2, group_D_q2))
+phi_terms_q2 = specialise(phi_terms, {"q": 2}, "phi_terms_q2", (gls_pass_q2, group_D_q2),
+                          (matmul,))
 
 
 @njit(cache=True, error_model="numpy")

@@ -13,8 +13,10 @@ source, so that there is nothing to keep in step by hand:
 3. within straight-line code, an array element that was just stored or loaded is read
    back from a local variable instead of memory (the kernels' arrays never alias, which
    the compiler cannot know);
-4. small local arrays of constant shape, used only element by element, become scalars;
-5. a call that passes the token ``qc`` or the size as a constant goes to the callee's
+4. calls of small primitives listed as ``inline`` (a matrix product with explicit sizes)
+   are replaced by their bodies first, so that their loops unroll too;
+5. small local arrays of constant shape, used only element by element, become scalars;
+6. a call that passes the token ``qc`` or the size as a constant goes to the callee's
    specialised version (``rename``), and the dispatch statement (an ``if`` that tests
    ``qc``) is dropped.
 
@@ -362,9 +364,28 @@ def _small_allocation(stmt: ast.stmt):
     return stmt.targets[0].id, tuple(d.value for d in dims)
 
 
+def _split_tuple_assignments(body: list[ast.stmt]) -> list[ast.stmt]:
+    """``a, b = x, y`` as ``a = x; b = y`` where the values are allocations (so that each
+    is seen by :func:`_scalars`)."""
+    out = []
+    for stmt in body:
+        if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                and isinstance(stmt.targets[0], ast.Tuple) and isinstance(stmt.value, ast.Tuple)
+                and len(stmt.targets[0].elts) == len(stmt.value.elts)
+                and all(isinstance(t, ast.Name) for t in stmt.targets[0].elts)
+                and all(_small_allocation(ast.Assign([ast.Name("_", ast.Store())], v, lineno=0))
+                        for v in stmt.value.elts)):
+            for t, v in zip(stmt.targets[0].elts, stmt.value.elts, strict=True):
+                out.append(ast.Assign([ast.Name(t.id, ast.Store())], v, lineno=0))
+        else:
+            out.append(stmt)
+    return out
+
+
 def _scalars(body: list[ast.stmt]) -> list[ast.stmt]:
     """Scalar replacement of small local arrays: an array allocated with a constant shape
     whose every use is an element at constant indices becomes one local per element."""
+    body = _split_tuple_assignments(body)
     wrapper = ast.Module(body=body, type_ignores=[])
     allocs: dict[str, list] = {}
     for node in ast.walk(wrapper):
@@ -447,7 +468,61 @@ def _hoist_invariants(fdef: ast.FunctionDef, body: list[ast.stmt]) -> list[ast.s
     return head + [Sub().visit(stmt) for stmt in body]
 
 
-def source_of(func, consts: dict, name: str, rename: dict) -> str:
+class _MergeSubscripts(ast.NodeTransformer):
+    """X[i][a, b] -> X[i, a, b] (left by substituting X[i] for a parameter)."""
+
+    def visit_Subscript(self, node: ast.Subscript):
+        self.generic_visit(node)
+        if isinstance(node.value, ast.Subscript):
+            inner = node.value
+            return ast.copy_location(ast.Subscript(
+                inner.value, ast.Tuple(_index(inner) + _index(node), ast.Load()), node.ctx),
+                node)
+        return node
+
+
+class _Arguments(ast.NodeTransformer):
+    """A primitive's parameters replaced by the call's arguments, its own names tagged
+    (so that they cannot meet the caller's)."""
+
+    def __init__(self, args: dict, local: set, tag: str):
+        self.args, self.local, self.tag = args, local, tag
+
+    def visit_Name(self, node: ast.Name):
+        if node.id in self.args:
+            return copy.deepcopy(self.args[node.id])
+        if node.id in self.local:
+            return ast.copy_location(ast.Name(node.id + self.tag, node.ctx), node)
+        return node
+
+
+def _inline(body: list[ast.stmt], inline: dict) -> list[ast.stmt]:
+    """Replace statements ``f(args)`` for f in ``inline`` (name -> function) by f's body
+    with its parameters replaced by the arguments (which must have no side effects)."""
+    out = []
+    for stmt in body:
+        call = stmt.value if isinstance(stmt, ast.Expr) else None
+        if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+                and call.func.id in inline):
+            py = getattr(inline[call.func.id], "py_func", inline[call.func.id])
+            fdef = ast.parse(textwrap.dedent(inspect.getsource(py))).body[0]
+            params = [a.arg for a in fdef.args.args]
+            args = dict(zip(params, call.args, strict=True))
+            inner = fdef.body[1:] if isinstance(fdef.body[0], ast.Expr) else fdef.body
+
+            local = {n.id for s in inner for n in ast.walk(s)
+                     if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+            sub = _Arguments(args, local, f"_in{len(out)}")
+            out.extend(_MergeSubscripts().visit(sub.visit(copy.deepcopy(s))) for s in inner)
+            continue
+        for field in ("body", "orelse"):
+            if isinstance(getattr(stmt, field, None), list):
+                setattr(stmt, field, _inline(getattr(stmt, field), inline))
+        out.append(stmt)
+    return out
+
+
+def source_of(func, consts: dict, name: str, rename: dict, inline: dict | None = None) -> str:
     """The source of the specialised copy of the (numba-compiled or plain) ``func``:
     ``consts`` maps names to their constant values, ``rename`` maps called names to the
     names of their specialised versions; the copy is called ``name``."""
@@ -459,7 +534,7 @@ def source_of(func, consts: dict, name: str, rename: dict) -> str:
     if fdef.body and isinstance(fdef.body[0], ast.Expr) and isinstance(
             getattr(fdef.body[0], "value", None), ast.Constant):
         fdef.body = fdef.body[1:]
-    body = _scalars(_unroll(fdef.body, consts, True))
+    body = _scalars(_unroll(_inline(fdef.body, inline or {}), consts, True))
     sizes = set(consts.values())
     for node in ast.walk(ast.Module(body=body, type_ignores=[])):
         # a call in the q context: it passes the token qc or the size as a constant
@@ -474,11 +549,13 @@ def source_of(func, consts: dict, name: str, rename: dict) -> str:
     return ast.unparse(tree)
 
 
-def specialise(func, consts: dict, name: str, calls: tuple = ()):
+def specialise(func, consts: dict, name: str, calls: tuple = (), inline: tuple = ()):
     """Compile the specialised copy of ``func`` (see :func:`source_of`) in the general
     function's module globals and bind it there as ``name``. ``calls``: the specialised
     copies of the functions it calls, which its calls in the q context go to (a copy
-    ``f_q2`` made by this function stands for ``f``)."""
+    ``f_q2`` made by this function stands for ``f``); ``inline``: small primitives
+    (statements that call them, with explicit sizes) whose bodies are put in place of
+    the call before unrolling."""
     py = getattr(func, "py_func", func)
     ns = py.__globals__
     rename = {}
@@ -486,7 +563,8 @@ def specialise(func, consts: dict, name: str, calls: tuple = ()):
         cname = getattr(copy_, "py_func", copy_).__name__
         rename[cname.rsplit("_q", 1)[0]] = cname
         ns[cname] = copy_
-    src = source_of(func, consts, name, rename)
+    src = source_of(func, consts, name, rename,
+                    {getattr(f, "py_func", f).__name__: f for f in inline})
     code = compile(src, f"<{py.__module__}.{name}>", "exec")
     exec(code, ns)  # noqa: S102
     compiled = njit(error_model="numpy")(ns[name])
