@@ -73,16 +73,13 @@ def ldl_at(M, j, n):
         d = M[j, c, c]
         for k in range(c):
             lk = M[j, c, k]
-            d -= lk * lk if M[j, k, k] > 0.0 else -lk * lk
+            d -= math.copysign(lk * lk, M[j, k, k])
         if not (d != 0.0 and math.isfinite(d)):
             return 0.0, np.nan, neg
         ad = abs(d)
-        r = 1.0 / math.sqrt(ad)
+        M[j, c, c] = math.copysign(1.0 / math.sqrt(ad), d)
         if d < 0.0:
             neg += 1
-            M[j, c, c] = -r
-        else:
-            M[j, c, c] = r
         prod *= ad
         if prod > _BIG or prod < 1.0 / _BIG:
             logdet += math.log(prod)
@@ -90,8 +87,7 @@ def ldl_at(M, j, n):
         for i in range(c + 1, n):
             s = M[j, i, c]
             for k in range(c):
-                t = M[j, i, k] * M[j, c, k]
-                s -= t if M[j, k, k] > 0.0 else -t
+                s -= M[j, i, k] * M[j, c, k] * math.copysign(1.0, M[j, k, k])
             M[j, i, c] = s * M[j, c, c]
     return logdet, prod, neg
 
@@ -118,11 +114,8 @@ def ldl_solve_at(F, j, n, X, i0, m):
             for k in range(i):
                 s -= F[j, i, k] * X[i0, k, col]
             X[i0, i, col] = s * abs(F[j, i, i])
-        for i in range(n):
-            if F[j, i, i] < 0.0:
-                X[i0, i, col] = -X[i0, i, col]
         for i in range(n - 1, -1, -1):
-            s = X[i0, i, col]
+            s = X[i0, i, col] * math.copysign(1.0, F[j, i, i])
             for k in range(i + 1, n):
                 s -= F[j, k, i] * X[i0, k, col]
             X[i0, i, col] = s * abs(F[j, i, i])
