@@ -67,29 +67,33 @@ def ldl_at(M, j, n):
     det_part is nan when a pivot is zero or not finite. (Indexed by j so that a loop over
     groups makes no array views.)"""
     prod = 1.0
-    logdet = 0.0
     neg = 0
     for c in range(n):
         d = M[j, c, c]
         for k in range(c):
             lk = M[j, c, k]
             d -= math.copysign(lk * lk, M[j, k, k])
-        if not (d != 0.0 and math.isfinite(d)):
-            return 0.0, np.nan, neg
         ad = abs(d)
         M[j, c, c] = math.copysign(1.0 / math.sqrt(ad), d)
         if d < 0.0:
             neg += 1
         prod *= ad
-        if prod > _BIG or prod < 1.0 / _BIG:
-            logdet += math.log(prod)
-            prod = 1.0
         for i in range(c + 1, n):
             s = M[j, i, c]
             for k in range(c):
                 s -= M[j, i, k] * M[j, c, k] * math.copysign(1.0, M[j, k, k])
             M[j, i, c] = s * M[j, c, c]
-    return logdet, prod, neg
+    if prod > 1.0 / _BIG and prod < _BIG:
+        return 0.0, prod, neg
+    # rare: the product left the floating-point range, or a pivot is zero or not finite
+    # (then 1 / sqrt|d| is inf, 0 or nan on the diagonal)
+    logdet = 0.0
+    for c in range(n):
+        r = abs(M[j, c, c])
+        if not (r > 0.0 and r < math.inf):
+            return 0.0, np.nan, neg
+        logdet -= 2.0 * math.log(r)
+    return logdet, 1.0, neg
 
 
 @njit(cache=True, error_model="numpy")

@@ -189,6 +189,7 @@ class _Forward:
                 elif isinstance(stmt, ast.For):
                     stmt.iter = _Replace(known).visit(stmt.iter)
                     stmt.body = self.block(stmt.body)
+                    out.extend(_hoist_loop_loads(stmt))
                 else:
                     stmt.body = self.block(stmt.body)
                 _forget(known, arrays, stores, names)
@@ -221,6 +222,25 @@ class _Forward:
     def _new(self) -> str:
         self.count += 1
         return f"_e{self.count}"
+
+
+def _hoist_loop_loads(loop: ast.For) -> list[ast.stmt]:
+    """Loads that the loop repeats unchanged, moved before it: ``_eN = X[...]`` at the top
+    level of the body where the loop writes no element of X (nor passes X to a call) and
+    binds no name of the indices."""
+    arrays, stores, names = _writes(loop)
+    written = arrays | {st.value.id for st in stores} | names
+    keep, moved = [], []
+    for stmt in loop.body:
+        if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                and isinstance(stmt.targets[0], ast.Name) and stmt.targets[0].id.startswith("_e")
+                and _simple_subscript(stmt.value) and stmt.value.value.id not in written
+                and not (_index_names(stmt.value) & written)):
+            moved.append(stmt)
+        else:
+            keep.append(stmt)
+    loop.body = keep or [ast.Pass()]
+    return moved
 
 
 def _as_load(sub: ast.Subscript) -> ast.Subscript:
