@@ -49,6 +49,12 @@ from mlmsim.terms import term_products
 __all__ = ["BatchFit", "fit_batch", "fit_arrays", "fit_stats"]
 
 
+
+def _per_replicate(name: str, doc: str) -> property:
+    """A read-only attribute of :class:`BatchFit` that is the Estimates field ``name``."""
+    return property(lambda self: getattr(self.estimates, name), doc=doc)
+
+
 @dataclass(frozen=True)
 class BatchFit:
     """Results of R fits of one model (arrays with leading dimension R).
@@ -145,25 +151,13 @@ class BatchFit:
     def se(self) -> np.ndarray:
         return np.concatenate((self.estimates.beta_se, self.estimates.phi_se), axis=-1)
 
-    @property
-    def deviance(self) -> np.ndarray:
-        return self.estimates.deviance
-
-    @property
-    def converged(self) -> np.ndarray:
-        return self.estimates.converged
-
-    @property
-    def singular(self) -> np.ndarray:
-        return self.estimates.singular
-
-    @property
-    def hessian_pd(self) -> np.ndarray:
-        return self.estimates.hessian_pd
-
-    @property
-    def identifiable(self) -> np.ndarray:
-        return self.estimates.identifiable
+    deviance = _per_replicate("deviance", "The criterion reached (R,): -2 log L or the "
+                              "REML criterion.")
+    converged = _per_replicate("converged", "Whether the optimiser converged (R,).")
+    singular = _per_replicate("singular", "Whether T-hat is singular (R,), docs/math.md (9.2).")
+    hessian_pd = _per_replicate("hessian_pd", "Whether the Hessian in phi is positive "
+                                "definite (R,), docs/math.md (9.1).")
+    identifiable = _per_replicate("identifiable", "Whether the model is identifiable (R,).")
 
     def to_frame(self) -> pd.DataFrame:
         """Long format: one row per replicate x parameter (estimate, se, flags)."""
