@@ -31,6 +31,7 @@ from mlmsim.engine.linalg import (
     ldl_at_q2,
     ldl_solve_at,
     ldl_solve_at_q2,
+    ldl_solve_cols,
     log_accumulate,
 )
 from mlmsim.engine.unroll import specialise
@@ -149,7 +150,7 @@ def gls_pass(st, L, s, w, keep_AL, qc):
                         acc += L[t, a] * c[j, t]
                 R[a, col] = acc
                 S[j, a, col] = acc
-        ldl_solve_at(F, j, q, S, j, m)
+            ldl_solve_cols(F, j, q, S, j, col, col + 1)
         for r in range(m):
             for col in range(r + 1):
                 acc = 0.0
@@ -228,4 +229,4 @@ def qtoken(q: int) -> tuple:
 
 
 group_D_q2 = specialise(group_D, {"q": 2}, "group_D_q2", (ldl_solve_at_q2,))
-gls_pass_q2 = specialise(gls_pass, {"q": 2}, "gls_pass_q2", (ldl_at_q2, ldl_solve_at_q2))
+gls_pass_q2 = specialise(gls_pass, {"q": 2}, "gls_pass_q2", (ldl_at_q2,), (ldl_solve_cols,))

@@ -32,7 +32,8 @@ from mlmsim.engine.gls import (
 from mlmsim.engine.linalg import (
     ldl,
     ldl_inverse_at,
-    ldl_inverse_at_q2,
+    ldl_solve_at,
+    ldl_solve_cols,
     lu_solve,
     scaled_eigh,
     scaled_inverse,
@@ -84,7 +85,7 @@ def deviance_one(theta, st, rows, cols, reml, want_grad, g_out, w, qc):
     GB = np.empty((q, p))
     SC = np.empty((q, p))
     wt = nu / r2
-    AL = w.AL
+    AL, F = w.AL, w.F
     for j in range(J):
         # u_j = c_j - B_j beta, P_j u_j = S_jc - S_jB beta
         for a in range(q):
@@ -101,7 +102,7 @@ def deviance_one(theta, st, rows, cols, reml, want_grad, g_out, w, qc):
             for t in range(q):
                 s -= AL[j, a, t] * Pu[t]
             Gu[a] = s
-        ldl_inverse_at(w.F, j, q, Minv, 0)
+        ldl_inverse_at(F, j, q, Minv, 0)
         # (5.1) 2 A_j Lambda M_j^{-1}  and  (5.2) -2 (G_j u_j)(P_j u_j)'
         for a in range(q):
             for b in range(q):
@@ -135,8 +136,8 @@ def deviance_one(theta, st, rows, cols, reml, want_grad, g_out, w, qc):
     return d
 
 
-deviance_one_q2 = specialise(deviance_one, {"q": 2}, "deviance_one_q2",
-                             (gls_pass_q2, ldl_inverse_at_q2))
+deviance_one_q2 = specialise(deviance_one, {"q": 2}, "deviance_one_q2", (gls_pass_q2,),
+                             (ldl_inverse_at, ldl_solve_at, ldl_solve_cols))
 
 
 @njit(cache=True, error_model="numpy")

@@ -26,7 +26,8 @@ from numba import njit
 from mlmsim.engine.unroll import specialise
 
 __all__ = ["ldl", "ldl_solve", "ldl_inverse", "ldl_at", "ldl_solve_at", "ldl_inverse_at",
-           "log_accumulate", "lu_solve", "matmul", "scaled_eigh", "scaled_inverse", "symmetrise"]
+           "ldl_solve_cols", "log_accumulate", "lu_solve", "matmul", "scaled_eigh",
+           "scaled_inverse", "symmetrise"]
 
 _BIG = 1e280
 
@@ -112,7 +113,13 @@ def log_accumulate(acc_log, acc_prod, log_part, det_part):
 def ldl_solve_at(F, j, n, X, i0, m):
     """Solve (L S L') Y = X[i0, :n, :m] in place, with F[j] from :func:`ldl_at`:
     Y = L^{-T} S L^{-1} X."""
-    for col in range(m):
+    ldl_solve_cols(F, j, n, X, i0, 0, m)
+
+
+@njit(cache=True, error_model="numpy")
+def ldl_solve_cols(F, j, n, X, i0, c0, c1):
+    """:func:`ldl_solve_at` for the columns c0 <= col < c1 of X[i0]."""
+    for col in range(c0, c1):
         for i in range(n):
             s = X[i0, i, col]
             for k in range(i):
@@ -247,6 +254,6 @@ def scaled_inverse(H, d, c, out):
 
 # loop-free copies for n = 2 (docs/math.md (3.2)): see mlmsim.engine.unroll
 ldl_at_q2 = specialise(ldl_at, {"n": 2}, "ldl_at_q2")
-ldl_solve_at_q2 = specialise(ldl_solve_at, {"n": 2}, "ldl_solve_at_q2")
+ldl_solve_at_q2 = specialise(ldl_solve_at, {"n": 2}, "ldl_solve_at_q2", (), (ldl_solve_cols,))
 ldl_inverse_at_q2 = specialise(ldl_inverse_at, {"n": 2}, "ldl_inverse_at_q2",
                                (ldl_solve_at_q2,))

@@ -122,6 +122,16 @@ def _walk_same_loop(node: ast.AST):
         yield from _walk_same_loop(child)
 
 
+class _Rename(ast.NodeTransformer):
+    def __init__(self, names: dict):
+        self.names = names
+
+    def visit_Name(self, node: ast.Name):
+        if node.id in self.names:
+            return ast.copy_location(ast.Name(self.names[node.id], node.ctx), node)
+        return node
+
+
 def _unroll(body: list[ast.stmt], consts: dict, drop_dispatch: bool) -> list[ast.stmt]:
     """Fold constants in a statement list and unroll the loops with constant ranges."""
     out: list[ast.stmt] = []
@@ -153,6 +163,19 @@ def _unroll(body: list[ast.stmt], consts: dict, drop_dispatch: bool) -> list[ast
                     inner = dict(consts)
                     inner[stmt.target.id] = v
                     out.extend(_unroll(stmt.body, inner, drop_dispatch))
+                continue
+            if (isinstance(it, ast.Call) and isinstance(it.func, ast.Name)
+                    and it.func.id == "range" and len(it.args) == 2
+                    and isinstance(stmt.target, ast.Name) and not stmt.orelse
+                    and not _jumps_out(stmt.body)
+                    and ast.dump(it.args[1]) == ast.dump(ast.BinOp(
+                        it.args[0], ast.Add(), ast.Constant(1)))
+                    and isinstance(it.args[0], ast.Name)
+                    and it.args[0].id not in _writes(stmt)[2]):
+                # range(e, e + 1): one pass with the target bound to e
+                sub = _Rename({stmt.target.id: it.args[0].id})
+                out.extend(_unroll([sub.visit(copy.deepcopy(b)) for b in stmt.body], consts,
+                                   drop_dispatch))
                 continue
             stmt.body = _unroll(stmt.body, consts, drop_dispatch) or [ast.Pass()]
             out.append(stmt)
@@ -554,7 +577,10 @@ def source_of(func, consts: dict, name: str, rename: dict, inline: dict | None =
     if fdef.body and isinstance(fdef.body[0], ast.Expr) and isinstance(
             getattr(fdef.body[0], "value", None), ast.Constant):
         fdef.body = fdef.body[1:]
-    body = _scalars(_unroll(_inline(fdef.body, inline or {}), consts, True))
+    body = fdef.body
+    for _ in range(3):
+        body = _inline(body, inline or {})
+    body = _scalars(_unroll(body, consts, True))
     sizes = set(consts.values())
     for node in ast.walk(ast.Module(body=body, type_ignores=[])):
         # a call in the q context: it passes the token qc or the size as a constant
