@@ -15,7 +15,7 @@ import pytest
 from numba import njit
 
 from mlmsim.engine import gls, kernels, linalg, newton, phi_kernel
-from mlmsim.engine.linalg import matmul
+from mlmsim.engine.linalg import ldl_at, matmul
 from mlmsim.engine.unroll import source_of, specialise
 
 
@@ -108,3 +108,40 @@ def test_the_kernels_copies_have_no_loop_over_q(func):
         if isinstance(node, ast.If):
             names = {n.id for n in ast.walk(node.test) if isinstance(n, ast.Name)}
             assert "qc" not in names, "the dispatch to the copy must not be in the copy"
+
+
+def _two_returns(x):
+    if x > 0.0:
+        return 1.0
+    return 2.0
+
+
+def _calls_two_returns(x):
+    v = _two_returns(x)
+    return v
+
+
+def test_a_function_with_an_early_return_is_not_inlined():
+    with pytest.raises(ValueError, match="cannot be inlined"):
+        source_of(_calls_two_returns, {}, "x", {}, {"_two_returns": _two_returns})
+
+
+def test_inlined_factorisation_in_an_assignment_equals_the_call():
+    """ldl_at, inlined where its result is assigned (as gls_pass's copy does), gives the
+    factor, the determinant parts and the count of negative pivots of the call."""
+    src = source_of(gls.gls_pass, {"q": 2}, "x", {}, {"ldl_at": linalg.ldl_at})
+    assert "ldl_at" not in src
+    rng = np.random.default_rng(3)
+    for signs in ([1.0, 1.0], [1.0, -1.0]):
+        M = rng.normal(size=(2, 2))
+        M = M @ M.T + np.diag(signs) * 3.0
+        F1, F2 = M[None].copy(), M[None].copy()
+        assert "ldl_at" not in source_of(_factor, {}, "x", {}, {"ldl_at": ldl_at})
+        got = specialise(_factor, {}, "_factor_q", (), (ldl_at,))(F1)
+        assert got == _factor(F2)
+        np.testing.assert_array_equal(np.tril(F1[0]), np.tril(F2[0]))
+
+
+def _factor(F):
+    lp, dp, neg = ldl_at(F, 0, 2)
+    return lp, dp, neg

@@ -28,7 +28,6 @@ from numba import njit
 
 from mlmsim.engine.linalg import (
     ldl_at,
-    ldl_at_q2,
     ldl_solve_at,
     ldl_solve_at_q2,
     ldl_solve_cols,
@@ -229,4 +228,4 @@ def qtoken(q: int) -> tuple:
 
 
 group_D_q2 = specialise(group_D, {"q": 2}, "group_D_q2", (ldl_solve_at_q2,))
-gls_pass_q2 = specialise(gls_pass, {"q": 2}, "gls_pass_q2", (ldl_at_q2,), (ldl_solve_cols,))
+gls_pass_q2 = specialise(gls_pass, {"q": 2}, "gls_pass_q2", (), (ldl_at, ldl_solve_cols))

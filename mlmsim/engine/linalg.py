@@ -84,17 +84,18 @@ def ldl_at(M, j, n):
             for k in range(c):
                 s -= M[j, i, k] * M[j, c, k] * math.copysign(1.0, M[j, k, k])
             M[j, i, c] = s * M[j, c, c]
-    if prod > 1.0 / _BIG and prod < _BIG:
-        return 0.0, prod, neg
-    # rare: the product left the floating-point range, or a pivot is zero or not finite
-    # (then 1 / sqrt|d| is inf, 0 or nan on the diagonal)
     logdet = 0.0
-    for c in range(n):
-        r = abs(M[j, c, c])
-        if not (r > 0.0 and r < math.inf):
-            return 0.0, np.nan, neg
-        logdet -= 2.0 * math.log(r)
-    return logdet, 1.0, neg
+    if not (prod > 1.0 / _BIG and prod < _BIG):
+        # rare: the product left the floating-point range, or a pivot is zero or not
+        # finite (then 1 / sqrt|d| is inf, 0 or nan on the diagonal)
+        prod = 1.0
+        for c in range(n):
+            r = abs(M[j, c, c])
+            if r > 0.0 and r < math.inf:
+                logdet -= 2.0 * math.log(r)
+            else:
+                prod = np.nan
+    return logdet, prod, neg
 
 
 @njit(cache=True, error_model="numpy")

@@ -212,7 +212,11 @@ class _Forward:
                 elif isinstance(stmt, ast.For):
                     stmt.iter = _Replace(known).visit(stmt.iter)
                     stmt.body = self.block(stmt.body)
-                    out.extend(_hoist_loop_loads(stmt))
+                    for moved in _hoist_loop_loads(stmt):
+                        hit = known.get(ast.dump(moved.value))
+                        if hit is not None:  # known before the loop: no load at all
+                            moved.value = ast.Name(hit[0], ast.Load())
+                        out.append(moved)
                 else:
                     stmt.body = self.block(stmt.body)
                 _forget(known, arrays, stores, names)
@@ -544,7 +548,7 @@ def _inline(body: list[ast.stmt], inline: dict) -> list[ast.stmt]:
     with its parameters replaced by the arguments (which must have no side effects)."""
     out = []
     for stmt in body:
-        call = stmt.value if isinstance(stmt, ast.Expr) else None
+        call = stmt.value if isinstance(stmt, (ast.Expr, ast.Assign)) else None
         if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
                 and call.func.id in inline):
             py = getattr(inline[call.func.id], "py_func", inline[call.func.id])
@@ -552,11 +556,23 @@ def _inline(body: list[ast.stmt], inline: dict) -> list[ast.stmt]:
             params = [a.arg for a in fdef.args.args]
             args = dict(zip(params, call.args, strict=True))
             inner = fdef.body[1:] if isinstance(fdef.body[0], ast.Expr) else fdef.body
+            returns = [n for s in inner for n in ast.walk(s) if isinstance(n, ast.Return)]
+            if isinstance(stmt, ast.Assign):
+                # targets = f(...): f must return once, at its end
+                if len(returns) != 1 or inner[-1] is not returns[0]:
+                    raise ValueError(f"{call.func.id} cannot be inlined in an assignment")
+                inner = inner[:-1]
+            elif returns:
+                raise ValueError(f"{call.func.id} returns a value; inline it as f(...) only "
+                                 "in an assignment")
 
             local = {n.id for s in inner for n in ast.walk(s)
                      if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
             sub = _Arguments(args, local, f"_in{len(out)}")
             out.extend(_MergeSubscripts().visit(sub.visit(copy.deepcopy(s))) for s in inner)
+            if isinstance(stmt, ast.Assign):
+                value = _MergeSubscripts().visit(sub.visit(copy.deepcopy(returns[0].value)))
+                out.append(ast.Assign(stmt.targets, value, lineno=0))
             continue
         for field in ("body", "orelse"):
             if isinstance(getattr(stmt, field, None), list):
@@ -609,6 +625,11 @@ def specialise(func, consts: dict, name: str, calls: tuple = (), inline: tuple =
         cname = getattr(copy_, "py_func", copy_).__name__
         rename[cname.rsplit("_q", 1)[0]] = cname
         ns[cname] = copy_
+    for f in inline:  # the globals an inlined body reads (constants, other kernels)
+        fpy = getattr(f, "py_func", f)
+        for g in fpy.__code__.co_names:
+            if g not in ns and g in fpy.__globals__:
+                ns[g] = fpy.__globals__[g]
     src = source_of(func, consts, name, rename,
                     {getattr(f, "py_func", f).__name__: f for f in inline})
     code = compile(src, f"<{py.__module__}.{name}>", "exec")
