@@ -13,8 +13,10 @@ source, so that there is nothing to keep in step by hand:
 3. within straight-line code, an array element that was just stored or loaded is read
    back from a local variable instead of memory (the kernels' arrays never alias, which
    the compiler cannot know);
-4. calls of small primitives listed as ``inline`` (a matrix product with explicit sizes)
-   are replaced by their bodies first, so that their loops unroll too;
+4. calls of small primitives listed as ``inline`` (a matrix product with explicit sizes,
+   a triangular solve, the LDL' factorisation) are replaced by their bodies first, so that
+   their loops unroll too: a call made as a statement, or ``targets = f(...)`` where f
+   returns once, at its end;
 5. small local arrays of constant shape, used only element by element, become scalars;
 6. a call that passes the token ``qc`` or the size as a constant goes to the callee's
    specialised version (``rename``), and the dispatch statement (an ``if`` that tests
