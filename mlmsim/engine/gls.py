@@ -29,7 +29,6 @@ from numba import njit
 from mlmsim.engine.linalg import (
     ldl_at,
     ldl_solve_at,
-    ldl_solve_at_q2,
     ldl_solve_cols,
     log_accumulate,
 )
@@ -227,5 +226,5 @@ def qtoken(q: int) -> tuple:
     return (0,) * q if q <= 2 else ()
 
 
-group_D_q2 = specialise(group_D, {"q": 2}, "group_D_q2", (ldl_solve_at_q2,))
+group_D_q2 = specialise(group_D, {"q": 2}, "group_D_q2", (), (ldl_solve_at, ldl_solve_cols))
 gls_pass_q2 = specialise(gls_pass, {"q": 2}, "gls_pass_q2", (), (ldl_at, ldl_solve_cols))

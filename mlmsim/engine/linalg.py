@@ -23,8 +23,6 @@ import math
 import numpy as np
 from numba import njit
 
-from mlmsim.engine.unroll import specialise
-
 __all__ = ["ldl", "ldl_solve", "ldl_inverse", "ldl_at", "ldl_solve_at", "ldl_inverse_at",
            "ldl_solve_cols", "log_accumulate", "lu_solve", "matmul", "scaled_eigh",
            "scaled_inverse", "symmetrise"]
@@ -252,9 +250,3 @@ def scaled_inverse(H, d, c, out):
     symmetrise(out)
     return True
 
-
-# loop-free copies for n = 2 (docs/math.md (3.2)): see mlmsim.engine.unroll
-ldl_at_q2 = specialise(ldl_at, {"n": 2}, "ldl_at_q2")
-ldl_solve_at_q2 = specialise(ldl_solve_at, {"n": 2}, "ldl_solve_at_q2", (), (ldl_solve_cols,))
-ldl_inverse_at_q2 = specialise(ldl_inverse_at, {"n": 2}, "ldl_inverse_at_q2",
-                               (ldl_solve_at_q2,))

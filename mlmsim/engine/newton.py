@@ -22,10 +22,10 @@ from mlmsim.engine.kernels import deviance_one
 from mlmsim.engine.linalg import (
     ldl,
     ldl_at,
-    ldl_at_q2,
     ldl_inverse_at,
-    ldl_inverse_at_q2,
     ldl_solve,
+    ldl_solve_at,
+    ldl_solve_cols,
     lu_solve,
     symmetrise,
 )
@@ -704,4 +704,4 @@ _solve_upper_q2 = specialise(_solve_upper, {"q": 2}, "_solve_upper_q2")
 transformed_stats_q2 = specialise(transformed_stats, {"q": 2}, "transformed_stats_q2",
                                   (_solve_upper_q2,))
 moment_start_one_q2 = specialise(moment_start_one, {"q": 2}, "moment_start_one_q2",
-                                 (ldl_at_q2, ldl_inverse_at_q2))
+                                 (), (ldl_at, ldl_inverse_at, ldl_solve_at, ldl_solve_cols))
