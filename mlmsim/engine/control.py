@@ -9,6 +9,7 @@ defaults, with their reasons, are in :mod:`mlmsim.engine.tolerances`.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -55,7 +56,7 @@ class FitControl:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
                 raise ValueError(f"FitControl: {name} must be a number, got {v!r}")
-            if not (np.isfinite(v) and v > 0):
+            if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"FitControl: {name} must be positive and finite, got {v!r}")
         if not isinstance(self.restart, (bool, np.bool_)):
             raise ValueError(f"FitControl: restart must be True or False, got {self.restart!r}")
@@ -65,7 +66,7 @@ class FitControl:
         """A FitControl from None (the defaults), a FitControl, or a dict of its fields
         (an unknown key is a ValueError naming the valid ones)."""
         if control is None:
-            return cls()
+            return _DEFAULT
         if isinstance(control, cls):
             return control
         if isinstance(control, dict):
@@ -76,6 +77,9 @@ class FitControl:
                                  f"{', '.join(sorted(known))}")
             return cls(**control)
         raise ValueError(f"control must be a FitControl or a dict, got {type(control).__name__}")
+
+
+_DEFAULT = FitControl()  # frozen, so one instance serves every fit
 
 
 class StopReason(enum.IntEnum):

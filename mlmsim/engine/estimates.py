@@ -127,20 +127,12 @@ def estimates_and_ranef(stats: GroupStats, tmap: ThetaMap, cs: inference.CovStru
     st = Stats(*flat_arrays(stats))
     R, k = st.A.shape[0], tmap.size
     theta = kernel_array(opt.theta, (R,), (k,))
-    (beta, vcov, sigma2, T, phi, H, eig, pd, acov, scaled, smallest, U, V
+    (beta, vcov, sigma2, T, phi, H, eig, pd, acov, scaled, grad_ok, zscale, smallest, U, V
      ) = kernels.estimates_many(
         theta, st, tmap.rows, tmap.cols, cs.rows, cs.cols, bool(reml),
         kernel_array(opt.grad, (R,), (k,)), kernel_array(opt.hessian, (R,), (k, k)), ranef,
         qtoken(tmap.q))
-    # the Newton step H_theta^{-1} g with theta's rows scaled by the root mean square of
-    # Z's columns, theta~_k = theta_k sqrt(zz_rows[k]), so that the check (9.4) does not
-    # depend on the units of Z (a diagonal scaling: not the full standardisation of (7.1))
-    zscale = np.einsum("rjaa->ra", st.A) / st.N[:, None]
-    sz = np.sqrt(np.where(zscale > 0, zscale, 1.0))
-    scaled = scaled * sz[:, tmap.rows]
-    grad_ok = np.abs(scaled).max(axis=-1, initial=0.0) <= GRAD_CHECK
-    with np.errstate(invalid="ignore"):
-        singular = ~(smallest >= SINGULAR)
+    singular = ~(smallest >= SINGULAR)  # nan (no fit) counts as singular
     est = Estimates(
         theta=theta, beta=beta, vcov=vcov, sigma2=sigma2, T=T, phi=phi, hessian=H,
         hessian_eigenvalues=eig, hessian_pd=pd, acov=acov, deviance=opt.deviance,
@@ -217,8 +209,8 @@ def _flag_texts(est: Estimates, r: int, random_names, dropped_fixed, n_dropped) 
                 f"in correlation form has eigenvalues {eig[0]:.3g} .. {eig[-1]:.3g}")
         out.append(f"{lead} Hessian is not positive definite ({what}); covariance-parameter "
                    "SEs and Satterthwaite df are not available")
-    at = boundary_names(est, r, random_names)
     if est.singular[r]:
+        at = boundary_names(est, r, random_names)
         out.append("boundary (singular) fit: estimated T is singular (G matrix not positive "
                    "definite); a zero variance or a correlation of +-1 at: " + ", ".join(at))
     if dropped_fixed:

@@ -35,11 +35,12 @@ from mlmsim.engine.linalg import (
     ldl_solve_at,
     ldl_solve_cols,
     lu_solve,
+    matmul,
     scaled_eigh,
     scaled_inverse,
 )
 from mlmsim.engine.phi_kernel import phi_terms, phi_workspace
-from mlmsim.engine.tolerances import DEPENDENT_EIG, HESSIAN_PD
+from mlmsim.engine.tolerances import DEPENDENT_EIG, GRAD_CHECK, HESSIAN_PD
 from mlmsim.engine.unroll import specialise
 
 __all__ = ["deviance_one", "deviance_many", "estimates_many", "singular_one"]
@@ -202,7 +203,9 @@ def singular_one(L, A, N):
             e = q - nr + a
             for b in range(q):
                 W[a, b] = math.sqrt(ev[e]) * E[b, e]
-    sv = np.linalg.svd(W @ L)[1]
+    WL = np.zeros((W.shape[0], q))
+    matmul(WL, W, L, W.shape[0], q, q)
+    sv = np.linalg.svd(WL)[1]
     return sv[sv.shape[0] - 1] ** 2
 
 
@@ -215,9 +218,13 @@ def estimates_many(theta, st, rows, cols, cs_rows, cs_cols, reml, grad, hess, wa
     Lambda', phi (T's elements ``cs_rows``/``cs_cols``, then sigma^2), the Hessian H in phi
     (6.3) with the eigenvalues of its correlation form, positive definiteness (9.1) and
     Acov = 2 H^{-1} (6.5) (nan unless positive definite); the gradient ``grad`` scaled by
-    the Hessian in theta ``hess`` (H_theta^{-1} g, or g where that is singular; (9.4)); the
-    smallest eigenvalue of T (Z'Z/N) / sigma^2 (9.2); and with ``want_ranef`` the EBLUPs
-    U_j = D_j u_j and D_j (8.2)."""
+    the Hessian in theta ``hess`` (H_theta^{-1} g, or g where that is singular), with
+    theta's rows scaled by the root mean square of Z's columns, theta~_k = theta_k
+    sqrt(zscale[rows[k]]), so that the check (9.4) does not depend on the units of Z (a
+    diagonal scaling, not the full standardisation of (7.1)) and whether its largest
+    magnitude is within GRAD_CHECK; ``zscale`` = diag(Z'Z) / N;
+    the smallest eigenvalue of T (Z'Z/N) / sigma^2 (9.2); and with ``want_ranef`` the
+    EBLUPs U_j = D_j u_j and D_j (8.2)."""
     R, J, q, p = st.B.shape[0], st.B.shape[1], st.B.shape[2], st.B.shape[3]
     K = cs_rows.shape[0]
     m = K + 1
@@ -232,6 +239,8 @@ def estimates_many(theta, st, rows, cols, cs_rows, cs_cols, reml, grad, hess, wa
     pd = np.zeros(R, dtype=np.bool_)
     acov = np.full((R, m, m), np.nan)
     scaled = np.empty((R, k))
+    grad_ok = np.empty(R, dtype=np.bool_)
+    zscale = np.zeros((R, q))
     smallest = np.full(R, np.nan)
     U = np.full((R, J, q) if want_ranef else (R, 0, q), np.nan)
     V = np.full((R, J, q, q) if want_ranef else (R, 0, q, q), np.nan)
@@ -251,9 +260,18 @@ def estimates_many(theta, st, rows, cols, cs_rows, cs_cols, reml, grad, hess, wa
             for j in range(k):
                 Mk[i, j] = hess[r, i, j]
         ok = lu_solve(Mk, gk)
+        for a in range(q):
+            for j in range(J):
+                zscale[r, a] += one.A[j, a, a]
+            zscale[r, a] /= one.N
+        top = 0.0
         for i in range(k):
             v = gk[i, 0]
-            scaled[r, i] = v if ok and math.isfinite(v) else grad[r, i]
+            z = zscale[r, rows[i]]
+            scaled[r, i] = (v if ok and math.isfinite(v) else grad[r, i]) * (
+                math.sqrt(z) if z > 0 else 1.0)
+            top = max(top, abs(scaled[r, i]))
+        grad_ok[r] = top <= GRAD_CHECK
         lambda_theta(theta[r], rows, cols, L, pw.gls.s)
         s2 = phi_terms(one, cs_rows, cs_cols, np.nan, reml, False, pw, f, g, H[r], C,
                        dC, U[r] if want_ranef else pw.U[:0], qc)
@@ -282,7 +300,8 @@ def estimates_many(theta, st, rows, cols, cs_rows, cs_cols, reml, grad, hess, wa
         if pd[r]:
             scaled_inverse(H[r], d, 2.0, acov[r])
         smallest[r] = singular_one(L, one.A, one.N)
-    return (betas, vcov, sigma2, T, phi, H, eig, pd, acov, scaled, smallest, U, V)
+    return (betas, vcov, sigma2, T, phi, H, eig, pd, acov, scaled, grad_ok, zscale, smallest,
+            U, V)
 
 
 @njit(cache=True, error_model="numpy")
