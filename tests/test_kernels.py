@@ -173,8 +173,8 @@ def test_q_specialised_kernels_equal_the_general_ones(q, reml):
     for a, b in zip(spec, gen, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
     phi = np.asarray(res.phi)[None]
-    for a, b in zip(phi_kernel.phi_many(st, cs.rows, cs.cols, phi, reml, True, qtoken(q)),
-                    phi_kernel.phi_many(st, cs.rows, cs.cols, phi, reml, True, ()), strict=True):
+    for a, b in zip(phi_kernel.phi_many(st, cs.rows, cs.cols, phi, reml, True, 2, qtoken(q)),
+                    phi_kernel.phi_many(st, cs.rows, cs.cols, phi, reml, True, 2, ()), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14 * np.abs(b).max())
     args = (st, tm.rows, tm.cols, reml, np.zeros((1, tm.size)), False, 300, 1e-12, 1e-8, 2.0,
             1e-2, True)

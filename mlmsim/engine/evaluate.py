@@ -121,7 +121,8 @@ def evaluate(model: FitResult | Design, *, theta: np.ndarray | None = None,
         if theta.shape != (tmap.size,):
             raise ValueError(f"theta must have {tmap.size} elements, got shape {theta.shape}")
         f, g, H, C, dC, beta_c, U, phi_v = phi_kernel.phi_at_theta_many(
-            theta[None], tmap.rows, tmap.cols, st, cs.rows, cs.cols, reml, True, qtoken(q))
+            theta[None], tmap.rows, tmap.cols, st, cs.rows, cs.cols, reml, True, 0,
+            qtoken(q))[:8]
     else:
         phi_v = np.asarray(phi, dtype=float)
         if phi_v.shape != (cs.size,):
@@ -130,7 +131,7 @@ def evaluate(model: FitResult | Design, *, theta: np.ndarray | None = None,
         if not np.all(np.isfinite(phi_v)) or not phi_v[-1] > 0:
             raise ValueError("phi must be finite, with sigma^2 > 0")
         f, g, H, C, dC, beta_c, U, phi_v = phi_kernel.phi_many(
-            st, cs.rows, cs.cols, phi_v[None], reml, True, qtoken(q))
+            st, cs.rows, cs.cols, phi_v[None], reml, True, 0, qtoken(q))[:8]
     f, g, H, C, dC, phi_v = f[0], g[0], H[0], C[0], dC[0], phi_v[0]
     valid = bool(np.isfinite(f))
     criterion = float(f) if valid else np.nan

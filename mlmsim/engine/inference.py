@@ -117,7 +117,7 @@ def phi_pass(stats: GroupStats, cs: CovStructure, phi: np.ndarray, reml: bool,
                          f"sigma^2), got {m}")
     st = Stats(*flat_arrays(stats, batch))
     f, g, H, C, dC = phi_kernel.phi_many(st, cs.rows, cs.cols, kernel_array(phi, batch, (m,)),
-                                         bool(reml), bool(want_dC), qtoken(cs.q))[:5]
+                                         bool(reml), bool(want_dC), 0, qtoken(cs.q))[:5]
     p = C.shape[-1]
     return (f.reshape(batch), g.reshape(batch + (m,)), H.reshape(batch + (m, m)),
             C.reshape(batch + (p, p)), dC.reshape(batch + dC.shape[1:]))

@@ -39,7 +39,7 @@ from mlmsim.engine.linalg import (
     scaled_eigh,
     scaled_inverse,
 )
-from mlmsim.engine.phi_kernel import phi_terms, phi_workspace
+from mlmsim.engine.phi_kernel import no_info, phi_terms, phi_workspace
 from mlmsim.engine.tolerances import DEPENDENT_EIG, GRAD_CHECK, HESSIAN_PD
 from mlmsim.engine.unroll import specialise
 
@@ -245,6 +245,7 @@ def estimates_many(theta, st, rows, cols, cs_rows, cs_cols, reml, grad, hess, wa
     U = np.full((R, J, q) if want_ranef else (R, 0, q), np.nan)
     V = np.full((R, J, q, q) if want_ranef else (R, 0, q, q), np.nan)
     pw = phi_workspace(J, q, p, K)
+    none = no_info(m, p)
     L = pw.gls.L
     d = np.empty(m)
     Mk = np.empty((k, k))
@@ -274,7 +275,7 @@ def estimates_many(theta, st, rows, cols, cs_rows, cs_cols, reml, grad, hess, wa
         grad_ok[r] = top <= GRAD_CHECK
         lambda_theta(theta[r], rows, cols, L, pw.gls.s)
         s2 = phi_terms(one, cs_rows, cs_cols, np.nan, reml, False, pw, f, g, H[r], C,
-                       dC, U[r] if want_ranef else pw.U[:0], qc)
+                       dC, U[r] if want_ranef else pw.U[:0], none, qc)
         if math.isnan(s2):
             continue
         sigma2[r] = s2

@@ -49,7 +49,20 @@ __all__ = ["phi_pass", "phi_terms", "phi_workspace", "phi_many",
 _LOG2PI = math.log(2.0 * math.pi)
 
 PhiWork = namedtuple("PhiWork", ["gls", "D", "Psi", "wqq", "wqp", "wpp", "wp", "W4",
-                                 "Wf", "FF", "W", "CM", "U"])
+                                 "Wf", "FF", "W", "CM", "U", "W4E", "FEQ"])
+
+
+PhiInfo = namedtuple("PhiInfo", ["HE", "MK", "QK"])
+PhiInfo.__doc__ = """The second-order terms beyond the observed Hessian, for one replicate: the
+expected Hessian HE (m, m) of docs/math.md (6.6), M_k = X'V^{-1}V_kV^{-1}X as MK (m, p, p)
+and Q_kl = X'V^{-1}V_kV^{-1}V_lV^{-1}X as QK (m, m, p, p) (11.1). An array with a leading
+size of 0 is not wanted (HE: no expected Hessian; QK: neither MK nor QK)."""
+
+
+@njit(cache=True)
+def no_info(m, p):
+    """A :class:`PhiInfo` that asks for nothing."""
+    return PhiInfo(np.empty((0, m)), np.empty((0, p, p)), np.empty((0, m, p, p)))
 
 
 @njit(cache=True)
@@ -57,10 +70,11 @@ def phi_workspace(J, q, p, K):
     """Work arrays for :func:`phi_pass`, allocated once per call of a batch driver."""
     m = K + 1
     return PhiWork(workspace(J, q, p), np.empty((J, q, q)), np.empty((q, q)),
-                   np.empty((3, q, q)), np.empty((5, q, p)),
+                   np.empty((4, q, q)), np.empty((5, q, p)),
                    np.empty((7, p, p)), np.empty((6, p)), np.empty((q, q, q, q)),
                    np.empty((q, p, q, 1)), np.empty((q, p, q, p)), np.empty((m, p)),
-                   np.empty((m, p, p)), np.empty((J, q)))
+                   np.empty((m, p, p)), np.empty((J, q)), np.empty((q, q, q, q)),
+                   np.empty((K, p, q)))
 
 
 @njit(cache=True, error_model="numpy")
@@ -88,18 +102,19 @@ def _trace_E(rows, cols, k, X):
 
 
 @njit(cache=True, error_model="numpy")
-def phi_pass(st, rows, cols, phi, reml, want_dC, pw, f_out, g_out, H, C, dC, U, qc):
+def phi_pass(st, rows, cols, phi, reml, want_dC, pw, f_out, g_out, H, C, dC, U, info, qc):
     """At phi (K + 1,) for one replicate: the objective into f_out[0] (6.1), the gradient
     into g_out (K + 1,) (6.2), the observed Hessian into H (K + 1, K + 1) (6.3), C =
     (X'V^{-1}X)^{-1} into C (p, p) and, with ``want_dC``, dC/dphi_k = C M_k C into dC
     (K + 1, p, p) (10.2). Any symmetric T: Lambda and S come from the signed root of
-    Psi = T / sigma^2 (3.1). With U (J, q) not empty the EBLUPs D_j u_j go there (8.2).
+    Psi = T / sigma^2 (3.1). With U (J, q) not empty the EBLUPs D_j u_j go there (8.2);
+    ``info`` (:class:`PhiInfo`) receives the terms it asks for.
     Returns False (outputs nan) where some V_j or X'V^{-1}X is not positive definite or
     sigma^2 <= 0."""
     K = rows.shape[0]
     sigma2 = phi[K]
     if not sigma2 > 0.0:
-        _fail(f_out, g_out, H, C, dC)
+        _fail(f_out, g_out, H, C, dC, info)
         return False
     Psi = pw.Psi
     Psi[:, :] = 0.0
@@ -108,20 +123,22 @@ def phi_pass(st, rows, cols, phi, reml, want_dC, pw, f_out, g_out, H, C, dC, U, 
         Psi[cols[k], rows[k]] = phi[k] / sigma2
     lambda_psi(Psi, pw.gls.L, pw.gls.s)
     return phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C,
-                     dC, U, qc) > 0.0
+                     dC, U, info, qc) > 0.0
 
 
 @njit(cache=True, error_model="numpy")
 def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC, U,
-              qc):
+              info, qc):
     """:func:`phi_pass` from Lambda and S already in pw.gls (Psi = Lambda S Lambda'; from
     theta, Lambda is lower triangular and S = I). ``sigma2`` nan means sigma^2 profiled,
     r2 / N (ML) or r2 / (N - p) (REML) (4.3): then the point is the fit's phi at theta. With
-    U (J, q) (not empty) the EBLUPs D_j u_j are written there (8.2). Returns sigma^2, or
-    nan (outputs nan) where some V_j or X'V^{-1}X is not positive definite."""
+    U (J, q) (not empty) the EBLUPs D_j u_j are written there (8.2), and ``info``
+    (:class:`PhiInfo`) receives the expected Hessian (6.6) and the KR terms M_k, Q_kl
+    (11.1) it asks for. Returns sigma^2, or nan (outputs nan) where some V_j or X'V^{-1}X
+    is not positive definite."""
     if len(qc) == 2:
         return phi_terms_q2(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C,
-                            dC, U, qc)
+                            dC, U, info, qc)
     A, B, c = st.A, st.B, st.c
     J, p = B.shape[0], B.shape[2]
     q = q_of(qc, B.shape[1])
@@ -131,11 +148,15 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
     w = pw.gls
     wqq, wqp, wpp, wp = pw.wqq, pw.wqp, pw.wpp, pw.wp
     D, W4, Wf, FF, W, CM = pw.D, pw.W4, pw.Wf, pw.FF, pw.W, pw.CM
-    Ps, Gs = wqq[0], wqq[1]
+    Ps, Gs, PsE = wqq[0], wqq[1], wqq[3]
     X = wqq[2:3]
+    HE, MK, QK = info.HE, info.MK, info.QK
+    W4E, FEQ = pw.W4E, pw.FEQ
+    want_E = HE.shape[0] > 0
+    want_K = QK.shape[0] > 0
     # per-group q x q and q-vectors (local: loop-free copies keep them in registers)
-    G, GA, G2A, Q, P = (np.empty((q, q)), np.empty((q, q)), np.empty((q, q)),
-                        np.empty((q, q)), np.empty((q, q)))
+    G, GA, G2A, Q, P, PE = (np.empty((q, q)), np.empty((q, q)), np.empty((q, q)),
+                            np.empty((q, q)), np.empty((q, q)), np.empty((q, q)))
     u, Du, Gu, G2u, s, s_2 = (np.empty(q), np.empty(q), np.empty(q), np.empty(q),
                               np.empty(q), np.empty(q))
     DB, GB, G2B, F, FC = wqp[0], wqp[1], wqp[2], wqp[3], wqp[4]
@@ -147,14 +168,14 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
     # the GLS core: D_j, beta, C (3.1)-(3.6)
     logdetM, ok = gls_pass(st, w.L, w.s, w, False, qc)
     if not ok:
-        _fail(f_out, g_out, H, C, dC)
+        _fail(f_out, g_out, H, C, dC, info)
         return np.nan
     ldX, r2 = gls_finish(st, w)
     nu = N - p if reml else N
     if math.isnan(sigma2):
         sigma2 = r2 / nu
     if math.isnan(ldX) or not sigma2 > 0.0:
-        _fail(f_out, g_out, H, C, dC)
+        _fail(f_out, g_out, H, C, dC, info)
         return np.nan
     v1, v2 = 1.0 / sigma2, 1.0 / sigma2**2
     v3 = 1.0 / sigma2**3
@@ -186,9 +207,14 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
     Gs[:, :] = 0.0
     W4[:, :, :, :] = 0.0
     Wf[:, :, :, :] = 0.0
-    want_FF = reml or want_dC
+    want_FF = reml or want_dC or want_K
     if want_FF:
         FF[:, :, :, :] = 0.0
+    if want_E:
+        W4E[:, :, :, :] = 0.0
+        PsE[:, :] = 0.0
+    if want_K:
+        QK[:, :, :, :] = 0.0
     for j in range(J):
         if st.n[j] == 0:
             if want_U:
@@ -278,6 +304,12 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
                 P[a, b] = -Q[a, b] + 2.0 * s[a] * s[b]
                 Ps[a, b] += -G2A[a, b] * v2 + 2.0 * s_2[a] * s[b]
                 Gs[a, b] += Q[a, b] - s[a] * s[b]
+        # the expected Hessian (6.6): P_E = Q [- 2 F C F'], PsE += Q2 [- 2 F2 C F']
+        if want_E:
+            for a in range(q):
+                for b in range(q):
+                    PE[a, b] = Q[a, b]
+                    PsE[a, b] += G2A[a, b] * v2
         if reml:
             matmul(FC, F, C, q, p, p)
             for a in range(q):
@@ -290,6 +322,9 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
                     P[a, b] += 2.0 * acc
                     Ps[a, b] += 2.0 * acc_2
                     Gs[a, b] -= acc
+                    if want_E:
+                        PE[a, b] -= 2.0 * acc
+                        PsE[a, b] -= 2.0 * acc_2
         # FF[i, a, l, b] += F[i, a] F[l, b] (for M_k = sum_j F_j'E_k F_j),
         # W4[n, i, t, m] += P[n, i] Q[t, m],  Wf[i, a, l] += F[i, a] s[l]
         for i in range(q):
@@ -306,6 +341,37 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
                     for t in range(q):
                         for b in range(p):
                             FF[i, a, t, b] += x * F[t, b]
+        if want_E:
+            for i in range(q):
+                for a in range(q):
+                    x = PE[i, a]
+                    for t in range(q):
+                        for b in range(q):
+                            W4E[i, a, t, b] += x * Q[t, b]
+        # (11.1): Q_kl += (F'E_k Q) E_l F,  Q_kK += F'E_k F2 (F2 = Z'V^{-2}X)
+        if want_K:
+            for k in range(K):
+                for a in range(p):
+                    for n in range(q):
+                        acc = 0.0
+                        for e in range(_npairs(rows, cols, k)):
+                            i, t = _pair(rows, cols, k, e)
+                            acc += F[i, a] * Q[t, n]
+                        FEQ[k, a, n] = acc
+            for k in range(K):
+                for a in range(p):
+                    for b in range(p):
+                        for l in range(K):
+                            acc = 0.0
+                            for e in range(_npairs(rows, cols, l)):
+                                n, t = _pair(rows, cols, l, e)
+                                acc += FEQ[k, a, n] * F[t, b]
+                            QK[k, l, a, b] += acc
+                        acc = 0.0
+                        for e in range(_npairs(rows, cols, k)):
+                            i, t = _pair(rows, cols, k, e)
+                            acc += F[i, a] * G2B[t, b]
+                        QK[k, K, a, b] += acc * v2
 
     # totals (6.4): r'K^m r, X'K^m r, X'K^m X, tr K^m, K = sigma^2 V^{-1}
     ee = float(st.yty)
@@ -338,27 +404,16 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
         gs -= acc * v2
     g_out[K] = gs
 
-    # -T1 + 2 T2 [+ 2 T4]: sum of W4[n, i, t, m] over E_k[i, t] = 1, E_l[m, n] = 1
-    for k in range(K):
-        for l in range(K):
-            h = 0.0
-            for e in range(_npairs(rows, cols, k)):
-                i, t = _pair(rows, cols, k, e)
-                for e2 in range(_npairs(rows, cols, l)):
-                    mm, n = _pair(rows, cols, l, e2)
-                    h += W4[n, i, t, mm]
-            H[k, l] = h
-        h = _trace_E(rows, cols, k, Ps)
-        H[k, K] = h
-        H[K, k] = h
-    h = -trK2 * v2 + 2.0 * rK3r * v3
+    # -T1 + 2 T2 [+ 2 T4]
+    trCK3 = 0.0
     if reml:
-        acc = 0.0
         for a in range(p):
             for b in range(p):
-                acc += C[a, b] * XK3X[b, a]
-        h += 2.0 * acc * v3
-    H[K, K] = h
+                trCK3 += C[a, b] * XK3X[b, a]
+    _phi_block(rows, cols, W4, Ps, -trK2 * v2 + 2.0 * rK3r * v3 + 2.0 * trCK3 * v3, H)
+    # the expected Hessian T1 [- 2 T4 + T5] (6.6)
+    if want_E:
+        _phi_block(rows, cols, W4E, PsE, trK2 * v2 - 2.0 * trCK3 * v3, HE)
 
     # -2 T3 = -2 W C W', W's rows w_k = sum_j F_j'E_k s_j and w_K = X'V^{-2}r
     for k in range(K):
@@ -383,6 +438,7 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
             H[l, k] -= 2.0 * acc
 
     # C M_k, M_k = sum_j F_j'E_k F_j, M_K = X'V^{-2}X; REML: -T5 = -tr(C M_k C M_l)
+    # (+T5 in the expected Hessian); Q_Kk = Q_kK', Q_KK = X'V^{-3}X
     if want_FF:
         for k in range(m):
             for a in range(p):
@@ -395,6 +451,8 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
                         Mk[a, b] = acc
                     else:
                         Mk[a, b] = XK2X[a, b] * v2
+                    if want_K:
+                        MK[k, a, b] = Mk[a, b]
             for a in range(p):
                 for b in range(p):
                     acc = 0.0
@@ -411,13 +469,48 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
                 H[k, l] -= acc
                 if l != k:
                     H[l, k] -= acc
+                if want_E:
+                    HE[k, l] += acc
+                    if l != k:
+                        HE[l, k] += acc
     if want_dC:
         for k in range(m):
             matmul(dC[k], CM[k], C, p, p, p)
             symmetrise(dC[k])
 
+    if want_K:
+        for k in range(K):
+            for a in range(p):
+                for b in range(p):
+                    QK[K, k, b, a] = QK[k, K, a, b]
+        for a in range(p):
+            for b in range(p):
+                QK[K, K, a, b] = XK3X[a, b] * v3
     symmetrise(H)
+    if want_E:
+        symmetrise(HE)
     return sigma2
+
+
+@njit(cache=True, error_model="numpy")
+def _phi_block(rows, cols, W4, Ps, hKK, H):
+    """The Hessian (6.3) or its expectation (6.6) from the sums over groups: H[k, l] for
+    T's elements k, l = sum of W4[n, i, t, m] over E_k[i, t] = 1, E_l[m, n] = 1 (tr(E_k Q
+    E_l P), summed over groups), H[k, K] = tr(E_k Ps), H[K, K] = hKK."""
+    K = rows.shape[0]
+    for k in range(K):
+        for l in range(K):
+            h = 0.0
+            for e in range(_npairs(rows, cols, k)):
+                i, t = _pair(rows, cols, k, e)
+                for e2 in range(_npairs(rows, cols, l)):
+                    mm, n = _pair(rows, cols, l, e2)
+                    h += W4[n, i, t, mm]
+            H[k, l] = h
+        h = _trace_E(rows, cols, k, Ps)
+        H[k, K] = h
+        H[K, k] = h
+    H[K, K] = hKK
 
 
 phi_terms_q2 = specialise(phi_terms, {"q": 2}, "phi_terms_q2", (gls_pass_q2, group_D_q2),
@@ -425,35 +518,42 @@ phi_terms_q2 = specialise(phi_terms, {"q": 2}, "phi_terms_q2", (gls_pass_q2, gro
 
 
 @njit(cache=True, error_model="numpy")
-def _fail(f_out, g_out, H, C, dC):
+def _fail(f_out, g_out, H, C, dC, info):
     f_out[0] = np.nan
     g_out[:] = np.nan
     H[:, :] = np.nan
     C[:, :] = np.nan
     dC[:, :, :] = np.nan
+    info.HE[:, :] = np.nan
+    info.MK[:, :, :] = np.nan
+    info.QK[:, :, :, :] = np.nan
 
 
 @njit(cache=True, error_model="numpy")
-def phi_many(st, rows, cols, phi, reml, want_dC, qc):
+def phi_many(st, rows, cols, phi, reml, want_dC, want_info, qc):
     """:func:`phi_pass` for R replicates: batched statistics, phi (R, K + 1). Returns
     f (R,), g (R, m), H (R, m, m), C (R, p, p), dC (R, m, p, p) (empty without
-    ``want_dC``), beta (R, p), the EBLUPs U (R, J, q) and phi, m = K + 1."""
+    ``want_dC``), beta (R, p), the EBLUPs U (R, J, q), phi, m = K + 1, and the fields of
+    :class:`PhiInfo` with a replicate axis: with ``want_info`` >= 1 the expected Hessian
+    HE (R, m, m), with ``want_info`` = 2 also MK (R, m, p, p) and QK (R, m, m, p, p)
+    (else empty)."""
     none = np.empty(0, dtype=np.intp)
     return _drive(st, rows, cols, phi.copy(), np.empty((phi.shape[0], 0)), none, none, False,
-                  reml, want_dC, qc)
+                  reml, want_dC, want_info, qc)
 
 
 @njit(cache=True, error_model="numpy")
-def phi_at_theta_many(theta, trows, tcols, st, rows, cols, reml, want_dC, qc):
+def phi_at_theta_many(theta, trows, tcols, st, rows, cols, reml, want_dC, want_info, qc):
     """:func:`phi_many` at the point of theta (R, k) with sigma^2 profiled (4.3): Lambda
     from theta (``trows``, ``tcols``), the objective equal to the profiled criterion
     (4.1)/(4.2). The returned ``phi`` (R, m) says which point that is."""
     phi = np.full((theta.shape[0], rows.shape[0] + 1), np.nan)
-    return _drive(st, rows, cols, phi, theta, trows, tcols, True, reml, want_dC, qc)
+    return _drive(st, rows, cols, phi, theta, trows, tcols, True, reml, want_dC, want_info,
+                  qc)
 
 
 @njit(cache=True, error_model="numpy")
-def _drive(st, rows, cols, phi, theta, trows, tcols, at_theta, reml, want_dC, qc):
+def _drive(st, rows, cols, phi, theta, trows, tcols, at_theta, reml, want_dC, want_info, qc):
     """The replicate loop of :func:`phi_many` (``theta`` empty: at phi) and
     :func:`phi_at_theta_many` (at theta; ``phi`` is filled in)."""
     R, J, q, p = st.B.shape[0], st.B.shape[1], st.B.shape[2], st.B.shape[3]
@@ -466,12 +566,20 @@ def _drive(st, rows, cols, phi, theta, trows, tcols, at_theta, reml, want_dC, qc
     dC = np.full((R, m, p, p) if want_dC else (R, 0, p, p), np.nan)
     beta = np.full((R, p), np.nan)
     U = np.full((R, J, q), np.nan)
+    HE = np.full((R if want_info >= 1 else 0, m, m), np.nan)
+    nk = R if want_info >= 2 else 0
+    MK = np.full((nk, m, p, p), np.nan)
+    QK = np.full((nk, m, m, p, p), np.nan)
+    none = no_info(m, p)
     scratch = np.empty((m, p, p))
     pw = phi_workspace(J, q, p, K)
     fo = np.empty(1)
     for r in range(R):
         out = dC[r] if want_dC else scratch
         one = replicate(st, r)
+        info = PhiInfo(HE[r] if want_info >= 1 else none.HE,
+                       MK[r] if want_info >= 2 else none.MK,
+                       QK[r] if want_info >= 2 else none.QK)
         if at_theta:
             L = pw.gls.L
             for a in range(q):
@@ -481,7 +589,7 @@ def _drive(st, rows, cols, phi, theta, trows, tcols, at_theta, reml, want_dC, qc
             for i in range(trows.shape[0]):
                 L[trows[i], tcols[i]] = theta[r, i]
             s2 = phi_terms(one, rows, cols, np.nan, reml, want_dC, pw, fo, g[r], H[r],
-                           C[r], out, U[r], qc)
+                           C[r], out, U[r], info, qc)
             if math.isnan(s2):
                 continue
             for i in range(K):
@@ -491,9 +599,9 @@ def _drive(st, rows, cols, phi, theta, trows, tcols, at_theta, reml, want_dC, qc
                 phi[r, i] = s2 * acc
             phi[r, K] = s2
         elif not phi_pass(one, rows, cols, phi[r], reml, want_dC, pw, fo, g[r], H[r], C[r],
-                            out, U[r], qc):
+                            out, U[r], info, qc):
             continue
         f[r] = fo[0]
         for a in range(p):
             beta[r, a] = pw.wp[5][a]
-    return f, g, H, C, dC, beta, U, phi
+    return f, g, H, C, dC, beta, U, phi, HE, MK, QK
