@@ -28,13 +28,19 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from mlmsim.engine import inference
+from mlmsim.engine import inference, kenward_roger
 from mlmsim.engine.control import FitControl
 from mlmsim.engine.deviance import ThetaMap
 from mlmsim.engine.estimates import Estimates, estimates, messages
 from mlmsim.engine.fit import _method
 from mlmsim.engine.optimize import OptResult, minimize_theta
-from mlmsim.engine.result import DDF_METHODS, _variables, _varies_within, covparm_names
+from mlmsim.engine.result import (
+    DDF_METHODS,
+    KR_NEEDS_REML,
+    _variables,
+    _varies_within,
+    covparm_names,
+)
 from mlmsim.engine.stats import (
     Centering,
     GroupStats,
@@ -124,6 +130,8 @@ class BatchFit:
             out = np.asarray(inference.satterthwaite_many(
                 stats, self.theta_map, self.cov_structure, est.theta, est.sigma2, self.reml,
                 self.fixed_map), dtype=float).reshape(R, p).copy()
+        elif kind == "kenward-roger":
+            out = self._kr()[3].copy()
         elif kind == "containment":
             fv = [_variables(n) for n in self.fixed_names]
             rv = [_variables(n) for n in self.random_names]
@@ -138,6 +146,27 @@ class BatchFit:
                 out[r] = inference.between_within_df(_one(stats, r), varies[r])
         out[~fitted] = np.nan
         return out
+
+    def _kr(self) -> tuple[np.ndarray, ...]:
+        """Kenward-Roger per replicate (:func:`~mlmsim.engine.kenward_roger.kr_inference`):
+        Phi_A, W, SEs and df, in one compiled pass over the replicates; NaN for a
+        replicate that could not be fitted."""
+        if not self.reml:
+            raise ValueError(KR_NEEDS_REML)
+        if self.stats is None:
+            raise ValueError("this BatchFit carries no statistics; Kenward-Roger needs a fit "
+                             "by fit_stats, fit_arrays or fit_batch")
+        t = kenward_roger.info_terms(self.stats, self.cov_structure, self.estimates.phi, True)
+        return kenward_roger.kr_inference(kenward_roger.mapped(t, self.fixed_map))
+
+    def fixef_se_df(self, kind: str = "satterthwaite") -> tuple[np.ndarray, np.ndarray]:
+        """The SE and df (R, p) of each fixed effect's t test under ``kind`` (see
+        :meth:`ddf`): the KR-adjusted SE for "kenward-roger", sqrt(diag vcov) else."""
+        kind = _ddf_kind(kind)
+        if kind == "kenward-roger":
+            _, _, se, df = self._kr()
+            return se, df
+        return self.estimates.beta_se, self.ddf(kind)
 
     @property
     def param_names(self) -> tuple[str, ...]:

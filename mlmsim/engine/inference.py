@@ -50,6 +50,7 @@ __all__ = [
     "phi_hessian_fd",
     "satterthwaite_df",
     "satterthwaite_theta",
+    "satterthwaite_terms",
     "satterthwaite_many",
     "phi_pass",
     "theta_jacobians",
@@ -231,11 +232,11 @@ def satterthwaite_df(C: np.ndarray, dC: np.ndarray, acov: np.ndarray,
         return 2.0 * v**2 / denom
 
 
-def satterthwaite_theta(stats: GroupStats, cs: CovStructure, tmap, theta: np.ndarray,
-                        sigma2: float, reml: bool, fixed_map: np.ndarray | None = None,
-                        L: np.ndarray | None = None) -> np.ndarray:
-    """Satterthwaite df as lmerTest computes them: in psi = (theta, sigma), docs/math.md
-    (10.1)-(10.3).
+def satterthwaite_terms(stats: GroupStats, cs: CovStructure, tmap, theta: np.ndarray,
+                        sigma2: float, reml: bool, fixed_map: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """C, dC/dpsi and Acov = 2 H_psi^{-1} in psi = (theta, sigma), as lmerTest computes
+    them, docs/math.md (10.1)-(10.3).
 
     The asymptotic covariance of psi-hat is 2 H_psi^{-1}, with H_psi = J' H_phi J +
     sum_e (df/dphi_e) d^2 phi_e / dpsi^2 the Hessian of the objective in psi (the
@@ -244,7 +245,7 @@ def satterthwaite_theta(stats: GroupStats, cs: CovStructure, tmap, theta: np.nda
     (Satterthwaite's df do not depend on the parameterisation); on the boundary a
     column of Lambda at 0 has d phi / d theta = 0 and drops out, as in lmerTest.
     H_psi is judged and inverted in its correlation form (docs/math.md (9.1)), so the df
-    do not depend on the units of the data; where it is not positive definite the df are
+    do not depend on the units of the data; where it is not positive definite Acov is
     NaN. ``fixed_map`` maps the fixed effects of ``stats`` to the reported ones
     (C -> M C M').
     """
@@ -258,8 +259,17 @@ def satterthwaite_theta(stats: GroupStats, cs: CovStructure, tmap, theta: np.nda
     if fixed_map is not None:
         C = fixed_map @ C @ fixed_map.T
         dC_psi = fixed_map @ dC_psi @ fixed_map.T
-    acov = psi_acov(H)
-    return satterthwaite_df(C, dC_psi, acov, L)
+    return C, dC_psi, psi_acov(H)
+
+
+def satterthwaite_theta(stats: GroupStats, cs: CovStructure, tmap, theta: np.ndarray,
+                        sigma2: float, reml: bool, fixed_map: np.ndarray | None = None,
+                        L: np.ndarray | None = None) -> np.ndarray:
+    """Satterthwaite df as lmerTest computes them, for each row of L (default: each
+    coefficient), from :func:`satterthwaite_terms`; NaN where H_psi is not positive
+    definite."""
+    return satterthwaite_df(*satterthwaite_terms(stats, cs, tmap, theta, sigma2, reml,
+                                                 fixed_map), L)
 
 
 def psi_acov(H: np.ndarray) -> np.ndarray:

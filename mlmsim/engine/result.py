@@ -17,16 +17,19 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from mlmsim.engine import inference
+from mlmsim.engine import inference, kenward_roger
 
 if TYPE_CHECKING:
     from mlmsim.engine.control import OptSummary
     from mlmsim.engine.stats import GroupStats
     from mlmsim.formula import Design
 
-__all__ = ["FitResult", "FitArrays", "covparm_names", "DDF_METHODS"]
+__all__ = ["FitResult", "FitArrays", "covparm_names", "DDF_METHODS", "INFORMATION"]
 
-DDF_METHODS = ("satterthwaite", "containment", "between-within", "residual")
+DDF_METHODS = ("satterthwaite", "kenward-roger", "containment", "between-within", "residual")
+INFORMATION = ("observed", "expected")
+KR_NEEDS_REML = ("Kenward-Roger needs a REML fit (as lmerTest and SAS DDFM=KR); refit with "
+                 "method='REML'")
 
 
 def covparm_names(random_names, rows, cols) -> tuple[list[str], list[str]]:
@@ -166,13 +169,56 @@ class FitResult:
 
     @cached_property
     def covparms(self) -> pd.DataFrame:
-        se = np.sqrt(np.diag(self.arrays.acov))
+        return self.covparms_table("observed")
+
+    def covparms_table(self, information: str = "observed") -> pd.DataFrame:
+        """SAS's "Covariance Parameter Estimates" with COVTEST: estimate, se, z, p (one-sided
+        for variances, two-sided for covariances, as SAS's Pr Z). ``information``:
+        "observed", SEs from 2 H^{-1} of the observed Hessian (6.5) (SAS's default, and
+        ``covparms``); "expected", from the inverse of the expected information
+        1/2 tr(P V_k P V_l) (REML) or 1/2 tr(V^{-1}V_k V^{-1}V_l) (ML) (6.6) (SAS's
+        SCORING=, MLwiN's IGLS)."""
+        se = np.sqrt(np.diag(self.covparms_acov(information)))
         with np.errstate(divide="ignore", invalid="ignore"):
             z = self.phi / se
         isvar = np.array([n.startswith("var(") or n == "sigma2" for n in self.covparm_names])
         p = np.where(isvar, sps.norm.sf(z), 2.0 * sps.norm.sf(np.abs(z)))
         return pd.DataFrame({"sas": list(self.covparm_sas), "estimate": self.phi, "se": se,
                              "z": z, "p": p}, index=list(self.covparm_names))
+
+    def covparms_acov(self, information: str = "observed") -> np.ndarray:
+        """The asymptotic covariance (m, m) of phi-hat from the ``information`` named
+        ("observed": 2 H^{-1}; "expected": 2 H_E^{-1}); NaN where that information is not
+        positive definite in its correlation form (9.1)."""
+        if information not in INFORMATION:
+            raise ValueError(f"information must be one of {', '.join(INFORMATION)}, got "
+                             f"{information!r}")
+        if information == "observed":
+            return self.arrays.acov
+        return kenward_roger.expected_acov(self._info.HE)[0]
+
+    @cached_property
+    def _info(self) -> kenward_roger.InfoTerms:
+        """:class:`~mlmsim.engine.kenward_roger.InfoTerms` at the estimate, with the fixed
+        effects in the reported coordinates (:func:`~mlmsim.engine.kenward_roger.mapped`)."""
+        t = kenward_roger.info_terms(self.stats.select(None), self.cov_structure,
+                                     self.phi[None], self.reml)
+        return kenward_roger.mapped(t, self.fixed_map)
+
+    @cached_property
+    def _kr(self) -> tuple[np.ndarray, ...]:
+        """Phi_A (p, p), W (m, m), KR SEs and df (p,) (11.2)-(11.3); a REML fit only."""
+        if not self.reml:
+            raise ValueError(KR_NEEDS_REML)
+        return tuple(a[0] for a in kenward_roger.kr_inference(self._info))
+
+    @property
+    def vcov_kr(self) -> pd.DataFrame:
+        """Kenward-Roger's adjusted covariance of the fixed effects Phi_A (docs/math.md
+        (11.2); pbkrtest's ``vcovAdj``, SAS DDFM=KR), for a REML fit; NaN where the
+        expected information is not positive definite."""
+        names = list(self.fixed_names)
+        return pd.DataFrame(self._kr[0], index=names, columns=names)
 
     @cached_property
     def covparms_cov(self) -> pd.DataFrame:
@@ -242,15 +288,16 @@ class FitResult:
     def coef_table(self, ddf: str = "satterthwaite", level: float = 0.95) -> pd.DataFrame:
         """Fixed effects: estimate, se, df, t, p (two-sided, t with df) and the CI.
 
-        ``ddf``: "satterthwaite" (lmerTest), "containment" (SAS's default with
+        ``ddf``: "satterthwaite" (lmerTest), "kenward-roger" (pbkrtest, SAS DDFM=KR; REML
+        only: the SE is then the adjusted sqrt(diag Phi_A), as lmerTest's
+        ``summary(ddf = "Kenward-Roger")``), "containment" (SAS's default with
         RANDOM ... SUBJECT=), "between-within" (SAS DDFM=BW) or "residual"
         (N - p). Where the df cannot be computed (Satterthwaite with a Hessian that is
         not positive definite: see ``messages``) df, p and the CI are NaN; they never
         fall back to the normal distribution.
         """
-        df = self.ddf(ddf)
+        se, df = self.fixef_se_df(ddf)
         est = self.fixef.to_numpy()
-        se = self.fixef_se.to_numpy()
         t = est / se
         p = inference.wald_p(t, df)
         with np.errstate(invalid="ignore"):
@@ -261,14 +308,24 @@ class FitResult:
             index=self.fixef.index,
         )
 
+    def fixef_se_df(self, ddf: str = "satterthwaite") -> tuple[np.ndarray, np.ndarray]:
+        """The SE and df (p,) of each fixed effect's t test under ``ddf`` (see
+        :meth:`coef_table`): the KR-adjusted SE for "kenward-roger", ``fixef_se`` else."""
+        df = self.ddf(ddf)
+        if ddf.lower() == "kenward-roger":
+            return self._kr[2], df
+        return self.fixef_se.to_numpy(), df
+
     def ddf(self, method: str = "satterthwaite") -> np.ndarray:
         """Denominator degrees of freedom for each fixed effect (see :meth:`coef_table`)."""
-        method = method.lower()
+        method = method.lower() if isinstance(method, str) else method
         if method not in DDF_METHODS:
             raise ValueError(
                 f"unknown ddf method {method!r}; choose one of {', '.join(DDF_METHODS)}"
             )
         st, d = self.stats, self.design
+        if method == "kenward-roger":
+            return self._kr[3]
         if method == "residual":
             return np.full(self.fixef.shape[0], float(self.nobs - self.fixef.shape[0]))
         if method == "satterthwaite":
@@ -281,6 +338,48 @@ class FitResult:
             return inference.containment_df(st, fv, rv, [])
         varies = _varies_within(d.X, d.group_codes, d.ngroups)
         return inference.between_within_df(st, varies)
+
+    def ftest(self, L, rhs=None, ddf: str = "kenward-roger") -> kenward_roger.FTest:
+        """F test of H0: L gamma = rhs (pbkrtest's ``KRmodcomp``, lmerTest's ``contest``).
+
+        ``L``: a contrast matrix (r, p) over the fixed effects in ``fixef`` order, one row
+        (p,), or a list of fixed-effect names (each = 0); ``rhs`` (r,) defaults to 0.
+        ``ddf``: "kenward-roger" (REML; the scaled F of docs/math.md (11.3)) or
+        "satterthwaite" (lmerTest's F with the df of (10.3)). A rank-deficient L is
+        reduced to its row space. Returns an :class:`~mlmsim.engine.kenward_roger.FTest`.
+
+        >>> from mlmsim import datasets, fit
+        >>> res = fit("mathach ~ cses + (1 + cses | school)", datasets.load("hsb"))
+        >>> round(res.ftest(["cses"]).ddf, 2)
+        148.49
+        """
+        names = list(self.fixed_names)
+        if isinstance(L, (list, tuple)) and L and all(isinstance(n, str) for n in L):
+            missing = [n for n in L if n not in names]
+            if missing:
+                raise ValueError(f"unknown fixed effect(s) {missing}; the fixed effects are "
+                                 f"{names}")
+            L = np.eye(len(names))[[names.index(n) for n in L]]
+        L = np.atleast_2d(np.asarray(L, dtype=float))
+        if L.ndim != 2 or L.shape[1] != len(names):
+            raise ValueError(f"L must have {len(names)} columns (one per fixed effect), got "
+                             f"shape {L.shape}")
+        rhs = np.zeros(L.shape[0]) if rhs is None else np.asarray(rhs, dtype=float).ravel()
+        if rhs.shape != (L.shape[0],):
+            raise ValueError(f"rhs must have {L.shape[0]} elements, got {rhs.size}")
+        # L gamma - rhs = L (gamma - g0) for any g0 with L g0 = rhs (least squares)
+        b = self.arrays.beta - np.linalg.lstsq(L, rhs, rcond=None)[0]
+        kind = ddf.lower() if isinstance(ddf, str) else ddf
+        if kind == "kenward-roger":
+            PhiA, W = self._kr[:2]
+            return kenward_roger.kr_ftest(L, b, self._info, PhiA[None], W[None])
+        if kind == "satterthwaite":
+            C, dC, acov = inference.satterthwaite_terms(
+                self.stats, self.cov_structure, self.theta_map, self.theta, self.sigma2,
+                self.reml, self.fixed_map)
+            return kenward_roger.satterthwaite_ftest(L, b, C, dC, acov)
+        raise ValueError(f"ddf for an F test must be 'kenward-roger' or 'satterthwaite', got "
+                         f"{ddf!r}")
 
     def covparms_ci(self, level: float = 0.95, scale: str = "variance") -> pd.DataFrame:
         """Wald intervals for the covariance parameters.

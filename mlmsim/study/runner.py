@@ -229,8 +229,9 @@ class Estimates:
         where the Hessian H is not positive definite); the interval is the Wald interval
         estimate +- z_{(1+level)/2} SE.
 
-        With ``ddf`` (a method of ``res.ddf``: "satterthwaite", "containment",
-        "between-within", "residual"), each fixed effect also gets its df and the
+        With ``ddf`` (a method of ``res.ddf``: "satterthwaite", "kenward-roger" (with the
+        adjusted SE, REML only), "containment", "between-within", "residual"), each fixed
+        effect also gets its df and the
         two-sided p-value of t = estimate / SE on those df, and its interval is
         estimate +- t_{df, (1+level)/2} SE; where the df is NaN, so are p and the
         interval (no fallback to the normal). The covariance parameters keep the Wald
@@ -249,8 +250,9 @@ class Estimates:
         df = p = None
         if ddf is not None:  # the fixed effects come first in params
             k = len(res.fixef)
-            dfs = np.asarray(res.ddf(ddf), dtype=float)
-            tlo, thi, tp = _t_inference(params.to_numpy()[:k], se.to_numpy()[:k], dfs, level)
+            se_k, dfs = (np.asarray(a, dtype=float) for a in res.fixef_se_df(ddf))
+            se.iloc[:k] = se_k  # the KR-adjusted SE with "kenward-roger"
+            tlo, thi, tp = _t_inference(params.to_numpy()[:k], se_k, dfs, level)
             lo.iloc[:k], hi.iloc[:k] = tlo, thi
             df = pd.Series(np.nan, index=params.index)
             p = pd.Series(np.nan, index=params.index)
@@ -307,8 +309,9 @@ class FormulaMethod:
     name : the method's name in the records (default: the method, "ML" or "REML").
     batch, batch_size : the batched path (below).
     ddf : None (the fixed effects get Wald z intervals, as the covariance parameters) or
-        a denominator-df method of ``FitResult.ddf``: "satterthwaite", "containment",
-        "between-within" or "residual" (any case). Then each fixed effect's records also
+        a denominator-df method of ``FitResult.ddf``: "satterthwaite", "kenward-roger"
+        (REML only; the SE is then KR's adjusted one), "containment", "between-within" or
+        "residual" (any case). Then each fixed effect's records also
         carry ``df`` and ``p``, the two-sided p-value of t = estimate / SE on df, and the
         interval is estimate +- t_{df, (1+level)/2} SE; where the df cannot be computed
         (NaN), p and the interval are NaN too, never a normal approximation.
@@ -350,6 +353,9 @@ class FormulaMethod:
                 raise ValueError(
                     "ddf must be None (Wald z) or one of "
                     f"{', '.join(repr(k) for k in DDF_METHODS)} (any case), got {ddf!r}")
+            if kind == "kenward-roger" and norm != "REML":
+                raise ValueError("ddf='kenward-roger' needs method='REML' (as lmerTest and "
+                                 "SAS DDFM=KR)")
             ddf = kind
         if control is not None:
             from mlmsim.engine.control import FitControl
@@ -395,7 +401,7 @@ class FormulaMethod:
             k = len(res.fixed_names)
             df = np.full(params.shape, np.nan)
             pv = np.full(params.shape, np.nan)
-            df[:, :k] = res.ddf(self.ddf)
+            se[:, :k], df[:, :k] = res.fixef_se_df(self.ddf)
             lo[:, :k], hi[:, :k], pv[:, :k] = _t_inference(params[:, :k], se[:, :k],
                                                            df[:, :k], self.level)
         flags = [np.asarray(getattr(res, f), dtype=bool) for f in _FLAGS]
