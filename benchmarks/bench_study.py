@@ -270,17 +270,17 @@ def warm_up(n_jobs: int) -> None:
 
 
 def mlmsim_runs(case: Case, reps: int, single_reps: int, batch_sizes: list[int], n_jobs: int,
-                disk: bool) -> list[dict[str, Any]]:
+                disk: bool, ddf: str | None = None) -> list[dict[str, Any]]:
     rows = []
     gen = case.generator()
     for bs in batch_sizes:
-        method = FormulaMethod(case.formula, case.method, batch=True, batch_size=bs)
+        method = FormulaMethod(case.formula, case.method, batch=True, batch_size=bs, ddf=ddf)
         study = Study(None, gen, [method], n_reps=reps, seed=case.seed)
         meter, records = run_study(study, n_jobs, disk)
         rows.append(_runner_row(case, f"mlmsim batched, batch_size {bs}", "batched", bs, reps,
                                 n_jobs, meter, _fit_counts(records)))
     if single_reps:
-        method = FormulaMethod(case.formula, case.method, batch=False)
+        method = FormulaMethod(case.formula, case.method, batch=False, ddf=ddf)
         study = Study(None, gen, [method], n_reps=single_reps, seed=case.seed)
         meter, records = run_study(study, n_jobs, disk)
         rows.append(_runner_row(case, "mlmsim one at a time", "single", None, single_reps,
@@ -683,6 +683,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)),
                     help="batch sizes for the batched runner")
     ap.add_argument("--n-jobs", type=int, default=2, help="runner workers (default 2)")
+    ap.add_argument("--ddf", default=None,
+                    help="df of mlmsim's fixed-effect t tests in the records (e.g. "
+                         "kenward-roger; REML cases only); default none (Wald z)")
     ap.add_argument("--tools", default=",".join(TOOLS),
                     help="comma-separated subset of " + ", ".join(TOOLS))
     ap.add_argument("--no-r", action="store_true", help="skip lme4 (R)")
@@ -731,7 +734,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ncase {key}: {case.label}: {case.formula}  [load average {_loadavg()}, "
               f"others {CpuMeter().idle_sample() or 0:.2f} cores]", flush=True)
         if run_mlmsim:
-            rows += mlmsim_runs(case, reps, single, batch_sizes, args.n_jobs, args.disk)
+            rows += mlmsim_runs(case, reps, single, batch_sizes, args.n_jobs, args.disk,
+                                args.ddf)
             if not args.no_split:
                 batched = [r for r in rows if r["case"] == key and r["mode"] == "batched"]
                 best = max(batched, key=lambda r: r["fits_per_s"])["batch_size"] \

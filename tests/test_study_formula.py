@@ -87,7 +87,7 @@ def test_summary_of_a_real_study(batched):
 # Settings checked when the study is defined; df and p of the fixed effects
 # ---------------------------------------------------------------------------
 
-DDF_KINDS = ["satterthwaite", "containment", "between-within", "residual"]
+DDF_KINDS = ["satterthwaite", "kenward-roger", "containment", "between-within", "residual"]
 FIXED = ["Intercept", "x"]
 COVPARMS = ["var(Intercept)", "cov(x,Intercept)", "var(x)", "sigma2"]
 
@@ -99,7 +99,9 @@ def test_a_wrong_option_is_an_error_at_construction():
     with pytest.raises(TypeError, match="unexpected keyword argument 'max_iter'"):
         FormulaMethod(FORMULA, "REML", max_iter=5)
     with pytest.raises(ValueError, match="ddf must be None.*'satterthwaite'.*'residual'"):
-        FormulaMethod(FORMULA, "REML", ddf="kenward-roger")
+        FormulaMethod(FORMULA, "REML", ddf="kenward")
+    with pytest.raises(ValueError, match="kenward-roger.*REML"):
+        FormulaMethod(FORMULA, "ML", ddf="kenward-roger")
     with pytest.raises(ValueError, match="ddf must be None"):
         FormulaMethod(FORMULA, "REML", ddf=True)
     with pytest.raises(ValueError, match="maxiter"):
@@ -163,7 +165,7 @@ def test_ddf_records_carry_the_df_and_p_of_coef_table(ddf, batch):
         table = res.coef_table(ddf, level=level)
         assert np.isfinite(table.df).all()
         rtol = 1e-8 if batch else 1e-12
-        for col in ("df", "p", "ci_lower", "ci_upper"):
+        for col in ("se", "df", "p", "ci_lower", "ci_upper"):
             np.testing.assert_allclose(one.loc[FIXED, col], table[col], rtol=rtol, err_msg=col)
         # the covariance parameters keep the Wald z interval, with no df or p
         cov = one.loc[COVPARMS]
@@ -264,3 +266,20 @@ def test_summarise_uses_the_t_test_of_the_recorded_df():
         s = summarise(rec).set_index("measure")
         assert s.loc["rejection", "n"] == 5 and s.loc["rejection", "estimate"] == 0.8
         assert s.loc["cover", "n"] == 5 and s.loc["cover", "estimate"] == 0.2
+
+
+def test_unbounded_records_equal_single_unbounded_fits():
+    study = Study({"n_groups": [10]}, random_slopes,
+                  [FormulaMethod(FORMULA, "REML", bounded=False, ddf="satterthwaite")],
+                  truth=TRUTH, n_reps=4, seed=7)
+    assert FormulaMethod(FORMULA, "REML", bounded=False).descriptor()["bounded"] is False
+    assert "bounded" not in FormulaMethod(FORMULA, "REML").descriptor()
+    with pytest.raises(ValueError, match="bounded"):
+        FormulaMethod(FORMULA, "REML", bounded="no")
+    rec = study.run(progress=False).records
+    for rep in range(4):
+        one = rec[rec.rep == rep].set_index("parameter")
+        res = fit(FORMULA, study.regenerate(0, rep), method="REML", bounded=False)
+        np.testing.assert_allclose(one.loc[list(res.params.index), "estimate"], res.params,
+                                   rtol=1e-7, atol=1e-10)
+        np.testing.assert_allclose(one.loc[FIXED, "df"], res.ddf("satterthwaite"), rtol=1e-6)

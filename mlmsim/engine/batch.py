@@ -48,6 +48,7 @@ from mlmsim.engine.stats import (
     residual_check,
     stack_stats,
 )
+from mlmsim.engine.unbounded import unbounded_estimates
 from mlmsim.formula import StackedDesign, clearly_full_rank, model_design, stacked_design
 from mlmsim.simulate import SimBatch
 from mlmsim.terms import term_products
@@ -97,6 +98,7 @@ class BatchFit:
     fixed_map: np.ndarray | None = field(default=None, repr=False, compare=False)
     varies_within: Callable[[], np.ndarray] | None = field(default=None, repr=False,
                                                            compare=False)
+    bounded: bool = True
 
     @property
     def n(self) -> int:
@@ -129,7 +131,8 @@ class BatchFit:
             est = self.estimates
             out = np.asarray(inference.satterthwaite_many(
                 stats, self.theta_map, self.cov_structure, est.theta, est.sigma2, self.reml,
-                self.fixed_map), dtype=float).reshape(R, p).copy()
+                self.fixed_map, None if self.bounded else est.phi),
+                dtype=float).reshape(R, p).copy()
         elif kind == "kenward-roger":
             out = self._kr()[3].copy()
         elif kind == "containment":
@@ -220,7 +223,7 @@ def _one(stats: GroupStats, r: int) -> GroupStats:
 def fit_stats(stats: GroupStats, blocks: tuple[tuple[int, ...], ...], method: str,
               fixed_names: Sequence[str], random_names: Sequence[str],
               control: FitControl | dict | None = None,
-              centering: Centering | None = None) -> BatchFit:
+              centering: Centering | None = None, bounded: bool = True) -> BatchFit:
     """Fit R replicates from stacked statistics (batch axis R first).
 
     A replicate that cannot be fitted (its fixed effects fit y exactly) gets NaN
@@ -229,7 +232,8 @@ def fit_stats(stats: GroupStats, blocks: tuple[tuple[int, ...], ...], method: st
     effects are mapped back, as in the single fit. ``control`` (a
     :class:`~mlmsim.engine.control.FitControl`, a dict of its fields, or None for the
     defaults) goes to the optimiser; a replicate refitted alone gets 5 times its
-    ``max_iter``.
+    ``max_iter``. ``bounded=False``: unbounded variance estimates (SAS NOBOUND,
+    :mod:`mlmsim.engine.unbounded`), all replicates iterated together.
     """
     reml = _method(method) == "REML"
     control = FitControl.coerce(control)
@@ -248,6 +252,8 @@ def fit_stats(stats: GroupStats, blocks: tuple[tuple[int, ...], ...], method: st
             opt = _refit_alone(pk, tmap, reml, opt, refit, control)
             refitted[good[refit]] = True
         est = estimates(pk, tmap, cs, opt, reml)
+        if not bounded:
+            est = unbounded_estimates(pk, cs, tmap, est, reml, control)[0]
         if centering is not None:
             sub = centering.select(good)
             est = replace(est, beta=sub.beta(est.beta), vcov=sub.cov(est.vcov))
@@ -262,7 +268,7 @@ def fit_stats(stats: GroupStats, blocks: tuple[tuple[int, ...], ...], method: st
             continue
         flagged = (refitted[r] or not est.converged[r] or not est.grad_ok[r]
                    or not est.hessian_pd[r] or est.singular[r] or est.dependent[r].any())
-        m = messages(est, r, rnames) if flagged else []
+        m = messages(est, r, rnames, bounded=bounded) if flagged else []
         if refitted[r]:
             m.insert(0, "did not converge in the batch; refitted alone from Lambda = I")
         notes.append(tuple(m))
@@ -270,7 +276,8 @@ def fit_stats(stats: GroupStats, blocks: tuple[tuple[int, ...], ...], method: st
     return BatchFit("REML" if reml else "ML", tuple(fixed_names), tuple(rnames),
                     tuple(cp_names), est, tuple(notes), refitted, tuple(errors.tolist()),
                     stats=stats, theta_map=tmap, cov_structure=cs,
-                    fixed_map=None if centering is None else centering.L)
+                    fixed_map=None if centering is None else centering.L,
+                    bounded=bool(bounded))
 
 
 def _scatter(est: Estimates | None, good: np.ndarray, R: int, like=None) -> Estimates:
@@ -322,23 +329,24 @@ def _refit_alone(pk, tmap, reml, opt: OptResult, idx: np.ndarray,
 def fit_arrays(y: np.ndarray, X: np.ndarray, Z: np.ndarray, codes: np.ndarray, *,
                method: str = "REML", fixed_names: Sequence[str], random_names: Sequence[str],
                blocks: tuple[tuple[int, ...], ...] | None = None, n_groups: int | None = None,
-               control: FitControl | dict | None = None) -> BatchFit:
+               control: FitControl | dict | None = None, bounded: bool = True) -> BatchFit:
     """Fit R data sets given as arrays: y (R, N), X (R, N, p) or (N, p), Z (R, N, q) or
     (N, q), group codes (N,) shared by all replicates. ``blocks`` defaults to one
     unstructured T over all q random effects; ``control`` goes to the optimiser
-    (:func:`fit_stats`)."""
+    (:func:`fit_stats`), as does ``bounded``."""
     codes = np.asarray(codes)
     J = int(codes.max()) + 1 if n_groups is None else int(n_groups)
     q = np.shape(Z)[-1]
     blocks = (tuple(range(q)),) if blocks is None else blocks
     stats, centering = centred_group_stats(y, X, Z, codes, J)
-    fitted = fit_stats(stats, blocks, method, fixed_names, random_names, control, centering)
+    fitted = fit_stats(stats, blocks, method, fixed_names, random_names, control, centering,
+                       bounded)
     R = int(np.asarray(stats.yty).reshape(-1).shape[0])
     return replace(fitted, varies_within=functools.partial(_varies_arrays, X, codes, J, R))
 
 
 def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REML",
-              control: FitControl | dict | None = None) -> BatchFit:
+              control: FitControl | dict | None = None, bounded: bool = True) -> BatchFit:
     """Fit one lme4 formula to each DataFrame of ``datasets`` in one batch.
 
     All data sets must give the same fixed and random columns (the same names);
@@ -347,7 +355,8 @@ def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REM
     (:func:`mlmsim.formula.stacked_design`): one stacked design for all. A data set
     may also be a one-replicate :class:`mlmsim.simulate.SimBatch` (what a study's
     generator draws), read without a DataFrame where the fast lane applies.
-    ``control`` goes to the optimiser (:func:`fit_stats`).
+    ``control`` goes to the optimiser (:func:`fit_stats`); ``bounded=False`` gives
+    unbounded variance estimates (SAS NOBOUND).
 
     >>> import mlmsim
     >>> nels = mlmsim.datasets.load("nels88")
@@ -359,7 +368,7 @@ def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REM
     control = FitControl.coerce(control)
     stacked = stacked_design(formula, datasets)
     if stacked is not None:
-        fitted = _fit_stacked(stacked, method, control)
+        fitted = _fit_stacked(stacked, method, control, bounded)
         if fitted is not None:
             return fitted
     frames = [d.frame(0) if isinstance(d, SimBatch) else d for d in datasets]
@@ -375,12 +384,12 @@ def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REM
     stats = stack_stats([st for st, _ in parts])
     centering = Centering(np.stack([c.L for _, c in parts]), np.stack([c.offset for _, c in parts]))
     fitted = fit_stats(stats, first.blocks, method, first.fixed_names, first.random_names,
-                       control, centering)
+                       control, centering, bounded)
     return replace(fitted, varies_within=functools.partial(_varies_designs, designs))
 
 
-def _fit_stacked(stacked: StackedDesign, method: str,
-                 control: FitControl | None = None) -> BatchFit | None:
+def _fit_stacked(stacked: StackedDesign, method: str, control: FitControl | None = None,
+                 bounded: bool = True) -> BatchFit | None:
     """Fit a stacked design from its variables and terms (X and Z never formed), or None
     when a replicate needs :func:`mlmsim.formula.model_design`: a value is missing or
     infinite (then a sum of squares, y'y, a diagonal of X'X or of some A_j, is not
@@ -398,7 +407,7 @@ def _fit_stacked(stacked: StackedDesign, method: str,
     if not _full_rank(stats.XtX, centering.L):
         return None
     fitted = fit_stats(stats, stacked.blocks, method, stacked.fixed_names,
-                       stacked.random_names, control, centering)
+                       stacked.random_names, control, centering, bounded)
     return replace(fitted, varies_within=functools.partial(
         _varies_stacked, stacked.variables, stacked.fixed_terms, stacked.group_codes,
         stacked.group_labels.shape[0]))

@@ -171,30 +171,38 @@ class Note(NamedTuple):
     warn: bool = False
 
 
-def notes(est: Estimates, r: int, random_names, dropped_fixed=(), n_dropped: int = 0
-          ) -> list[Note]:
+def notes(est: Estimates, r: int, random_names, dropped_fixed=(), n_dropped: int = 0,
+          bounded: bool = True) -> list[Note]:
     """Notes on replicate r's fit, rendered from its flags, in the spirit of SAS's and
-    lme4's messages."""
-    out = [Note(m) for m in _flag_texts(est, r, random_names, dropped_fixed, n_dropped)]
+    lme4's messages (``bounded`` False: an unbounded fit, :mod:`mlmsim.engine.unbounded`)."""
+    out = [Note(m) for m in _flag_texts(est, r, random_names, dropped_fixed, n_dropped,
+                                        bounded)]
     k = 0
     if not est.converged[r]:
         why = _STOPPED.get(int(est.stop[r]), "the convergence criterion did not hold")
-        out.insert(k, Note(f"The optimiser stopped early: {why}", True))
+        if bounded:
+            out.insert(k, Note(f"The optimiser stopped early: {why}", True))
+        else:
+            out.insert(k, Note(f"The unbounded (NOBOUND) optimisation did not converge: {why}; "
+                               "the likelihood may have no maximum with every V_j positive "
+                               "definite (it keeps rising towards a singular V_j). The last "
+                               "point is reported", True))
         k += 1
-    if not est.grad_ok[r]:
+    if not est.grad_ok[r] and (bounded or est.converged[r]):
         out.insert(k, Note(f"Model failed to converge with max|grad| = "
                            f"{np.abs(est.scaled_grad[r]).max():.3g} (gradient scaled by the "
                            f"Hessian in theta; tolerance {GRAD_CHECK})", True))
     return out
 
 
-def messages(est: Estimates, r: int, random_names, dropped_fixed=(), n_dropped: int = 0
-             ) -> list[str]:
+def messages(est: Estimates, r: int, random_names, dropped_fixed=(), n_dropped: int = 0,
+             bounded: bool = True) -> list[str]:
     """The texts of :func:`notes`."""
-    return [n.text for n in notes(est, r, random_names, dropped_fixed, n_dropped)]
+    return [n.text for n in notes(est, r, random_names, dropped_fixed, n_dropped, bounded)]
 
 
-def _flag_texts(est: Estimates, r: int, random_names, dropped_fixed, n_dropped) -> list[str]:
+def _flag_texts(est: Estimates, r: int, random_names, dropped_fixed, n_dropped,
+                bounded: bool = True) -> list[str]:
     """The notes that are printed, not warned: identifiability, the Hessian, the boundary,
     dropped columns and rows."""
     out = []
@@ -209,7 +217,12 @@ def _flag_texts(est: Estimates, r: int, random_names, dropped_fixed, n_dropped) 
                 f"in correlation form has eigenvalues {eig[0]:.3g} .. {eig[-1]:.3g}")
         out.append(f"{lead} Hessian is not positive definite ({what}); covariance-parameter "
                    "SEs and Satterthwaite df are not available")
-    if est.singular[r]:
+    if est.singular[r] and not bounded:
+        neg = [random_names[a] for a in np.flatnonzero(np.diagonal(est.T[r]) < 0)]
+        what = ("a negative variance at: " + ", ".join(neg) if neg else
+                "a zero variance, or T-hat not positive semi-definite")
+        out.append(f"Estimated G matrix is not positive definite (NOBOUND): {what}")
+    elif est.singular[r]:
         at = boundary_names(est, r, random_names)
         out.append("boundary (singular) fit: estimated T is singular (G matrix not positive "
                    "definite); a zero variance or a correlation of +-1 at: " + ", ".join(at))

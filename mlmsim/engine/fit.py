@@ -22,6 +22,7 @@ from mlmsim.engine.estimates import estimates_and_ranef, notes
 from mlmsim.engine.optimize import OptResult, minimize_theta
 from mlmsim.engine.result import FitArrays, FitResult, covparm_names
 from mlmsim.engine.stats import Centering, GroupStats, centred_group_stats, residual_check
+from mlmsim.engine.unbounded import unbounded_estimates
 from mlmsim.formula import Design, model_design
 
 __all__ = ["fit", "fit_design", "result_from_theta", "Centering"]
@@ -38,12 +39,16 @@ def _method(method: str) -> str:
 
 
 def fit(formula: str, data: pd.DataFrame, method: str = "REML", *,
-        control: FitControl | dict | None = None) -> FitResult:
+        control: FitControl | dict | None = None, bounded: bool = True) -> FitResult:
     """Fit a two-level linear mixed model by ML or REML from an lme4 formula.
 
     ``method``: "ML" or "REML" (any case). ``control``: optimiser settings
     (:class:`~mlmsim.engine.control.FitControl`, or a dict of its fields), as lme4's
     ``control = lmerControl(...)``; the result's ``optsum`` says how the optimisation went.
+    ``bounded=False`` is SAS's ``NOBOUND`` (and MLwiN's (R)IGLS): T may be any symmetric
+    matrix with every V_j positive definite, so a variance may be estimated below zero
+    (:mod:`mlmsim.engine.unbounded`; Satterthwaite df then in phi, ``theta`` NaN where
+    T-hat is not positive semi-definite).
 
     >>> from mlmsim import datasets
     >>> res = fit("mathach ~ cses + (1 + cses | school)", datasets.load("hsb"), method="ML")
@@ -53,11 +58,11 @@ def fit(formula: str, data: pd.DataFrame, method: str = "REML", *,
     method = _method(method)
     control = FitControl.coerce(control)
     design = model_design(formula, data)
-    return fit_design(design, method, control=control)
+    return fit_design(design, method, control=control, bounded=bounded)
 
 
 def fit_design(design: Design, method: str = "REML", theta0: np.ndarray | None = None, *,
-               control: FitControl | dict | None = None) -> FitResult:
+               control: FitControl | dict | None = None, bounded: bool = True) -> FitResult:
     """Fit from a :class:`~mlmsim.formula.Design` (formula already turned into matrices).
 
     The statistics are computed from the centred y and X (:class:`Centering`), and the
@@ -73,15 +78,18 @@ def fit_design(design: Design, method: str = "REML", theta0: np.ndarray | None =
     tmap = ThetaMap.from_blocks(design.Z.shape[1], design.blocks)
     start = None if theta0 is None else np.atleast_2d(theta0)
     opt = minimize_theta(stats.select(None), tmap, reml, start, control)
-    return result_from_theta(design, stats, tmap, opt, method, centering)
+    return result_from_theta(design, stats, tmap, opt, method, centering, bounded=bounded)
 
 
 def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: OptResult,
-                      method: str, centering: Centering | None = None) -> FitResult:
+                      method: str, centering: Centering | None = None, *,
+                      bounded: bool = True) -> FitResult:
     """Read the estimates, inference and diagnostics off a single fit's optimum (R = 1).
 
     ``stats`` are those the optimum was found from (of the centred data when
-    ``centering`` is given; the fixed effects are then mapped back).
+    ``centering`` is given; the fixed effects are then mapped back). With ``bounded``
+    False the optimum is the start of the unbounded fit
+    (:func:`mlmsim.engine.unbounded.unbounded_estimates`).
     """
     p = stats.p
     centering = centering or Centering.identity(p)
@@ -91,6 +99,8 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
     # with the EBLUPs U_j = Lambda M_j^{-1} Lambda' u_j and their conditional covariance
     # sigma^2 Lambda M_j^{-1} Lambda'
     est, Us, LMLt = estimates_and_ranef(one, tmap, cs, opt, reml, True)
+    if not bounded:
+        est, Us, LMLt = unbounded_estimates(one, cs, tmap, est, reml, opt.control)
     rnames = list(design.random_names)
     theta = est.theta[0]
     U = Us[0]
@@ -101,7 +111,7 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
     dev = float(est.deviance[0])
     npar = stats.p + tmap.size + 1
     names, sas = covparm_names(rnames, cs.rows, cs.cols)
-    fit_notes = notes(est, 0, rnames, design.dropped_fixed, design.n_dropped)
+    fit_notes = notes(est, 0, rnames, design.dropped_fixed, design.n_dropped, bounded)
     for note in fit_notes:
         if note.warn:
             warnings.warn(note.text, stacklevel=3)
@@ -134,6 +144,7 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
         n_dropped=design.n_dropped,
         messages=tuple(n.text for n in fit_notes),
         optsum=opt.summary(0),
+        bounded=bool(bounded),
         design=design,
         stats=stats,
         cov_structure=cs,

@@ -51,6 +51,7 @@ __all__ = [
     "satterthwaite_df",
     "satterthwaite_theta",
     "satterthwaite_terms",
+    "satterthwaite_phi_terms",
     "satterthwaite_many",
     "phi_pass",
     "theta_jacobians",
@@ -262,6 +263,20 @@ def satterthwaite_terms(stats: GroupStats, cs: CovStructure, tmap, theta: np.nda
     return C, dC_psi, psi_acov(H)
 
 
+def satterthwaite_phi_terms(stats: GroupStats, cs: CovStructure, phi: np.ndarray, reml: bool,
+                            fixed_map: np.ndarray | None = None
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """C, dC/dphi and Acov = 2 H_phi^{-1} at phi (10.2): the terms of Satterthwaite's df
+    (10.3) in phi, for any symmetric T with every V_j positive definite (an unbounded fit,
+    where theta does not exist). Inside the parameter space they give the df of
+    :func:`satterthwaite_terms`. ``fixed_map`` as there."""
+    _, _, H, C, dC = phi_pass(stats, cs, phi, reml, True)
+    if fixed_map is not None:
+        C = fixed_map @ C @ fixed_map.T
+        dC = fixed_map @ dC @ fixed_map.T
+    return C, dC, psi_acov(H)
+
+
 def satterthwaite_theta(stats: GroupStats, cs: CovStructure, tmap, theta: np.ndarray,
                         sigma2: float, reml: bool, fixed_map: np.ndarray | None = None,
                         L: np.ndarray | None = None) -> np.ndarray:
@@ -367,20 +382,26 @@ def wald_p(t: np.ndarray, df: np.ndarray | None) -> np.ndarray:
 
 def satterthwaite_many(stats: GroupStats, tmap, cs: CovStructure, theta: np.ndarray,
                        sigma2: np.ndarray, reml: bool,
-                       fixed_map: np.ndarray | None = None) -> np.ndarray:
+                       fixed_map: np.ndarray | None = None,
+                       phi: np.ndarray | None = None) -> np.ndarray:
     """Satterthwaite df (R, p) of every fixed effect for R replicates: ``stats`` with batch
     axis R, theta (R, k), sigma2 (R,), ``fixed_map`` None or (R, p, p) (see
-    :func:`satterthwaite_theta`). NaN for a replicate where the df cannot be computed.
+    :func:`satterthwaite_theta`); with ``phi`` (R, m) (unbounded fits), in phi
+    (:func:`satterthwaite_phi_terms`). NaN for a replicate where the df cannot be computed.
     (docs/math.md (10.3))"""
     theta = np.atleast_2d(theta)
     sigma2 = np.atleast_1d(sigma2)
     R, p = theta.shape[0], stats.p
     out = np.full((R, p), np.nan)
     for r in range(R):
-        if not np.all(np.isfinite(theta[r])) or not np.isfinite(sigma2[r]):
+        point = theta[r] if phi is None else phi[r]
+        if not np.all(np.isfinite(point)) or not np.isfinite(sigma2[r]):
             continue
         one = stats.select(np.array([r]))
         one = GroupStats(*(getattr(one, f)[0] for f in GroupStats.__dataclass_fields__))
-        out[r] = satterthwaite_theta(one, cs, tmap, theta[r], float(sigma2[r]), reml,
-                                     None if fixed_map is None else fixed_map[r])
+        fm = None if fixed_map is None else fixed_map[r]
+        if phi is None:
+            out[r] = satterthwaite_theta(one, cs, tmap, theta[r], float(sigma2[r]), reml, fm)
+        else:
+            out[r] = satterthwaite_df(*satterthwaite_phi_terms(one, cs, phi[r], reml, fm))
     return out

@@ -1,17 +1,17 @@
 """Small-sample inference for the fixed effects: Kenward-Roger, expected information, and
-F tests of contrasts. docs/math.md section 11.
+F tests of contrasts. docs/math.md section 12.
 
 With phi = (T's distinct elements, sigma^2) and V_k = dV/dphi_k (Z E_k Z' for an element of
 T, I for sigma^2; V is linear in phi), C = (X'V^{-1}X)^{-1} at the REML estimates,
 
-    M_k  = X'V^{-1} V_k V^{-1} X,    Q_kl = X'V^{-1} V_k V^{-1} V_l V^{-1} X          (11.1)
+    M_k  = X'V^{-1} V_k V^{-1} X,    Q_kl = X'V^{-1} V_k V^{-1} V_l V^{-1} X          (12.1)
     H_E  = E[d^2 (-2 log L_R) / dphi dphi'] = tr(P V_k P V_l),  P the REML projection  (6.6)
     W    = 2 H_E^{-1}  (the inverse of the expected information 1/2 tr(P V_k P V_l))
 
 (computed per group by the one GLS pass, :func:`mlmsim.engine.phi_kernel.phi_terms`), and
 Kenward & Roger (1997), as pbkrtest's ``vcovAdj`` computes it (P_k = -M_k, R_kl = 0):
 
-    Phi_A = C + 2 C [sum_kl W_kl (Q_kl - M_k C M_l)] C                                 (11.2)
+    Phi_A = C + 2 C [sum_kl W_kl (Q_kl - M_k C M_l)] C                                 (12.2)
 
 For a contrast matrix L (r rows, rank r), Theta = L'(L C L')^{-1} L, u_k = Theta C M_k C:
 
@@ -19,7 +19,7 @@ For a contrast matrix L (r rows, rank r), Theta = L'(L C L')^{-1} L, u_k = Theta
     B  = (A1 + 6 A2) / (2r),  g = ((r+1) A1 - (r+4) A2) / ((r+2) A2),  d = 3r + 2(1-g)
     c1 = g/d,  c2 = (r-g)/d,  c3 = (r+2-g)/d
     rho = [(1 - A2/r) / (1 - c2 B)]^2 (1 + c1 B) / (r (1 - c3 B))
-    m = 4 + (r+2) / (r rho - 1),   lambda = m (1 - A2/r) / (m - 2)                     (11.3)
+    m = 4 + (r+2) / (r rho - 1),   lambda = m (1 - A2/r) / (m - 2)                     (12.3)
     F = lambda (L b)'(L Phi_A L')^{-1}(L b) / r  ~  F(r, m)
 
 (pbkrtest's ``KRmodcomp``; lambda = 1 when |m - 2| < 0.01). For one row, A1 = A2 and
@@ -60,7 +60,7 @@ __all__ = ["InfoTerms", "info_terms", "mapped", "expected_acov", "kr_adjust", "k
 class InfoTerms:
     """The second-order terms at phi for R replicates (leading axis R), in the
     coordinates of the statistics they came from: C (R, p, p), M (R, m, p, p), Q (R, m, m,
-    p, p) of (11.1), the expected Hessian HE (R, m, m) of (6.6) and the observed Hessian H
+    p, p) of (12.1), the expected Hessian HE (R, m, m) of (6.6) and the observed Hessian H
     (R, m, m) of (6.3) of -2 log L (REML or ML)."""
 
     C: np.ndarray
@@ -99,7 +99,7 @@ def mapped(t: InfoTerms, F: np.ndarray | None) -> InfoTerms:
 
 def kr_inference(t: InfoTerms) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per replicate of a REML fit: Phi_A (R, p, p), W (R, m, m), and each fixed effect's
-    KR SE sqrt(diag Phi_A) and df (R, p) ((11.2), (11.3) with r = 1)."""
+    KR SE sqrt(diag Phi_A) and df (R, p) ((12.2), (12.3) with r = 1)."""
     PhiA, W = kr_adjust(t)
     p = PhiA.shape[-1]
     se = np.sqrt(np.einsum("rii->ri", PhiA))
@@ -115,7 +115,7 @@ def expected_acov(HE: np.ndarray) -> np.ndarray:
 
 
 def kr_adjust(t: InfoTerms) -> tuple[np.ndarray, np.ndarray]:
-    """Phi_A (R, p, p) of (11.2) and W (R, m, m) from :class:`InfoTerms` of a REML fit."""
+    """Phi_A (R, p, p) of (12.2) and W (R, m, m) from :class:`InfoTerms` of a REML fit."""
     W = expected_acov(t.HE)
     C, M, Q = t.C, t.M, t.Q
     MCM = np.einsum("rkab,rbc,rlcd->rklad", M, C, M)
@@ -131,7 +131,7 @@ def _cmc(t: InfoTerms) -> np.ndarray:
 
 def kr_coef_df(t: InfoTerms, W: np.ndarray, Lrows: np.ndarray) -> np.ndarray:
     """KR df (R, n) of each one-row contrast l (rows of ``Lrows`` (n, p), in the
-    coordinates of ``t``): m = 2 (l'Cl)^2 / (g'W g), g_k = l'C M_k C l ((11.3), r = 1)."""
+    coordinates of ``t``): m = 2 (l'Cl)^2 / (g'W g), g_k = l'C M_k C l ((12.3), r = 1)."""
     v = np.einsum("ip,rpq,iq->ri", Lrows, t.C, Lrows)
     g = np.einsum("ip,rkpq,iq->rik", Lrows, _cmc(t), Lrows)
     den = np.einsum("rik,rkl,ril->ri", g, W, g)
@@ -142,7 +142,7 @@ def kr_coef_df(t: InfoTerms, W: np.ndarray, Lrows: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class FTest:
     """An F test of H0: L beta = rhs. ``F`` the statistic (KR: scaled by ``scale``, the
-    lambda of (11.3); Satterthwaite: 1), ``ndf`` = rank of L, ``ddf`` the denominator df,
+    lambda of (12.3); Satterthwaite: 1), ``ndf`` = rank of L, ``ddf`` the denominator df,
     ``p`` = P(F(ndf, ddf) > F); ``method`` "kenward-roger" or "satterthwaite"."""
 
     F: float
@@ -170,7 +170,7 @@ def _row_basis(L: np.ndarray) -> np.ndarray:
 
 def kr_ftest(L: np.ndarray, b: np.ndarray, t: InfoTerms, PhiA: np.ndarray, W: np.ndarray,
              r: int = 0) -> FTest:
-    """The KR F test (11.3) of L b = 0 for replicate r (``b`` = L's coefficients minus
+    """The KR F test (12.3) of L b = 0 for replicate r (``b`` = L's coefficients minus
     the hypothesised values, ``L`` (n, p); all in the coordinates of ``t``)."""
     Lb = _row_basis(L)
     n = Lb.shape[0]
@@ -193,7 +193,7 @@ def kr_ftest(L: np.ndarray, b: np.ndarray, t: InfoTerms, PhiA: np.ndarray, W: np
     Lbv = Lb @ b
     F = lam * float(Lbv @ np.linalg.solve(Lb @ PhiA[r] @ Lb.T, Lbv)) / n
     p = float(sps.f.sf(F, n, m)) if np.isfinite(F) and m > 0 else np.nan
-    return FTest(F=F, ndf=n, ddf=float(m), p=p, scale=float(lam), method="kenward-roger")
+    return FTest(F=float(F), ndf=n, ddf=float(m), p=p, scale=float(lam), method="kenward-roger")
 
 
 def _fstat_ddf(nu: np.ndarray) -> float:

@@ -55,7 +55,7 @@ PhiWork = namedtuple("PhiWork", ["gls", "D", "Psi", "wqq", "wqp", "wpp", "wp", "
 PhiInfo = namedtuple("PhiInfo", ["HE", "MK", "QK"])
 PhiInfo.__doc__ = """The second-order terms beyond the observed Hessian, for one replicate: the
 expected Hessian HE (m, m) of docs/math.md (6.6), M_k = X'V^{-1}V_kV^{-1}X as MK (m, p, p)
-and Q_kl = X'V^{-1}V_kV^{-1}V_lV^{-1}X as QK (m, m, p, p) (11.1). An array with a leading
+and Q_kl = X'V^{-1}V_kV^{-1}V_lV^{-1}X as QK (m, m, p, p) (12.1). An array with a leading
 size of 0 is not wanted (HE: no expected Hessian; QK: neither MK nor QK)."""
 
 
@@ -74,7 +74,7 @@ def phi_workspace(J, q, p, K):
                    np.empty((7, p, p)), np.empty((6, p)), np.empty((q, q, q, q)),
                    np.empty((q, p, q, 1)), np.empty((q, p, q, p)), np.empty((m, p)),
                    np.empty((m, p, p)), np.empty((J, q)), np.empty((q, q, q, q)),
-                   np.empty((K, p, q)))
+                   np.empty((K, q, p)))
 
 
 @njit(cache=True, error_model="numpy")
@@ -98,6 +98,16 @@ def _trace_E(rows, cols, k, X):
     for e in range(_npairs(rows, cols, k)):
         i, j = _pair(rows, cols, k, e)
         s += X[j, i]
+    return s
+
+
+@njit(cache=True, error_model="numpy")
+def _x_e_y(rows, cols, k, X, Y, a, b):
+    """(X'E_k Y)[a, b] = sum over E_k[i, t] = 1 of X[i, a] Y[t, b]."""
+    s = 0.0
+    for e in range(_npairs(rows, cols, k)):
+        i, t = _pair(rows, cols, k, e)
+        s += X[i, a] * Y[t, b]
     return s
 
 
@@ -134,7 +144,7 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
     r2 / N (ML) or r2 / (N - p) (REML) (4.3): then the point is the fit's phi at theta. With
     U (J, q) (not empty) the EBLUPs D_j u_j are written there (8.2), and ``info``
     (:class:`PhiInfo`) receives the expected Hessian (6.6) and the KR terms M_k, Q_kl
-    (11.1) it asks for. Returns sigma^2, or nan (outputs nan) where some V_j or X'V^{-1}X
+    (12.1) it asks for. Returns sigma^2, or nan (outputs nan) where some V_j or X'V^{-1}X
     is not positive definite."""
     if len(qc) == 2:
         return phi_terms_q2(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C,
@@ -330,9 +340,12 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
         for i in range(q):
             for a in range(q):
                 x = P[i, a]
+                xe = PE[i, a] if want_E else 0.0
                 for t in range(q):
                     for b in range(q):
                         W4[i, a, t, b] += x * Q[t, b]
+                        if want_E:
+                            W4E[i, a, t, b] += xe * Q[t, b]
             for a in range(p):
                 x = F[i, a]
                 for t in range(q):
@@ -341,37 +354,18 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
                     for t in range(q):
                         for b in range(p):
                             FF[i, a, t, b] += x * F[t, b]
-        if want_E:
-            for i in range(q):
-                for a in range(q):
-                    x = PE[i, a]
-                    for t in range(q):
-                        for b in range(q):
-                            W4E[i, a, t, b] += x * Q[t, b]
-        # (11.1): Q_kl += (F'E_k Q) E_l F,  Q_kK += F'E_k F2 (F2 = Z'V^{-2}X)
+        # (12.1): Q_kl += (F'E_k Q) E_l F,  Q_kK += F'E_k F2 (F2 = Z'V^{-2}X)
         if want_K:
             for k in range(K):
                 for a in range(p):
                     for n in range(q):
-                        acc = 0.0
-                        for e in range(_npairs(rows, cols, k)):
-                            i, t = _pair(rows, cols, k, e)
-                            acc += F[i, a] * Q[t, n]
-                        FEQ[k, a, n] = acc
+                        FEQ[k, n, a] = _x_e_y(rows, cols, k, F, Q, a, n)
             for k in range(K):
                 for a in range(p):
                     for b in range(p):
                         for l in range(K):
-                            acc = 0.0
-                            for e in range(_npairs(rows, cols, l)):
-                                n, t = _pair(rows, cols, l, e)
-                                acc += FEQ[k, a, n] * F[t, b]
-                            QK[k, l, a, b] += acc
-                        acc = 0.0
-                        for e in range(_npairs(rows, cols, k)):
-                            i, t = _pair(rows, cols, k, e)
-                            acc += F[i, a] * G2B[t, b]
-                        QK[k, K, a, b] += acc * v2
+                            QK[k, l, a, b] += _x_e_y(rows, cols, l, FEQ[k], F, a, b)
+                        QK[k, K, a, b] += _x_e_y(rows, cols, k, F, G2B, a, b) * v2
 
     # totals (6.4): r'K^m r, X'K^m r, X'K^m X, tr K^m, K = sigma^2 V^{-1}
     ee = float(st.yty)

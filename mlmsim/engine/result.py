@@ -140,6 +140,7 @@ class FitResult:
     group_labels: np.ndarray = field(repr=False)
     n_dropped: int = 0
     messages: tuple[str, ...] = ()
+    bounded: bool = True
     optsum: OptSummary | None = field(default=None, repr=False)
     design: Design | None = field(default=None, repr=False, compare=False)
     stats: GroupStats | None = field(default=None, repr=False, compare=False)
@@ -207,7 +208,7 @@ class FitResult:
 
     @cached_property
     def _kr(self) -> tuple[np.ndarray, ...]:
-        """Phi_A (p, p), W (m, m), KR SEs and df (p,) (11.2)-(11.3); a REML fit only."""
+        """Phi_A (p, p), W (m, m), KR SEs and df (p,) (12.2)-(12.3); a REML fit only."""
         if not self.reml:
             raise ValueError(KR_NEEDS_REML)
         return tuple(a[0] for a in kenward_roger.kr_inference(self._info))
@@ -215,7 +216,7 @@ class FitResult:
     @property
     def vcov_kr(self) -> pd.DataFrame:
         """Kenward-Roger's adjusted covariance of the fixed effects Phi_A (docs/math.md
-        (11.2); pbkrtest's ``vcovAdj``, SAS DDFM=KR), for a REML fit; NaN where the
+        (12.2); pbkrtest's ``vcovAdj``, SAS DDFM=KR), for a REML fit; NaN where the
         expected information is not positive definite."""
         names = list(self.fixed_names)
         return pd.DataFrame(self._kr[0], index=names, columns=names)
@@ -329,9 +330,7 @@ class FitResult:
         if method == "residual":
             return np.full(self.fixef.shape[0], float(self.nobs - self.fixef.shape[0]))
         if method == "satterthwaite":
-            return inference.satterthwaite_theta(st, self.cov_structure, self.theta_map,
-                                                 self.theta, self.sigma2, self.reml,
-                                                 self.fixed_map)
+            return inference.satterthwaite_df(*self._satterthwaite_terms())
         if method == "containment":
             fv = [_variables(n) for n in self.fixef.index]
             rv = [_variables(n) for n in self.random_names]
@@ -339,12 +338,22 @@ class FitResult:
         varies = _varies_within(d.X, d.group_codes, d.ngroups)
         return inference.between_within_df(st, varies)
 
+    def _satterthwaite_terms(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """C, dC and Acov of Satterthwaite's df (10.3): in lmerTest's (theta, sigma), or in
+        phi for an unbounded fit (where theta need not exist)."""
+        if self.bounded:
+            return inference.satterthwaite_terms(self.stats, self.cov_structure,
+                                                 self.theta_map, self.theta, self.sigma2,
+                                                 self.reml, self.fixed_map)
+        return inference.satterthwaite_phi_terms(self.stats, self.cov_structure, self.phi,
+                                                 self.reml, self.fixed_map)
+
     def ftest(self, L, rhs=None, ddf: str = "kenward-roger") -> kenward_roger.FTest:
         """F test of H0: L gamma = rhs (pbkrtest's ``KRmodcomp``, lmerTest's ``contest``).
 
         ``L``: a contrast matrix (r, p) over the fixed effects in ``fixef`` order, one row
         (p,), or a list of fixed-effect names (each = 0); ``rhs`` (r,) defaults to 0.
-        ``ddf``: "kenward-roger" (REML; the scaled F of docs/math.md (11.3)) or
+        ``ddf``: "kenward-roger" (REML; the scaled F of docs/math.md (12.3)) or
         "satterthwaite" (lmerTest's F with the df of (10.3)). A rank-deficient L is
         reduced to its row space. Returns an :class:`~mlmsim.engine.kenward_roger.FTest`.
 
@@ -374,10 +383,7 @@ class FitResult:
             PhiA, W = self._kr[:2]
             return kenward_roger.kr_ftest(L, b, self._info, PhiA[None], W[None])
         if kind == "satterthwaite":
-            C, dC, acov = inference.satterthwaite_terms(
-                self.stats, self.cov_structure, self.theta_map, self.theta, self.sigma2,
-                self.reml, self.fixed_map)
-            return kenward_roger.satterthwaite_ftest(L, b, C, dC, acov)
+            return kenward_roger.satterthwaite_ftest(L, b, *self._satterthwaite_terms())
         raise ValueError(f"ddf for an F test must be 'kenward-roger' or 'satterthwaite', got "
                          f"{ddf!r}")
 

@@ -317,6 +317,8 @@ class FormulaMethod:
         (NaN), p and the interval are NaN too, never a normal approximation.
     control : None (the engine's defaults), a ``mlmsim.engine.control.FitControl`` or a
         dict of its fields: the optimiser's settings.
+    bounded : False for unbounded variance estimates (SAS NOBOUND; ``mlmsim.fit(...,
+        bounded=False)``), batched as well.
 
     Every setting is checked here, when the study is defined: an unknown keyword is a
     TypeError, a bad value a ValueError (rather than an error in every replicate).
@@ -337,7 +339,7 @@ class FormulaMethod:
 
     def __init__(self, formula: str, method: str = "REML", *, level: float = 0.95,
                  name: str | None = None, batch: bool = True, batch_size: int = 32,
-                 ddf: str | None = None, control: Any = None):
+                 ddf: str | None = None, control: Any = None, bounded: bool = True):
         norm = method.upper() if isinstance(method, str) else None
         if norm not in ("ML", "REML"):
             raise ValueError(f"method must be 'ML' or 'REML' (any case), got {method!r}")
@@ -367,8 +369,11 @@ class FormulaMethod:
         self.name = name or norm
         self.batch = bool(batch)
         self.batch_size = int(batch_size)
+        if not isinstance(bounded, (bool, np.bool_)):
+            raise ValueError(f"bounded must be True or False, got {bounded!r}")
         self.ddf = ddf
         self.control = control
+        self.bounded = bool(bounded)
 
     def __call__(self, data: Any) -> Estimates:
         from mlmsim import fit
@@ -376,9 +381,7 @@ class FormulaMethod:
 
         if isinstance(data, SimBatch):
             data = data.frame(0)
-        # control only when set: an engine whose fit() does not take it still works
-        extra = {} if self.control is None else {"control": self.control}
-        res = fit(self.formula, data, method=self.method, **extra)
+        res = fit(self.formula, data, method=self.method, **self._fit_options())
         return Estimates.from_fit(res, self.level, ddf=self.ddf)
 
     @property
@@ -388,9 +391,16 @@ class FormulaMethod:
             return None
         return self._fit_batch
 
+    def _fit_options(self) -> dict:
+        """control and bounded, each only when set (the engine's defaults otherwise)."""
+        out = {} if self.control is None else {"control": self.control}
+        if not self.bounded:
+            out["bounded"] = False
+        return out
+
     def _fit_batch(self, datasets: list) -> list[Estimates]:
-        extra = {} if self.control is None else {"control": self.control}
-        res = _engine_fit_batch()(self.formula, datasets, method=self.method, **extra)
+        res = _engine_fit_batch()(self.formula, datasets, method=self.method,
+                                  **self._fit_options())
         names = list(res.param_names)
         z = _z(self.level)
         with np.errstate(invalid="ignore"):
@@ -428,11 +438,15 @@ class FormulaMethod:
             out["ddf"] = self.ddf
         if self.control is not None:
             out["control"] = canonical(self.control)
+        if not self.bounded:
+            out["bounded"] = False
         return out
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v!r}" for k, v in (("ddf", self.ddf),
-                                                     ("control", self.control))
+                                                     ("control", self.control),
+                                                     ("bounded", None if self.bounded
+                                                      else False))
                         if v is not None)
         return f"FormulaMethod({self.formula!r}, method={self.method!r}{extra})"
 

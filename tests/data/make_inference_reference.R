@@ -50,14 +50,6 @@ json_array <- function(v) if (is.null(v)) NULL else I(unname(as.numeric(v)))
 json_matrix <- function(M) lapply(seq_len(nrow(M)), function(i) I(unname(M[i, ])))
 criterion <- function(m) if (isREML(m)) REMLcrit(m) else deviance(m)
 
-CONTROLS <- list(
-  bobyqa = lmerControl(optimizer = "bobyqa",
-                       optCtrl = list(rhoend = 1e-12, maxfun = 1e5)),
-  nloptwrap = lmerControl(optimizer = "nloptwrap",
-                          optCtrl = list(xtol_abs = 1e-12, ftol_abs = 1e-14,
-                                         xtol_rel = 0, ftol_rel = 0, maxeval = 1e5))
-)
-
 run_lmer <- function(formula, data, reml, control = lmerControl(), start = NULL,
                      fun = quote(lme4::lmer)) {
   # lmer in an environment of its own holding everything its call refers to, so

@@ -78,14 +78,6 @@ json_array <- function(v) if (is.null(v)) NULL else I(unname(as.numeric(v)))
 json_matrix <- function(M) lapply(seq_len(nrow(M)), function(i) I(unname(as.numeric(M[i, ]))))
 named <- function(v) as.list(setNames(as.numeric(v), names(v)))
 
-CONTROLS <- list(
-  bobyqa = lmerControl(optimizer = "bobyqa",
-                       optCtrl = list(rhoend = 1e-12, maxfun = 1e5)),
-  nloptwrap = lmerControl(optimizer = "nloptwrap",
-                          optCtrl = list(xtol_abs = 1e-12, ftol_abs = 1e-14,
-                                         xtol_rel = 0, ftol_rel = 0, maxeval = 1e5))
-)
-
 run_lmer <- function(formula, data, control, start = NULL) {
   # REML lmer in an environment of its own holding everything its call refers to, so
   # that lmerTest (which re-evaluates the call with devFunOnly = TRUE) can rebuild the
@@ -256,50 +248,27 @@ local({
 })
 
 # ---------------------------------------------------------------------------
-# (ii) lme4's sleepstudy
+# (ii)-(v) data sets of R packages: the columns named, factors as plain labels
 # ---------------------------------------------------------------------------
-local({
-  d <- sleepstudy[, c("Reaction", "Days", "Subject")]
-  d$Subject <- as.character(d$Subject)
-  ds <- write_data(d, "kr_sleepstudy.csv", labels = "Subject")
-  add_fit("sleepstudy", "lme4::sleepstudy", ds, "Reaction ~ Days + (Days | Subject)")
-})
-
-# ---------------------------------------------------------------------------
-# (iii) nlme's Orthodont: a level-2 factor Sex (reference Female: levels sorted)
-# ---------------------------------------------------------------------------
-local({
-  o <- nlme::Orthodont
-  d <- data.frame(distance = o$distance, age = o$age, Subject = as.character(o$Subject),
-                  Sex = as.character(o$Sex))
-  ds <- write_data(d, "kr_orthodont.csv", labels = c("Subject", "Sex"))
-  add_fit("orthodont", "nlme::Orthodont (Sex: reference level Female, levels sorted)", ds,
-          "distance ~ age + Sex + (age | Subject)")
-})
-
-# ---------------------------------------------------------------------------
-# (iv) nlme's BodyWeight: a level-2 factor Diet (reference 1)
-# ---------------------------------------------------------------------------
-local({
-  bw <- nlme::BodyWeight
-  d <- data.frame(weight = bw$weight, Time = bw$Time, Diet = as.character(bw$Diet),
-                  Rat = as.character(bw$Rat))
-  ds <- write_data(d, "kr_bodyweight.csv", labels = c("Diet", "Rat"))
-  add_fit("bodyweight", "nlme::BodyWeight (Diet as labels 1, 2, 3: reference 1)", ds,
-          "weight ~ Time + Diet + (Time | Rat)")
-})
-
-# ---------------------------------------------------------------------------
-# (v) nlme's Machines: a level-1 factor Machine (reference A), random intercept
-# ---------------------------------------------------------------------------
-local({
-  mc <- nlme::Machines
-  d <- data.frame(score = mc$score, Machine = as.character(mc$Machine),
-                  Worker = as.character(mc$Worker))
-  ds <- write_data(d, "kr_machines.csv", labels = c("Machine", "Worker"))
-  add_fit("machines", "nlme::Machines (Machine: reference A)", ds,
-          "score ~ Machine + (1 | Worker)")
-})
+add_package_fit <- function(id, note, src, cols, labels, formula) {
+  d <- as.data.frame(lapply(src[cols], function(v) if (is.factor(v)) as.character(v) else v))
+  add_fit(id, note, write_data(d, paste0("kr_", id, ".csv"), labels = labels), formula)
+}
+add_package_fit("sleepstudy", "lme4::sleepstudy", sleepstudy,
+                c("Reaction", "Days", "Subject"), "Subject",
+                "Reaction ~ Days + (Days | Subject)")
+# a level-2 factor Sex (reference Female: levels sorted)
+add_package_fit("orthodont", "nlme::Orthodont (Sex: reference level Female, levels sorted)",
+                nlme::Orthodont, c("distance", "age", "Subject", "Sex"), c("Subject", "Sex"),
+                "distance ~ age + Sex + (age | Subject)")
+# a level-2 factor Diet (reference 1)
+add_package_fit("bodyweight", "nlme::BodyWeight (Diet as labels 1, 2, 3: reference 1)",
+                nlme::BodyWeight, c("weight", "Time", "Diet", "Rat"), c("Diet", "Rat"),
+                "weight ~ Time + Diet + (Time | Rat)")
+# a level-1 factor Machine (reference A), random intercept
+add_package_fit("machines", "nlme::Machines (Machine: reference A)", nlme::Machines,
+                c("score", "Machine", "Worker"), c("Machine", "Worker"),
+                "score ~ Machine + (1 | Worker)")
 
 # ---------------------------------------------------------------------------
 # Simulation: y = X gamma + Z u_j + e, u_j ~ N(0, T), e ~ N(0, sigma2)
@@ -328,51 +297,40 @@ local({
     simulated = TRUE)
 })
 
-# (vii) q = 3: J = 40 groups of 6, x1, x2 ~ N(0, 1) level 1;
-# y = 2 + 0.5 x1 - 0.3 x2 + U0 + U1 x1 + U2 x2 + e,
-# T = [[1, 0.2, -0.1], [0.2, 0.5, 0.1], [-0.1, 0.1, 0.4]], sigma2 = 1.
-set.seed(20240612)
-local({
-  J <- 40
-  n <- 6
+# (vii), (viii) q = 3 and 4: J groups of n, x1 .. x_{q-1} ~ N(0, 1) at level 1,
+# y = gamma_0 + sum_k gamma_k x_k + U0 + sum_k U_k x_k + e, U_j ~ N(0, T), sigma2 = 1
+# (terms added in this order; draws: the x's column by column, then U, then e).
+add_sim_slopes <- function(id, J, n, gamma, T, note) {
+  q <- nrow(T)
   g <- rep(seq_len(J), each = n)
-  x1 <- rnorm(J * n)
-  x2 <- rnorm(J * n)
-  u <- draw_u(J, matrix(c(1, 0.2, -0.1, 0.2, 0.5, 0.1, -0.1, 0.1, 0.4), 3))
-  y <- 2 + 0.5 * x1 - 0.3 * x2 + u[g, 1] + u[g, 2] * x1 + u[g, 3] * x2 + rnorm(J * n)
-  ds <- write_data(data.frame(g = g, x1 = x1, x2 = x2, y = y), "kr_q3.csv",
-                   round_cols = c("x1", "x2", "y"))
-  add_fit("q3", paste0("simulated: J = 40 groups of 6, gamma = (2, 0.5, -0.3), ",
-                       "T = [[1, 0.2, -0.1], [0.2, 0.5, 0.1], [-0.1, 0.1, 0.4]], sigma2 = 1"),
-          ds, "y ~ x1 + x2 + (1 + x1 + x2 | g)", simulated = TRUE)
-})
-
-# (viii) q = 4: J = 50 groups of 8, x1, x2, x3 ~ N(0, 1) level 1;
-# y = 1 + 0.4 x1 + 0.2 x2 - 0.5 x3 + U0 + U1 x1 + U2 x2 + U3 x3 + e,
-# T = [[1, 0.2, 0, 0.1], [0.2, 0.6, 0.1, 0], [0, 0.1, 0.5, -0.1], [0.1, 0, -0.1, 0.4]],
-# sigma2 = 1.
-set.seed(20240613)
-local({
-  J <- 50
-  n <- 8
-  g <- rep(seq_len(J), each = n)
-  x1 <- rnorm(J * n)
-  x2 <- rnorm(J * n)
-  x3 <- rnorm(J * n)
-  T <- matrix(c(1, 0.2, 0, 0.1,
-                0.2, 0.6, 0.1, 0,
-                0, 0.1, 0.5, -0.1,
-                0.1, 0, -0.1, 0.4), 4)
+  X <- matrix(rnorm(J * n * (q - 1)), J * n, q - 1)
+  colnames(X) <- paste0("x", seq_len(q - 1))
   u <- draw_u(J, T)
-  y <- 1 + 0.4 * x1 + 0.2 * x2 - 0.5 * x3 +
-    u[g, 1] + u[g, 2] * x1 + u[g, 3] * x2 + u[g, 4] * x3 + rnorm(J * n)
-  ds <- write_data(data.frame(g = g, x1 = x1, x2 = x2, x3 = x3, y = y), "kr_q4.csv",
-                   round_cols = c("x1", "x2", "x3", "y"))
-  add_fit("q4", paste0("simulated: J = 50 groups of 8, gamma = (1, 0.4, 0.2, -0.5), ",
-                       "T = [[1, 0.2, 0, 0.1], [0.2, 0.6, 0.1, 0], [0, 0.1, 0.5, -0.1], ",
-                       "[0.1, 0, -0.1, 0.4]], sigma2 = 1"),
-          ds, "y ~ x1 + x2 + x3 + (1 + x1 + x2 + x3 | g)", simulated = TRUE)
-})
+  y <- gamma[1]
+  for (k in seq_len(q - 1)) y <- y + gamma[k + 1] * X[, k]
+  y <- y + u[g, 1]
+  for (k in seq_len(q - 1)) y <- y + u[g, k + 1] * X[, k]
+  y <- y + rnorm(J * n)
+  xs <- colnames(X)
+  ds <- write_data(data.frame(g = g, X, y = y), paste0("kr_", id, ".csv"),
+                   round_cols = c(xs, "y"))
+  rhs <- paste(xs, collapse = " + ")
+  add_fit(id, note, ds, sprintf("y ~ %s + (1 + %s | g)", rhs, rhs), simulated = TRUE)
+}
+set.seed(20240612)
+add_sim_slopes("q3", 40, 6, c(2, 0.5, -0.3),
+               matrix(c(1, 0.2, -0.1, 0.2, 0.5, 0.1, -0.1, 0.1, 0.4), 3),
+               paste0("simulated: J = 40 groups of 6, gamma = (2, 0.5, -0.3), ",
+                      "T = [[1, 0.2, -0.1], [0.2, 0.5, 0.1], [-0.1, 0.1, 0.4]], sigma2 = 1"))
+set.seed(20240613)
+add_sim_slopes("q4", 50, 8, c(1, 0.4, 0.2, -0.5),
+               matrix(c(1, 0.2, 0, 0.1,
+                        0.2, 0.6, 0.1, 0,
+                        0, 0.1, 0.5, -0.1,
+                        0.1, 0, -0.1, 0.4), 4),
+               paste0("simulated: J = 50 groups of 8, gamma = (1, 0.4, 0.2, -0.5), ",
+                      "T = [[1, 0.2, 0, 0.1], [0.2, 0.6, 0.1, 0], [0, 0.1, 0.5, -0.1], ",
+                      "[0.1, 0, -0.1, 0.4]], sigma2 = 1"))
 
 versions <- c(list(R = paste(R.version$major, R.version$minor, sep = ".")),
               lapply(setNames(nm = c("lme4", "lmerTest", "pbkrtest", "nlme", "Matrix",

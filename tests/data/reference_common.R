@@ -1,12 +1,21 @@
 # reference_common.R -- helpers shared by the reference scripts of tests/data/
-# (make_lme4_reference.R, make_inference_reference.R), sourced by them after they have
-# set `script_dir` (the folder of the script, tests/data/).
+# (make_lme4_reference.R, make_inference_reference.R, make_kr_reference.R), sourced by
+# them after they have set `script_dir` (the folder of the script, tests/data/).
 
 suppressPackageStartupMessages({
   library(lme4)
   library(lmerTest)
   library(jsonlite)
 })
+
+# The two tight optimisers every reference fit is run with (the lower criterion is kept).
+CONTROLS <- list(
+  bobyqa = lmerControl(optimizer = "bobyqa",
+                       optCtrl = list(rhoend = 1e-12, maxfun = 1e5)),
+  nloptwrap = lmerControl(optimizer = "nloptwrap",
+                          optCtrl = list(xtol_abs = 1e-12, ftol_abs = 1e-14,
+                                         xtol_rel = 0, ftol_rel = 0, maxeval = 1e5))
+)
 
 repo_root <- normalizePath(file.path(script_dir, "..", ".."))
 rel <- function(path) sub(paste0("^", repo_root, "/"), "", normalizePath(path))
