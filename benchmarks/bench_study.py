@@ -30,6 +30,11 @@ batch size): generation, the batched fit (``fit_batch`` on the generated DataFra
 the runner's own work (seeds, Estimates, records), and for reference the array path
 (``simulate_batch`` + ``fit_arrays``) that skips DataFrames.
 
+``--ddf kenward-roger`` (REML cases) makes every mlmsim record carry each fixed effect's KR
+df and p (batched: one compiled pass of the KR terms per block), and the lme4 peer compute
+pbkrtest's ``vcovAdj`` and each coefficient's KR df after every fit (the other peers have
+no KR and are left out).
+
 ``--maas-hox`` also runs the Maas and Hox (2005) sized design, 27 conditions x 1000
 replicates, REML with a random intercept and slope (tau00, tau01, tau11), through the
 runner from a cold start of the workers, and reports its wall time and flag counts.
@@ -456,15 +461,18 @@ def peer_datasets(case: Case, n: int) -> list[pd.DataFrame]:
 
 
 def peer_loop(tool: str, model: Model, datasets: list[pd.DataFrame], method: str,
-              budget: float, min_fits: int = 5) -> tuple[list[PeerFit], list[str]]:
+              budget: float, min_fits: int = 5, ddf: str | None = None
+              ) -> tuple[list[PeerFit], list[str]]:
     """Fit the data sets one after another (after one untimed warm-up fit).
 
     A Python tool stops after ``min_fits`` fits once its fit time exceeds ``budget``;
-    lme4 fits them all in one R process.
+    lme4 fits them all in one R process (with ``ddf="kenward-roger"``, each fit followed by
+    pbkrtest's KR adjustment and df).
     """
     notes: list[str] = []
     if tool == "lme4":
-        out = peers.fit_lme4_many(model, datasets, method, repeats=1, warmup=1, notes=notes)
+        out = peers.fit_lme4_many(model, datasets, method, repeats=1, warmup=1, notes=notes,
+                                  ddf=ddf)
         return [f[0] for f in out], notes
     runner = peers.RUNNERS[tool]
     runner(model, datasets[0], method)
@@ -479,18 +487,21 @@ def peer_loop(tool: str, model: Model, datasets: list[pd.DataFrame], method: str
 
 
 def peer_runs(case: Case, tools: list[str], n: int, budget: float,
-              with_mlmsim: bool = True) -> list[dict[str, Any]]:
+              with_mlmsim: bool = True, ddf: str | None = None) -> list[dict[str, Any]]:
     model = Model.parse(case.formula)
     datasets = peer_datasets(case, n)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = np.asarray(fit_batch(case.formula, datasets, case.method).deviance)
     rows = []
+    if ddf is not None:  # only lme4 (+ pbkrtest) computes KR df among the peers
+        tools, with_mlmsim = [t for t in tools if t == "lme4"], False
     for tool in (["mlmsim"] if with_mlmsim else []) + tools:
         label = "mlmsim fit loop (no generation)" if tool == "mlmsim" else f"{tool} loop"
         with CpuMeter() as meter:
             try:
-                fits, notes = peer_loop(tool, model, datasets, case.method, budget)
+                fits, notes = peer_loop(tool, model, datasets, case.method, budget,
+                                        ddf=ddf)
             except Exception as exc:  # noqa: BLE001 - a failing peer is a result
                 print(f"  {label}: failed: {type(exc).__name__}: {exc}", flush=True)
                 rows.append({"case": case.key, "tool": tool, "label": label, "error": str(exc)})
@@ -743,7 +754,8 @@ def main(argv: list[str] | None = None) -> int:
                 split = stage_split(case, best, min(case.split_reps, reps), batch_sizes)
                 print_split(split, args.n_jobs)
                 splits.append(split)
-        rows += peer_runs(case, tools, n_peer, args.budget, with_mlmsim=run_mlmsim)
+        rows += peer_runs(case, tools, n_peer, args.budget, with_mlmsim=run_mlmsim,
+                          ddf=args.ddf)
     verdicts = print_table(rows, args.n_jobs) if rows else []
     maas_hox = None
     if args.maas_hox:

@@ -1,13 +1,16 @@
 # lme4_fit.R -- time lme4 fits for mlmsim's benchmarks (called by benchmarks/peers.py).
 #
 # Usage:
-#   Rscript --vanilla benchmarks/lme4_fit.R DATA.csv FORMULA REML REPEATS [WARMUP]
+#   Rscript --vanilla benchmarks/lme4_fit.R DATA.csv FORMULA REML REPEATS [WARMUP [DDF]]
 #
 #   DATA.csv  the data; a column ".rep" (0, 1, ...) separates replicate data sets
 #   FORMULA   an lme4 formula, e.g. "y ~ 1 + x + (1 + x | g)"
 #   REML      TRUE or FALSE
 #   REPEATS   timed fits per replicate data set
 #   WARMUP    untimed fits of the first replicate before timing (default 1)
+#   DDF       "none" (default) or "kenward-roger": each timed fit then also computes
+#             pbkrtest's adjusted covariance (vcovAdj) and every coefficient's KR df
+#             (Lb_ddf), what lmerTest's summary(m, ddf = "Kenward-Roger") needs
 #
 # Each timed fit is lmer(formula, data = d, REML = REML) with lme4's defaults, end to
 # end (model frame, Z and X, optimisation, convergence checks), timed with Sys.time()
@@ -28,14 +31,24 @@ form <- as.formula(args[2])
 reml <- as.logical(args[3])
 repeats <- as.integer(args[4])
 warmup <- if (length(args) >= 5) as.integer(args[5]) else 1L
+ddf <- if (length(args) >= 6) args[6] else "none"
+if (ddf == "kenward-roger") suppressPackageStartupMessages(library(pbkrtest))
 
 all_data <- read.csv(data_file, check.names = FALSE)
 reps <- split(all_data, all_data[[".rep"]])
 
 seen <- character(0)
+kr_df <- function(m) {
+  V <- vcovAdj(m)
+  p <- ncol(V)
+  vapply(seq_len(p), function(i) Lb_ddf(diag(p)[i, , drop = FALSE], vcov(m), V), 0)
+}
 fit_quietly <- function(d, rep) {
-  withCallingHandlers(
-    lmer(form, data = d, REML = reml),
+  withCallingHandlers({
+    m <- lmer(form, data = d, REML = reml)
+    if (ddf == "kenward-roger") attr(m, "kr_df") <- kr_df(m)
+    m
+  },
     warning = function(w) {
       note(rep, conditionMessage(w))
       invokeRestart("muffleWarning")

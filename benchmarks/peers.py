@@ -231,8 +231,11 @@ def fit_lme4_many(
     warmup: int = 1,
     notes: list[str] | None = None,
     timeout: float | None = None,
+    ddf: str | None = None,
 ) -> list[list[PeerFit]]:
     """Fit ``model`` with lme4 to each data set, ``repeats`` times each, timed inside R.
+    With ``ddf="kenward-roger"`` each timed fit also computes pbkrtest's ``vcovAdj`` and
+    every coefficient's KR df (``Lb_ddf``).
 
     All data sets go to R in one CSV file (a replicate column tells them apart), one
     ``Rscript`` process fits them all: ``warmup`` untimed fits of the first data set,
@@ -253,6 +256,7 @@ def fit_lme4_many(
         cmd = [
             rscript, "--vanilla", str(LME4_SCRIPT), str(path), model.lme4,
             "TRUE" if method == "REML" else "FALSE", str(repeats), str(warmup),
+            ddf or "none",
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:

@@ -1,8 +1,10 @@
-"""Kenward-Roger, expected information and F tests of contrasts (docs/math.md section 11).
+"""Kenward-Roger, expected information and F tests of contrasts (docs/math.md section 12).
 
 Expected values come from tests/data/kr_reference.json (pbkrtest 0.5.2 and lmerTest 3.1-3
-on 15 REML fits: 8 HSB models, sleepstudy, Orthodont, BodyWeight, Machines, an unbalanced
-design with singletons, q = 3 and q = 4; written by tests/data/make_kr_reference.R) and
+on 19 REML fits: 8 HSB models, sleepstudy (also with a diagonal T), Orthodont (also with
+an age x Sex interaction), BodyWeight, Machines, an unbalanced design with singletons
+(also with a cross-level interaction), q = 3, q = 4 and NELS-88; written by
+tests/data/make_kr_reference.R) and
 from dense n x n computations with V built explicitly; nothing here is a recorded mlmsim
 output.
 """
@@ -25,10 +27,23 @@ REF = json.loads((DATA / "kr_reference.json").read_text())["models"]
 
 
 def _data(entry) -> pd.DataFrame:
-    if entry["dataset"] == "mlmsim/datasets/hsb.csv":
-        return mlmsim.datasets.load("hsb")
+    packaged = {"mlmsim/datasets/hsb.csv": "hsb", "mlmsim/datasets/nels88_23.csv": "nels88"}
+    if entry["dataset"] in packaged:
+        return mlmsim.datasets.load(packaged[entry["dataset"]])
     path = DATA / entry["dataset"].split("/")[-1]
     return pd.read_csv(path, dtype={c: str for c in entry.get("label_columns", [])})
+
+
+def _mlmsim_name(name: str, labels) -> str:
+    """R's coefficient name -> mlmsim's: ``(Intercept)`` -> ``Intercept``, ``SexMale`` ->
+    ``Sex[T.Male]`` for a label column ``Sex``, term by term for interactions."""
+    if name == "(Intercept)":
+        return "Intercept"
+    parts = []
+    for part in name.split(":"):
+        col = next((c for c in labels if part.startswith(c) and part != c), None)
+        parts.append(part if col is None else f"{col}[T.{part[len(col):]}]")
+    return ":".join(parts)
 
 
 def _rel(a, b) -> float:
@@ -45,7 +60,8 @@ def case(request):
 def test_reference_optimum_is_common(case):
     entry, res = case
     assert res.deviance <= entry["minus2ll"] + 1e-8 * abs(entry["minus2ll"])
-    assert len(res.fixed_names) == len(entry["fixef_names"])
+    labels = entry.get("label_columns", [])
+    assert list(res.fixed_names) == [_mlmsim_name(n, labels) for n in entry["fixef_names"]]
     assert _rel(res.sigma2, entry["sigma2"]) < 1e-5
     assert _rel(res.fixef_se, [entry["se"][n] for n in entry["fixef_names"]]) < 1e-5
 

@@ -37,9 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
-from mlmsim.engine import phi_kernel, tolerances
+from mlmsim.engine import kernels, phi_kernel, tolerances
 from mlmsim.engine.gls import Stats, qtoken
-from mlmsim.engine.linalg import scaled_eigh, scaled_inverse
 from mlmsim.engine.stats import GroupStats, flat_arrays, kernel_array
 
 __all__ = [
@@ -288,16 +287,13 @@ def satterthwaite_theta(stats: GroupStats, cs: CovStructure, tmap, theta: np.nda
 
 
 def psi_acov(H: np.ndarray) -> np.ndarray:
-    """2 H^{-1} where H is positive definite in its correlation form (docs/math.md (9.1)),
-    computed in that form; all NaN otherwise."""
+    """2 H^{-1} for H (..., m, m) where H is positive definite in its correlation form
+    (docs/math.md (9.1)), computed in that form; NaN otherwise
+    (:func:`mlmsim.engine.kernels.acov_many`)."""
+    H = np.asarray(H, dtype=float)
     m = H.shape[-1]
-    d = np.empty(m)
-    w = np.empty(m)
-    out = np.full((m, m), np.nan)
-    H = np.ascontiguousarray(H, dtype=float)
-    if scaled_eigh(H, d, w) and w[0] > tolerances.HESSIAN_PD:
-        scaled_inverse(H, d, 2.0, out)
-    return out
+    flat = np.ascontiguousarray(H.reshape(-1, m, m))
+    return kernels.acov_many(flat).reshape(H.shape)
 
 
 def _psd_rank(M: np.ndarray, tol: float = tolerances.RANK_TOL, ref: float | None = None) -> int:

@@ -110,8 +110,7 @@ def expected_acov(HE: np.ndarray) -> np.ndarray:
     """W = 2 H_E^{-1} (R, m, m), the inverse of the expected information, from the expected
     Hessian of -2 log L; judged and inverted in its correlation form (docs/math.md (9.1)),
     NaN where that is not positive definite."""
-    HE = np.asarray(HE, dtype=float)
-    return np.stack([psi_acov(h) for h in HE.reshape(-1, *HE.shape[-2:])]).reshape(HE.shape)
+    return psi_acov(HE)
 
 
 def kr_adjust(t: InfoTerms) -> tuple[np.ndarray, np.ndarray]:

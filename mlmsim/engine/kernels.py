@@ -43,7 +43,7 @@ from mlmsim.engine.phi_kernel import no_info, phi_terms, phi_workspace
 from mlmsim.engine.tolerances import DEPENDENT_EIG, GRAD_CHECK, HESSIAN_PD
 from mlmsim.engine.unroll import specialise
 
-__all__ = ["deviance_one", "deviance_many", "estimates_many", "singular_one"]
+__all__ = ["deviance_one", "deviance_many", "estimates_many", "singular_one", "acov_many"]
 
 _LOG2PI = math.log(2.0 * math.pi)
 
@@ -297,19 +297,32 @@ def estimates_many(theta, st, rows, cols, cs_rows, cs_cols, reml, grad, hess, wa
                 for a in range(q):
                     for b in range(q):
                         V[r, j, a, b] = pw.D[j, a, b]
-        pd[r] = _positive_definite(H[r], d, eig[r])
-        if pd[r]:
-            scaled_inverse(H[r], d, 2.0, acov[r])
+        pd[r] = acov_one(H[r], d, eig[r], acov[r])
         smallest[r] = singular_one(L, one.A, one.N)
     return (betas, vcov, sigma2, T, phi, H, eig, pd, acov, scaled, grad_ok, zscale, smallest,
             U, V)
 
 
 @njit(cache=True, error_model="numpy")
-def _positive_definite(H, d, w):
-    """docs/math.md (9.1): H is positive definite when the smallest eigenvalue of its
-    correlation form D^{-1/2} H D^{-1/2} exceeds HESSIAN_PD (eigenvalues into ``w``,
-    diag(H)^{-1/2} into ``d``)."""
-    if not scaled_eigh(H, d, w):
+def acov_one(H, d, w, out):
+    """docs/math.md (9.1) and (6.5): whether H is positive definite (the smallest eigenvalue
+    of its correlation form D^{-1/2} H D^{-1/2} exceeds HESSIAN_PD; the eigenvalues into
+    ``w``, diag(H)^{-1/2} into ``d``), and where it is, 2 H^{-1} into ``out``, computed in
+    that form (left as it is otherwise)."""
+    if not scaled_eigh(H, d, w) or not w[0] > HESSIAN_PD:
         return False
-    return w[0] > HESSIAN_PD
+    scaled_inverse(H, d, 2.0, out)
+    return True
+
+
+@njit(cache=True, error_model="numpy")
+def acov_many(H):
+    """:func:`acov_one` for each H (R, m, m): 2 H^{-1} (R, m, m), NaN where H is not
+    positive definite in its correlation form."""
+    R, m = H.shape[0], H.shape[1]
+    out = np.full((R, m, m), np.nan)
+    d = np.empty(m)
+    w = np.empty(m)
+    for r in range(R):
+        acov_one(H[r], d, w, out[r])
+    return out

@@ -49,7 +49,7 @@ __all__ = ["phi_pass", "phi_terms", "phi_workspace", "phi_many",
 _LOG2PI = math.log(2.0 * math.pi)
 
 PhiWork = namedtuple("PhiWork", ["gls", "D", "Psi", "wqq", "wqp", "wpp", "wp", "W4",
-                                 "Wf", "FF", "W", "CM", "U", "W4E", "FEQ"])
+                                 "Wf", "FF", "W", "CM", "U", "W4E", "FQF", "FF2"])
 
 
 PhiInfo = namedtuple("PhiInfo", ["HE", "MK", "QK"])
@@ -74,7 +74,8 @@ def phi_workspace(J, q, p, K):
                    np.empty((7, p, p)), np.empty((6, p)), np.empty((q, q, q, q)),
                    np.empty((q, p, q, 1)), np.empty((q, p, q, p)), np.empty((m, p)),
                    np.empty((m, p, p)), np.empty((J, q)), np.empty((q, q, q, q)),
-                   np.empty((K, q, p)))
+                   np.empty((q, q, q, q, p, p)),
+                   np.empty((q, q, p, p)))
 
 
 @njit(cache=True, error_model="numpy")
@@ -98,16 +99,6 @@ def _trace_E(rows, cols, k, X):
     for e in range(_npairs(rows, cols, k)):
         i, j = _pair(rows, cols, k, e)
         s += X[j, i]
-    return s
-
-
-@njit(cache=True, error_model="numpy")
-def _x_e_y(rows, cols, k, X, Y, a, b):
-    """(X'E_k Y)[a, b] = sum over E_k[i, t] = 1 of X[i, a] Y[t, b]."""
-    s = 0.0
-    for e in range(_npairs(rows, cols, k)):
-        i, t = _pair(rows, cols, k, e)
-        s += X[i, a] * Y[t, b]
     return s
 
 
@@ -161,7 +152,7 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
     Ps, Gs, PsE = wqq[0], wqq[1], wqq[3]
     X = wqq[2:3]
     HE, MK, QK = info.HE, info.MK, info.QK
-    W4E, FEQ = pw.W4E, pw.FEQ
+    W4E, FQF, FF2 = pw.W4E, pw.FQF, pw.FF2
     want_E = HE.shape[0] > 0
     want_K = QK.shape[0] > 0
     # per-group q x q and q-vectors (local: loop-free copies keep them in registers)
@@ -224,7 +215,8 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
         W4E[:, :, :, :] = 0.0
         PsE[:, :] = 0.0
     if want_K:
-        QK[:, :, :, :] = 0.0
+        FQF[:, :, :, :, :, :] = 0.0
+        FF2[:, :, :, :] = 0.0
     for j in range(J):
         if st.n[j] == 0:
             if want_U:
@@ -354,18 +346,20 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
                     for t in range(q):
                         for b in range(p):
                             FF[i, a, t, b] += x * F[t, b]
-        # (12.1): Q_kl += (F'E_k Q) E_l F,  Q_kK += F'E_k F2 (F2 = Z'V^{-2}X)
+        # (12.1): FQF[i, t, n, m] += F[i, :]' Q[t, n] F[m, :],  FF2[i, t] += F[i, :]' F2[t, :]
+        # (F2 = Z'V^{-2}X = G^2 B / sigma^4), reduced to Q_kl after the loop
         if want_K:
-            for k in range(K):
-                for a in range(p):
-                    for n in range(q):
-                        FEQ[k, n, a] = _x_e_y(rows, cols, k, F, Q, a, n)
-            for k in range(K):
-                for a in range(p):
-                    for b in range(p):
-                        for l in range(K):
-                            QK[k, l, a, b] += _x_e_y(rows, cols, l, FEQ[k], F, a, b)
-                        QK[k, K, a, b] += _x_e_y(rows, cols, k, F, G2B, a, b) * v2
+            for i in range(q):
+                for t in range(q):
+                    for a in range(p):
+                        x = F[i, a]
+                        for b in range(p):
+                            FF2[i, t, a, b] += x * G2B[t, b] * v2
+                        for n in range(q):
+                            xq = x * Q[t, n]
+                            for mm in range(q):
+                                for b in range(p):
+                                    FQF[i, t, n, mm, a, b] += xq * F[mm, b]
 
     # totals (6.4): r'K^m r, X'K^m r, X'K^m X, tr K^m, K = sigma^2 V^{-1}
     ee = float(st.yty)
@@ -473,10 +467,24 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
             symmetrise(dC[k])
 
     if want_K:
+        # Q_kl = sum over E_k[i, t] = 1, E_l[n, m] = 1 of FQF[i, t, n, m]; Q_kK from FF2
         for k in range(K):
             for a in range(p):
                 for b in range(p):
-                    QK[K, k, b, a] = QK[k, K, a, b]
+                    for l in range(K):
+                        h = 0.0
+                        for e in range(_npairs(rows, cols, k)):
+                            i, t = _pair(rows, cols, k, e)
+                            for e2 in range(_npairs(rows, cols, l)):
+                                n, mm = _pair(rows, cols, l, e2)
+                                h += FQF[i, t, n, mm, a, b]
+                        QK[k, l, a, b] = h
+                    h = 0.0
+                    for e in range(_npairs(rows, cols, k)):
+                        i, t = _pair(rows, cols, k, e)
+                        h += FF2[i, t, a, b]
+                    QK[k, K, a, b] = h
+                    QK[K, k, b, a] = h
         for a in range(p):
             for b in range(p):
                 QK[K, K, a, b] = XK3X[a, b] * v3

@@ -20,7 +20,11 @@ to about 1e-12).
 Where the likelihood has no maximum with every V_j positive definite (the criterion keeps
 falling towards a point where some V_j is singular, e.g. a one-way design whose group
 means agree exactly), the iterations stop at the iteration limit or when no step lowers
-the criterion; the last point is reported, flagged not converged, never an error.
+the criterion; the last point is reported, flagged not converged, never an error. The criterion can
+also have an interior local minimum and still no lower bound near the edge of the region
+(it falls without limit as some V_j becomes singular): the iterations from the bounded
+estimate stop at the interior minimum, as SAS's NOBOUND does; that is the estimate
+reported.
 All replicates of a batch are iterated together (one compiled pass per iteration).
 """
 
@@ -179,7 +183,7 @@ def unbounded_estimates(stats: GroupStats, cs: CovStructure, tmap: ThetaMap, est
     f, g, H, C, beta, U = _pass(st, cs, phi, reml)
     T = cs.T(phi)
     sigma2 = phi[:, -1]
-    acov = np.stack([psi_acov(h) for h in H])
+    acov = psi_acov(H)
     eig = np.full((R, m), np.nan)
     for r in range(R):
         h = H[r]

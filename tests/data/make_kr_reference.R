@@ -28,6 +28,9 @@
 #   The HSB fits read mlmsim/datasets/hsb.csv (cses = ses - meanses, size100 = size / 100,
 #   as mlmsim.datasets.load("hsb") derives them); the formulas are those of
 #   hsb_lme4.json (16 entries: 8 formulas, each by ML and REML), each fitted once, by REML.
+#   Four more fits reuse those files (sleepstudy with a diagonal T, Orthodont with an
+#   age x Sex interaction, the unbalanced design with x x z) or read
+#   mlmsim/datasets/nels88_23.csv (a random slope of homework): 19 fits in all.
 #   No model is skipped: pbkrtest's vcovAdj takes about 2 s on the largest HSB model
 #   (its Sigma is block-diagonal, so the n x n inverse stays sparse); the slowest entry,
 #   HSB crosslevel_sector, takes about 25 s, mostly lmerTest's summary(ddf =
@@ -65,9 +68,14 @@ t_start <- proc.time()[["elapsed"]]
 write_data <- function(df, name, round_cols = character(0), labels = character(0)) {
   # Write df (simulated columns rounded to 6 decimals), read it back; label columns
   # come back as character even where they look like numbers.
-  path <- file.path(script_dir, name)
   df[round_cols] <- lapply(df[round_cols], function(v) round(v, 6))
-  write.csv(df, path, row.names = FALSE, quote = FALSE)
+  write.csv(df, file.path(script_dir, name), row.names = FALSE, quote = FALSE)
+  read_data(name, labels)
+}
+
+read_data <- function(name, labels = character(0)) {
+  # A data file of this folder as the fits see it (label columns as character).
+  path <- file.path(script_dir, name)
   classes <- setNames(rep("character", length(labels)), labels)
   back <- read.csv(path, stringsAsFactors = FALSE,
                    colClasses = if (length(labels)) classes else NA)
@@ -331,6 +339,23 @@ add_sim_slopes("q4", 50, 8, c(1, 0.4, 0.2, -0.5),
                paste0("simulated: J = 50 groups of 8, gamma = (1, 0.4, 0.2, -0.5), ",
                       "T = [[1, 0.2, 0, 0.1], [0.2, 0.6, 0.1, 0], [0, 0.1, 0.5, -0.1], ",
                       "[0.1, 0, -0.1, 0.4]], sigma2 = 1"))
+
+# (ix) more models on the data sets above (block-diagonal T, a fixed interaction with a
+# factor, a cross-level interaction), and NELS-88's random slope of homework
+add_fit("sleepstudy_uncorrelated", "lme4::sleepstudy, T diagonal (two terms for Subject)",
+        read_data("kr_sleepstudy.csv", "Subject"),
+        "Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)")
+add_fit("orthodont_interaction", "nlme::Orthodont, age x Sex, random intercept",
+        read_data("kr_orthodont.csv", c("Subject", "Sex")),
+        "distance ~ age * Sex + (1 | Subject)")
+add_fit("unbalanced_crosslevel", "the unbalanced design of (vi), x x z",
+        read_data("kr_unbalanced.csv"), "y ~ x * z + (1 + x | g)", simulated = TRUE)
+local({
+  path <- file.path(repo_root, "mlmsim", "datasets", "nels88_23.csv")
+  ds <- list(data = read.csv(path), file = rel(path), labels = character(0))
+  add_fit("nels88_slope", "NELS-88 23 schools", ds,
+          "math ~ homework + white + public + (1 + homework | school)")
+})
 
 versions <- c(list(R = paste(R.version$major, R.version$minor, sep = ".")),
               lapply(setNames(nm = c("lme4", "lmerTest", "pbkrtest", "nlme", "Matrix",
