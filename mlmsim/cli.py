@@ -303,10 +303,12 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if args.ddf not in DDF_METHODS:
         raise CLIError(f"unknown --ddf {args.ddf!r}", f"choose one of {', '.join(DDF_METHODS)}")
     method = "ML" if args.ml else "REML"
+    if args.ddf == "kenward-roger" and method == "ML":
+        raise CLIError("--ddf kenward-roger needs a REML fit", "drop --ml (REML is the default)")
     if args.plot is not None:
         _plot_dir(Path(args.plot))
     try:
-        res = mlmsim.fit(formula, data, method=method)
+        res = mlmsim.fit(formula, data, method=method, bounded=not args.nobound)
     except ValueError as exc:
         raise CLIError(_fit_hint(str(exc))) from exc
     if args.json:
@@ -756,6 +758,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--ddf", default="satterthwaite", choices=DDF_METHODS, metavar="METHOD",
                    help=f"denominator df of the t tests: {', '.join(DDF_METHODS)} "
                    "(default satterthwaite)")
+    f.add_argument("--nobound", action="store_true",
+                   help="let variances be estimated below zero (SAS NOBOUND)")
     f.add_argument("--json", action="store_true", help="print every number as one JSON object")
     f.add_argument("--plot", metavar="DIR", help="write the model plots (PNG) into DIR")
     f.add_argument("--plot-x", metavar="NAME", help="the x variable of the plots (default: the "

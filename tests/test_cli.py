@@ -614,3 +614,20 @@ def _group_column(spec, data: pd.DataFrame) -> str:
 def _formula_of(spec) -> str:
     value = getattr(spec, "formula", None)
     return value() if callable(value) else value
+
+
+def test_fit_kenward_roger_and_nobound(nels_csv):
+    """--ddf kenward-roger reports KR's adjusted SEs and df; --nobound an unbounded fit;
+    --ddf kenward-roger with --ml is a one-line error."""
+    out = _in_process(["fit", str(nels_csv), NELS_RIS, "--ddf", "kenward-roger", "--nobound",
+                       "--json"])
+    assert out.returncode == 0, out.stderr
+    got = _no_nan_json(out.stdout)["fixed_effects"]
+    res = mlmsim.fit(NELS_RIS, mlmsim.datasets.load("nels88"), bounded=False)
+    table = res.coef_table("kenward-roger")
+    for name, row in table.iterrows():
+        assert got[name]["se"] == pytest.approx(row["se"], rel=1e-12)
+        assert got[name]["df"] == pytest.approx(row["df"], rel=1e-12)
+    bad = _in_process(["fit", str(nels_csv), NELS_RIS, "--ddf", "kenward-roger", "--ml"])
+    assert bad.returncode == 2
+    assert "REML" in _error_line(bad)
