@@ -364,11 +364,13 @@ def _minimize(theta, st, rows, cols, reml, max_iter, tol, gtol, max_step, edge, 
         alpha = 1.0
         accepted = False
         f_new = f
-        # at the deviance's rounding floor (decrement below ROUNDING_FLOOR |f|, away from the
-        # edge where the boundary optimum is approached slowly) a Newton step is taken
-        # whole or not at all: halving it further only spends evaluations on noise
+        # at the deviance's rounding floor (decrement below ROUNDING_FLOOR |f|) a Newton step
+        # is taken whole or not at all: halving it further only spends evaluations on
+        # noise. Near the edge, where the boundary optimum is approached slowly and a BFGS
+        # decrement can understate the distance, only on the exact Hessian.
         floor_tol = ROUNDING_FLOOR * max(abs(f), 1.0)
-        floor = dec < floor_tol and not saddle and not _near_edge(theta, rows, cols, edge)
+        floor = dec < floor_tol and not saddle and (
+            exact or not _near_edge(theta, rows, cols, edge))
         halvings = FLOOR_HALVINGS if floor else MAX_HALVINGS
         for ls in range(halvings):
             for i in range(k):
@@ -385,7 +387,14 @@ def _minimize(theta, st, rows, cols, reml, max_iter, tol, gtol, max_step, edge, 
                 break
             alpha *= 0.5
         it += 1
-        if accepted:
+        if accepted and not exact and alpha < 0.5**FLOOR_HALVINGS:
+            # a step accepted only after many halvings: the BFGS matrix points badly (near
+            # the edge its direction can be far too long and never improve, since so short
+            # a step teaches BFGS nothing); continue from the exact Hessian at the new point
+            f = _fd_hessian(theta, g, st, rows, cols, reml, H, w, cnt, qc)
+            lam_rel, lam_min = _curvature(H, Bm, v_neg)
+            exact = True
+        elif accepted:
             # BFGS update: B + yy'/y's - Bs s'B / s'Bs
             sy = 0.0
             sBs = 0.0
