@@ -57,6 +57,25 @@ def test_records_follow_fit_result(batched):
         res.converged, res.singular, res.hessian_pd, res.identifiable)
     assert one.truth.tolist() == list(TRUTH.values())
     assert rec.error.isna().all()
+    # the optimiser's evaluations, per fit (the batched fit runs the same optimiser)
+    assert (one.evaluations == res.optsum.evaluations).all()
+    assert rec.evaluations.notna().all() and (rec.evaluations > 0).all()
+
+
+def test_chunks_written_without_evaluations_read_with_nulls(tmp_path):
+    """A results directory written before the ``evaluations`` column existed still loads:
+    the column comes back null (pyarrow), the other records unchanged."""
+    import pyarrow as pa
+
+    from mlmsim.study.runner import _with_added_columns
+
+    rec = study().run(progress=False).records
+    old = pa.Table.from_pandas(rec.drop(columns=["evaluations"]), preserve_index=False)
+    back = _with_added_columns(old).to_pandas()
+    assert list(back.columns) == list(rec.columns)
+    assert back.evaluations.isna().all()
+    pd.testing.assert_frame_equal(back.drop(columns=["evaluations"]),
+                                  rec.drop(columns=["evaluations"]))
 
 
 def test_batched_path_matches_single_fits(batched):

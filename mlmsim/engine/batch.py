@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from mlmsim.engine import inference, kenward_roger
-from mlmsim.engine.control import FitControl
+from mlmsim.engine.control import FitControl, StopReason
 from mlmsim.engine.deviance import ThetaMap
 from mlmsim.engine.estimates import Estimates, estimates, messages
 from mlmsim.engine.fit import _method
@@ -190,6 +190,8 @@ class BatchFit:
     hessian_pd = _per_replicate("hessian_pd", "Whether the Hessian in phi is positive "
                                 "definite (R,), docs/math.md (9.1).")
     identifiable = _per_replicate("identifiable", "Whether the model is identifiable (R,).")
+    evaluations = _per_replicate("evaluations", "Deviance evaluations the optimiser spent "
+                                 "(R,), restarts included (as ``FitResult.optsum``).")
 
     def to_frame(self) -> pd.DataFrame:
         """Long format: one row per replicate x parameter (estimate, se, flags)."""
@@ -280,6 +282,16 @@ def fit_stats(stats: GroupStats, blocks: tuple[tuple[int, ...], ...], method: st
                     bounded=bool(bounded))
 
 
+def _unfitted(field_name: str, dtype: np.dtype):
+    """The value of an Estimates field for a replicate that was not fitted: False, NaN,
+    the stop code NOT_FINITE, or 0 evaluations."""
+    if np.issubdtype(dtype, np.bool_):
+        return False
+    if np.issubdtype(dtype, np.integer):
+        return int(StopReason.NOT_FINITE) if field_name == "stop" else 0
+    return np.nan
+
+
 def _scatter(est: Estimates | None, good: np.ndarray, R: int, like=None) -> Estimates:
     """Estimates for all R replicates: the fitted ones at ``good``, NaN/False elsewhere."""
     if est is not None and good.size == R:
@@ -291,19 +303,18 @@ def _scatter(est: Estimates | None, good: np.ndarray, R: int, like=None) -> Esti
                   "phi": (m,), "hessian": (m, m), "hessian_eigenvalues": (m,), "acov": (m, m),
                   "deviance": (), "scaled_grad": (k,), "hessian_pd": (), "converged": (),
                   "grad_ok": (), "singular": (), "dependent": (q,), "singular_value": (),
-                  "zscale": (q,), "stop": ()}
+                  "zscale": (q,), "stop": (), "evaluations": ()}
         dtypes = {f: bool for f in ("hessian_pd", "converged", "grad_ok", "singular",
                                     "dependent")}
-        dtypes["stop"] = np.int64
-        fields = {f: np.full((R,) + shp, False if dtypes.get(f) is bool else
-                             (5 if f == "stop" else np.nan), dtype=dtypes.get(f, float))
+        dtypes["stop"] = dtypes["evaluations"] = np.int64
+        fields = {f: np.full((R,) + shp, _unfitted(f, np.dtype(dtypes.get(f, float))),
+                             dtype=dtypes.get(f, float))
                   for f, shp in shapes.items()}
         return Estimates(**fields)
     fields = {}
     for f in Estimates.__dataclass_fields__:
         a = getattr(est, f)
-        fill = False if a.dtype == bool else np.nan
-        out = np.full((R,) + a.shape[1:], fill, dtype=a.dtype)
+        out = np.full((R,) + a.shape[1:], _unfitted(f, a.dtype), dtype=a.dtype)
         out[good] = a
         fields[f] = out
     return Estimates(**fields)

@@ -60,11 +60,13 @@ class Estimates:
     singular_value: np.ndarray
     zscale: np.ndarray
     stop: np.ndarray
+    evaluations: np.ndarray
 
     """``singular_value``: the smallest eigenvalue of T (Z'Z/N) / sigma^2 (9.2);
     ``zscale`` (R, q): diag(Z'Z) / N, the mean square of each random-effect column;
     ``hessian_eigenvalues``: those of H's correlation form D^{-1/2} H D^{-1/2} (9.1);
-    ``stop``: the optimiser's :class:`mlmsim.engine.control.StopReason` code."""
+    ``stop``: the optimiser's :class:`mlmsim.engine.control.StopReason` code;
+    ``evaluations``: the deviance evaluations it spent (restarts included)."""
 
     @property
     def beta_se(self) -> np.ndarray:
@@ -138,7 +140,7 @@ def estimates_and_ranef(stats: GroupStats, tmap: ThetaMap, cs: inference.CovStru
         hessian_eigenvalues=eig, hessian_pd=pd, acov=acov, deviance=opt.deviance,
         converged=opt.converged, grad_ok=grad_ok, scaled_grad=scaled, singular=singular,
         dependent=dependent_columns(stats), singular_value=smallest,
-        zscale=zscale, stop=opt.info[:, 1].copy(),
+        zscale=zscale, stop=opt.info[:, 1].copy(), evaluations=opt.info[:, 2].copy(),
     )
     return est, U, V
 

@@ -87,7 +87,7 @@ _COLUMNS = ["condition", "rep", "method", "parameter", "truth", "estimate", "se"
             "ci_upper", "df", "converged", "singular", "hessian_pd", "identifiable", "error",
             "seconds"]
 # record columns that are neither read here nor condition variables
-_OTHER_COLUMNS = ("p", "messages", "seed")
+_OTHER_COLUMNS = ("p", "evaluations", "messages", "seed")
 # Moments pooled across chunks: name -> (count column, mean column, M2 column)
 _MOMENTS = ("est", "err2", "pest", "s2")
 _BATCH_ROWS = 500_000

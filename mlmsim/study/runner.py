@@ -85,8 +85,8 @@ __all__ = [
 #: Columns of the tidy records, in order; the condition variables follow ``condition``.
 RECORD_COLUMNS = (
     "condition", "rep", "method", "parameter", "truth", "estimate", "se", "ci_lower",
-    "ci_upper", "df", "p", "converged", "singular", "hessian_pd", "identifiable", "error",
-    "messages", "seconds", "seed",
+    "ci_upper", "df", "p", "converged", "singular", "hessian_pd", "identifiable",
+    "evaluations", "error", "messages", "seconds", "seed",
 )
 _RESERVED = frozenset(RECORD_COLUMNS) | {"measure", "mcse", "n"}
 # Part of the study's identity: bump it only when the records of an unchanged study would
@@ -94,7 +94,8 @@ _RESERVED = frozenset(RECORD_COLUMNS) | {"measure", "mcse", "n"}
 # without them are read with them null (:func:`_with_added_columns`), so directories
 # written before still resume and summarise.
 _RECORD_FORMAT = 1
-_ADDED_COLUMNS = (("df", "ci_upper"), ("p", "df"))
+_ADDED_COLUMNS = (("df", "ci_upper", pa.float64()), ("p", "df", pa.float64()),
+                  ("evaluations", "identifiable", pa.int64()))
 _FLAGS = ("converged", "singular", "hessian_pd", "identifiable")
 _MAX_CHUNK = 10_000
 _NAN = float("nan")
@@ -205,7 +206,8 @@ class Estimates:
     (the degrees of freedom of a t test of the parameter) and ``p`` (its two-sided
     p-value) map parameter -> value (missing parameters are NaN). The flags are None
     when the method does not report them; ``messages`` are the method's warnings and
-    notes.
+    notes; ``evaluations`` the deviance evaluations of the fit (``optsum.evaluations``:
+    a fit that costs far more than its neighbours shows in the records).
     """
 
     estimate: Mapping[str, float] | pd.Series
@@ -219,6 +221,7 @@ class Estimates:
     messages: Sequence[str] = field(default_factory=tuple)
     df: Mapping[str, float] | pd.Series | None = None
     p: Mapping[str, float] | pd.Series | None = None
+    evaluations: int | None = None
 
     @classmethod
     def from_fit(cls, res: Any, level: float = 0.95, ddf: str | None = None) -> Estimates:
@@ -264,6 +267,7 @@ class Estimates:
             hessian_pd=_flag(getattr(res, "hessian_pd", None)),
             identifiable=_flag(getattr(res, "identifiable", None)),
             messages=tuple(str(m) for m in (getattr(res, "messages", None) or ())),
+            evaluations=getattr(getattr(res, "optsum", None), "evaluations", None),
         )
 
 
@@ -424,7 +428,7 @@ class FormulaMethod:
                       ci_upper=row(hi, r), df=row(df, r), p=row(pv, r),
                       converged=bool(flags[0][r]), singular=bool(flags[1][r]),
                       hessian_pd=bool(flags[2][r]), identifiable=bool(flags[3][r]),
-                      messages=tuple(res.messages[r]))
+                      messages=tuple(res.messages[r]), evaluations=int(res.evaluations[r]))
             for r in range(len(datasets))
         ]
 
@@ -579,6 +583,9 @@ def _values(mapping: Any, names: list[str]) -> list[float] | None:
 _EXTRA = ("se", "ci_lower", "ci_upper", "df", "p")
 """The per-parameter values a method may give besides the estimate (record columns)."""
 _NO_EXTRA = (None,) * len(_EXTRA)
+_NO_INFO = (None,) * 5
+"""A fit's flags and evaluations (converged, singular, hessian_pd, identifiable,
+evaluations) when the method reports none."""
 
 
 def _normalise(out: Any, scalar_name: str | None):
@@ -588,7 +595,8 @@ def _normalise(out: Any, scalar_name: str | None):
         est = out.estimate.to_dict() if isinstance(out.estimate, pd.Series) else out.estimate
         names = [str(k) for k in est]
         values = [float(v) for v in est.values()]
-        flags = (out.converged, out.singular, out.hessian_pd, out.identifiable)
+        flags = (out.converged, out.singular, out.hessian_pd, out.identifiable,
+                 out.evaluations)
         extras = tuple(_values(getattr(out, c), names) for c in _EXTRA)
         return names, values, extras, flags, [str(m) for m in out.messages]
     if hasattr(out, "params") and hasattr(out, "converged"):
@@ -598,10 +606,10 @@ def _normalise(out: Any, scalar_name: str | None):
             raise TypeError("a DataFrame result needs an 'estimate' column")
         names = [str(k) for k in out.index]
         extras = tuple(out[c].astype(float).tolist() if c in out else None for c in _EXTRA)
-        return names, out["estimate"].astype(float).tolist(), extras, (None,) * 4, []
+        return names, out["estimate"].astype(float).tolist(), extras, _NO_INFO, []
     if isinstance(out, pd.Series):
         return [str(k) for k in out.index], out.astype(float).tolist(), _NO_EXTRA, \
-            (None,) * 4, []
+            _NO_INFO, []
     if isinstance(out, Mapping):
         names = [str(k) for k in out]
         rows = list(out.values())
@@ -609,13 +617,13 @@ def _normalise(out: Any, scalar_name: str | None):
             est = [float(r["estimate"]) for r in rows]
             extras = tuple([float(r.get(c, _NAN)) for r in rows] if any(c in r for r in rows)
                            else None for c in _EXTRA)
-            return names, est, extras, (None,) * 4, []
-        return names, [float(v) for v in rows], _NO_EXTRA, (None,) * 4, []
+            return names, est, extras, _NO_INFO, []
+        return names, [float(v) for v in rows], _NO_EXTRA, _NO_INFO, []
     if isinstance(out, numbers.Real):
         if scalar_name is None:
             raise TypeError("a method returned a single number but the study declares several "
                             "estimands; return a mapping parameter -> estimate")
-        return [scalar_name], [float(out)], _NO_EXTRA, (None,) * 4, []
+        return [scalar_name], [float(out)], _NO_EXTRA, _NO_INFO, []
     raise TypeError(f"unsupported method result of type {type(out).__name__}")
 
 
@@ -673,13 +681,13 @@ class _Records:
             if values:
                 self.names.extend([k if type(k) is str else str(k) for k in out])
                 self.est.extend(values)
-                self.fits.append((i, k, len(values), None, None, None, None, None,
+                self.fits.append((i, k, len(values), *_NO_INFO, None,
                                   "\n".join(notes) if notes else "", seconds))
                 return
         if type(out) is float and self.scalar_name is not None:
             self.names.append(self.scalar_name)
             self.est.append(out)
-            self.fits.append((i, k, 1, None, None, None, None, None,
+            self.fits.append((i, k, 1, *_NO_INFO, None,
                               "\n".join(notes) if notes else "", seconds))
             return
         try:
@@ -702,17 +710,17 @@ class _Records:
         n = len(self.estimands)
         self.names.extend(self.estimands)
         self.est.extend([_NAN] * n)
-        self.fits.append((i, k, n, None, None, None, None, message,
+        self.fits.append((i, k, n, *_NO_INFO, message,
                           "\n".join(notes) if notes else "", seconds))
 
     def table(self, start: int, seeds: np.ndarray) -> pa.Table:
         plan = self.plan
         n = len(self.est)
         if self.fits:
-            offs, meth, counts, conv, sing, hpd, ident, err, msgs, secs = zip(
+            offs, meth, counts, conv, sing, hpd, ident, evals, err, msgs, secs = zip(
                 *self.fits, strict=True)
         else:
-            offs = meth = counts = conv = sing = hpd = ident = err = msgs = secs = ()
+            offs = meth = counts = conv = sing = hpd = ident = evals = err = msgs = secs = ()
         fit_idx = np.repeat(np.arange(len(self.fits)), np.asarray(counts, dtype=np.int64))
         take = pa.array(fit_idx, type=pa.int64())
         rep_off = np.asarray(offs, dtype=np.int64)[fit_idx]
@@ -743,6 +751,7 @@ class _Records:
             "singular": pa.array(sing, type=pa.bool_()).take(take),
             "hessian_pd": pa.array(hpd, type=pa.bool_()).take(take),
             "identifiable": pa.array(ident, type=pa.bool_()).take(take),
+            "evaluations": pa.array(evals, type=pa.int64()).take(take),
             "error": pa.array(err, type=pa.string()).take(take),
             "messages": pa.array(msgs, type=pa.string()).take(take),
             "seconds": pa.array(np.asarray(secs, dtype=float)[fit_idx]),
@@ -760,6 +769,7 @@ def _record_schema(cond_schema: pa.Schema) -> pa.Schema:
               pa.field("ci_upper", f64), pa.field("df", f64), pa.field("p", f64),
               pa.field("converged", b), pa.field("singular", b),
               pa.field("hessian_pd", b), pa.field("identifiable", b),
+              pa.field("evaluations", pa.int64()),
               pa.field("error", pa.string()), pa.field("messages", pa.string()),
               pa.field("seconds", f64), pa.field("seed", pa.uint64())]
     return pa.schema(fields)
@@ -1251,11 +1261,11 @@ def _with_added_columns(table: pa.Table) -> pa.Table:
     """A chunk's records with the columns added to the records since it was written
     (:data:`_ADDED_COLUMNS`) as nulls, in their place: old and new chunks then concatenate
     and summarise alike."""
-    for name, after in _ADDED_COLUMNS:
+    for name, after, kind in _ADDED_COLUMNS:
         names = table.column_names
         if name not in names and after in names:
-            table = table.add_column(names.index(after) + 1, pa.field(name, pa.float64()),
-                                     pa.nulls(table.num_rows, pa.float64()))
+            table = table.add_column(names.index(after) + 1, pa.field(name, kind),
+                                     pa.nulls(table.num_rows, kind))
     return table
 
 
