@@ -32,7 +32,9 @@ a decrement below ROUNDING_FLOOR |d| = 2e-11 |d|, the Newton step no longer lowe
 numerical floor of the deviance (roughly 1e-13 of |d|, about
 5e-9 for HSB's d = 46,711) is reached. Away from the edge that step is tried
 at full length and three halvings, not forty; near the edge only once the
-exact Hessian has confirmed the decrement.
+exact Hessian has confirmed the decrement. A step accepted only after more halvings
+than that continues from the exact Hessian, not a BFGS update (a direction far too long
+near the edge once made a boundary fit crawl through thousands of halvings).
 """
 
 from __future__ import annotations
