@@ -472,13 +472,7 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
             for a in range(p):
                 for b in range(p):
                     for l in range(K):
-                        h = 0.0
-                        for e in range(_npairs(rows, cols, k)):
-                            i, t = _pair(rows, cols, k, e)
-                            for e2 in range(_npairs(rows, cols, l)):
-                                n, mm = _pair(rows, cols, l, e2)
-                                h += FQF[i, t, n, mm, a, b]
-                        QK[k, l, a, b] = h
+                        QK[k, l, a, b] = _pair_sum(rows, cols, k, l, FQF[:, :, :, :, a, b])
                     h = 0.0
                     for e in range(_npairs(rows, cols, k)):
                         i, t = _pair(rows, cols, k, e)
@@ -495,20 +489,27 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
 
 
 @njit(cache=True, error_model="numpy")
+def _pair_sum(rows, cols, k, l, X):
+    """sum of X[i, t, n, m] over E_k[i, t] = 1 and E_l[n, m] = 1."""
+    h = 0.0
+    for e in range(_npairs(rows, cols, k)):
+        i, t = _pair(rows, cols, k, e)
+        for e2 in range(_npairs(rows, cols, l)):
+            n, mm = _pair(rows, cols, l, e2)
+            h += X[i, t, n, mm]
+    return h
+
+
+@njit(cache=True, error_model="numpy")
 def _phi_block(rows, cols, W4, Ps, hKK, H):
     """The Hessian (6.3) or its expectation (6.6) from the sums over groups: H[k, l] for
     T's elements k, l = sum of W4[n, i, t, m] over E_k[i, t] = 1, E_l[m, n] = 1 (tr(E_k Q
     E_l P), summed over groups), H[k, K] = tr(E_k Ps), H[K, K] = hKK."""
     K = rows.shape[0]
+    X = W4.transpose((1, 2, 0, 3))   # X[i, t, n, m] = W4[n, i, t, m]; E_l is symmetric
     for k in range(K):
         for l in range(K):
-            h = 0.0
-            for e in range(_npairs(rows, cols, k)):
-                i, t = _pair(rows, cols, k, e)
-                for e2 in range(_npairs(rows, cols, l)):
-                    mm, n = _pair(rows, cols, l, e2)
-                    h += W4[n, i, t, mm]
-            H[k, l] = h
+            H[k, l] = _pair_sum(rows, cols, k, l, X)
         h = _trace_E(rows, cols, k, Ps)
         H[k, K] = h
         H[K, k] = h
