@@ -113,7 +113,11 @@ class FitResult:
     optsum : OptSummary
         How the optimisation went: why it stopped, iterations, evaluations, line-search
         halvings, restarts, the start, the final gradient and the settings (as
-        MixedModels.jl's ``optsum``).
+        MixedModels.jl's ``optsum``; for an unbounded fit, of its bounded start).
+    bounded : bool
+        False for an unbounded fit (``fit(..., bounded=False)``, SAS NOBOUND): T-hat may
+        then have a negative variance, ``theta`` is NaN where T-hat is not positive
+        semi-definite, and Satterthwaite's df are computed in phi.
     """
 
     formula: str
@@ -413,7 +417,8 @@ class FitResult:
         """Parametric bootstrap responses (nsim, N) on the same design, as lme4's simulate.
 
         y* = X gamma-hat + Z_j U*_j + R*, U*_j ~ N(0, T-hat), R* ~ N(0, sigma2-hat).
-        T-hat is factored by its eigen-decomposition, so singular T-hat works.
+        T-hat is factored by its eigen-decomposition, so singular T-hat works (an
+        unbounded fit's negative eigenvalues are taken as 0).
         """
         rng = np.random.default_rng(rng)
         d = self.design

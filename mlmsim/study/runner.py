@@ -965,7 +965,7 @@ class Study:
     ...               n_reps=200, seed=1)
     >>> res = study.run(progress=False)
     >>> res.records.shape
-    (400, 20)
+    (400, 21)
     >>> s = res.summarise()
     >>> s[s.measure == "empse"][["size", "estimate", "mcse", "n"]]
         size  estimate      mcse    n
