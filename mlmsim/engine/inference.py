@@ -293,7 +293,7 @@ def psi_acov(H: np.ndarray) -> np.ndarray:
     H = np.asarray(H, dtype=float)
     m = H.shape[-1]
     flat = np.ascontiguousarray(H.reshape(-1, m, m))
-    return kernels.acov_many(flat).reshape(H.shape)
+    return kernels.acov_many(flat)[0].reshape(H.shape)
 
 
 def _psd_rank(M: np.ndarray, tol: float = tolerances.RANK_TOL, ref: float | None = None) -> int:

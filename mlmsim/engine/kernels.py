@@ -317,12 +317,14 @@ def acov_one(H, d, w, out):
 
 @njit(cache=True, error_model="numpy")
 def acov_many(H):
-    """:func:`acov_one` for each H (R, m, m): 2 H^{-1} (R, m, m), NaN where H is not
-    positive definite in its correlation form."""
+    """:func:`acov_one` for each H (R, m, m): 2 H^{-1} (R, m, m) (NaN where H is not
+    positive definite in its correlation form), the eigenvalues of that form (R, m) and
+    whether it is positive definite (R,)."""
     R, m = H.shape[0], H.shape[1]
     out = np.full((R, m, m), np.nan)
+    eig = np.full((R, m), np.nan)
+    pd = np.zeros(R, dtype=np.bool_)
     d = np.empty(m)
-    w = np.empty(m)
     for r in range(R):
-        acov_one(H[r], d, w, out[r])
-    return out
+        pd[r] = acov_one(H[r], d, eig[r], out[r])
+    return out, eig, pd

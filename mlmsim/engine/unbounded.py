@@ -34,12 +34,12 @@ from dataclasses import replace
 
 import numpy as np
 
-from mlmsim.engine import phi_kernel, tolerances
+from mlmsim.engine import kernels, phi_kernel, tolerances
 from mlmsim.engine.control import FitControl, StopReason
 from mlmsim.engine.deviance import ThetaMap
 from mlmsim.engine.estimates import Estimates
 from mlmsim.engine.gls import Stats, qtoken
-from mlmsim.engine.inference import CovStructure, psi_acov
+from mlmsim.engine.inference import CovStructure
 from mlmsim.engine.stats import GroupStats, flat_arrays
 
 __all__ = ["minimize_phi", "unbounded_estimates", "not_positive_definite"]
@@ -183,14 +183,7 @@ def unbounded_estimates(stats: GroupStats, cs: CovStructure, tmap: ThetaMap, est
     f, g, H, C, beta, U = _pass(st, cs, phi, reml)
     T = cs.T(phi)
     sigma2 = phi[:, -1]
-    acov = psi_acov(H)
-    eig = np.full((R, m), np.nan)
-    for r in range(R):
-        h = H[r]
-        if np.all(np.isfinite(h)) and np.all(np.diag(h) > 0):
-            s = 1.0 / np.sqrt(np.diag(h))
-            eig[r] = np.linalg.eigvalsh(h * s[:, None] * s[None, :])
-    pd_ = eig[:, 0] > tolerances.HESSIAN_PD
+    acov, eig, pd_ = kernels.acov_many(np.ascontiguousarray(H))
     smallest = not_positive_definite(T, sigma2, est.zscale)
     Psi = T / sigma2[:, None, None]
     theta = np.full(est.theta.shape, np.nan)
