@@ -104,8 +104,7 @@ def minimize_phi(stats: GroupStats, cs: CovStructure, phi0: np.ndarray, reml: bo
             if idx.size == 0:
                 break
             trial = phi[active[idx]] + t[idx, None] * p[idx]
-            sub = GroupStats(*(np.asarray(getattr(stats, n))[active[idx]]
-                               for n in GroupStats.__dataclass_fields__))
+            sub = stats.select(active[idx])
             ft, gt, Ht = _pass(Stats(*flat_arrays(sub, (idx.size,))), cs, trial, reml)[:3]
             ok = np.isfinite(ft) & (ft <= f[active[idx]]
                                     - tolerances.ARMIJO * t[idx] * dec[idx])
@@ -126,8 +125,7 @@ def minimize_phi(stats: GroupStats, cs: CovStructure, phi0: np.ndarray, reml: bo
     if fin.size:
         p = _abs_newton(g[fin], H[fin])
         trial = phi[fin] + p
-        sub = GroupStats(*(np.asarray(getattr(stats, n))[fin]
-                           for n in GroupStats.__dataclass_fields__))
+        sub = stats.select(fin)
         ft = _pass(Stats(*flat_arrays(sub, (fin.size,))), cs, trial, reml)[0]
         ok = np.isfinite(ft) & (ft <= f[fin] + tolerances.ROUNDING_FLOOR * np.abs(f[fin]))
         phi[fin[ok]] = trial[ok]
@@ -175,8 +173,7 @@ def unbounded_estimates(stats: GroupStats, cs: CovStructure, tmap: ThetaMap, est
     phi = est.phi.copy()
     stop = est.stop.copy()
     if good.size:
-        sub = GroupStats(*(np.asarray(getattr(stats, n))[good]
-                           for n in GroupStats.__dataclass_fields__))
+        sub = stats.select(good)
         phi_g, stop_g, _ = minimize_phi(sub, cs, est.phi[good], reml, control)
         phi[good], stop[good] = phi_g, stop_g
     st = Stats(*flat_arrays(stats, (R,)))
