@@ -113,6 +113,8 @@ def gls_pass(st, L, s, w, keep_AL, qc):
     for a in range(q):
         if s[a] < 0.0:
             nneg += 1
+    # Lambda lower triangular (always so from theta): the sums below skip its zeros
+    tri = lower_triangular(L, q)
     corr, R, AL, F, S = w.corr, w.R, w.AL, w.F, w.S
     for a in range(m):
         for b in range(m):
@@ -124,13 +126,13 @@ def gls_pass(st, L, s, w, keep_AL, qc):
         for a in range(q):
             for b in range(q):
                 acc = 0.0
-                for t in range(q):
+                for t in range(b if tri else 0, q):
                     acc += A[j, a, t] * L[t, b]
                 AL[jj, a, b] = acc
         for a in range(q):
             for b in range(a + 1):
                 acc = s[a] if a == b else 0.0
-                for t in range(q):
+                for t in range(a if tri else 0, q):
                     acc += L[t, a] * AL[jj, t, b]
                 F[j, a, b] = acc
         lp, dp, neg = ldl_at(F, j, q)
@@ -141,14 +143,14 @@ def gls_pass(st, L, s, w, keep_AL, qc):
             for a in range(q):
                 acc = 0.0
                 if col < p:
-                    for t in range(q):
+                    for t in range(a if tri else 0, q):
                         acc += L[t, a] * B[j, t, col]
                 else:
-                    for t in range(q):
+                    for t in range(a if tri else 0, q):
                         acc += L[t, a] * c[j, t]
                 R[a, col] = acc
                 S[j, a, col] = acc
-            ldl_solve_cols(F, j, q, S, j, col, col + 1)
+        ldl_solve_cols(F, j, q, S, j, 0, m)
         for r in range(m):
             for col in range(r + 1):
                 acc = 0.0
@@ -156,6 +158,16 @@ def gls_pass(st, L, s, w, keep_AL, qc):
                     acc += R[a, r] * S[j, a, col]
                 corr[r, col] += acc
     return logdet + math.log(detprod), True
+
+
+@njit(cache=True)
+def lower_triangular(L, q):
+    """True when Lambda (q, q) has no non-zero above its diagonal."""
+    for a in range(q):
+        for b in range(a + 1, q):
+            if L[a, b] != 0.0:
+                return False
+    return True
 
 
 @njit(cache=True, error_model="numpy")
@@ -227,4 +239,6 @@ def qtoken(q: int) -> tuple:
 
 
 group_D_q2 = specialise(group_D, {"q": 2}, "group_D_q2", (), (ldl_solve_at, ldl_solve_cols))
-gls_pass_q2 = specialise(gls_pass, {"q": 2}, "gls_pass_q2", (), (ldl_at, ldl_solve_cols))
+# the q = 2 copy keeps every product: its loops unroll into registers either way
+gls_pass_q2 = specialise(gls_pass, {"q": 2, "tri": False}, "gls_pass_q2", (),
+                         (ldl_at, ldl_solve_cols))

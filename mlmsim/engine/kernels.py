@@ -104,9 +104,10 @@ def deviance_one(theta, st, rows, cols, reml, want_grad, g_out, w, qc):
                 s -= AL[j, a, t] * Pu[t]
             Gu[a] = s
         ldl_inverse_at(F, j, q, Minv, 0)
-        # (5.1) 2 A_j Lambda M_j^{-1}  and  (5.2) -2 (G_j u_j)(P_j u_j)'
+        # (5.1) 2 A_j Lambda M_j^{-1}  and  (5.2) -2 (G_j u_j)(P_j u_j)', the lower
+        # triangle only: theta sits there (Lambda is lower triangular, ThetaMap)
         for a in range(q):
-            for b in range(q):
+            for b in range(a + 1):
                 s = 0.0
                 for t in range(q):
                     s += AL[j, a, t] * Minv[0, t, b]
@@ -124,16 +125,13 @@ def deviance_one(theta, st, rows, cols, reml, want_grad, g_out, w, qc):
                         acc += S[j, a, t] * C[0, t, b]
                     SC[a, b] = acc
             for a in range(q):
-                for b in range(q):
+                for b in range(a + 1):
                     s = 0.0
                     for t in range(p):
                         s += GB[a, t] * SC[b, t]
                     gL[a, b] -= 2.0 * s
-    for a in range(q):
-        for b in range(q):
-            for i in range(rows.shape[0]):
-                if rows[i] == a and cols[i] == b:
-                    g_out[i] = gL[a, b]
+    for i in range(rows.shape[0]):
+        g_out[i] = gL[rows[i], cols[i]]
     return d
 
 

@@ -68,10 +68,17 @@ def ldl_at(M, j, n):
     prod = 1.0
     neg = 0
     for c in range(n):
+        # while every pivot so far is positive (always, for a positive definite M) the
+        # signs are all +1 and the sums are Cholesky's
+        plain = neg == 0
         d = M[j, c, c]
-        for k in range(c):
-            lk = M[j, c, k]
-            d -= math.copysign(lk * lk, M[j, k, k])
+        if plain:
+            for k in range(c):
+                d -= M[j, c, k] * M[j, c, k]
+        else:
+            for k in range(c):
+                lk = M[j, c, k]
+                d -= math.copysign(lk * lk, M[j, k, k])
         ad = abs(d)
         M[j, c, c] = math.copysign(1.0 / math.sqrt(ad), d)
         if d < 0.0:
@@ -79,8 +86,12 @@ def ldl_at(M, j, n):
         prod *= ad
         for i in range(c + 1, n):
             s = M[j, i, c]
-            for k in range(c):
-                s -= M[j, i, k] * M[j, c, k] * math.copysign(1.0, M[j, k, k])
+            if plain:
+                for k in range(c):
+                    s -= M[j, i, k] * M[j, c, k]
+            else:
+                for k in range(c):
+                    s -= M[j, i, k] * M[j, c, k] * math.copysign(1.0, M[j, k, k])
             M[j, i, c] = s * M[j, c, c]
     logdet = 0.0
     if not (prod > 1.0 / _BIG and prod < _BIG):
