@@ -27,7 +27,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 from formulaic import Formula, model_matrix
-from formulaic.errors import FormulaSyntaxError
+from formulaic.errors import FormulaicError, FormulaSyntaxError
 
 from mlmsim.terms import term_matrix, term_products, variable_array
 
@@ -153,6 +153,8 @@ def parse_formula(formula: str) -> ParsedFormula:
     """
     if not isinstance(formula, str) or "~" not in formula:
         raise ValueError(f"formula must be a string 'response ~ terms', got {formula!r}")
+    if formula.count("~") > 1:
+        raise ValueError(f"formula has more than one '~': {formula!r}; write 'response ~ terms'")
     lhs, _, rhs = formula.partition("~")
     response = lhs.strip()
     if not response:
@@ -275,7 +277,12 @@ def _matrix(rhs: str, data: pd.DataFrame, cols: dict[str, np.ndarray], n: int):
         idx, names = _term_indices(terms, {v: k for k, v in enumerate(used)})
         mat = term_products(variable_array([cols[v] for v in used], (n,)), term_matrix(idx))
         return mat, names, [[i] for i in range(len(names))]
-    mm = model_matrix(rhs, data, na_action="ignore", ensure_full_rank=True)
+    try:
+        with np.errstate(all="ignore"):  # non-finite values of transforms: dropped, counted
+            mm = model_matrix(rhs, data, na_action="ignore", ensure_full_rank=True)
+    except FormulaicError as e:  # a transform of a column it does not apply to
+        raise ValueError(f"cannot build the design of {rhs!r}: {str(e).splitlines()[0]}"
+                         ) from None
     names = list(mm.columns)
     # group columns by the formula term that produced them (for '||' blocks)
     term_slices = mm.model_spec.term_indices
@@ -288,8 +295,11 @@ def model_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
 
     Raises ValueError naming the problem for: a missing column, a non-numeric
     response, an empty data set, a single group, or as many groups as
-    observations. Rows with NaN/inf in any used column are dropped with a
-    warning and counted in ``n_dropped``. Linearly dependent fixed-effect
+    observations, a formula without fixed effects, duplicated column names, a
+    date or time column, and design columns of the same name (a data column called
+    ``Intercept``). Rows with NaN/inf in any used column, or where a transform of
+    the formula is NaN/inf (``log(x)`` at x <= 0), are dropped with a warning and
+    counted in ``n_dropped``. Linearly dependent fixed-effect
     columns are dropped (the later ones, as lme4 does) with a warning, and
     named in ``dropped_fixed``.
     """
@@ -306,7 +316,16 @@ def model_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
             f"column(s) {', '.join(repr(m) for m in missing)} named in the formula are not in the "
             f"data; available columns: {', '.join(map(str, data.columns))}"
         )
+    dup = sorted({str(c) for c in data.columns[data.columns.duplicated()] if c in needed})
+    if dup:
+        raise ValueError(f"the data have more than one column named {', '.join(map(repr, dup))}"
+                         "; column names must be unique")
     series = {c: data[c] for c in needed}
+    for c, v in series.items():
+        if pd.api.types.is_datetime64_any_dtype(v.dtype) or pd.api.types.is_timedelta64_dtype(
+                v.dtype):
+            raise ValueError(f"column {c!r} holds dates or times ({v.dtype}); convert it to a "
+                             "number first (e.g. days since a reference date)")
     if not _is_numeric(series[pf.response]):
         raise ValueError(
             f"the response {pf.response!r} must be numeric, but has dtype "
@@ -332,10 +351,47 @@ def model_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
     if n == 0:
         raise ValueError("no rows left after dropping rows with missing or non-finite values")
     used_rows = np.arange(n) if keep is None else np.flatnonzero(keep)
+    X, fixed_names, _ = _matrix(pf.fixed, data, cols, n)
+    Zs, rnames, blocks = [], [], []
+    offset = 0
+    for term in pf.random:
+        Zt, names_t, groups_t = _matrix(term.expr, data, cols, n)
+        if Zt.shape[1] == 0:
+            raise ValueError(f"random-effects term ({term.expr} | {term.group}) has no columns")
+        if term.correlated:
+            blocks.append(tuple(range(offset, offset + Zt.shape[1])))
+        else:
+            blocks.extend(tuple(offset + i for i in grp) for grp in groups_t)
+        Zs.append(Zt)
+        rnames.extend(names_t)
+        offset += Zt.shape[1]
+    Z = np.column_stack(Zs) if len(Zs) > 1 else Zs[0]
+    # a transform of finite data can be non-finite (log of a value <= 0): those rows are
+    # dropped as a missing value is
+    bad = ~(np.isfinite(X).all(axis=1) & np.isfinite(Z).all(axis=1))
+    n_bad = int(bad.sum())
+    if n_bad:
+        warnings.warn(
+            f"{n_bad} row(s) where the formula's transforms give missing or non-finite values "
+            "(such as log of a value <= 0) were dropped (observations not used)",
+            stacklevel=3,
+        )
+        ok = ~bad
+        X, Z, data = X[ok], Z[ok], data.loc[ok]
+        cols = {c: v[ok] for c, v in cols.items()}
+        series = {c: v.loc[ok] for c, v in series.items()}
+        used_rows = used_rows[ok]
+        n_dropped += n_bad
+        n = int(data.shape[0])
+        if n == 0:
+            raise ValueError("no rows left after dropping rows with missing or non-finite "
+                             "values")
     y = cols[pf.response]
     if g in cols:
         labels, codes = np.unique(cols[g], return_inverse=True)
-        if np.all(labels == np.round(labels)):
+        # whole numbers as integers, where int64 holds them exactly (a float above 2^53 is
+        # kept as it is: its neighbours would collapse to one integer)
+        if np.all(labels == np.round(labels)) and np.all(np.abs(labels) <= 2.0 ** 53):
             labels = labels.astype(np.int64)
     else:
         codes, labels = pd.factorize(series[g], sort=True)
@@ -352,32 +408,23 @@ def model_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
             "must be smaller than the number of observations (else the random effects and the "
             "residual cannot be told apart)"
         )
-    X, fixed_names, _ = _matrix(pf.fixed, data, cols, n)
+    if X.shape[1] == 0:
+        raise ValueError(f"formula {pf.formula!r} has no fixed effects; mlmsim needs at least "
+                         "one (drop the '0 +' or '- 1' to keep the intercept)")
+    for kind, names in (("fixed", fixed_names), ("random", rnames)):
+        twice = sorted({nm for nm in names if names.count(nm) > 1})
+        if twice:
+            where = f"in more than one bar term for {g!r}, or " if kind == "random" else ""
+            raise ValueError(
+                f"{kind} effect(s) {', '.join(map(repr, twice))} appear more than once: "
+                f"{where}as a data column named like a design column (such as "
+                "'Intercept'), which must then be renamed")
     X, fixed_names, dropped = _drop_dependent(X, fixed_names)
     if X.shape[1] >= n:
         raise ValueError(
             f"the fixed-effects design has rank {X.shape[1]} for {n} observations: no residual "
             "degrees of freedom are left; use fewer fixed effects"
         )
-    Zs, rnames, blocks = [], [], []
-    offset = 0
-    for term in pf.random:
-        Zt, names_t, groups_t = _matrix(term.expr, data, cols, n)
-        if Zt.shape[1] == 0:
-            raise ValueError(f"random-effects term ({term.expr} | {term.group}) has no columns")
-        if term.correlated:
-            blocks.append(tuple(range(offset, offset + Zt.shape[1])))
-        else:
-            blocks.extend(tuple(offset + i for i in grp) for grp in groups_t)
-        Zs.append(Zt)
-        rnames.extend(names_t)
-        offset += Zt.shape[1]
-    dup = sorted({nm for nm in rnames if rnames.count(nm) > 1})
-    if dup:
-        raise ValueError(
-            f"random effect(s) {', '.join(dup)} appear in more than one bar term for {g!r}"
-        )
-    Z = np.column_stack(Zs) if len(Zs) > 1 else Zs[0]
     return Design(
         formula=pf,
         y=y,
@@ -418,10 +465,15 @@ def _drop_dependent(X: np.ndarray, names: list[str], tol: float = 1e-7):
     p = X.shape[1]
     if p == 0:
         return X, names, []
-    if clearly_full_rank(X.T @ X):
+    # the test is relative to each column's norm, so it does not depend on the columns'
+    # units: each column is scaled by a power of 2 (exactly) to a largest |value| in
+    # [0.5, 1) first, so that X'X and the norms neither overflow nor underflow
+    big = np.abs(X).max(axis=0)
+    Xs = np.ldexp(X, -np.frexp(np.where(big > 0, big, 1.0))[1])
+    if clearly_full_rank(Xs.T @ Xs):
         return X, names, []
-    norms = np.linalg.norm(X, axis=0)
-    R = np.linalg.qr(X, mode="r")
+    norms = np.linalg.norm(Xs, axis=0)
+    R = np.linalg.qr(Xs, mode="r")
     keep = np.flatnonzero(np.abs(np.diagonal(R)[:p]) > tol * np.maximum(norms, 1e-300))
     keep = keep[norms[keep] > 0]
     if keep.size == p:

@@ -23,6 +23,7 @@ from mlmsim.engine.optimize import OptResult, minimize_theta
 from mlmsim.engine.result import FitArrays, FitResult, covparm_names
 from mlmsim.engine.stats import Centering, GroupStats, centred_group_stats, residual_check
 from mlmsim.engine.unbounded import unbounded_estimates
+from mlmsim.engine.units import UnitScale, unit_scale
 from mlmsim.formula import Design, model_design
 
 __all__ = ["fit", "fit_design", "result_from_theta", "Centering"]
@@ -65,34 +66,45 @@ def fit_design(design: Design, method: str = "REML", theta0: np.ndarray | None =
                control: FitControl | dict | None = None, bounded: bool = True) -> FitResult:
     """Fit from a :class:`~mlmsim.formula.Design` (formula already turned into matrices).
 
-    The statistics are computed from the centred y and X (:class:`Centering`), and the
-    fixed effects mapped back.
+    The statistics are computed from the centred y and X (:class:`Centering`), in units
+    near 1 where a column's are far from them (:mod:`mlmsim.engine.units`), and the
+    estimates mapped back.
     """
     method = _method(method)
     reml = method == "REML"
-    stats, centering = centred_group_stats(design.y, design.X, design.Z, design.group_codes,
-                                           design.ngroups)
+    scale = unit_scale(design)
+    d = design if scale.identity else scale.design(design)
+    stats, centering = centred_group_stats(d.y, d.X, d.Z, d.group_codes, d.ngroups)
     problem = residual_check(stats)
     if problem.item() is not None:
         raise ValueError(problem.item())
     tmap = ThetaMap.from_blocks(design.Z.shape[1], design.blocks)
-    start = None if theta0 is None else np.atleast_2d(theta0)
+    start = None if theta0 is None else np.atleast_2d(
+        scale.theta_fit(np.asarray(theta0, dtype=float), tmap.rows))
     opt = minimize_theta(stats.select(None), tmap, reml, start, control)
-    return result_from_theta(design, stats, tmap, opt, method, centering, bounded=bounded)
+    return result_from_theta(design, stats, tmap, opt, method, centering, bounded=bounded,
+                             scale=scale)
 
 
 def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: OptResult,
                       method: str, centering: Centering | None = None, *,
-                      bounded: bool = True) -> FitResult:
+                      bounded: bool = True, scale: UnitScale | None = None) -> FitResult:
     """Read the estimates, inference and diagnostics off a single fit's optimum (R = 1).
 
     ``stats`` are those the optimum was found from (of the centred data when
     ``centering`` is given; the fixed effects are then mapped back). With ``bounded``
     False the optimum is the start of the unbounded fit
-    (:func:`mlmsim.engine.unbounded.unbounded_estimates`).
+    (:func:`mlmsim.engine.unbounded.unbounded_estimates`). ``scale``: the
+    :class:`~mlmsim.engine.units.UnitScale` the statistics' data were multiplied by (the
+    estimates are mapped back to ``design``'s units).
     """
     p = stats.p
     centering = centering or Centering.identity(p)
+    fit_map = centering.L  # the lazy inference works in the fit's units (df are invariant)
+    if scale is not None and not scale.identity:
+        centering = scale.centering(centering)
+    else:
+        scale = None
     reml = method == "REML"
     one = stats.select(None)
     cs = inference.CovStructure.from_blocks(stats.q, design.blocks)
@@ -102,13 +114,30 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
     if not bounded:
         est, Us, LMLt = unbounded_estimates(one, cs, tmap, est, reml, opt.control)
     rnames = list(design.random_names)
-    theta = est.theta[0]
-    U = Us[0]
-    sigma2 = float(est.sigma2[0])
+    theta, U, sigma2, T = est.theta[0], Us[0], float(est.sigma2[0]), est.T[0]
     condvar = sigma2 * LMLt[0]
+    phi, H, acov, dev = est.phi[0], est.hessian[0], est.acov[0], float(est.deviance[0])
+    acov_fit = None
+    if scale is not None:  # back to the data's units (mlmsim.engine.units)
+        with np.errstate(all="ignore"):  # estimates beyond floats: refused below
+            kz, ky = scale.z, scale.y
+            zz = np.outer(kz, kz) / ky ** 2
+            c = scale.covparms(cs.rows, cs.cols)
+            theta, U, T = scale.theta(theta, tmap.rows), U * kz / ky, T * zz
+            sigma2, condvar = sigma2 / ky ** 2, condvar * zz
+            acov_fit = acov
+            phi, H, acov = phi * c, H / np.outer(c, c), acov_fit * np.outer(c, c)
+            dev = scale.deviance(dev, float(stats.N), reml)
+            scale.check_finite(design, {"sigma2": sigma2, "T": T, "the fixed effects":
+                                        centering.beta(est.beta[0])})
     beta = centering.beta(est.beta[0])
+    # the SEs from the fit's units, so that an SE whose square has no float is still given
+    vcov_fit = Centering(fit_map, np.zeros(p)).cov(est.vcov[0])
+    D = np.ones(p) if scale is None else scale.x / scale.y
+    se = np.sqrt(np.diag(vcov_fit)) * D
+    with np.errstate(over="ignore", under="ignore"):
+        vcov = vcov_fit * np.outer(D, D)
     fitted = design.X @ beta + np.einsum("nq,nq->n", design.Z, U[design.group_codes])
-    dev = float(est.deviance[0])
     npar = stats.p + tmap.size + 1
     names, sas = covparm_names(rnames, cs.rows, cs.cols)
     fit_notes = notes(est, 0, rnames, design.dropped_fixed, design.n_dropped, bounded)
@@ -136,9 +165,9 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
         hessian_eigenvalues=est.hessian_eigenvalues[0],
         hessian_pd=bool(est.hessian_pd[0]),
         identifiable=bool(est.identifiable[0]),
-        phi=est.phi[0],
-        arrays=FitArrays(beta=beta, vcov=centering.cov(est.vcov[0]), T=est.T[0],
-                         hessian=est.hessian[0], acov=est.acov[0], U=U, condvar=condvar,
+        phi=phi,
+        arrays=FitArrays(beta=beta, vcov=vcov, se=se, T=T,
+                         hessian=H, acov=acov, acov_fit=acov_fit, U=U, condvar=condvar,
                          fitted=fitted, resid=design.y - fitted),
         group_labels=design.group_labels,
         n_dropped=design.n_dropped,
@@ -149,5 +178,6 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
         stats=stats,
         cov_structure=cs,
         theta_map=tmap,
-        fixed_map=centering.L,
+        fixed_map=fit_map,
+        units=scale,
     )

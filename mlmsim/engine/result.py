@@ -47,7 +47,9 @@ def covparm_names(random_names, rows, cols) -> tuple[list[str], list[str]]:
 class FitArrays:
     """The arrays behind a :class:`FitResult`'s labelled views: beta (p,), vcov (p, p),
     T (q, q), hessian and acov (m, m) in phi, U (J, q) EBLUPs, condvar (J, q, q) their
-    conditional covariances, fitted and resid (N,) over the rows used."""
+    conditional covariances, fitted and resid (N,) over the rows used; where the data were
+    fitted in other units (:mod:`mlmsim.engine.units`), acov_fit (in those units) and se
+    (p,) (the fixed effects' SEs, given even where their squares overflow)."""
 
     beta: np.ndarray
     vcov: np.ndarray
@@ -58,6 +60,8 @@ class FitArrays:
     condvar: np.ndarray
     fitted: np.ndarray
     resid: np.ndarray
+    acov_fit: np.ndarray | None = None
+    se: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,47 @@ class FitResult:
     cov_structure: Any = field(default=None, repr=False, compare=False)
     theta_map: Any = field(default=None, repr=False, compare=False)
     fixed_map: np.ndarray | None = field(default=None, repr=False, compare=False)
+    units: Any = field(default=None, repr=False, compare=False)
+
+    # ---- the fit's own units (mlmsim.engine.units), in which ``stats`` are ----------
+    def _covparm_scale(self) -> np.ndarray:
+        """c: phi = c phi_fit (ones when the data were fitted in their own units)."""
+        if self.units is None:
+            return np.ones(len(self.covparm_names))
+        cs = self.cov_structure
+        return self.units.covparms(cs.rows, cs.cols)
+
+    def _fixef_scale(self) -> np.ndarray:
+        """D: gamma = D gamma_fit (the fixed effects in the fit's units; ones if none)."""
+        if self.units is None:
+            return np.ones(len(self.fixed_names))
+        return self.units.x / self.units.y
+
+    def _covparm_se(self, information: str) -> np.ndarray:
+        """sqrt(diag(acov)), taken in the fit's units and scaled (so that an SE whose
+        square is beyond the floating-point range is still given)."""
+        if information not in INFORMATION:
+            raise ValueError(f"information must be one of {', '.join(INFORMATION)}, got "
+                             f"{information!r}")
+        c = self._covparm_scale()
+        if information == "observed":
+            acov = self.arrays.acov if self.arrays.acov_fit is None else self.arrays.acov_fit
+            if self.arrays.acov_fit is None:
+                c = np.ones_like(c)
+        else:
+            acov = kenward_roger.expected_acov(self._info.HE)[0]
+        return np.sqrt(np.diag(acov)) * c
+
+    @property
+    def _fit_phi(self) -> np.ndarray:
+        return self.phi / self._covparm_scale()
+
+    @property
+    def _fit_theta_sigma2(self) -> tuple[np.ndarray, float]:
+        if self.units is None:
+            return self.theta, self.sigma2
+        return (self.units.theta_fit(self.theta, self.theta_map.rows),
+                self.sigma2 * self.units.y ** 2)
 
     # ---- labelled views (built on first access) ------------------------------
     @cached_property
@@ -159,8 +204,8 @@ class FitResult:
 
     @cached_property
     def fixef_se(self) -> pd.Series:
-        return pd.Series(np.sqrt(np.diag(self.arrays.vcov)), index=list(self.fixed_names),
-                         name="se")
+        se = np.sqrt(np.diag(self.arrays.vcov)) if self.arrays.se is None else self.arrays.se
+        return pd.Series(se, index=list(self.fixed_names), name="se")
 
     @cached_property
     def vcov(self) -> pd.DataFrame:
@@ -183,7 +228,7 @@ class FitResult:
         ``covparms``); "expected", from the inverse of the expected information
         1/2 tr(P V_k P V_l) (REML) or 1/2 tr(V^{-1}V_k V^{-1}V_l) (ML) (6.6) (SAS's
         SCORING=, MLwiN's IGLS)."""
-        se = np.sqrt(np.diag(self.covparms_acov(information)))
+        se = self._covparm_se(information)
         with np.errstate(divide="ignore", invalid="ignore"):
             z = self.phi / se
         isvar = np.array([n.startswith("var(") or n == "sigma2" for n in self.covparm_names])
@@ -200,14 +245,15 @@ class FitResult:
                              f"{information!r}")
         if information == "observed":
             return self.arrays.acov
-        return kenward_roger.expected_acov(self._info.HE)[0]
+        c = self._covparm_scale()
+        return kenward_roger.expected_acov(self._info.HE)[0] * np.outer(c, c)
 
     @cached_property
     def _info(self) -> kenward_roger.InfoTerms:
         """:class:`~mlmsim.engine.kenward_roger.InfoTerms` at the estimate, with the fixed
         effects in the reported coordinates (:func:`~mlmsim.engine.kenward_roger.mapped`)."""
         t = kenward_roger.info_terms(self.stats.select(None), self.cov_structure,
-                                     self.phi[None], self.reml)
+                                     self._fit_phi[None], self.reml)
         return kenward_roger.mapped(t, self.fixed_map)
 
     @cached_property
@@ -223,7 +269,8 @@ class FitResult:
         (12.2); pbkrtest's ``vcovAdj``, SAS DDFM=KR), for a REML fit; NaN where the
         expected information is not positive definite."""
         names = list(self.fixed_names)
-        return pd.DataFrame(self._kr[0], index=names, columns=names)
+        D = self._fixef_scale()
+        return pd.DataFrame(self._kr[0] * np.outer(D, D), index=names, columns=names)
 
     @cached_property
     def covparms_cov(self) -> pd.DataFrame:
@@ -318,7 +365,7 @@ class FitResult:
         :meth:`coef_table`): the KR-adjusted SE for "kenward-roger", ``fixef_se`` else."""
         df = self.ddf(ddf)
         if ddf.lower() == "kenward-roger":
-            return self._kr[2], df
+            return self._kr[2] * self._fixef_scale(), df
         return self.fixef_se.to_numpy(), df
 
     def ddf(self, method: str = "satterthwaite") -> np.ndarray:
@@ -346,11 +393,12 @@ class FitResult:
         """C, dC and Acov of Satterthwaite's df (10.3): in lmerTest's (theta, sigma), or in
         phi for an unbounded fit (where theta need not exist)."""
         if self.bounded:
+            theta, sigma2 = self._fit_theta_sigma2
             return inference.satterthwaite_terms(self.stats, self.cov_structure,
-                                                 self.theta_map, self.theta, self.sigma2,
+                                                 self.theta_map, theta, sigma2,
                                                  self.reml, self.fixed_map)
-        return inference.satterthwaite_phi_terms(self.stats, self.cov_structure, self.phi,
-                                                 self.reml, self.fixed_map)
+        return inference.satterthwaite_phi_terms(self.stats, self.cov_structure,
+                                                 self._fit_phi, self.reml, self.fixed_map)
 
     def ftest(self, L, rhs=None, ddf: str = "kenward-roger") -> kenward_roger.FTest:
         """F test of H0: L gamma = rhs (pbkrtest's ``KRmodcomp``, lmerTest's ``contest``).
@@ -382,6 +430,9 @@ class FitResult:
             raise ValueError(f"rhs must have {L.shape[0]} elements, got {rhs.size}")
         # L gamma - rhs = L (gamma - g0) for any g0 with L g0 = rhs (least squares)
         b = self.arrays.beta - np.linalg.lstsq(L, rhs, rcond=None)[0]
+        # in the fit's units: L gamma = (L D) gamma_fit
+        D = self._fixef_scale()
+        L, b = L * D, b / D
         kind = ddf.lower() if isinstance(ddf, str) else ddf
         if kind == "kenward-roger":
             PhiA, W = self._kr[:2]
