@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import keyword
 import math
+import os
 import re
 import types
 import typing
@@ -50,6 +51,21 @@ SYMMETRY_TOL = 1e-10
 PSD_TOL = 1e-10
 RANK_TOL = 1e-10
 
+# Bounds on a spec read from a file or text (YAML or JSON), checked before any object is
+# built from it. A spec is a page of text (the annotated example is 2 KiB, 5 levels deep,
+# about 60 values); these refuse only input made to exhaust memory or time: a YAML alias
+# bomb ("billion laughs", whose aliases expand 500 bytes into 10^9 values), an alias that
+# contains itself (an endless expansion), nesting that overflows the parser's stack, a file
+# of megabytes. Each refusal is a one-line ValueError naming the limit and its value.
+MAX_SPEC_BYTES = 256 * 1024
+"""Largest spec file or text, in bytes of UTF-8: 256 KiB."""
+MAX_SPEC_DEPTH = 32
+"""Deepest nesting of lists and mappings in a spec (a plain value counts as a level, the
+document itself is level 1), counted through YAML aliases."""
+MAX_SPEC_NODES = 100_000
+"""Most values in a spec (scalars, lists and mappings, and the keys of mappings) once its
+YAML aliases are expanded: every alias counts the whole value it stands for."""
+
 
 # ---------------------------------------------------------------------------
 # small checks
@@ -68,7 +84,11 @@ def _check_name(name: Any, what: str) -> str:
 def _number(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         raise ValueError(f"{what} must be a number, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # a whole number beyond the largest float, about 1.8e308
+        raise ValueError(f"{what} must be a finite number, got a whole number too large for a "
+                         f"float ({_digits(value)} digits)") from None
     if not math.isfinite(value):
         raise ValueError(f"{what} must be finite, got {value!r}")
     return value
@@ -94,7 +114,24 @@ def _count(value: Any, what: str, minimum: int = 1) -> int:
     value = int(value)
     if value < minimum:
         raise ValueError(f"{what} must be at least {minimum}, got {value}")
+    if value > _MAX_COUNT:
+        raise ValueError(f"{what} must be at most 2**63 - 1, got a whole number of "
+                         f"{_digits(value)} digits")
     return value
+
+
+_MAX_COUNT = 2**63 - 1
+"""Largest count (of groups, of units in a group): the largest 64-bit integer."""
+
+
+def _digits(value: int) -> int:
+    """The number of decimal digits of a whole number (without converting it to text,
+    which Python refuses beyond 4300 digits)."""
+    n = abs(int(value))
+    if n == 0:
+        return 1
+    d = math.floor((n.bit_length() - 1) * math.log10(2)) + 1  # n >= 2**(bits - 1)
+    return d + 1 if n >= 10**d else d
 
 
 def _set(obj: Any, name: str, value: Any) -> None:
@@ -1106,7 +1143,11 @@ class ModelSpec:
 
     @classmethod
     def from_yaml(cls, text: str) -> ModelSpec:
-        """Read a spec from YAML text (a safe loader: tags that build objects are refused)."""
+        """Read a spec from YAML text (a safe loader: tags that build objects are refused).
+
+        Text beyond :data:`MAX_SPEC_BYTES`, nesting beyond :data:`MAX_SPEC_DEPTH`, more
+        than :data:`MAX_SPEC_NODES` values once aliases are expanded, and an alias that
+        contains itself are refused with a ValueError before anything is built."""
         return _read_spec(_load_yaml(text))
 
     def to_json(self) -> str:
@@ -1114,6 +1155,9 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
+        """Read a spec from JSON text: a repeated key, text beyond
+        :data:`MAX_SPEC_BYTES`, nesting beyond :data:`MAX_SPEC_DEPTH` and more than
+        :data:`MAX_SPEC_NODES` values are refused with a ValueError."""
         def pairs(items: list[tuple[str, Any]]) -> dict:
             keys = [k for k, _ in items]
             dup = sorted({k for k in keys if keys.count(k) > 1})
@@ -1121,10 +1165,16 @@ class ModelSpec:
                 raise ValueError(f"the spec repeats the key {dup[0]!r}")
             return dict(items)
 
+        if not isinstance(text, str):
+            raise ValueError(f"spec text must be a string, got {type(text).__name__}")
+        _check_size(text)
         try:
             raw = json.loads(text, object_pairs_hook=pairs)
         except json.JSONDecodeError as exc:
             raise ValueError(f"the spec is not valid JSON: {exc}") from None
+        except RecursionError:  # the decoder recurses once per level of nesting
+            raise ValueError(_depth_message()) from None
+        _check_plain(raw)
         return _read_spec(raw)
 
     def save(self, path: str | Path) -> None:
@@ -1135,9 +1185,24 @@ class ModelSpec:
 
     @classmethod
     def load(cls, path: str | Path) -> ModelSpec:
-        """Read a spec file: JSON for ``.json``, YAML otherwise."""
+        """Read a spec file (UTF-8): JSON for ``.json``, YAML otherwise.
+
+        A file larger than :data:`MAX_SPEC_BYTES` is refused with a ValueError after
+        reading at most that many bytes (so a device or a growing file is refused too);
+        the text then goes through :meth:`from_json` or :meth:`from_yaml`."""
         path = Path(path)
-        text = path.read_text()
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_SPEC_BYTES + 1)
+            if len(data) > MAX_SPEC_BYTES:
+                size = os.fstat(fh.fileno()).st_size  # 0 for a device or a pipe
+                raise ValueError(_size_message(size if size > MAX_SPEC_BYTES else None,
+                                               f"the spec file {str(path)!r}"))
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"the spec file {str(path)!r} is not UTF-8 text (byte "
+                             f"{exc.start}: {data[exc.start:exc.start + 1]!r})") from None
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
         if path.suffix.lower() == ".json":
             return cls.from_json(text)
         return cls.from_yaml(text)
@@ -1196,8 +1261,75 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _size_message(n_bytes: int | None, what: str = "the spec") -> str:
+    """``n_bytes`` None: the size is unknown (a device or a pipe), but over the limit."""
+    size = f"{n_bytes} bytes" if n_bytes is not None else f"over {MAX_SPEC_BYTES} bytes"
+    return (f"{what} is {size}, more than the limit MAX_SPEC_BYTES = {MAX_SPEC_BYTES} bytes "
+            f"({MAX_SPEC_BYTES // 1024} KiB): a spec is a page of text")
+
+
+def _depth_message(where: str = "") -> str:
+    return (f"the spec nests lists and mappings deeper than the limit MAX_SPEC_DEPTH = "
+            f"{MAX_SPEC_DEPTH} levels{where}")
+
+
+def _nodes_message() -> str:
+    return (f"the spec holds more than the limit MAX_SPEC_NODES = {MAX_SPEC_NODES} values once "
+            "its aliases are expanded (a YAML alias counts the whole value it stands for)")
+
+
+def _check_size(text: str) -> None:
+    """Refuse text of more than :data:`MAX_SPEC_BYTES` bytes of UTF-8."""
+    if len(text) > MAX_SPEC_BYTES:  # at least one byte per character: no need to encode it
+        raise ValueError(_size_message(None, f"the spec ({len(text)} characters)"))
+    n_bytes = len(text.encode("utf-8", "surrogatepass"))
+    if n_bytes > MAX_SPEC_BYTES:
+        raise ValueError(_size_message(n_bytes))
+
+
+def _check_plain(raw: Any) -> None:
+    """Refuse parsed JSON nested deeper than :data:`MAX_SPEC_DEPTH` or holding more than
+    :data:`MAX_SPEC_NODES` values (JSON has no aliases: this walk is as long as the text)."""
+    count = 0
+
+    def visit(value: Any, depth: int) -> None:
+        nonlocal count
+        count += 1
+        if count > MAX_SPEC_NODES:
+            raise ValueError(_nodes_message())
+        if depth > MAX_SPEC_DEPTH:
+            raise ValueError(_depth_message())
+        if isinstance(value, dict):
+            for k, v in value.items():
+                visit(k, depth + 1)
+                visit(v, depth + 1)
+        elif isinstance(value, list):
+            for v in value:
+                visit(v, depth + 1)
+
+    visit(raw, 1)
+
+
 class _SpecLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading ``1e-3`` as a number (YAML 1.2) as well."""
+    """PyYAML's safe loader, reading ``1e-3`` as a number (YAML 1.2) as well.
+
+    Nesting deeper than :data:`MAX_SPEC_DEPTH` is refused while the document is
+    composed: the composer recurses once per level, so deep nesting would otherwise
+    exhaust Python's stack before any check could run."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_SPEC_DEPTH:
+                line = self.peek_event().start_mark.line + 1
+                raise ValueError(_depth_message(f" (line {line})"))
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _SpecLoader.add_implicit_resolver(
@@ -1208,22 +1340,88 @@ _SpecLoader.add_implicit_resolver(
 
 _PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq",
                                                   "map")}
+_INT_TAG = "tag:yaml.org,2002:int"
+_MAX_INT_CHARS = 4300
+"""Longest whole-number literal read (Python's default limit on converting text to an
+int). Any number of more than 309 digits is beyond every float and count; those up to
+this length reach the reader, which names the key, and longer ones are refused here."""
 
 
 def _load_yaml(text: str) -> Any:
-    """Parse YAML text as data only: any node whose tag is not a plain scalar, list or
-    mapping (``!!python/object``, ``!!binary``, custom tags, dates) is refused with a
-    ValueError naming its key, before anything is constructed."""
+    """Parse YAML text as data only, refusing with a ValueError before anything is
+    constructed: text over :data:`MAX_SPEC_BYTES`; nesting over :data:`MAX_SPEC_DEPTH`;
+    more than :data:`MAX_SPEC_NODES` values with the aliases expanded (an alias bomb) or
+    an alias inside the value it names (an endless expansion); any node whose tag is not a
+    plain scalar, list or mapping (``!!python/object``, ``!!binary``, custom tags, dates),
+    named by its key. The document is composed once and constructed from that."""
     if not isinstance(text, str):
         raise ValueError(f"spec text must be a string, got {type(text).__name__}")
+    _check_size(text)
+    loader = _SpecLoader(text)
     try:
-        node = yaml.compose(text, Loader=_SpecLoader)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"the spec is not valid YAML: {' '.join(str(exc).split())}") from None
-    if node is None:
-        raise ValueError("the spec file is empty")
-    _check_nodes(node, "")
-    return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - _SpecLoader is a SafeLoader
+        try:
+            node = loader.get_single_node()
+        except yaml.YAMLError as exc:
+            raise ValueError(f"the spec is not valid YAML: {' '.join(str(exc).split())}"
+                             ) from None
+        if node is None:
+            raise ValueError("the spec file is empty")
+        _check_expansion(node)
+        _check_nodes(node, "")
+        try:
+            return loader.construct_document(node)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"the spec is not valid YAML: {' '.join(str(exc).split())}"
+                             ) from None
+    finally:
+        loader.dispose()
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    return []
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a composed YAML document whose aliases expand beyond the limits.
+
+    An alias is the very node of its anchor, so the document is a graph, and its
+    expansion (what a walk over the constructed data visits) can be exponentially larger
+    than the text. Each node's expanded size and height are computed once and reused
+    wherever an alias repeats it, so this costs time in the size of the text, not of the
+    expansion. Refused: more than :data:`MAX_SPEC_NODES` values in the expansion, nesting
+    beyond :data:`MAX_SPEC_DEPTH`, and a node reachable from itself (``a: &a [*a]``).
+    """
+    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded values, height)
+    open_nodes: set[int] = set()  # the nodes being measured, from the root down
+
+    def visit(node: yaml.Node, depth: int) -> tuple[int, int]:
+        key = id(node)
+        if key not in measured:
+            line = f" (line {node.start_mark.line + 1})"
+            if depth > MAX_SPEC_DEPTH:
+                raise ValueError(_depth_message(line))
+            if key in open_nodes:
+                raise ValueError("the spec has a YAML alias inside the value it names"
+                                 f"{line}: its expansion never ends")
+            open_nodes.add(key)
+            count, height = 1, 1
+            for child in _children(node):
+                n, h = visit(child, depth + 1)
+                count, height = count + n, max(height, h + 1)
+                if count > MAX_SPEC_NODES:
+                    raise ValueError(_nodes_message())
+            open_nodes.discard(key)
+            measured[key] = (count, height)
+        count, height = measured[key]
+        if depth + height - 1 > MAX_SPEC_DEPTH:
+            raise ValueError(_depth_message(f" (line {node.start_mark.line + 1})"))
+        return count, height
+
+    visit(root, 1)
 
 
 def _check_nodes(node: yaml.Node, path: str) -> None:
@@ -1231,6 +1429,10 @@ def _check_nodes(node: yaml.Node, path: str) -> None:
     if node.tag not in _PLAIN_TAGS:
         raise ValueError(f"{where} has the YAML tag {node.tag!r}: a spec file is data, not code, "
                          "and tags that build Python objects (or any other objects) are refused")
+    if node.tag == _INT_TAG and len(node.value) > _MAX_INT_CHARS:
+        raise ValueError(f"{where} is a whole number of {len(node.value)} characters, too large "
+                         "for any number in a spec (a float holds at most about 1.8e308, a "
+                         "count at most 2**63 - 1)")
     if isinstance(node, yaml.MappingNode):
         seen = set()
         for knode, vnode in node.value:
@@ -1266,11 +1468,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"spec key {key!r} must be a number, got {value!r} "
                              f"({_type_name(value)})")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # a whole number beyond the largest float, about 1.8e308
+            raise ValueError(f"spec key {key!r} must be a finite number, got a whole number "
+                             f"of {_digits(value)} digits, too large for a float") from None
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"spec key {key!r} must be a whole number, got {value!r} "
                              f"({_type_name(value)})")
+        if abs(value) > _MAX_COUNT:
+            raise ValueError(f"spec key {key!r} must be a whole number of at most 2**63 - 1, "
+                             f"got one of {_digits(value)} digits")
         return value
     if tp is str:
         if not isinstance(value, str):

@@ -163,6 +163,45 @@ def test_overlapping_chunks_are_refused(tmp_path):
         build_study(n_reps=10).run(tmp_path, progress=False)
 
 
+def test_overlapping_chunks_warn_when_loaded(tmp_path, capsys):
+    """Chunk files copied in from another run of the same study, so that two files hold
+    some replicates: load_study and `mlmsim study report` say how many records repeat
+    and which files overlap."""
+    from mlmsim import cli
+    from mlmsim.study.storage import OverlappingChunksWarning
+
+    out, other = tmp_path / "study", tmp_path / "other"
+    build_study(n_reps=12).run(out, chunk_size=4, progress=False)
+    build_study(n_reps=12).run(other, chunk_size=6, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clean = load_study(out).records  # no overlap, no warning
+    copied = sorted((other / "chunks").glob("c000001-r000000000-*.parquet"))
+    assert len(copied) == 1  # condition 1, replicates [0, 6): overlaps [0, 4) and [4, 8)
+    (out / "chunks" / copied[0].name).write_bytes(copied[0].read_bytes())
+    with pytest.warns(OverlappingChunksWarning) as record:
+        rec = load_study(out).records
+    assert len(record) == 1
+    message = str(record[0].message)
+    n_dup = len(rec) - len(clean)
+    key = ["condition", "rep", "method", "parameter"]
+    assert n_dup > 0 and rec.duplicated(key).sum() == n_dup
+    assert f"{n_dup} records" in message, message
+    names = {p.name for p in (out / "chunks").glob("c000001-*.parquet")}
+    overlapping = sorted(n for n in names if "r000000008" not in n)
+    assert len(overlapping) == 3 and all(n in message for n in overlapping), message
+    # replicates below n_reps only: below 4, only the copied file's [0, 4) repeats
+    with pytest.warns(OverlappingChunksWarning, match="records") as record:
+        rec4 = load_study(out, n_reps=4).records
+    assert f"{rec4.duplicated(key).sum()} records" in str(record[0].message)
+    # the command prints the warning as one line and still reports
+    status = cli.main(["study", "report", str(out)])
+    err = capsys.readouterr().err
+    assert status == 0
+    lines = [line for line in err.splitlines() if "duplicated" in line]
+    assert len(lines) == 1 and f"{n_dup} records" in lines[0], err
+
+
 def test_identity_of_callables():
     def f(x, k=1):
         return x + k
@@ -240,3 +279,59 @@ def test_sigkill_part_way_then_resume(tmp_path, reference):
     pd.testing.assert_frame_equal(strip(rec), strip(reference))
     # the files written before the kill were kept, not recomputed
     assert {p.name for p in done} <= {p.name for p in (out / "chunks").glob("c*.parquet")}
+
+
+# Reading then exiting at once, in fresh processes. pq.read_table (Arrow's dataset scanner)
+# left work on Arrow's thread pools after it returned, and a process that exited right
+# after a read died of SIGABRT now and then ("terminate called without an active
+# exception"; about 1 run in 40 on the reader alone). The reader alone is
+# mlmsim/study/storage.py loaded by its path (it imports no other part of mlmsim), so a
+# process starts in under a second; the slow tests also run the whole package.
+READ_AND_EXIT = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("storage", sys.argv[1])
+storage = importlib.util.module_from_spec(spec)
+sys.modules["storage"] = storage
+spec.loader.exec_module(storage)
+d = storage.StudyDirectory(sys.argv[2])
+for chunk in d.chunk_files():
+    d.read_chunk(chunk)
+"""
+LOAD_AND_EXIT = "import sys; from mlmsim.study import load_study; load_study(sys.argv[1]).records"
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("exit") / "study"
+    build_study().run(out, chunk_size=3, progress=False)
+    return out
+
+
+def _failed_exits(code: str, args: list[str], runs: int) -> list[str]:
+    """Run ``python -c code *args`` ``runs`` times; the exit status and stderr of each run
+    that did not exit with 0."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    failed = []
+    for _ in range(runs):
+        proc = subprocess.run([sys.executable, "-c", code, *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            failed.append(f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}")
+    return failed
+
+
+def test_reading_chunks_then_exiting_never_aborts(study_dir):
+    storage = REPO / "mlmsim" / "study" / "storage.py"
+    assert len(list((study_dir / "chunks").glob("c*.parquet"))) == 40
+    assert _failed_exits(READ_AND_EXIT, [str(storage), str(study_dir)], 16) == []
+
+
+@pytest.mark.slow
+def test_reading_chunks_then_exiting_never_aborts_300_runs(study_dir):
+    storage = REPO / "mlmsim" / "study" / "storage.py"
+    assert _failed_exits(READ_AND_EXIT, [str(storage), str(study_dir)], 300) == []
+
+
+@pytest.mark.slow
+def test_load_study_records_then_exiting_never_aborts_30_runs(study_dir):
+    assert _failed_exits(LOAD_AND_EXIT, [str(study_dir)], 30) == []

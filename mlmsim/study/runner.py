@@ -62,8 +62,10 @@ from mlmsim.study.seeds import (
 from mlmsim.study.storage import (
     FORMAT,
     CorruptChunkWarning,
+    OverlappingChunksWarning,
     StudyDirectory,
     StudyDirectoryError,
+    StudyLockedError,
     canonical,
     digest,
 )
@@ -75,8 +77,10 @@ __all__ = [
     "Estimates",
     "FormulaMethod",
     "FromSpec",
+    "OverlappingChunksWarning",
     "Study",
     "StudyDirectoryError",
+    "StudyLockedError",
     "StudyResult",
     "load_study",
     "run_chunk",
@@ -1104,14 +1108,26 @@ class Study:
         Warnings raised while generating or fitting become the record's ``messages``;
         they are caught per process, so give dask workers one thread each (as the
         LocalCluster started here does) or warnings may land on another replicate.
+
+        ``out_dir`` is locked for the whole run (:meth:`StudyDirectory.writing`): a second
+        run on the same directory while this one writes is refused at once with
+        :class:`StudyLockedError` (a ValueError) naming this run's pid, host and start
+        time. A killed run releases the lock with its process.
         """
         if backend not in ("loky", "dask"):
             raise ValueError(f"backend must be 'loky' or 'dask', got {backend!r}")
+        if out_dir is None:
+            return self._run(None, n_jobs, backend, chunk_size, scheduler, progress)
+        directory = StudyDirectory(out_dir)
+        with directory.writing():
+            return self._run(directory, n_jobs, backend, chunk_size, scheduler, progress)
+
+    def _run(self, directory: StudyDirectory | None, n_jobs: int, backend: str,
+             chunk_size: int | None, scheduler: Any, progress: bool | None) -> StudyResult:
+        """:meth:`run`, with ``directory`` (if any) locked for writing."""
         plan = self._plan()
-        directory = None
         done: list[tuple[int, int, int]] = []
-        if out_dir is not None:
-            directory = StudyDirectory(out_dir)
+        if directory is not None:
             directory.open_for(self._manifest())
             done = [(c.condition, c.start, c.stop)
                     for c in directory.valid_chunks(self.definition_hash)]
@@ -1358,12 +1374,24 @@ def load_study(out_dir: str | os.PathLike, n_reps: int | None = None) -> StudyRe
     """Open a study directory for reading (no code is run: JSON and Parquet only).
 
     ``n_reps`` limits the records to replicates below it; None reads all there are.
-    Corrupt chunk files are skipped with a :class:`CorruptChunkWarning`.
+    Corrupt chunk files are skipped with a :class:`CorruptChunkWarning`. Chunk files that
+    hold the same replicates (two runs wrote the directory at once, or files were copied
+    in by hand) raise an :class:`OverlappingChunksWarning` naming how many records repeat
+    and which files overlap: the records then hold those replicates more than once.
     """
     directory = StudyDirectory(out_dir)
     manifest = directory.read_manifest()
     if manifest is None:
         raise StudyDirectoryError(f"{out_dir} has no study manifest")
+    n_dup, pairs = directory.duplicated_records(manifest["definition_hash"], n_reps)
+    if n_dup:
+        shown = "; ".join(f"{a} and {b}" for a, b in pairs[:5])
+        more = f" and {len(pairs) - 5} more pairs" if len(pairs) > 5 else ""
+        warnings.warn(f"{n_dup} records in {directory.path} are duplicated: chunk files "
+                      f"{shown}{more} hold the same replicates, so the records repeat them "
+                      "(were two runs writing the directory at once?); delete one file of "
+                      "each pair, and a run computes again what is then missing",
+                      OverlappingChunksWarning, stacklevel=2)
     conds = manifest["conditions"]
     conditions = pd.DataFrame(conds["data"], columns=conds["columns"])
     if not conds["columns"]:

@@ -7,6 +7,16 @@ This module owns what a study directory holds and how it is trusted. A directory
     chunks/c000001-r000000200-000000250-<sha256[:16]>.parquet
                                        records of replicates [200, 250) of condition 1
 
+    lock.json                          the writer lock (below)
+
+A run writes the directory only while it holds an exclusive OS lock (``flock``) on
+``lock.json``, which also names the holder (pid, host, start time). A second run on the
+same directory is refused at once with :class:`StudyLockedError`, so two runs never
+compute and write the same chunks side by side. The OS drops the lock when its process
+ends however it ends, so a killed run never blocks the next one, which resumes. Reading
+(:func:`mlmsim.study.load_study`) takes no lock. On platforms without ``fcntl``
+(Windows) there is no lock: run one writer at a time there.
+
 Every file is written atomically (a temporary file in the same directory, fsync,
 ``os.replace``), so a killed run leaves whole files or none. A chunk file's name carries
 the first 16 hex digits of the SHA-256 of its bytes, and its Parquet metadata carries the
@@ -36,7 +46,9 @@ batch size.) A directory written for another definition, or by another mlmsim ve
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
+import datetime
 import enum
 import functools
 import hashlib
@@ -44,12 +56,19 @@ import inspect
 import json
 import os
 import re
+import socket
 import textwrap
+import time
 import types
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the directory is then not locked (see StudyDirectory)
+    fcntl = None
 
 import numpy as np
 import pandas as pd
@@ -59,11 +78,14 @@ import pyarrow.parquet as pq
 __all__ = [
     "CHUNK_DIR",
     "FORMAT",
+    "LOCK",
     "MANIFEST",
     "ChunkFile",
     "CorruptChunkWarning",
+    "OverlappingChunksWarning",
     "StudyDirectory",
     "StudyDirectoryError",
+    "StudyLockedError",
     "canonical",
     "describe_callable",
     "digest",
@@ -72,6 +94,7 @@ __all__ = [
 FORMAT = "mlmsim.study/1"
 MANIFEST = "manifest.json"
 CHUNK_DIR = "chunks"
+LOCK = "lock.json"
 _CHUNK_META_KEY = b"mlmsim.chunk"
 _CHUNK_RE = re.compile(r"^c(\d{6})-r(\d{9})-(\d{9})-([0-9a-f]{16})\.parquet$")
 _TMP_PREFIX = ".tmp-"
@@ -81,8 +104,19 @@ class StudyDirectoryError(ValueError):
     """A study directory that cannot be used for this study (refused, never mixed in)."""
 
 
+class StudyLockedError(StudyDirectoryError):
+    """Another run is writing this study directory: it holds the directory's lock.
+
+    A :class:`StudyDirectoryError`, hence a ValueError: the run is refused before it
+    writes anything. The message names the holder (pid, host, start time)."""
+
+
 class CorruptChunkWarning(UserWarning):
     """A chunk file failed its integrity checks and was set aside."""
+
+
+class OverlappingChunksWarning(UserWarning):
+    """Two chunk files hold records of the same replicates (the records repeat)."""
 
 
 # ---------------------------------------------------------------------------
@@ -313,16 +347,106 @@ class CorruptChunk(Exception):
     """Raised internally when a chunk file fails an integrity check."""
 
 
+def _read_parquet(data: bytes) -> pa.Table:
+    """Parse a chunk file's bytes (page checksums verified) in the calling thread.
+
+    ``pq.read_table`` goes through Arrow's dataset scanner, which finishes part of its
+    work on Arrow's thread pools after it returns; a process that exits right after a
+    read (``load_study(d).records`` as a script's last line) then sometimes dies of
+    SIGABRT ("terminate called without an active exception") while those threads are
+    torn down. ``ParquetFile.read`` without threads and without pre-buffering does all
+    its work before it returns, and a chunk file is small enough not to need threads.
+    """
+    reader = pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True,
+                            pre_buffer=False)
+    try:
+        return reader.read(use_threads=False)
+    finally:
+        reader.close()
+
+
 class StudyDirectory:
     """A study's output directory: manifest, chunk files, integrity checks.
 
-    Single writer: two runs must not write to the same directory at the same time.
+    Single writer: a run writes only inside :meth:`writing`, which holds the directory's
+    lock; a second writer is refused with :class:`StudyLockedError`.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.chunk_dir = self.path / CHUNK_DIR
         self.manifest_path = self.path / MANIFEST
+        self.lock_path = self.path / LOCK
+
+    # -- the writer lock ----------------------------------------------------
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the directory's writer lock for the duration of the ``with`` block.
+
+        An exclusive, non-blocking ``flock`` on ``lock.json`` (created if missing, and
+        never deleted, so that every writer locks the same file), into which the holder
+        writes its pid, host and start time. If another process holds it, the run is
+        refused at once with :class:`StudyLockedError` naming that holder. The OS
+        releases the lock when the holding process exits, even by SIGKILL, so a killed
+        run never blocks the next one. The lock file is opened close-on-exec, so worker
+        processes that start a fresh interpreter (loky's, dask's) do not hold it; a
+        process forked without exec by a generator or method would, until it exits.
+
+        On a platform without ``fcntl`` (Windows) nothing is locked; on a file system
+        that refuses locks a warning says so and the run goes on unlocked.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:  # Windows: no flock (mlmsim targets Linux and macOS)
+            yield
+            return
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            locked = self._lock(fd)
+            if locked:
+                holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                          "started": datetime.datetime.now(datetime.UTC)
+                          .isoformat(timespec="seconds")}
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(holder).encode(), 0)
+            try:
+                yield
+            finally:
+                if locked:
+                    os.ftruncate(fd, 0)  # a finished run leaves no holder named
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def _lock(self, fd: int) -> bool:
+        """Take the lock on ``fd`` or raise :class:`StudyLockedError`; False (with a
+        warning) when the file system refuses locks altogether."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StudyLockedError(
+                f"refusing to write {self.path}: another run is writing it "
+                f"({self._holder(fd)}); wait for it to finish, or use another directory"
+            ) from None
+        except OSError as exc:  # e.g. a network file system without locks
+            warnings.warn(f"cannot lock {self.lock_path} ({exc.strerror or exc}); a second "
+                          "run on this directory at the same time would not be noticed",
+                          UserWarning, stacklevel=4)
+            return False
+        return True
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        """The holder named in the lock file: "pid P on host H, started T". The holder
+        writes its name just after taking the lock, so an empty or partial file is read
+        again for up to 0.5 s."""
+        for _ in range(50):
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0))
+                return (f"pid {int(holder['pid'])} on host {holder['host']}, started "
+                        f"{holder['started']}")
+            except (OSError, ValueError, TypeError, KeyError):  # being written right now
+                time.sleep(0.01)
+        return "a process that has not written its name into the lock file"
 
     # -- manifest ---------------------------------------------------------
     def read_manifest(self) -> dict | None:
@@ -427,7 +551,7 @@ class StudyDirectory:
         if _sha256(data)[:16] != chunk.sha:
             raise CorruptChunk("content hash does not match the file name")
         try:
-            table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
+            table = _read_parquet(data)
         except Exception as exc:  # noqa: BLE001 - any parse failure means corrupt
             raise CorruptChunk(f"not a readable Parquet file: {exc}") from exc
         raw = (table.schema.metadata or {}).get(_CHUNK_META_KEY)
@@ -487,6 +611,49 @@ class StudyDirectory:
                     f"chunk files {a.path.name} and {b.path.name} overlap; the directory "
                     "was modified outside mlmsim")
         return good
+
+    def duplicated_records(self, definition_hash: str | None, n_reps: int | None = None
+                           ) -> tuple[int, list[tuple[str, str]]]:
+        """Records held twice: chunk files of one condition whose replicate ranges overlap.
+
+        Returns the number of records (rows) that repeat replicates held by an earlier file
+        (by name order), counting only replicates below ``n_reps`` when given, and the
+        overlapping pairs of file names. Only files in an overlap are read (their ``rep``
+        column); corrupt ones are left out, as readers skip them.
+        """
+        n_dup = 0
+        pairs: list[tuple[str, str]] = []
+        reps: dict[Path, np.ndarray | None] = {}
+
+        def rep_column(chunk: ChunkFile) -> np.ndarray | None:
+            if chunk.path not in reps:
+                try:
+                    table = self.read_chunk(chunk, definition_hash, columns=["rep"])
+                    reps[chunk.path] = table.column("rep").to_numpy()
+                except CorruptChunk:
+                    reps[chunk.path] = None
+            return reps[chunk.path]
+
+        seen: list[ChunkFile] = []  # earlier files of the current condition
+        reach = 0  # the largest stop among them
+        for chunk in self.chunk_files():
+            if seen and seen[-1].condition != chunk.condition:
+                seen, reach = [], 0
+            stop = chunk.stop if n_reps is None else min(chunk.stop, n_reps)
+            if chunk.start < min(reach, stop):
+                over = [(max(chunk.start, e.start), min(stop, e.stop), e) for e in seen
+                        if max(chunk.start, e.start) < min(stop, e.stop)
+                        and rep_column(e) is not None]
+                mine = rep_column(chunk) if over else None
+                if mine is not None:
+                    dup = np.zeros(mine.shape, dtype=bool)
+                    for lo, hi, earlier in over:
+                        dup |= (mine >= lo) & (mine < hi)
+                        pairs.append((earlier.path.name, chunk.path.name))
+                    n_dup += int(dup.sum())
+            seen.append(chunk)
+            reach = max(reach, stop)
+        return n_dup, pairs
 
     def iter_tables(self, chunks: list[ChunkFile], definition_hash: str | None,
                     columns: list[str] | None = None) -> Iterator[tuple[ChunkFile, pa.Table]]:
