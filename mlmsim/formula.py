@@ -29,7 +29,7 @@ import pandas as pd
 from formulaic import Formula, model_matrix
 from formulaic.errors import FormulaicError, FormulaSyntaxError
 
-from mlmsim.terms import term_matrix, term_products, variable_array
+from mlmsim.terms import column_max_abs, term_matrix, term_products, variable_array
 
 __all__ = ["RandomTerm", "ParsedFormula", "Design", "StackedDesign", "parse_formula",
            "model_design", "stacked_design", "clearly_full_rank"]
@@ -316,7 +316,8 @@ def model_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
             f"column(s) {', '.join(repr(m) for m in missing)} named in the formula are not in the "
             f"data; available columns: {', '.join(map(str, data.columns))}"
         )
-    dup = sorted({str(c) for c in data.columns[data.columns.duplicated()] if c in needed})
+    dup = [] if data.columns.is_unique else sorted(
+        {str(c) for c in data.columns[data.columns.duplicated()] if c in needed})
     if dup:
         raise ValueError(f"the data have more than one column named {', '.join(map(repr, dup))}"
                          "; column names must be unique")
@@ -368,8 +369,10 @@ def model_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
     Z = np.column_stack(Zs) if len(Zs) > 1 else Zs[0]
     # a transform of finite data can be non-finite (log of a value <= 0): those rows are
     # dropped as a missing value is
-    bad = ~(np.isfinite(X).all(axis=1) & np.isfinite(Z).all(axis=1))
-    n_bad = int(bad.sum())
+    n_bad = 0
+    if not (np.isfinite(X).all() and np.isfinite(Z).all()):  # (a row-wise all() is slow)
+        bad = ~(np.isfinite(X).all(axis=1) & np.isfinite(Z).all(axis=1))
+        n_bad = int(bad.sum())
     if n_bad:
         warnings.warn(
             f"{n_bad} row(s) where the formula's transforms give missing or non-finite values "
@@ -468,8 +471,9 @@ def _drop_dependent(X: np.ndarray, names: list[str], tol: float = 1e-7):
     # the test is relative to each column's norm, so it does not depend on the columns'
     # units: each column is scaled by a power of 2 (exactly) to a largest |value| in
     # [0.5, 1) first, so that X'X and the norms neither overflow nor underflow
-    big = np.abs(X).max(axis=0)
-    Xs = np.ldexp(X, -np.frexp(np.where(big > 0, big, 1.0))[1])
+    big = column_max_abs(X)
+    near_one = bool(np.all((big > 2.0 ** -24) & (big < 2.0 ** 24)))
+    Xs = X if near_one else np.ldexp(X, -np.frexp(np.where(big > 0, big, 1.0))[1])
     if clearly_full_rank(Xs.T @ Xs):
         return X, names, []
     norms = np.linalg.norm(Xs, axis=0)

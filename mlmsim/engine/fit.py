@@ -131,12 +131,16 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
             scale.check_finite(design, {"sigma2": sigma2, "T": T, "the fixed effects":
                                         centering.beta(est.beta[0])})
     beta = centering.beta(est.beta[0])
-    # the SEs from the fit's units, so that an SE whose square has no float is still given
-    vcov_fit = Centering(fit_map, np.zeros(p)).cov(est.vcov[0])
-    D = np.ones(p) if scale is None else scale.x / scale.y
-    se = np.sqrt(np.diag(vcov_fit)) * D
-    with np.errstate(over="ignore", under="ignore"):
-        vcov = vcov_fit * np.outer(D, D)
+    se = None
+    if scale is None:
+        vcov = centering.cov(est.vcov[0])
+    else:
+        # the SEs from the fit's units, so that an SE whose square has no float is given
+        vcov_fit = Centering(fit_map, np.zeros(p)).cov(est.vcov[0])
+        D = scale.x / scale.y
+        se = np.sqrt(np.diag(vcov_fit)) * D
+        with np.errstate(all="ignore"):
+            vcov = vcov_fit * np.outer(D, D)
     fitted = design.X @ beta + np.einsum("nq,nq->n", design.Z, U[design.group_codes])
     npar = stats.p + tmap.size + 1
     names, sas = covparm_names(rnames, cs.rows, cs.cols)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from mlmsim.engine.stats import Centering
+from mlmsim.terms import column_max_abs
 
 __all__ = ["UnitScale", "unit_scale"]
 
@@ -58,10 +59,8 @@ class UnitScale:
     y: float
     x: np.ndarray
     z: np.ndarray
-
-    @property
-    def identity(self) -> bool:
-        return self.y == 1.0 and bool(np.all(self.x == 1.0)) and bool(np.all(self.z == 1.0))
+    identity: bool = False
+    """True when every factor is 1 (the data are fitted as given)."""
 
     def design(self, design):
         """The design with y, X and Z in the fit's units."""
@@ -116,14 +115,16 @@ class UnitScale:
 def unit_scale(design) -> UnitScale:
     """The :class:`UnitScale` for a design's y, X and Z (module docstring)."""
     y = np.asarray(design.y, dtype=float)
-    ky = float(_power(np.max(np.abs(y - y.mean())) if y.size else 0.0))
+    bx, bz = column_max_abs(design.X), column_max_abs(design.Z)
+    by = float(np.max(np.abs(y - y.mean())))
+    lo, hi = min(bx.min(), bz.min(), by), max(bx.max(), bz.max(), by)
+    if lo >= 2.0 ** -WIDE and hi < 2.0 ** (WIDE + 1):  # the common case: units near 1
+        return UnitScale(1.0, np.ones(bx.shape[0]), np.ones(bz.shape[0]), True)
+    ky = float(_power(by))
     if not 2.0 ** -510 < ky < 2.0 ** 510:
         raise ValueError(
             f"the response {design.formula.response!r} varies on a scale near "
             f"{1.0 / ky:.0e}, where its variances (its square) lie outside the floating-point "
             "range; rescale it")
-    kx = _power(np.max(np.abs(design.X), axis=0)) if design.X.size else np.ones(
-        design.X.shape[1])
-    kz = _power(np.max(np.abs(design.Z), axis=0)) if design.Z.size else np.ones(
-        design.Z.shape[1])
-    return UnitScale(ky, kx, kz)
+    kx, kz = _power(bx), _power(bz)
+    return UnitScale(ky, kx, kz, ky == 1.0 and bool(np.all(kx == 1.0) and np.all(kz == 1.0)))
