@@ -70,6 +70,17 @@ def test_a_predictor_in_extreme_units_is_kept_and_fitted(k):
     assert res.hessian_pd and res.converged
 
 
+def test_the_summary_prints_extreme_estimates_in_exponent_form():
+    d = df()
+    d["x"] = d["x"] * 1e-160
+    res = fit("y ~ x + (1 | g)", d)
+    row = next(ln for ln in res.summary().splitlines() if ln.startswith("x "))
+    est = res.fixef["x"]
+    assert f"{est:.3e}" in row  # 4 significant digits, not 160 of them
+    assert len(row) == len(next(ln for ln in res.summary().splitlines()
+                                if ln.startswith("Intercept ")))
+
+
 @pytest.mark.parametrize("k", [-80, 50, 100])
 def test_the_response_in_extreme_units_is_fitted(k):
     d = df()

@@ -499,8 +499,10 @@ class FitResult:
         lines.append(f" {'Groups':<10}{'Name':<16}{'Variance':>12}{'Std.Dev.':>10}  Corr")
         for i, nm in enumerate(names):
             cor = " ".join(f"{corr[i, j]:6.2f}" for j in range(i))
-            lines.append(f" {grp if i == 0 else '':<10}{nm:<16}{T[i, i]:12.4f}{sd[i]:10.4f}  {cor}")
-        lines.append(f" {'Residual':<10}{'':<16}{self.sigma2:12.4f}{np.sqrt(self.sigma2):10.4f}")
+            lines.append(f" {grp if i == 0 else '':<10}{nm:<16}{_num(T[i, i], 12)}"
+                         f"{_num(sd[i], 10)}  {cor}")
+        lines.append(f" {'Residual':<10}{'':<16}{_num(self.sigma2, 12)}"
+                     f"{_num(np.sqrt(self.sigma2), 10)}")
         lines.append(f"Number of obs: {self.nobs}, groups: {grp}, {self.ngroups}")
         lines += ["", "Fixed effects:"]
         ct = self.coef_table("satterthwaite")
@@ -508,7 +510,7 @@ class FitResult:
                      f"{'Pr(>|t|)':>11}")
         for nm, row in ct.iterrows():
             lines.append(
-                f"{nm:<16}{row.estimate:12.4f}{row.se:12.4f}{row.df:10.1f}{row.t:10.2f}"
+                f"{nm:<16}{_num(row.estimate, 12)}{_num(row.se, 12)}{row.df:10.1f}{row.t:10.2f}"
                 f"{_fmt_p(row.p):>11}"
             )
         lines += ["", "Covariance parameters (COVTEST):"]
@@ -517,7 +519,7 @@ class FitResult:
                      f"{'Pr Z':>10}")
         for nm, row in self.covparms.iterrows():
             lines.append(
-                f"{nm:<{width}}{row.sas:<10}{row.estimate:12.4f}{row.se:12.4f}{row.z:8.2f}"
+                f"{nm:<{width}}{row.sas:<10}{_num(row.estimate, 12)}{_num(row.se, 12)}{row.z:8.2f}"
                 f"{_fmt_p_sas(row.p):>10}"
             )
         if self.n_dropped:
@@ -528,6 +530,14 @@ class FitResult:
 
     def __str__(self) -> str:
         return self.summary()
+
+
+def _num(v: float, width: int) -> str:
+    """``v`` in ``width`` characters: 4 decimals, or 4 significant digits in exponent form
+    where 4 decimals would hide it or overflow the column (data in extreme units)."""
+    if v == 0 or not np.isfinite(v) or 1e-3 <= abs(v) < 1e6:
+        return f"{v:{width}.4f}"
+    return f"{v:{width}.4g}"
 
 
 def _fmt_p(p: float) -> str:
