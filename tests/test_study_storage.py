@@ -79,6 +79,18 @@ def test_directory_holds_data_only_and_resumes(tmp_path, reference):
     assert loaded.missing().empty
 
 
+def test_a_loaded_study_knows_its_replicates_and_names_a_deleted_chunk(tmp_path):
+    build_study().run(tmp_path, chunk_size=8, progress=False)
+    loaded = load_study(tmp_path)  # no n_reps: the manifest's 30
+    assert loaded.expected_reps == 30
+    assert loaded.missing().empty
+    gone = sorted((tmp_path / "chunks").glob("c*.parquet"))[1]
+    gone.unlink()
+    missing = load_study(tmp_path).missing()
+    # the second chunk of condition 0 held replicates 8..15
+    assert missing.to_dict("list") == {"condition": [0] * 8, "rep": list(range(8, 16))}
+
+
 def test_resume_with_other_chunk_size_and_more_replicates(tmp_path, reference):
     build_study(n_reps=12).run(tmp_path, chunk_size=5, progress=False)
     files = sorted((tmp_path / "chunks").glob("c*.parquet"))

@@ -1295,10 +1295,12 @@ class StudyResult:
 
     def __init__(self, *, conditions: pd.DataFrame, methods: list[str], n_reps: int | None,
                  seed: int, definition_hash: str, directory: StudyDirectory | None = None,
-                 tables: list[pa.Table] | None = None):
+                 tables: list[pa.Table] | None = None, expected_reps: int | None = None):
         self.conditions = conditions
         self.methods = list(methods)
         self.n_reps = n_reps
+        # the replicates per condition the study was run with (its manifest's n_reps)
+        self.expected_reps = n_reps if expected_reps is None else int(expected_reps)
         self.seed = seed
         self.definition_hash = definition_hash
         self.directory = directory
@@ -1354,8 +1356,9 @@ class StudyResult:
     summarize = summarise
 
     def missing(self) -> pd.DataFrame:
-        """Replicates (condition, rep) below ``n_reps`` that have no records."""
-        n_reps = self.n_reps or 0
+        """Replicates (condition, rep) below ``n_reps`` (or, when that is None, below the
+        replicates per condition the study was run with) that have no records."""
+        n_reps = (self.n_reps if self.n_reps is not None else self.expected_reps) or 0
         present = np.zeros((len(self.conditions), n_reps), dtype=bool)
         for table in self.iter_tables(["condition", "rep"]):
             c = table.column("condition").to_numpy()
@@ -1396,7 +1399,9 @@ def load_study(out_dir: str | os.PathLike, n_reps: int | None = None) -> StudyRe
     conditions = pd.DataFrame(conds["data"], columns=conds["columns"])
     if not conds["columns"]:
         conditions = pd.DataFrame(index=pd.RangeIndex(len(conds["data"])))
+    expected = manifest.get("n_reps")
     return StudyResult(conditions=conditions, methods=manifest["methods"], n_reps=n_reps,
                        seed=int(manifest["root_seed"]),
-                       definition_hash=manifest["definition_hash"], directory=directory)
+                       definition_hash=manifest["definition_hash"], directory=directory,
+                       expected_reps=None if expected is None else int(expected))
 
