@@ -1147,8 +1147,13 @@ class ModelSpec:
 
         Text beyond :data:`MAX_SPEC_BYTES`, nesting beyond :data:`MAX_SPEC_DEPTH`, more
         than :data:`MAX_SPEC_NODES` values once aliases are expanded, and an alias that
-        contains itself are refused with a ValueError before anything is built."""
-        return _read_spec(_load_yaml(text))
+        contains itself are refused with a ValueError before anything is built. Given a
+        file's name instead of its text, the error says to use :meth:`load`."""
+        raw = _load_yaml(text)
+        if isinstance(raw, str) and _looks_like_path(raw):
+            raise ValueError(f"from_yaml reads YAML text, and {raw!r} is the name of a file: "
+                             "read a spec file with ModelSpec.load(path)")
+        return _read_spec(raw)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -1554,6 +1559,14 @@ def _read_sizes(raw: Any) -> GroupSizes:
 _SPEC_KEYS = ("response", "group", "predictors", "gamma", "random", "T", "sigma2", "u_dist",
               "r_dist", "group_sizes", "n_groups")
 _REQUIRED = ("gamma", "random", "T", "sigma2")
+
+
+def _looks_like_path(text: str) -> bool:
+    """A one-line string that names an existing file or ends in a spec file's suffix."""
+    text = text.strip()
+    if not text or "\n" in text:
+        return False
+    return text.lower().endswith((".yaml", ".yml", ".json")) or Path(text).is_file()
 
 
 def _read_spec(raw: Any) -> ModelSpec:

@@ -403,3 +403,11 @@ def test_spec_files_refuse_duplicate_keys_and_bad_syntax():
         ModelSpec.from_yaml("gamma: {}\nrandom: [Intercept]\nT: 1.0\n")
     with pytest.raises(ValueError, match="mapping"):
         ModelSpec.from_yaml("- 1\n- 2\n")
+
+
+def test_from_yaml_given_a_file_name_says_to_use_load(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("gamma: {Intercept: 1.0}\nsigma2: 1.0\n")
+    for text in ("spec.yaml", str(path)):
+        with pytest.raises(ValueError, match=r"ModelSpec\.load\(path\)"):
+            ModelSpec.from_yaml(text)
