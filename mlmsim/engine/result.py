@@ -171,20 +171,19 @@ class FitResult:
             return np.ones(len(self.fixed_names))
         return self.units.x / self.units.y
 
-    def _covparm_se(self, information: str) -> np.ndarray:
-        """sqrt(diag(acov)), taken in the fit's units and scaled (so that an SE whose
-        square is beyond the floating-point range is still given)."""
+    def _acov_fit(self, information: str) -> np.ndarray:
+        """The acov of phi in the fit's units from the ``information`` named."""
         if information not in INFORMATION:
             raise ValueError(f"information must be one of {', '.join(INFORMATION)}, got "
                              f"{information!r}")
-        c = self._covparm_scale()
         if information == "observed":
-            acov = self.arrays.acov if self.arrays.acov_fit is None else self.arrays.acov_fit
-            if self.arrays.acov_fit is None:
-                c = np.ones_like(c)
-        else:
-            acov = kenward_roger.expected_acov(self._info.HE)[0]
-        return np.sqrt(np.diag(acov)) * c
+            return self.arrays.acov if self.arrays.acov_fit is None else self.arrays.acov_fit
+        return kenward_roger.expected_acov(self._info.HE)[0]
+
+    def _covparm_se(self, information: str) -> np.ndarray:
+        """sqrt(diag(acov)), taken in the fit's units and scaled (so that an SE whose
+        square is beyond the floating-point range is still given)."""
+        return np.sqrt(np.diag(self._acov_fit(information))) * self._covparm_scale()
 
     @property
     def _fit_phi(self) -> np.ndarray:
@@ -240,13 +239,11 @@ class FitResult:
         """The asymptotic covariance (m, m) of phi-hat from the ``information`` named
         ("observed": 2 H^{-1}; "expected": 2 H_E^{-1}); NaN where that information is not
         positive definite in its correlation form (9.1)."""
-        if information not in INFORMATION:
-            raise ValueError(f"information must be one of {', '.join(INFORMATION)}, got "
-                             f"{information!r}")
-        if information == "observed":
+        if information == "observed" and self.arrays.acov_fit is None:
             return self.arrays.acov
         c = self._covparm_scale()
-        return kenward_roger.expected_acov(self._info.HE)[0] * np.outer(c, c)
+        with np.errstate(all="ignore"):  # (a covariance beyond floats is inf)
+            return self._acov_fit(information) * np.outer(c, c)
 
     @cached_property
     def _info(self) -> kenward_roger.InfoTerms:
