@@ -29,7 +29,13 @@ import pandas as pd
 from formulaic import Formula, model_matrix
 from formulaic.errors import FormulaicError, FormulaSyntaxError
 
-from mlmsim.terms import column_max_abs, term_matrix, term_products, variable_array
+from mlmsim.terms import (
+    column_max_abs,
+    term_matrix,
+    term_products,
+    unit_powers,
+    variable_array,
+)
 
 __all__ = ["RandomTerm", "ParsedFormula", "Design", "StackedDesign", "parse_formula",
            "model_design", "stacked_design", "clearly_full_rank"]
@@ -469,11 +475,9 @@ def _drop_dependent(X: np.ndarray, names: list[str], tol: float = 1e-7):
     if p == 0:
         return X, names, []
     # the test is relative to each column's norm, so it does not depend on the columns'
-    # units: each column is scaled by a power of 2 (exactly) to a largest |value| in
-    # [0.5, 1) first, so that X'X and the norms neither overflow nor underflow
-    big = column_max_abs(X)
-    near_one = bool(np.all((big > 2.0 ** -24) & (big < 2.0 ** 24)))
-    Xs = X if near_one else np.ldexp(X, -np.frexp(np.where(big > 0, big, 1.0))[1])
+    # units: a column in units far from 1 is scaled by a power of 2 (exactly) first, so
+    # that X'X and the norms neither overflow nor underflow
+    Xs = X * unit_powers(column_max_abs(X))
     if clearly_full_rank(Xs.T @ Xs):
         return X, names, []
     norms = np.linalg.norm(Xs, axis=0)

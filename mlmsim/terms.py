@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit
 
 __all__ = ["identity_terms", "term_matrix", "variable_array", "term_products", "fill_terms",
-           "column_max_abs"]
+           "column_max_abs", "unit_powers", "UNITS_NEAR_ONE"]
 
 
 def column_max_abs(X: np.ndarray) -> np.ndarray:
@@ -29,6 +29,22 @@ def column_max_abs(X: np.ndarray) -> np.ndarray:
     C-ordered array along its rows about 15 times slower than along a contiguous axis, so
     the transpose is laid out first.)"""
     return np.abs(np.ascontiguousarray(np.asarray(X, dtype=float).T)).max(axis=1)
+
+
+UNITS_NEAR_ONE = 24
+"""A design column whose largest |value| lies in [2^-24, 2^25) is in units near 1."""
+
+
+def unit_powers(big: np.ndarray) -> np.ndarray:
+    """Per column, the power of 2 that brings its largest |value| ``big`` into [1, 2):
+    2^(1 - e) for its binary exponent e, where it lies outside [2^-UNITS_NEAR_ONE,
+    2^(UNITS_NEAR_ONE + 1)); 1 where it lies inside, or is 0 or not finite. Multiplying by
+    a power of 2 is exact in floating point."""
+    big = np.asarray(big, dtype=float)
+    ok = np.isfinite(big) & (big > 0)
+    e = np.frexp(np.where(ok, big, 1.0))[1]
+    far = ok & ((e - 1 > UNITS_NEAR_ONE) | (e - 1 < -UNITS_NEAR_ONE))
+    return np.ldexp(1.0, np.where(far, 1 - e, 0))
 
 
 def identity_terms(k: int) -> np.ndarray:

@@ -100,7 +100,7 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
     """
     p = stats.p
     centering = centering or Centering.identity(p)
-    fit_map = centering.L  # the lazy inference works in the fit's units (df are invariant)
+    fit_centering = centering  # the lazy inference works in the fit's units (df invariant)
     if scale is not None and not scale.identity:
         centering = scale.centering(centering)
     else:
@@ -128,16 +128,15 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
             acov_fit = acov
             phi, H, acov = phi * c, H / np.outer(c, c), acov_fit * np.outer(c, c)
             dev = scale.deviance(dev, float(stats.N), reml)
-            scale.check_finite(design, {"sigma2": sigma2, "T": T, "the fixed effects":
-                                        centering.beta(est.beta[0])})
     beta = centering.beta(est.beta[0])
     se = None
     if scale is None:
         vcov = centering.cov(est.vcov[0])
     else:
+        scale.check_finite(design, {"sigma2": sigma2, "T": T}, beta)
         # the SEs from the fit's units, so that an SE whose square has no float is given
-        vcov_fit = Centering(fit_map, np.zeros(p)).cov(est.vcov[0])
-        D = scale.x / scale.y
+        vcov_fit = fit_centering.cov(est.vcov[0])
+        D = scale.gamma
         se = np.sqrt(np.diag(vcov_fit)) * D
         with np.errstate(all="ignore"):
             vcov = vcov_fit * np.outer(D, D)
@@ -182,6 +181,6 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
         stats=stats,
         cov_structure=cs,
         theta_map=tmap,
-        fixed_map=fit_map,
+        fixed_map=fit_centering.L,
         units=scale,
     )

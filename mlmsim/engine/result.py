@@ -169,7 +169,7 @@ class FitResult:
         """D: gamma = D gamma_fit (the fixed effects in the fit's units; ones if none)."""
         if self.units is None:
             return np.ones(len(self.fixed_names))
-        return self.units.x / self.units.y
+        return self.units.gamma
 
     def _acov_fit(self, information: str) -> np.ndarray:
         """The acov of phi in the fit's units from the ``information`` named."""
