@@ -8,13 +8,17 @@ batched fitting engine. Both follow the seed's model::
 
 where F (q x r) is an eigen factor of T (F F' = T, r = rank T), so a singular T is
 drawn exactly in its column space, and e has iid standardised components of the
-spec's distributions. Randomness comes only from the ``numpy.random.Generator`` (or
+spec's distributions. With a distribution per component of U_j (``u_dist`` a mapping),
+the normal components are F_N e_N (F_N F_N' = their block of T) and each other one is
+sqrt(T_kk) e_kj on its own (:attr:`ModelSpec.u_components` says when T allows that).
+Randomness comes only from the ``numpy.random.Generator`` (or
 ``SeedSequence`` / int seed) passed in: the same seed gives the same data, bit for bit.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -25,6 +29,7 @@ from numba import njit
 
 from mlmsim.spec import (
     _DUMMY,
+    SYMMETRY_TOL,
     Binary,
     Categorical,
     Complement,
@@ -63,15 +68,56 @@ def as_generator(rng: Any = None) -> np.random.Generator:
 
 
 def draw_effects(T: Any, size: int | tuple[int, ...], rng: Any = None,
-                 dist: Distribution | None = None) -> np.ndarray:
-    """Random effects U = F e (shape ``size + (q,)``) with cov(U) = T: F from
-    :func:`factor_T`, e with iid components of the standardised ``dist`` (normal by
-    default), drawn as one array of shape ``size + (r,)``."""
-    F = factor_T(T)
+                 dist: Distribution | Sequence[Distribution] | None = None) -> np.ndarray:
+    """Random effects U (shape ``size + (q,)``) with cov(U) = T.
+
+    One ``dist`` (normal by default): U = F e, F from :func:`factor_T`, e with iid
+    components of the standardised ``dist``, drawn as one array of shape ``size + (r,)``.
+
+    A sequence of q distributions, one per component of U (T's order): each non-normal
+    component U_k = sqrt(T_kk) e_k has exactly its distribution (scaled to variance
+    T_kk), and the normal ones are F_N e_N jointly, F_N = :func:`factor_T` of their
+    block of T. cov(U) = T requires every non-normal component to be uncorrelated with
+    the others; any other T raises a ValueError naming the covariance. Drawn in this
+    order: e_N (``size + (r_N,)``), then each non-normal e_k (``size``) in T's order.
+    """
     size = (size,) if isinstance(size, int | np.integer) else tuple(size)
-    dist = Normal() if dist is None else dist
-    e = dist.standard(as_generator(rng), size + (F.shape[1],))
-    return e @ F.T
+    gen = as_generator(rng)
+    if dist is None or isinstance(dist, Distribution):
+        F = factor_T(T)
+        dist = Normal() if dist is None else dist
+        return dist.standard(gen, size + (F.shape[1],)) @ F.T
+    T = np.asarray(T, dtype=float)
+    dists = tuple(dist)
+    q = T.shape[0] if T.ndim == 2 else -1
+    if len(dists) != q or not all(isinstance(d, Distribution) for d in dists):
+        raise ValueError(f"dist must be one Distribution or one per component of U "
+                         f"({q} for this T), got {dist!r}")
+    scale = max(float(np.abs(T).max()), 1e-300) if T.size else 1.0
+    for k, d in enumerate(dists):
+        others = np.delete(np.abs(T[k]), k)
+        if not isinstance(d, Normal) and others.size and others.max() > SYMMETRY_TOL * scale:
+            m = int(np.argmax(np.abs(np.where(np.arange(q) == k, 0.0, T[k]))))
+            raise ValueError(f"component {k} of U has a {d.kind} distribution but is "
+                             f"correlated with component {m} (T[{k},{m}] = {T[k, m]!r}): "
+                             "a non-normal component must be uncorrelated with the others")
+    return _draw_components(T, dists, size, gen)
+
+
+def _draw_components(T: np.ndarray, dists: tuple[Distribution, ...], size: tuple[int, ...],
+                     gen: np.random.Generator) -> np.ndarray:
+    """U (``size + (q,)``) with a distribution per component: the normal block as
+    F_N e_N, then each non-normal U_k = sqrt(T_kk) e_k (T checked by the caller)."""
+    q = len(dists)
+    normal = [k for k, d in enumerate(dists) if isinstance(d, Normal)]
+    U = np.zeros(size + (q,))
+    if normal:
+        F = factor_T(T[np.ix_(normal, normal)])
+        U[..., normal] = gen.standard_normal(size + (F.shape[1],)) @ F.T
+    for k, d in enumerate(dists):
+        if not isinstance(d, Normal):
+            U[..., k] = math.sqrt(max(float(T[k, k]), 0.0)) * d.standard(gen, size)
+    return U
 
 
 def draw_group_sizes(rule: Any, n_groups: int | None, rng: Any = None) -> np.ndarray:
@@ -219,7 +265,8 @@ def simulate_batch(spec: ModelSpec, n_replicates: int, n_groups: int | None = No
     rule) overrides the spec's ``group_sizes``. Random group sizes are drawn once for
     the whole batch, so all replicates share one layout (as a batched fit needs).
     The draws, in this order from ``rng``: the group sizes (if random), each drawn
-    predictor in the spec's order, e for U (R, J, r), e for R (R, N).
+    predictor in the spec's order, e for U (R, J, r; per component of U: see
+    :func:`draw_effects`), e for R (R, N).
 
     >>> from mlmsim.spec import ModelSpec
     >>> b = simulate_batch(ModelSpec.example(), 1000, 30, 5, rng=1)
@@ -238,8 +285,11 @@ def simulate_batch(spec: ModelSpec, n_replicates: int, n_groups: int | None = No
     codes = _codes(sizes)
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.intp)
     columns, categories = _draw_predictors(spec, R, sizes, codes, starts, gen)
-    F = spec.layout.factor
-    U = spec.u_dist.standard(gen, (R, J, F.shape[1])) @ F.T
+    if spec.u_components is None:
+        F = spec.layout.factor
+        U = spec.u_dist.standard(gen, (R, J, F.shape[1])) @ F.T
+    else:  # checked when the spec was built
+        U = _draw_components(spec.T_engine, spec.u_components, (R, J), gen)
     resid = spec.r_dist.standard(gen, (R, N))
     layout = spec.layout
     variables = _variables(spec, columns, categories, (R, N))

@@ -374,7 +374,9 @@ PREDICTORS: dict[str, type] = {c.kind: c for c in (
 
 class Distribution:
     """A standardised distribution e (E e = 0, var e = 1). U_j = F e_j with F F' = T and
-    e_j's components iid, so cov(U_j) = T whatever the family; R_ij = sigma e_ij."""
+    e_j's components iid, so cov(U_j) = T whatever the family; R_ij = sigma e_ij. Given
+    per component of U_j (``ModelSpec(u_dist={name: ...})``), U_kj = sqrt(T_kk) e_kj for
+    the non-normal components (see :attr:`ModelSpec.u_components`)."""
 
     kind: ClassVar[str] = ""
 
@@ -823,7 +825,10 @@ class ModelSpec:
         Standardised distributions of U_j (via U_j = F e_j, F F' = T) and of
         R_ij = sigma e_ij: :class:`Normal` (default), :class:`StudentT`,
         :class:`ChiSquare` (skewed) or :class:`Discrete`. Each keeps cov(U_j) = T and
-        var(R_ij) = sigma^2.
+        var(R_ij) = sigma^2. ``u_dist`` may instead map random-effect names to
+        distributions, one per component of U_j (names left out are normal), e.g.
+        ``{"Intercept": Normal(), "x": Discrete()}`` for a normal random intercept and
+        a two-point random slope; see :meth:`u_components` for which T allow it.
     group_sizes
         n for all groups, a list (:class:`SizeList`), :class:`PoissonSizes` or
         :class:`UniformSizes`; None means the size must be given to ``simulate``.
@@ -847,7 +852,7 @@ class ModelSpec:
     random: tuple[str, ...]
     T: np.ndarray
     sigma2: float
-    u_dist: Distribution = Normal()
+    u_dist: Distribution | Mapping[str, Distribution] = Normal()
     r_dist: Distribution = Normal()
     group_sizes: GroupSizes | None = None
     n_groups: int | None = None
@@ -867,16 +872,86 @@ class ModelSpec:
         _set(self, "random", random)
         _set(self, "T", self._check_T(random))
         _set(self, "gamma", self._check_gamma(preds))
+        if isinstance(self.u_dist, Mapping):
+            _set(self, "u_dist", self._check_u_mapping(random))
         for attr, what in (("u_dist", "U_j"), ("r_dist", "R_ij")):
+            if attr == "u_dist" and isinstance(self.u_dist, Mapping):
+                continue
             if not isinstance(getattr(self, attr), Distribution):
+                also = (", or a mapping of random-effect names to them"
+                        if attr == "u_dist" else "")
                 raise ValueError(f"{attr} (the distribution of {what}) must be Normal(), "
-                                 f"StudentT(df), ChiSquare(df) or Discrete(...), "
+                                 f"StudentT(df), ChiSquare(df) or Discrete(...){also}, "
                                  f"got {getattr(self, attr)!r}")
         if self.group_sizes is not None:
             _set(self, "group_sizes", group_sizes(self.group_sizes))
         if self.n_groups is not None:
             _set(self, "n_groups", _count(self.n_groups, "n_groups (the number of groups)"))
         _set(self, "_layout", self._build_layout())
+        _set(self, "_u_components", self._check_u_components())
+
+    def _check_u_mapping(self, random: tuple[str, ...]) -> _ReadOnlyDict:
+        """``u_dist`` given per component: every key a random-effect name, every value a
+        Distribution; the names left out are normal. Kept in the order of ``random``."""
+        given = self.u_dist
+        for key, dist in given.items():  # type: ignore[union-attr]
+            if key not in random:
+                raise ValueError(f"u_dist names {key!r}, which is not a random effect; the "
+                                 f"random effects are {', '.join(random)}")
+            if not isinstance(dist, Distribution):
+                raise ValueError(f"u_dist[{key!r}] (the distribution of U_{key}) must be "
+                                 f"Normal(), StudentT(df), ChiSquare(df) or Discrete(...), "
+                                 f"got {dist!r}")
+        return _ReadOnlyDict({name: given.get(name, Normal())  # type: ignore[union-attr]
+                              for name in random})
+
+    def _check_u_components(self) -> tuple[Distribution, ...] | None:
+        """The per-component distributions in :attr:`random_names` order (None for one
+        distribution of the whole vector), after checking that T allows them: a
+        component whose distribution is not normal must have covariance 0 with every
+        other component (relative tolerance ``SYMMETRY_TOL`` of max |T|)."""
+        if not isinstance(self.u_dist, Mapping):
+            return None
+        names = self.random_names
+        dists = tuple(self.u_dist[name] for name in names)
+        T = self.T_engine
+        scale = max(float(np.abs(T).max()), 1e-300)
+        for k, dist in enumerate(dists):
+            if isinstance(dist, Normal):
+                continue
+            for m in range(len(names)):
+                if m != k and abs(T[k, m]) > SYMMETRY_TOL * scale:
+                    cov = f"cov({names[max(k, m)]},{names[min(k, m)]})"  # the engine's name
+                    raise ValueError(
+                        f"u_dist gives {names[k]} a {dist.kind} distribution, but T has "
+                        f"{cov} = {float(T[k, m])!r}: a component of "
+                        "U_j with its own non-normal distribution must be uncorrelated with "
+                        "every other component (it is drawn alone, as sqrt(T_kk) e_kj, so "
+                        "that it keeps its distribution); set that covariance to 0, or give "
+                        "one distribution for the whole vector U_j (u_dist=...), which "
+                        "mixes the components through a factor of T")
+        return dists
+
+    @property
+    def u_components(self) -> tuple[Distribution, ...] | None:
+        """The distribution of each component of U_j, in :attr:`random_names` order, when
+        ``u_dist`` is given per component (None when it is one distribution).
+
+        With one distribution, U_j = F e_j with F F' = T and e_j's components iid of that
+        distribution: cov(U_j) = T for any T, but unless F is diagonal each U_kj is a
+        sum of several e's, so its distribution is not the one named (a two-point e
+        gives U_kj up to 2^r values). Per component, each U_kj must have exactly the
+        named distribution with variance T_kk, and cov(U_j) must still be T. That is
+        possible when every non-normal component is uncorrelated with all the others
+        (T block-diagonal: one block per non-normal component, one block of the normal
+        ones): the non-normal U_kj = sqrt(T_kk) e_kj are drawn independently, and the
+        normal block as F_N e_N with F_N F_N' = T_NN, which keeps it jointly normal with
+        its own correlations. Any other T is refused when the spec is built, with a
+        ValueError naming the offending covariance: with a correlated non-normal
+        component there is in general no joint distribution with those marginals and
+        that covariance that this construction could draw.
+        """
+        return self._u_components  # type: ignore[attr-defined]
 
     def _check_predictors(self, group: str, response: str) -> tuple[Predictor, ...]:
         preds = self.predictors
@@ -1121,7 +1196,8 @@ class ModelSpec:
             "random": list(self.random),
             "T": self.T.tolist(),
             "sigma2": self.sigma2,
-            "u_dist": self.u_dist.to_dict(),
+            "u_dist": ({name: d.to_dict() for name, d in self.u_dist.items()}
+                       if isinstance(self.u_dist, Mapping) else self.u_dist.to_dict()),
             "r_dist": self.r_dist.to_dict(),
         }
         if self.group_sizes is not None:
@@ -1249,7 +1325,9 @@ T:                       # cov(U_j), rows and columns in the order of random
   - [4.0, 0.5]           # tau0^2, tau10
   - [0.5, 1.0]           # tau10,  tau1^2
 sigma2: 9.0              # residual variance sigma^2
-u_dist: {kind: normal}   # or {kind: t, df: 5}, {kind: chisq, df: 4}, {kind: discrete}
+u_dist: {kind: normal}   # or {kind: t, df: 5}, {kind: chisq, df: 4}, {kind: discrete};
+                         # or per random effect (those left out normal), e.g.
+                         # {x: {kind: discrete}}, if x is uncorrelated with the others in T
 r_dist: {kind: normal}
 group_sizes: 10          # or [8, 12, ...], {kind: poisson, mean: 10},
                          # {kind: uniform, low: 5, high: 15}, {kind: dataset, name: hsb}
@@ -1530,6 +1608,18 @@ def _build(registry: dict[str, type], raw: Any, key: str, what: str) -> Any:
         raise ValueError(f"spec key {key!r}: {exc}") from None
 
 
+def _read_distribution(raw: Any, key: str) -> Any:
+    """A distribution ``{kind: ..., ...}``; for ``u_dist`` also a mapping of random-effect
+    names to distributions (told apart by ``kind``: a string in the first, absent or a
+    mapping, for a random effect called ``kind``, in the second)."""
+    if key == "u_dist" and isinstance(raw, dict) and raw and not isinstance(raw.get("kind"),
+                                                                            str):
+        return {_coerce(name, str, key): _build(DISTRIBUTIONS, value, f"{key}.{name}",
+                                                "distribution")
+                for name, value in raw.items()}
+    return _build(DISTRIBUTIONS, raw, key, "distribution")
+
+
 def _read_sizes(raw: Any) -> GroupSizes:
     key = "group_sizes"
     if isinstance(raw, bool):
@@ -1627,7 +1717,7 @@ def _read_spec(raw: Any) -> ModelSpec:
     kw["sigma2"] = _coerce(raw["sigma2"], float, "sigma2")
     for k in ("u_dist", "r_dist"):
         if k in raw:
-            kw[k] = _build(DISTRIBUTIONS, raw[k], k, "distribution")
+            kw[k] = _read_distribution(raw[k], k)
     if raw.get("group_sizes") is not None:
         kw["group_sizes"] = _read_sizes(raw["group_sizes"])
     if raw.get("n_groups") is not None:

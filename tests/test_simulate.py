@@ -248,6 +248,75 @@ def test_discrete_U_takes_finitely_many_values():
     assert len(np.unique(U.round(12), axis=0)) <= 2 ** 3
 
 
+def per_component_spec(**changes) -> ModelSpec:
+    """A normal random intercept and slope of z, correlated, and a two-point random slope
+    of x, uncorrelated with both (so T allows a distribution per component)."""
+    T = np.array([[2.0, 0.0, 0.6], [0.0, 0.5, 0.0], [0.6, 0.0, 1.0]])
+    base = dict(predictors=(Continuous("x"), Continuous("w")),
+                gamma={"Intercept": 1.0, "x": 0.5, "w": 0.2}, random=("Intercept", "x", "w"),
+                T=T, sigma2=1.0, group_sizes=1,
+                u_dist={"Intercept": Normal(), "x": Discrete(), "w": Normal()})
+    base.update(changes)
+    return ModelSpec(**base)
+
+
+def test_per_component_u_dist_two_point_slope_and_normal_intercept():
+    spec = per_component_spec()
+    J = 40_000
+    U = simulate_batch(spec, 1, J, rng=11).U[0]
+    assert spec.random_names == ("Intercept", "x", "w")
+    T = spec.T_engine
+    z = z_for(12)
+    # the slope of x takes exactly the two points +- sqrt(T_xx), each with probability 1/2
+    slope = U[:, 1]
+    np.testing.assert_allclose(np.unique(slope), [-np.sqrt(0.5), np.sqrt(0.5)], rtol=1e-14)
+    share = np.mean(slope > 0)
+    assert abs(share - 0.5) < z * np.sqrt(0.25 / J)
+    # second moments: cov(U) = T, the slope's fourth moment that of a two-point law
+    kurt = np.array([3.0, 1.0, 3.0])
+    G = np.zeros((3, 3))
+    G[np.ix_([0, 2], [0, 2])] = np.linalg.cholesky(T[np.ix_([0, 2], [0, 2])])
+    G[1, 1] = np.sqrt(T[1, 1])
+    se = second_moment_se(G, kurt, J)
+    S = U.T @ U / J  # (the slope's variance is exact: its square is always T_xx)
+    assert (np.abs(S - T) <= z * se + 1e-12).all(), (S, T)
+    # the intercept (and w) stay normal: skewness and excess kurtosis near 0
+    for k in (0, 2):
+        u = U[:, k]
+        assert abs(sps.skew(u)) < z * np.sqrt(6.0 / J)
+        assert abs(sps.kurtosis(u)) < z * np.sqrt(24.0 / J)
+    # a single distribution for the whole vector would mix the two-point component into
+    # the others: per component it must not
+    assert len(np.unique(U[:, 0])) == J
+
+
+def test_per_component_u_dist_refuses_a_correlated_non_normal_component():
+    T = np.array([[2.0, 0.3, 0.0], [0.3, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    with pytest.raises(ValueError, match=r"x a discrete distribution.*cov\(x,Intercept\) = "
+                                         r"0\.3.*uncorrelated"):
+        per_component_spec(T=T)
+    # normal components may be correlated with each other
+    ok = per_component_spec(T=T, u_dist={"x": Normal(), "w": ChiSquare(4)})
+    assert ok.u_components == (Normal(), Normal(), ChiSquare(4))
+    with pytest.raises(ValueError, match="'v', which is not a random effect"):
+        per_component_spec(u_dist={"v": Discrete()})
+    with pytest.raises(ValueError, match=r"u_dist\['x'\]"):
+        per_component_spec(u_dist={"x": "discrete"})
+    with pytest.raises(ValueError, match="uncorrelated"):
+        draw_effects(T, 10, rng=1, dist=[Normal(), Discrete(), Normal()])
+    U = draw_effects(np.diag([4.0, 1.0]), 1000, rng=1, dist=[Discrete(), StudentT(5)])
+    np.testing.assert_allclose(np.unique(U[:, 0]), [-2.0, 2.0])
+
+
+def test_per_component_u_dist_is_reproducible_and_names_default_to_normal():
+    spec = per_component_spec(u_dist={"x": Discrete()})
+    assert spec.u_components == (Normal(), Discrete(), Normal())
+    a, b = (simulate_batch(spec, 3, 50, rng=5) for _ in range(2))
+    np.testing.assert_array_equal(a.U, b.U)
+    np.testing.assert_array_equal(a.y, b.y)
+    assert example_spec().u_components is None
+
+
 # ---------------------------------------------------------------------------
 # reproducibility and randomness
 # ---------------------------------------------------------------------------
