@@ -685,8 +685,38 @@ def _study_of_directory(d: Path, name: str | None) -> Any | None:
     return entry if entry is not None and _is_module_study(entry) else None
 
 
+def _record_roots(d: Path) -> list[Path]:
+    """The study directories (with a manifest) a report reads: ``d`` itself, ``d/records``,
+    or one subdirectory of ``d/records`` per block of a study."""
+    if (d / "manifest.json").exists():
+        return [d]
+    if (d / "records" / "manifest.json").exists():
+        return [d / "records"]
+    return [m.parent for m in sorted(d.glob("records/**/manifest.json"))]
+
+
+def _integrity_lines(roots: list[Path]) -> tuple[list[str], bool]:
+    """Per records directory, its replicates expected, present, missing and duplicated
+    (:meth:`mlmsim.study.StudyResult.replicate_count`); and whether every one is
+    complete and consistent. Only directories that are not are given a line."""
+    from mlmsim.study import IncompleteStudyWarning, load_study
+
+    lines, sound = [], True
+    for root in roots:
+        with warnings.catch_warnings():
+            # the report says it at the top instead
+            warnings.simplefilter("ignore", IncompleteStudyWarning)
+            count = load_study(root).replicate_count()
+        if not (count.complete and count.consistent):
+            sound = False
+            where = f" ({root.name})" if len(roots) > 1 else ""
+            lines.append(f"{count.describe()}{where}")
+    return lines, sound
+
+
 def _cmd_study_report(args: argparse.Namespace) -> int:
-    from mlmsim.study import load_study
+    from mlmsim.study import IncompleteStudyWarning, load_study
+    from mlmsim.study.storage import CorruptChunkWarning, OverlappingChunksWarning
 
     d = Path(args.dir)
     if not d.is_dir():
@@ -695,29 +725,37 @@ def _cmd_study_report(args: argparse.Namespace) -> int:
     if args.csv:
         _check_writable(args.csv)
     module = _study_of_directory(d, args.study)
-    if module is not None:
-        module.report(d)
-        if args.csv or not _print_report(d):
-            import pandas as pd
-
-            from mlmsim.study import summarise
-
-            # a study keeps its records in records/ or in one subdirectory per block
-            roots = [m.parent for m in sorted(d.glob("records/**/manifest.json"))]
-            parts = [summarise(load_study(r)).assign(block=r.name) for r in roots]
-            if not parts:
-                raise CLIError(f"{args.dir!r} holds no study records (no manifest.json)",
-                               "run the study into it first")
-            summary = pd.concat(parts, ignore_index=True)
-            if args.csv:
-                summary.to_csv(args.csv, index=False)
-                _note(f"measures written to {args.csv}")
-        return 0
-    records = d / "records" if (d / "records" / "manifest.json").exists() else d
-    if not (records / "manifest.json").exists():
+    roots = _record_roots(d)
+    if not roots:
         raise CLIError(f"{args.dir!r} holds no study records (no manifest.json)",
                        "give the --out directory of 'mlmsim study run'")
-    _print_summary(load_study(records), args.csv)
+    # at the top: what is missing or held twice (the records are read once here, the
+    # manifests' checksums verified, before anything is summarised)
+    lines, sound = _integrity_lines(roots)
+    for line in lines:
+        print(line)
+    if lines:
+        sys.stdout.flush()
+    with warnings.catch_warnings():  # each said once, above
+        for said in (IncompleteStudyWarning, CorruptChunkWarning, OverlappingChunksWarning):
+            warnings.simplefilter("ignore", said)
+        if module is not None:
+            module.report(d)
+            if args.csv or not _print_report(d):
+                import pandas as pd
+
+                from mlmsim.study import summarise
+
+                parts = [summarise(load_study(r)).assign(block=r.name) for r in roots]
+                summary = pd.concat(parts, ignore_index=True)
+                if args.csv:
+                    summary.to_csv(args.csv, index=False)
+                    _note(f"measures written to {args.csv}")
+        else:
+            _print_summary(load_study(roots[0]), args.csv)
+    if args.strict and not sound:
+        _note("--strict: the records are incomplete or inconsistent (first lines above)")
+        return EXIT_ERROR
     return 0
 
 
@@ -808,6 +846,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--csv", metavar="FILE", help="also write the tidy measures as CSV")
     rep.add_argument("--study", metavar="NAME", help="the study that wrote DIR (default: the "
                      "one named like DIR)")
+    rep.add_argument("--strict", action="store_true", help="exit with status 2 when replicates "
+                     "are missing or held twice, or chunk files are corrupt")
     rep.set_defaults(func=_cmd_study_report)
     return parser
 

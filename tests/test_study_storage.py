@@ -17,7 +17,13 @@ import pandas as pd
 import pytest
 
 from mlmsim.study import CorruptChunkWarning, Study, StudyDirectoryError, load_study
-from mlmsim.study.storage import MANIFEST, StudyDirectory, describe_callable, digest
+from mlmsim.study.storage import (
+    MANIFEST,
+    StudyDirectory,
+    describe_callable,
+    digest,
+    manifest_checksum,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SLEEP = 0.0  # seconds per replicate; the killed subprocess sets it through the environment
@@ -120,7 +126,8 @@ def test_other_definition_is_refused(tmp_path):
     # the refused runs wrote nothing
     assert len(chunk_paths(tmp_path)) == 4
     manifest = json.loads((tmp_path / MANIFEST).read_text())
-    manifest["mlmsim_version"] = "0.0.1"
+    manifest["mlmsim_version"] = "0.0.1"  # as another mlmsim writes it: checksum and all
+    manifest["checksum"] = manifest_checksum(manifest)
     (tmp_path / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(StudyDirectoryError, match="mlmsim 0.0.1"):
         build_study(n_reps=4).run(tmp_path, progress=False)
@@ -163,22 +170,38 @@ def test_corrupt_and_truncated_chunks_are_recomputed(tmp_path, reference):
         pd.testing.assert_frame_equal(strip(load_study(tmp_path).records), strip(reference))
 
 
-def test_overlapping_chunks_are_refused(tmp_path):
+def test_overlapping_identical_chunks_resume_and_differing_ones_are_refused(tmp_path,
+                                                                             reference):
     build_study(n_reps=10).run(tmp_path, chunk_size=5, progress=False)
-    build = StudyDirectory(tmp_path)
-    table = build_study(n_reps=10)
+    directory = StudyDirectory(tmp_path)
+    study = build_study(n_reps=10)
     from mlmsim.study.runner import run_chunk
 
-    extra = run_chunk(table._plan(), 0, 3, 8)
-    build.write_chunk(extra, 0, 3, 8, table.definition_hash)
-    with pytest.raises(StudyDirectoryError, match="overlap"):
+    extra = run_chunk(study._plan(), 0, 3, 8)  # the same records (but seconds) again
+    directory.write_chunk(extra, 0, 3, 8, study.definition_hash)
+    res = build_study(n_reps=10).run(tmp_path, progress=False)  # resumes, reads one copy
+    expected = strip(reference[reference.rep < 10].reset_index(drop=True))
+    pd.testing.assert_frame_equal(strip(res.records), expected)
+    # a copy whose records differ: which one is right cannot be known
+    import pyarrow as pa
+
+    other = run_chunk(study._plan(), 0, 4, 8)
+    estimate = other.column("estimate").to_numpy().copy()
+    estimate[0] += 1.0
+    other = other.set_column(other.column_names.index("estimate"), "estimate",
+                             pa.array(estimate))
+    changed = directory.write_chunk(other, 0, 4, 8, study.definition_hash)
+    with pytest.raises(StudyDirectoryError, match="hold different records") as info:
         build_study(n_reps=10).run(tmp_path, progress=False)
+    assert changed.path.name in str(info.value)
+    with pytest.raises(StudyDirectoryError, match="hold different records"):
+        load_study(tmp_path)
 
 
 def test_overlapping_chunks_warn_when_loaded(tmp_path, capsys):
     """Chunk files copied in from another run of the same study, so that two files hold
     some replicates: load_study and `mlmsim study report` say how many records repeat
-    and which files overlap."""
+    and which files overlap, and read every replicate once."""
     from mlmsim import cli
     from mlmsim.study.storage import OverlappingChunksWarning
 
@@ -192,26 +215,34 @@ def test_overlapping_chunks_warn_when_loaded(tmp_path, capsys):
     assert len(copied) == 1  # condition 1, replicates [0, 6): overlaps [0, 4) and [4, 8)
     (out / "chunks" / copied[0].name).write_bytes(copied[0].read_bytes())
     with pytest.warns(OverlappingChunksWarning) as record:
-        rec = load_study(out).records
+        loaded = load_study(out)
+    rec = loaded.records
     assert len(record) == 1
     message = str(record[0].message)
-    n_dup = len(rec) - len(clean)
     key = ["condition", "rep", "method", "parameter"]
-    assert n_dup > 0 and rec.duplicated(key).sum() == n_dup
+    pd.testing.assert_frame_equal(strip(rec), strip(clean))  # each replicate once
+    n_dup = len(clean[(clean.condition == 1) & (clean.rep < 6)])
     assert f"{n_dup} records" in message, message
+    count = loaded.replicate_count()
+    assert (count.duplicated, count.duplicated_records, count.missing) == (6, n_dup, 0)
     names = {p.name for p in (out / "chunks").glob("c000001-*.parquet")}
     overlapping = sorted(n for n in names if "r000000008" not in n)
     assert len(overlapping) == 3 and all(n in message for n in overlapping), message
     # replicates below n_reps only: below 4, only the copied file's [0, 4) repeats
     with pytest.warns(OverlappingChunksWarning, match="records") as record:
         rec4 = load_study(out, n_reps=4).records
-    assert f"{rec4.duplicated(key).sum()} records" in str(record[0].message)
-    # the command prints the warning as one line and still reports
+    assert not rec4.duplicated(key).any()
+    assert f"{len(clean[(clean.condition == 1) & (clean.rep < 4)])} records" in str(
+        record[0].message)
+    # the command prints the warning as one line, says so at the top, and still reports
     status = cli.main(["study", "report", str(out)])
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
     assert status == 0
-    lines = [line for line in err.splitlines() if "duplicated" in line]
-    assert len(lines) == 1 and f"{n_dup} records" in lines[0], err
+    lines = [line for line in captured.err.splitlines() if "duplicated" in line]
+    assert len(lines) == 1 and f"{n_dup} records" in lines[0], captured.err
+    assert captured.out.splitlines()[0].startswith("INCONSISTENT: 48 of 48 replicates"), \
+        captured.out
+    assert cli.main(["study", "report", "--strict", str(out)]) != 0
 
 
 def test_identity_of_callables():

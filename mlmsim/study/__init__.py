@@ -8,6 +8,7 @@ with Monte Carlo SEs; :func:`plot_measure` draws them.
 
 from __future__ import annotations
 
+from mlmsim.study.identity import DefinitionError
 from mlmsim.study.measures import FIT_PARAMETER, MEASURES, summarise, summarize, summary_table
 from mlmsim.study.plots import plot_measure
 from mlmsim.study.runner import (
@@ -16,6 +17,8 @@ from mlmsim.study.runner import (
     Estimates,
     FormulaMethod,
     FromSpec,
+    IncompleteStudyWarning,
+    ReplicateCount,
     Study,
     StudyResult,
     load_study,
@@ -29,9 +32,12 @@ __all__ = [
     "RECORD_COLUMNS",
     "Condition",
     "CorruptChunkWarning",
+    "DefinitionError",
     "Estimates",
     "FormulaMethod",
     "FromSpec",
+    "IncompleteStudyWarning",
+    "ReplicateCount",
     "Study",
     "StudyDirectoryError",
     "StudyResult",

@@ -430,10 +430,17 @@ def summarise(source: Any, *, alpha: float = 0.05, level: float = 0.95, null: fl
     -------
     DataFrame with columns ``condition``, the condition variables, ``method``,
     ``parameter``, ``measure``, ``estimate``, ``mcse``, ``n``: :data:`MEASURES` for each
-    parameter, :data:`FIT_MEASURES` with ``parameter == "(fit)"``.
+    parameter, :data:`FIT_MEASURES` with ``parameter == "(fit)"``. For a study directory
+    (or a StudyResult read from one), ``attrs["replicates"]`` holds the replicates
+    expected, present, missing and duplicated (:class:`~mlmsim.study.ReplicateCount`),
+    and an :class:`~mlmsim.study.IncompleteStudyWarning` says when some are missing.
+    Replicates that overlapping chunk files hold twice are counted once.
     """
     if not 0.0 < alpha < 1.0 or not 0.0 < level < 1.0:
         raise ValueError("alpha and level must lie in (0, 1)")
+    count = _replicate_count(source)
+    if isinstance(source, str | os.PathLike):
+        source = count[0]
     chunks, conditions, methods = _chunk_source(source, where)
     parts, fit_parts = [], []
     for df in chunks():
@@ -445,7 +452,7 @@ def summarise(source: Any, *, alpha: float = 0.05, level: float = 0.95, null: fl
     columns = ["condition", *cond_vars, "method", "parameter", "measure", "estimate", "mcse",
                "n"]
     if not parts:
-        return pd.DataFrame(columns=columns)
+        return _with_count(pd.DataFrame(columns=columns), count[1])
     allparts = pd.concat(parts, ignore_index=True)
     counts = [f"{k}_{c}" for c in ("cover", "cover_z", "rej", "rej_z") for k in ("n", "hits")]
     acc = _t_based(_pool(allparts, _KEYS, _MOMENTS, [*counts, "n_df"]))
@@ -479,7 +486,37 @@ def summarise(source: Any, *, alpha: float = 0.05, level: float = 0.95, null: fl
     out["method"] = out["method"].astype(str)
     out["parameter"] = out["parameter"].astype(str)
     out["measure"] = out["measure"].astype(str)
-    return out[columns].reset_index(drop=True)
+    return _with_count(out[columns].reset_index(drop=True), count[1])
+
+
+def _replicate_count(source: Any) -> tuple[Any, Any]:
+    """(the source, loaded if a directory; its ReplicateCount or None for records in a
+    DataFrame). Warns with :class:`~mlmsim.study.IncompleteStudyWarning` when replicates
+    the study was run with have no records: a deleted or corrupt chunk is never silent."""
+    import warnings
+
+    from mlmsim.study.runner import IncompleteStudyWarning, StudyResult, load_study
+
+    if isinstance(source, str | os.PathLike):
+        source = load_study(source)
+    if not isinstance(source, StudyResult) or source.directory is None:
+        return source, None
+    count = source.replicate_count()
+    if not count.complete:
+        warnings.warn(f"{source.out_dir}: {count.describe()}; the measures use the "
+                      "replicates present (StudyResult.missing() lists the others)",
+                      IncompleteStudyWarning, stacklevel=3)
+    return source, count
+
+
+def _with_count(summary: pd.DataFrame, count: Any) -> pd.DataFrame:
+    """The summary, with ``attrs["replicates"]``: expected, present, missing and
+    duplicated replicates of a study directory (:class:`~mlmsim.study.ReplicateCount`)."""
+    if count is not None:
+        import dataclasses
+
+        summary.attrs["replicates"] = dataclasses.asdict(count)
+    return summary
 
 
 summarize = summarise

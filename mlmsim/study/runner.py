@@ -51,6 +51,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mlmsim.study.identity import DefinitionError, form_digest, form_parts
 from mlmsim.study.seeds import (
     as_root_seed,
     method_rng,
@@ -61,6 +62,7 @@ from mlmsim.study.seeds import (
 )
 from mlmsim.study.storage import (
     FORMAT,
+    CorruptChunk,
     CorruptChunkWarning,
     OverlappingChunksWarning,
     StudyDirectory,
@@ -74,8 +76,11 @@ __all__ = [
     "RECORD_COLUMNS",
     "Condition",
     "CorruptChunkWarning",
+    "DefinitionError",
     "Estimates",
     "FormulaMethod",
+    "IncompleteStudyWarning",
+    "ReplicateCount",
     "FromSpec",
     "OverlappingChunksWarning",
     "Study",
@@ -1021,20 +1026,41 @@ class Study:
         return {m.name: m.fn for m in self._methods}
 
     # -- identity ---------------------------------------------------------
-    def definition(self) -> dict[str, str]:
-        """Hashes of the parts of the study's identity (see :mod:`mlmsim.study.storage`).
-
-        Conditions, generate, methods, truth, root seed and record format; not the number
-        of replicates or the chunk size, which change neither seeds nor records.
-        """
-        return {
-            "conditions": digest(self.conditions),
-            "generate": digest(self.generate),
-            "methods": digest([[m.name, m.fn] for m in self._methods]),
-            "truth": digest(list(self.truths)),
-            "seed": digest(str(self.seed)),
-            "record_format": digest(_RECORD_FORMAT),
+    def _identity(self) -> tuple[dict[str, str], dict[str, str]]:
+        """(components, parts): the digest of each part of the study's identity, and of
+        the pieces within them (a method, a global of the generator, a condition
+        variable), which name what changed when a resume is refused."""
+        forms = {
+            "conditions": canonical(self.conditions),
+            "generate": canonical(self.generate),
+            "methods": [[m.name, canonical(m.fn)] for m in self._methods],
+            "truth": canonical(list(self.truths)),
+            "seed": canonical(str(self.seed)),
+            "record_format": canonical(_RECORD_FORMAT),
+            "mlmsim": canonical(_mlmsim_version()),
         }
+        components = {k: form_digest(v) for k, v in forms.items()}
+        parts = dict(form_parts("generate", forms["generate"], depth=4))
+        for name, form in forms["methods"]:
+            parts.update(form_parts(f"methods.{name}", form, depth=3))
+        for col in self.conditions.columns:
+            parts[f"conditions.{col}"] = digest(self.conditions[col].tolist())
+        parts["conditions.rows"] = digest(len(self.conditions))
+        for i, truth in enumerate(self.truths):
+            parts[f"truth.condition {i}"] = digest(truth)
+        return components, parts
+
+    def definition(self) -> dict[str, str]:
+        """Hashes of the parts of the study's identity (:mod:`mlmsim.study.identity`).
+
+        Conditions, generate (with everything it uses: module-level specs, helper
+        functions of other modules, closure values), methods and their options, truth,
+        root seed, record format and the mlmsim version; not the number of replicates
+        or the chunk size, which change neither seeds nor records. Raises
+        :class:`~mlmsim.study.identity.DefinitionError` (a ValueError) when the
+        generator or a method uses an object whose value cannot be captured.
+        """
+        return self._identity()[0]
 
     @property
     def definition_hash(self) -> str:
@@ -1042,11 +1068,13 @@ class Study:
         return digest(self.definition())
 
     def _manifest(self) -> dict:
+        components, parts = self._identity()
         return {
             "format": FORMAT,
             "mlmsim_version": _mlmsim_version(),
-            "definition_hash": self.definition_hash,
-            "components": self.definition(),
+            "definition_hash": digest(components),
+            "components": components,
+            "parts": parts,
             "root_seed": str(self.seed),
             "n_reps": self.n_reps,
             "methods": [m.name for m in self._methods],
@@ -1126,11 +1154,13 @@ class Study:
              chunk_size: int | None, scheduler: Any, progress: bool | None) -> StudyResult:
         """:meth:`run`, with ``directory`` (if any) locked for writing."""
         plan = self._plan()
+        manifest = self._manifest()  # the identity, computed once per run
+        definition_hash = manifest["definition_hash"]
         done: list[tuple[int, int, int]] = []
         if directory is not None:
-            directory.open_for(self._manifest())
+            directory.open_for(manifest)
             done = [(c.condition, c.start, c.stop)
-                    for c in directory.valid_chunks(self.definition_hash)]
+                    for c in directory.valid_chunks(definition_hash)]
         workers = _n_workers(n_jobs, backend, scheduler)
         if chunk_size is None:
             total = len(self._conds) * self.n_reps
@@ -1147,7 +1177,7 @@ class Study:
         try:
             for (c, a, b), table in _execute(plan, tasks, n_jobs, backend, scheduler, workers):
                 if directory is not None:
-                    directory.write_chunk(table, c, a, b, self.definition_hash)
+                    directory.write_chunk(table, c, a, b, definition_hash)
                 else:
                     tables[(c, a)] = table
                 bar.update(b - a)
@@ -1155,7 +1185,7 @@ class Study:
             bar.close()
         return StudyResult(
             conditions=self.conditions, methods=[m.name for m in self._methods],
-            n_reps=self.n_reps, seed=self.seed, definition_hash=self.definition_hash,
+            n_reps=self.n_reps, seed=self.seed, definition_hash=definition_hash,
             directory=directory, tables=None if directory is not None else
             [tables[k] for k in sorted(tables)])
 
@@ -1285,17 +1315,86 @@ def _with_added_columns(table: pa.Table) -> pa.Table:
     return table
 
 
+class IncompleteStudyWarning(UserWarning):
+    """Summarised records lack replicates the study was run with (a chunk file deleted,
+    corrupt, or never written): the measures use fewer replicates than the design."""
+
+
+@dataclass(frozen=True)
+class ReplicateCount:
+    """What a study directory holds against what its manifest expects, in replicates
+    (condition x replicate): ``expected`` = conditions x ``expected_reps``; ``present``
+    have records; ``missing`` have none; ``duplicated`` are held by more than one chunk
+    file (identical copies: one is used), ``duplicated_records`` the records repeated
+    there; ``corrupt_files`` chunk files that failed their checks and are not read."""
+
+    conditions: int
+    expected_reps: int
+    expected: int
+    present: int
+    missing: int
+    duplicated: int = 0
+    duplicated_records: int = 0
+    corrupt_files: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Every expected replicate has records."""
+        return self.missing == 0
+
+    @property
+    def consistent(self) -> bool:
+        """No replicate held twice, no corrupt chunk file."""
+        return self.duplicated == 0 and self.corrupt_files == 0
+
+    def describe(self) -> str:
+        """One line for the top of a report, e.g. "INCOMPLETE: 168 of 200 replicates
+        present, 32 missing, 0 duplicated"."""
+        state = ("complete" if self.consistent else "INCONSISTENT") if self.complete \
+            else "INCOMPLETE"
+        text = (f"{state}: {self.present} of {self.expected} replicates present "
+                f"({self.conditions} conditions x {self.expected_reps}), {self.missing} "
+                f"missing, {self.duplicated} duplicated")
+        if self.duplicated:
+            text += f" ({self.duplicated_records} repeated records, one copy used)"
+        if self.corrupt_files:
+            text += f", {self.corrupt_files} corrupt chunk files not read"
+        return text
+
+
+def _without_repeats(items: Iterable[tuple[Any, pa.Table]]) -> Iterator[pa.Table]:
+    """Chunk tables with the replicates an earlier file of the same condition held
+    removed: where files overlap (identical copies, :meth:`StudyDirectory.overlaps`),
+    each replicate's records are read once, from the file first by name."""
+    condition, covered = None, []
+    for chunk, table in items:
+        if chunk.condition != condition:
+            condition, covered = chunk.condition, []
+        over = [(a, b) for a, b in covered if a < chunk.stop and chunk.start < b]
+        if over:
+            reps = table.column("rep")
+            seen = None
+            for a, b in over:
+                inside = pc.and_(pc.greater_equal(reps, a), pc.less(reps, b))
+                seen = inside if seen is None else pc.or_(seen, inside)
+            table = table.filter(pc.invert(seen))
+        covered.append((chunk.start, chunk.stop))
+        yield table
+
+
 class StudyResult:
     """The records of a study run, in memory or streamed from its directory.
 
     Records are ordered by condition, replicate, method (study order) and parameter
     (method order). With a directory, chunks are read one at a time and verified as they
-    are read, so :meth:`summarise` works on studies larger than memory.
+    are read, so :meth:`summarise` works on studies larger than memory; replicates that
+    overlapping chunk files both hold (identical copies) are read once.
     """
 
     def __init__(self, *, conditions: pd.DataFrame, methods: list[str], n_reps: int | None,
                  seed: int, definition_hash: str, directory: StudyDirectory | None = None,
-                 tables: list[pa.Table] | None = None, expected_reps: int | None = None):
+                 tables: list[pa.Table] | None = None, expected_reps: int | None = None,
+                 overlaps: Any = None):
         self.conditions = conditions
         self.methods = list(methods)
         self.n_reps = n_reps
@@ -1304,6 +1403,7 @@ class StudyResult:
         self.seed = seed
         self.definition_hash = definition_hash
         self.directory = directory
+        self.overlaps = overlaps
         self._tables = tables
         self._records: pd.DataFrame | None = None
 
@@ -1316,8 +1416,14 @@ class StudyResult:
         if self._tables is not None:
             tables: Iterable[pa.Table] = iter(self._tables)
         else:
+            read = None
+            if columns is not None:  # only what is asked (and what added columns follow)
+                read = list(dict.fromkeys([*columns, "rep", *(after for name, after, _ in
+                                                              _ADDED_COLUMNS
+                                                              if name in columns)]))
             chunks = self.directory.chunk_files()
-            tables = (t for _, t in self.directory.iter_tables(chunks, self.definition_hash))
+            tables = _without_repeats(self.directory.iter_tables(
+                chunks, self.definition_hash, read))
         for table in tables:
             table = _with_added_columns(table)
             if self.n_reps is not None:
@@ -1355,17 +1461,54 @@ class StudyResult:
 
     summarize = summarise
 
+    def _presence(self) -> tuple[np.ndarray, int]:
+        """(present[condition, rep] for reps below the expected count, corrupt files):
+        one pass over the ``condition`` and ``rep`` columns only."""
+        n_reps = (self.n_reps if self.n_reps is not None else self.expected_reps) or 0
+        present = np.zeros((len(self.conditions), n_reps), dtype=bool)
+        corrupt = 0
+        if self._tables is not None:
+            tables: Iterable[pa.Table] = self._tables
+        else:
+            tables = []
+            for chunk in self.directory.chunk_files():
+                try:
+                    tables.append(self.directory.read_chunk(
+                        chunk, self.definition_hash, ["condition", "rep"]))
+                except CorruptChunk as exc:
+                    corrupt += 1
+                    warnings.warn(f"chunk file {chunk.path.name} is corrupt ({exc}); "
+                                  "skipped", CorruptChunkWarning, stacklevel=3)
+        for table in tables:
+            c = table.column("condition").to_numpy()
+            r = table.column("rep").to_numpy()
+            keep = (r < n_reps) & (c < len(self.conditions))
+            present[c[keep], r[keep]] = True
+        return present, corrupt
+
     def missing(self) -> pd.DataFrame:
         """Replicates (condition, rep) below ``n_reps`` (or, when that is None, below the
         replicates per condition the study was run with) that have no records."""
-        n_reps = (self.n_reps if self.n_reps is not None else self.expected_reps) or 0
-        present = np.zeros((len(self.conditions), n_reps), dtype=bool)
-        for table in self.iter_tables(["condition", "rep"]):
-            c = table.column("condition").to_numpy()
-            r = table.column("rep").to_numpy()
-            present[c, r] = True
+        present, _ = self._presence()
         c, r = np.nonzero(~present)
         return pd.DataFrame({"condition": c, "rep": r})
+
+    def replicate_count(self) -> ReplicateCount:
+        """Expected, present, missing and duplicated replicates (:class:`ReplicateCount`),
+        against ``n_reps`` or, when that is None, the replicates per condition the study
+        was run with (its manifest's)."""
+        present, corrupt = self._presence()
+        n_rows, n_reps = present.shape
+        found = int(present.sum())
+        dup = self.overlaps
+        dup_reps = dup_records = 0
+        if dup:
+            dup_records = dup.duplicated_records
+            dup_reps = dup.duplicated_replicates
+        return ReplicateCount(conditions=n_rows, expected_reps=n_reps,
+                              expected=n_rows * n_reps, present=found,
+                              missing=n_rows * n_reps - found, duplicated=dup_reps,
+                              duplicated_records=dup_records, corrupt_files=corrupt)
 
     def __repr__(self) -> str:
         where = f" in {self.out_dir}" if self.out_dir is not None else ""
@@ -1376,25 +1519,30 @@ class StudyResult:
 def load_study(out_dir: str | os.PathLike, n_reps: int | None = None) -> StudyResult:
     """Open a study directory for reading (no code is run: JSON and Parquet only).
 
-    ``n_reps`` limits the records to replicates below it; None reads all there are.
+    ``n_reps`` limits the records to replicates below it; None reads all there are, and
+    :meth:`StudyResult.missing` and :meth:`StudyResult.replicate_count` then count
+    against the replicates per condition in the manifest. The manifest's checksum is
+    verified (an edited manifest is refused with :class:`StudyDirectoryError`).
     Corrupt chunk files are skipped with a :class:`CorruptChunkWarning`. Chunk files that
     hold the same replicates (two runs wrote the directory at once, or files were copied
-    in by hand) raise an :class:`OverlappingChunksWarning` naming how many records repeat
-    and which files overlap: the records then hold those replicates more than once.
+    in by hand) are compared: identical copies raise an :class:`OverlappingChunksWarning`
+    naming how many records repeat and which files overlap, and the records hold each
+    replicate once; copies that differ are refused with :class:`StudyDirectoryError`.
     """
     directory = StudyDirectory(out_dir)
     manifest = directory.read_manifest()
     if manifest is None:
         raise StudyDirectoryError(f"{out_dir} has no study manifest")
-    n_dup, pairs = directory.duplicated_records(manifest["definition_hash"], n_reps)
-    if n_dup:
+    overlaps = directory.overlaps(manifest["definition_hash"], n_reps)
+    if overlaps:
+        pairs = overlaps.pairs
         shown = "; ".join(f"{a} and {b}" for a, b in pairs[:5])
         more = f" and {len(pairs) - 5} more pairs" if len(pairs) > 5 else ""
-        warnings.warn(f"{n_dup} records in {directory.path} are duplicated: chunk files "
-                      f"{shown}{more} hold the same replicates, so the records repeat them "
-                      "(were two runs writing the directory at once?); delete one file of "
-                      "each pair, and a run computes again what is then missing",
-                      OverlappingChunksWarning, stacklevel=2)
+        warnings.warn(f"{overlaps.duplicated_records} records in {directory.path} are "
+                      f"duplicated: chunk files {shown}{more} hold the same replicates "
+                      "(were two runs writing the directory at once?); their records are "
+                      "identical, so one copy of each is used. Delete one file of each pair "
+                      "to silence this.", OverlappingChunksWarning, stacklevel=2)
     conds = manifest["conditions"]
     conditions = pd.DataFrame(conds["data"], columns=conds["columns"])
     if not conds["columns"]:
@@ -1403,5 +1551,5 @@ def load_study(out_dir: str | os.PathLike, n_reps: int | None = None) -> StudyRe
     return StudyResult(conditions=conditions, methods=manifest["methods"], n_reps=n_reps,
                        seed=int(manifest["root_seed"]),
                        definition_hash=manifest["definition_hash"], directory=directory,
-                       expected_reps=None if expected is None else int(expected))
-
+                       expected_reps=None if expected is None else int(expected),
+                       overlaps=overlaps)

@@ -45,24 +45,18 @@ batch size.) A directory written for another definition, or by another mlmsim ve
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import dataclasses
 import datetime
-import enum
-import functools
 import hashlib
-import inspect
 import json
 import os
 import re
 import socket
-import textwrap
 import time
-import types
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 try:
@@ -71,9 +65,10 @@ except ImportError:  # Windows: no flock; the directory is then not locked (see 
     fcntl = None
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from mlmsim.study.identity import DefinitionError, canonical, describe_callable, digest
 
 __all__ = [
     "CHUNK_DIR",
@@ -82,6 +77,8 @@ __all__ = [
     "MANIFEST",
     "ChunkFile",
     "CorruptChunkWarning",
+    "DefinitionError",
+    "Overlaps",
     "OverlappingChunksWarning",
     "StudyDirectory",
     "StudyDirectoryError",
@@ -119,170 +116,52 @@ class OverlappingChunksWarning(UserWarning):
     """Two chunk files hold records of the same replicates (the records repeat)."""
 
 
-# ---------------------------------------------------------------------------
-# Identity: canonical JSON of data and callables
-# ---------------------------------------------------------------------------
-
-
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def digest(obj: object) -> str:
-    """SHA-256 (hex) of the canonical JSON form of ``obj`` (see :func:`canonical`)."""
-    text = json.dumps(canonical(obj), sort_keys=False, separators=(",", ":"), allow_nan=True)
+def manifest_checksum(manifest: dict) -> str:
+    """SHA-256 of the manifest's fields but ``checksum``, as canonical JSON (sorted keys):
+    every field is covered, so no field can be edited unnoticed."""
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
     return _sha256(text.encode())
 
 
-def canonical(obj: object, _seen: frozenset[int] = frozenset()) -> object:
-    """A JSON-able form of ``obj`` that is equal for equal data, across processes and runs.
-
-    Numbers, strings, lists, tuples and mappings keep their values and order; numpy arrays
-    and pandas objects are represented by dtype, shape and a hash of their bytes or values;
-    dataclasses by their fields; objects with a ``descriptor()`` method by its result;
-    callables by :func:`describe_callable`; other objects by their type and ``__dict__``.
-    """
-    if obj is None or isinstance(obj, bool | str):
-        return obj
-    if isinstance(obj, int | np.integer) and not isinstance(obj, bool):
-        return int(obj)
-    if isinstance(obj, float | np.floating):
-        return float(obj) if np.isfinite(obj) else repr(float(obj))
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, bytes):
-        return {"bytes": _sha256(obj)}
-    if isinstance(obj, enum.Enum):
-        return {"enum": type(obj).__qualname__, "name": obj.name}
-    if id(obj) in _seen:
-        return {"cycle": type(obj).__qualname__}
-    seen = _seen | {id(obj)}
-    if isinstance(obj, np.ndarray):
-        if obj.dtype == object:
-            return {"ndarray": "object", "shape": list(obj.shape),
-                    "values": [canonical(v, seen) for v in obj.ravel().tolist()]}
-        return {"ndarray": obj.dtype.str, "shape": list(obj.shape),
-                "sha256": _sha256(np.ascontiguousarray(obj).tobytes())}
-    if isinstance(obj, pd.DataFrame):
-        return {"frame": [canonical(c, seen) for c in obj.columns],
-                "index": canonical(obj.index.tolist(), seen),
-                "data": [canonical(obj[c].tolist(), seen) for c in obj.columns]}
-    if isinstance(obj, pd.Series):
-        return {"series": canonical(obj.name, seen), "index": canonical(obj.index.tolist(), seen),
-                "values": canonical(obj.tolist(), seen)}
-    if isinstance(obj, pd.Index):
-        return {"index": canonical(obj.tolist(), seen)}
-    if isinstance(obj, list | tuple):
-        return [canonical(v, seen) for v in obj]
-    if isinstance(obj, set | frozenset):
-        items = [canonical(v, seen) for v in obj]
-        return {"set": sorted(items, key=lambda v: json.dumps(v, sort_keys=True))}
-    if isinstance(obj, Mapping):
-        return {"mapping": [[canonical(k, seen), canonical(v, seen)] for k, v in obj.items()]}
-    descriptor = getattr(obj, "descriptor", None)
-    if callable(descriptor) and not isinstance(obj, type):
-        return {"object": type(obj).__qualname__, "descriptor": canonical(descriptor(), seen)}
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-        return {"dataclass": type(obj).__qualname__, "fields": canonical(fields, seen)}
-    if callable(obj):
-        return describe_callable(obj, seen)
-    state = getattr(obj, "__dict__", None)
-    return {"object": type(obj).__qualname__,
-            "state": canonical(state, seen) if state is not None else None}
+def _manifest_problem(manifest: dict) -> str | None:
+    """Why a manifest cannot be trusted, or None."""
+    if "checksum" in manifest:
+        if manifest["checksum"] != manifest_checksum(manifest):
+            return "its checksum does not match its contents"
+        return None
+    # written before manifests had a checksum: its own hashes must agree
+    components = manifest.get("components")
+    if not isinstance(components, dict) or manifest.get("definition_hash") != digest(
+            components):
+        return "its definition hash does not match its components"
+    if components.get("seed") != digest(str(manifest.get("root_seed"))):
+        return "its root_seed does not match the seed it was run with"
+    return None
 
 
-def _code_digest(obj: object) -> str:
-    """Hash of a function's or class's source: its syntax tree, else its text or bytecode."""
-    try:
-        source = textwrap.dedent(inspect.getsource(obj))
-    except (OSError, TypeError):
-        code = getattr(obj, "__code__", None)
-        return _bytecode_digest(code) if code is not None else "no-source"
-    try:
-        return _sha256(ast.dump(ast.parse(source)).encode())
-    except SyntaxError:
-        # A lambda inside a larger expression: hash its lines without indentation.
-        return _sha256("\n".join(line.strip() for line in source.splitlines()).encode())
+def describe_change(old: dict, new: dict) -> str:
+    """What differs between two manifests' definitions, e.g. "generate (generate.globals.
+    SPEC), methods (methods.REML)": the components whose hashes differ, each with the
+    deepest pieces (``parts``) that differ where both manifests have them."""
+    from mlmsim.study.identity import changed_parts
 
-
-def _bytecode_digest(code: types.CodeType) -> str:
-    def parts(c: types.CodeType) -> list:
-        consts = [parts(k) if isinstance(k, types.CodeType) else repr(k) for k in c.co_consts]
-        return [c.co_code.hex(), consts, list(c.co_names), list(c.co_varnames)]
-
-    return _sha256(json.dumps(parts(code)).encode())
-
-
-def _global_names(code: types.CodeType) -> list[str]:
-    names = list(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names.extend(_global_names(const))
-    return list(dict.fromkeys(names))
-
-
-_DATA_TYPES = (bool, int, float, str, bytes, tuple, list, dict, frozenset, set, np.ndarray,
-               np.generic, pd.Series, pd.DataFrame, enum.Enum)
-
-
-def describe_callable(fn: object, _seen: frozenset[int] = frozenset()) -> dict:
-    """Identify a callable by what it computes: name, source hash and the data it uses.
-
-    - functions and lambdas: qualified name, source hash, defaults, closure values, and the
-      module-level names they use that are data (numbers, strings, arrays, containers) or
-      functions of the same module (described in turn);
-    - ``functools.partial``: the function and its bound arguments;
-    - bound methods: the function and the instance (as data);
-    - anything with a ``descriptor()`` method (or attribute, for a function): its result,
-      which then is the whole identity; other callable objects: their class (name and
-      source hash) and ``__dict__``.
-    The module name is not part of the identity, so a function imported under another
-    module path (a script run directly, or imported) keeps its identity.
-    """
-    seen = _seen | {id(fn)}
-    descriptor = getattr(fn, "descriptor", None)
-    if callable(descriptor) and not isinstance(fn, type):
-        return {"object": type(fn).__qualname__, "descriptor": canonical(descriptor(), seen)}
-    if isinstance(fn, functools.partial):
-        return {"partial": canonical(fn.func, seen), "args": canonical(list(fn.args), seen),
-                "keywords": canonical(dict(fn.keywords), seen)}
-    if isinstance(fn, types.MethodType):
-        return {"method": describe_callable(fn.__func__, seen),
-                "self": canonical(fn.__self__, seen)}
-    if isinstance(fn, types.FunctionType):
-        closure = {}
-        if fn.__closure__:
-            for name, cell in zip(fn.__code__.co_freevars, fn.__closure__, strict=True):
-                try:
-                    value = cell.cell_contents
-                except ValueError:  # empty cell
-                    continue
-                closure[name] = value if id(value) not in seen else None
-        used = {}
-        for name in _global_names(fn.__code__):
-            if name not in fn.__globals__:
-                continue
-            value = fn.__globals__[name]
-            if id(value) in seen or isinstance(value, types.ModuleType):
-                continue
-            if isinstance(value, types.FunctionType):
-                if value.__module__ == fn.__module__:
-                    used[name] = describe_callable(value, seen)
-            elif isinstance(value, _DATA_TYPES):
-                used[name] = canonical(value, seen)
-        return {"function": fn.__qualname__, "code": _code_digest(fn),
-                "defaults": canonical(fn.__defaults__, seen),
-                "kwdefaults": canonical(fn.__kwdefaults__, seen),
-                "closure": canonical(closure, seen), "globals": used}
-    if isinstance(fn, types.BuiltinFunctionType | types.BuiltinMethodType):
-        return {"builtin": f"{getattr(fn, '__module__', '')}.{fn.__qualname__}"}
-    if isinstance(fn, type):
-        return {"class": fn.__qualname__, "code": _code_digest(fn)}
-    cls = type(fn)
-    state = getattr(fn, "__dict__", None)
-    return {"object": cls.__qualname__, "code": _code_digest(cls),
-            "state": canonical(state, seen) if state is not None else None}
+    old_c, new_c = old.get("components", {}), new.get("components", {})
+    old_p, new_p = old.get("parts") or {}, new.get("parts") or {}
+    out = []
+    for key in dict.fromkeys([*new_c, *old_c]):
+        if old_c.get(key) == new_c.get(key):
+            continue
+        mine = {k: v for k, v in old_p.items() if k == key or k.startswith(key + ".")}
+        theirs = {k: v for k, v in new_p.items() if k == key or k.startswith(key + ".")}
+        detail = [k for k in changed_parts(mine, theirs) if k != key] if mine and theirs \
+            else []
+        out.append(f"{key} ({', '.join(detail[:6])})" if detail else key)
+    return ", ".join(out) or "unknown"
 
 
 # ---------------------------------------------------------------------------
@@ -343,11 +222,41 @@ class ChunkFile:
         return self.stop - self.start
 
 
+@dataclasses.dataclass(frozen=True)
+class Overlaps:
+    """Identical copies of records in overlapping chunk files (:meth:`StudyDirectory.
+    overlaps`): how many records repeat an earlier file's, and the pairs of file names."""
+
+    duplicated_records: int
+    pairs: tuple[tuple[str, str], ...]
+    duplicated_replicates: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.pairs)
+
+
+def _rows_of(table: pa.Table, lo: int, hi: int) -> pa.Table:
+    import pyarrow.compute as pc
+
+    reps = table.column("rep")
+    return table.filter(pc.and_(pc.greater_equal(reps, lo), pc.less(reps, hi)))
+
+
+def _same_records(a: pa.Table, b: pa.Table) -> bool:
+    """The same records, but for ``seconds`` (wall-clock time) and columns only one has
+    (written by different mlmsim versions: a column added since is null in the older)."""
+    names = [c for c in a.column_names if c in b.column_names and c != "seconds"]
+    if a.num_rows != b.num_rows:
+        return False
+    left, right = a.select(names).to_pandas(), b.select(names).to_pandas()
+    return left.equals(right)
+
+
 class CorruptChunk(Exception):
     """Raised internally when a chunk file fails an integrity check."""
 
 
-def _read_parquet(data: bytes) -> pa.Table:
+def _read_parquet(data: bytes, columns: list[str] | None = None) -> pa.Table:
     """Parse a chunk file's bytes (page checksums verified) in the calling thread.
 
     ``pq.read_table`` goes through Arrow's dataset scanner, which finishes part of its
@@ -360,7 +269,10 @@ def _read_parquet(data: bytes) -> pa.Table:
     reader = pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True,
                             pre_buffer=False)
     try:
-        return reader.read(use_threads=False)
+        if columns is not None:  # those the file has (older chunks lack newer columns)
+            names = set(reader.schema_arrow.names)
+            columns = [c for c in columns if c in names]
+        return reader.read(columns=columns, use_threads=False)
     finally:
         reader.close()
 
@@ -450,7 +362,15 @@ class StudyDirectory:
 
     # -- manifest ---------------------------------------------------------
     def read_manifest(self) -> dict | None:
-        """The manifest as a dict, or None if the directory has none."""
+        """The manifest as a dict, or None if the directory has none.
+
+        The manifest's ``checksum`` (:func:`manifest_checksum`) must match the rest of
+        it: a manifest edited by hand (a root seed, a replicate count, a condition) is
+        refused with :class:`StudyDirectoryError`, as its records would then be read
+        with parameters they were not computed with. A manifest written before the
+        checksum existed is accepted when its fields agree with its own hashes (the
+        definition hash with its components, the root seed with its component).
+        """
         if not self.manifest_path.exists():
             return None
         try:
@@ -461,19 +381,32 @@ class StudyDirectory:
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise StudyDirectoryError(
                 f"{self.path} is not an mlmsim study directory of format {FORMAT!r}")
+        problem = _manifest_problem(manifest)
+        if problem:
+            raise StudyDirectoryError(
+                f"refusing {self.manifest_path}: {problem}; it was edited after the study "
+                "wrote it, so its records cannot be trusted to match it. Restore it, or "
+                "run the study again into a new directory.")
         return manifest
 
     def write_manifest(self, manifest: dict) -> None:
+        """Write the manifest atomically, with its checksum."""
         self.path.mkdir(parents=True, exist_ok=True)
         self.chunk_dir.mkdir(exist_ok=True)
-        data = json.dumps(manifest, indent=1, allow_nan=True).encode()
+        body = json.loads(json.dumps({k: v for k, v in manifest.items() if k != "checksum"},
+                                     allow_nan=True))
+        body["checksum"] = manifest_checksum(body)
+        data = json.dumps(body, indent=1, allow_nan=True).encode()
         atomic_write(self.manifest_path, data)
 
     def open_for(self, manifest: dict) -> None:
         """Check that this directory holds ``manifest``'s study, or start it there.
 
-        A directory with another study definition, another mlmsim version, or chunk
-        files without a manifest is refused with :class:`StudyDirectoryError`.
+        A directory with another study definition, another mlmsim version, an edited
+        manifest, or chunk files without a manifest is refused with
+        :class:`StudyDirectoryError`, naming what differs: the parts of the definition
+        (conditions, generate, methods, truth, seed, ...) and, where the manifest has
+        them, the pieces within (a method's name, a global a generator uses).
         """
         old = self.read_manifest()
         if old is None:
@@ -484,11 +417,8 @@ class StudyDirectory:
         else:
             problems = []
             if old.get("definition_hash") != manifest["definition_hash"]:
-                old_parts = old.get("components", {})
-                new_parts = manifest["components"]
-                changed = [k for k in new_parts if old_parts.get(k) != new_parts[k]]
                 problems.append("its study definition differs (changed: "
-                                + (", ".join(changed) or "unknown") + ")")
+                                + describe_change(old, manifest) + ")")
             if old.get("mlmsim_version") != manifest["mlmsim_version"]:
                 problems.append(f"it was written by mlmsim {old.get('mlmsim_version')}, "
                                 f"this is mlmsim {manifest['mlmsim_version']}")
@@ -497,7 +427,9 @@ class StudyDirectory:
                     f"refusing to use {self.path}: " + "; ".join(problems)
                     + ". Results of different studies are never mixed; "
                     "use a new directory (or delete the old one).")
-            manifest = {**old, **{k: manifest[k] for k in ("n_reps",)}}
+            # the run's own description (fields a new mlmsim adds included); the
+            # replicates per condition as this run asks
+            manifest = {**old, **manifest}
         self.write_manifest(manifest)
         self.remove_temporary_files()
 
@@ -550,8 +482,9 @@ class StudyDirectory:
             raise CorruptChunk(f"cannot read: {exc}") from exc
         if _sha256(data)[:16] != chunk.sha:
             raise CorruptChunk("content hash does not match the file name")
+        wanted = None if columns is None else list(dict.fromkeys([*columns, "rep"]))
         try:
-            table = _read_parquet(data)
+            table = _read_parquet(data, wanted)
         except Exception as exc:  # noqa: BLE001 - any parse failure means corrupt
             raise CorruptChunk(f"not a readable Parquet file: {exc}") from exc
         raw = (table.schema.metadata or {}).get(_CHUNK_META_KEY)
@@ -571,8 +504,8 @@ class StudyDirectory:
             raise CorruptChunk("replicates outside the file's range")
         if np.unique(reps).size != chunk.n_reps:
             raise CorruptChunk("replicates missing from the file")
-        if columns is not None:
-            table = table.select(columns)
+        if columns is not None:  # those the file has: older chunks lack newer columns
+            table = table.select([c for c in columns if c in table.column_names])
         return table.replace_schema_metadata(None)
 
     def quarantine(self, chunk: ChunkFile, reason: str) -> None:
@@ -589,8 +522,9 @@ class StudyDirectory:
                      verify: bool = True) -> list[ChunkFile]:
         """The chunk files that pass :meth:`read_chunk`; corrupt ones set aside or skipped.
 
-        Two valid files whose replicate ranges overlap mean the directory was edited by
-        hand; that is refused with :class:`StudyDirectoryError`.
+        Valid files whose replicate ranges overlap are compared (:meth:`overlaps`):
+        identical records are kept once (a run computes only what no file holds), records
+        that differ are refused with :class:`StudyDirectoryError`.
         """
         good = []
         for chunk in self.chunk_files():
@@ -605,55 +539,73 @@ class StudyDirectory:
                                       "skipped", CorruptChunkWarning, stacklevel=2)
                     continue
             good.append(chunk)
-        for a, b in zip(good, good[1:], strict=False):
-            if a.condition == b.condition and b.start < a.stop:
-                raise StudyDirectoryError(
-                    f"chunk files {a.path.name} and {b.path.name} overlap; the directory "
-                    "was modified outside mlmsim")
+        self.overlaps(definition_hash, chunks=good)  # refuses records that disagree
         return good
 
-    def duplicated_records(self, definition_hash: str | None, n_reps: int | None = None
-                           ) -> tuple[int, list[tuple[str, str]]]:
-        """Records held twice: chunk files of one condition whose replicate ranges overlap.
+    def overlaps(self, definition_hash: str | None, n_reps: int | None = None,
+                 chunks: list[ChunkFile] | None = None) -> Overlaps:
+        """Chunk files of one condition that hold the same replicates, and whether they agree.
 
-        Returns the number of records (rows) that repeat replicates held by an earlier file
-        (by name order), counting only replicates below ``n_reps`` when given, and the
-        overlapping pairs of file names. Only files in an overlap are read (their ``rep``
-        column); corrupt ones are left out, as readers skip them.
+        Two runs writing the directory at once (without the lock: an old mlmsim, a file
+        system without locks) or files copied in by hand leave such overlaps. Their
+        records are compared on the replicates they share, every column but ``seconds``
+        (wall-clock time): identical copies are reported (:class:`Overlaps`) and readers
+        keep one of them (the file first by name); copies that differ are refused with
+        :class:`StudyDirectoryError` naming the files, since which one is right cannot
+        be known. Only files in an overlap are read; corrupt ones are left out, as
+        readers skip them. ``n_reps`` counts only replicates below it.
         """
+        chunks = self.chunk_files() if chunks is None else chunks
         n_dup = 0
         pairs: list[tuple[str, str]] = []
-        reps: dict[Path, np.ndarray | None] = {}
+        repeated: set[tuple[int, int]] = set()
+        tables: dict[Path, pa.Table | None] = {}
 
-        def rep_column(chunk: ChunkFile) -> np.ndarray | None:
-            if chunk.path not in reps:
+        def table_of(chunk: ChunkFile) -> pa.Table | None:
+            if chunk.path not in tables:
                 try:
-                    table = self.read_chunk(chunk, definition_hash, columns=["rep"])
-                    reps[chunk.path] = table.column("rep").to_numpy()
+                    tables[chunk.path] = self.read_chunk(chunk, definition_hash)
                 except CorruptChunk:
-                    reps[chunk.path] = None
-            return reps[chunk.path]
+                    tables[chunk.path] = None
+            return tables[chunk.path]
 
         seen: list[ChunkFile] = []  # earlier files of the current condition
         reach = 0  # the largest stop among them
-        for chunk in self.chunk_files():
+        for chunk in chunks:
             if seen and seen[-1].condition != chunk.condition:
                 seen, reach = [], 0
-            stop = chunk.stop if n_reps is None else min(chunk.stop, n_reps)
-            if chunk.start < min(reach, stop):
-                over = [(max(chunk.start, e.start), min(stop, e.stop), e) for e in seen
-                        if max(chunk.start, e.start) < min(stop, e.stop)
-                        and rep_column(e) is not None]
-                mine = rep_column(chunk) if over else None
-                if mine is not None:
-                    dup = np.zeros(mine.shape, dtype=bool)
-                    for lo, hi, earlier in over:
-                        dup |= (mine >= lo) & (mine < hi)
-                        pairs.append((earlier.path.name, chunk.path.name))
-                    n_dup += int(dup.sum())
+                tables.clear()
+            if chunk.start < reach:
+                for earlier in seen:
+                    lo, hi = max(chunk.start, earlier.start), min(chunk.stop, earlier.stop)
+                    if lo >= hi:
+                        continue
+                    mine, theirs = table_of(chunk), table_of(earlier)
+                    if mine is None or theirs is None:
+                        continue
+                    a, b = _rows_of(theirs, lo, hi), _rows_of(mine, lo, hi)
+                    if not _same_records(a, b):
+                        raise StudyDirectoryError(
+                            f"chunk files {earlier.path.name} and {chunk.path.name} in "
+                            f"{self.chunk_dir} hold different records for replicates "
+                            f"[{lo}, {hi}) of condition {chunk.condition}; which is right "
+                            "cannot be known. Delete both (a run computes them again), or "
+                            "use a new directory.")
+                    pairs.append((earlier.path.name, chunk.path.name))
+                    top = hi if n_reps is None else min(hi, n_reps)
+                    if top > lo:
+                        reps = b.column("rep").to_numpy()
+                        n_dup += int(((reps >= lo) & (reps < top)).sum())
+                        repeated.update((chunk.condition, r) for r in range(lo, top))
             seen.append(chunk)
-            reach = max(reach, stop)
-        return n_dup, pairs
+            reach = max(reach, chunk.stop)
+        return Overlaps(n_dup, tuple(pairs), len(repeated))
+
+    def duplicated_records(self, definition_hash: str | None, n_reps: int | None = None
+                           ) -> tuple[int, list[tuple[str, str]]]:
+        """(records held more than once, overlapping pairs of file names): :meth:`overlaps`."""
+        found = self.overlaps(definition_hash, n_reps)
+        return found.duplicated_records, list(found.pairs)
 
     def iter_tables(self, chunks: list[ChunkFile], definition_hash: str | None,
                     columns: list[str] | None = None) -> Iterator[tuple[ChunkFile, pa.Table]]:
