@@ -1,11 +1,38 @@
-"""Small helpers the study reports share: markdown tables and number formats."""
+"""Small helpers the study reports share: markdown tables, number formats, the account
+of what ran, and finding sentences that follow the tables.
+
+What ran (:func:`run_lines`) is read from the summaries of the records actually present,
+never from the options of a run: the conditions, the replicates per cell (fits per
+condition and method), the fitting time the records hold, and whether that is the full
+design. A run smaller than the full design (``--quick``, ``--reps``, or an interrupted
+run) says so at the top of its report.
+
+A finding sentence claims a direction only when the estimate is more than 2 MCSE from
+its comparison (:func:`direction`, :func:`difference`; a proportion: when its Wilson
+interval excludes the comparison, :func:`proportion_direction`), and otherwise says there is no
+clear difference, so the sentence cannot contradict the table beside it. Proportions
+(coverage, rates) are printed with a 95% Wilson interval (:func:`with_interval`), not an
+MCSE, which is 0 at 0 and 1.
+"""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["markdown_table", "fmt", "with_mcse"]
+from mlmsim.study.intervals import proportion_interval
+
+__all__ = ["markdown_table", "fmt", "with_mcse", "with_interval", "direction",
+           "proportion_direction", "difference",
+           "run_lines", "ran_design", "replicates_per_cell", "is_full_run", "SIGNIFICANT"]
+
+SIGNIFICANT = 2.0
+"""A direction is claimed when |estimate - comparison| > SIGNIFICANT MCSE."""
+
+_SUMMARY_COLUMNS = ("condition", "method", "parameter", "measure", "estimate", "mcse", "n")
 
 
 def fmt(value: float, digits: int = 3) -> str:
@@ -20,6 +47,64 @@ def with_mcse(estimate: float, mcse: float, digits: int = 3) -> str:
     return f"{fmt(estimate, digits)} ({fmt(mcse, 2)})"
 
 
+def with_interval(estimate: float, n: float, digits: int = 3, level: float = 0.95) -> str:
+    """``p [lower, upper]``: a proportion over n replicates with its Wilson interval
+    (:mod:`mlmsim.study.intervals`), which is not empty at 0 or 1."""
+    if estimate is None or n is None or not np.isfinite(estimate) or not n > 0:
+        return "—"
+    lo, hi = proportion_interval(estimate, n, level)
+    return f"{fmt(estimate, digits)} [{fmt(float(lo), 2)}, {fmt(float(hi), 2)}]"
+
+
+def direction(estimate: float, mcse: float, *, above: str, below: str,
+              neither: str, reference: float = 0.0, digits: int = 3) -> str:
+    """One of three phrases for an estimate against ``reference`` (0 by default), with
+    the numbers: ``above`` or ``below`` only when it lies more than
+    :data:`SIGNIFICANT` MCSE away, else ``neither``."""
+    shown = with_mcse(estimate, mcse, digits)
+    if not (np.isfinite(estimate) and np.isfinite(mcse)):
+        return f"cannot be judged ({shown})"
+    if abs(estimate - reference) > SIGNIFICANT * mcse:
+        return f"{above if estimate > reference else below} ({shown})"
+    return f"{neither} ({shown}, within {SIGNIFICANT:g} MCSE of {fmt(reference)})"
+
+
+def proportion_direction(estimate: float, n: float, *, reference: float, above: str,
+                         below: str, neither: str, level: float = 0.95) -> str:
+    """:func:`direction` for a proportion over n replicates: ``above`` or ``below`` only
+    when its Wilson interval (:func:`with_interval`) excludes ``reference``; the MCSE,
+    0 at 0 and 1, is not used."""
+    shown = with_interval(estimate, n, level=level)
+    if not (np.isfinite(estimate) and n > 0):
+        return f"cannot be judged ({shown})"
+    lo, hi = (float(v) for v in proportion_interval(estimate, n, level))
+    if lo > reference:
+        return f"{above} ({shown})"
+    if hi < reference:
+        return f"{below} ({shown})"
+    return (f"{neither} ({shown}, whose {100 * level:g}% Wilson interval holds "
+            f"{fmt(reference)})")
+
+
+def difference(name_a: str, est_a: float, mcse_a: float, name_b: str, est_b: float,
+               mcse_b: float, what: str, digits: int = 3) -> str:
+    """A sentence comparing ``what`` under a and b. The MCSE of the difference is taken
+    as sqrt(MCSE_a^2 + MCSE_b^2), which overstates it when a and b are estimated on the
+    same data sets and move together (as ML and REML do): a difference called clear is
+    clear, one called unclear may be resolvable with the paired records."""
+    d = est_a - est_b
+    se = math.sqrt(mcse_a**2 + mcse_b**2) if np.isfinite(mcse_a) and np.isfinite(mcse_b) \
+        else math.nan
+    if not (np.isfinite(d) and np.isfinite(se)):
+        return f"{what}: {name_a} and {name_b} cannot be compared"
+    if abs(d) > SIGNIFICANT * se:
+        hi, lo = (name_a, name_b) if d > 0 else (name_b, name_a)
+        return (f"{what} is higher by {hi} than by {lo} (difference {fmt(abs(d), digits)}, "
+                f"MCSE at most {fmt(se, 2)})")
+    return (f"{what}: no clear difference between {name_a} and {name_b} (difference "
+            f"{fmt(d, digits)}, MCSE at most {fmt(se, 2)})")
+
+
 def markdown_table(df: pd.DataFrame, index: bool = False) -> str:
     """A DataFrame as a GitHub markdown table (values as they print)."""
     frame = df.reset_index() if index else df
@@ -30,3 +115,116 @@ def markdown_table(df: pd.DataFrame, index: bool = False) -> str:
                  for v in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# what ran
+# ---------------------------------------------------------------------------
+
+def _condition_variables(summary: pd.DataFrame) -> list[str]:
+    return [c for c in summary.columns if c not in _SUMMARY_COLUMNS]
+
+
+def ran_design(summary: pd.DataFrame) -> pd.DataFrame:
+    """The conditions present in a summary, one row each (condition variables only)."""
+    cols = _condition_variables(summary)
+    return summary[["condition", *cols]].drop_duplicates("condition")[cols] \
+        .reset_index(drop=True)
+
+
+def replicates_per_cell(summary: pd.DataFrame) -> tuple[int, int]:
+    """(fewest, most) fits per condition and method in a summary: the replicates per cell
+    the records hold (the ``n_fits`` rows of ``parameter == "(fit)"``)."""
+    fits = summary[(summary.parameter == "(fit)") & (summary.measure == "n_fits")]
+    if fits.empty:
+        return 0, 0
+    return int(fits.estimate.min()), int(fits.estimate.max())
+
+
+def _fit_seconds(summary: pd.DataFrame) -> float:
+    """Seconds of fitting the records hold: sum over cells of mean_seconds x n."""
+    s = summary[(summary.parameter == "(fit)") & (summary.measure == "mean_seconds")]
+    s = s[np.isfinite(s.estimate)]
+    return float((s.estimate * s.n).sum()) if len(s) else math.nan
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds / 3600:.3g} h"
+
+
+def _grid_size(full: Mapping[str, Sequence]) -> int:
+    return int(np.prod([len(v) for v in full.values()]))
+
+
+def is_full_run(summaries: Sequence[pd.DataFrame], full: Mapping[str, Sequence],
+                full_reps: int) -> bool:
+    """Whether every summary holds every condition of the ``full`` grid (a mapping of
+    condition variables to their levels) with at least ``full_reps`` replicates in every
+    cell."""
+    want = {tuple(v) for v in pd.MultiIndex.from_product(list(full.values())).tolist()}
+    for s in summaries:
+        ran = ran_design(s)
+        if any(k not in ran.columns for k in full):
+            return False
+        have = {tuple(r) for r in ran[list(full)].itertuples(index=False)}
+        if have != want or replicates_per_cell(s)[0] < full_reps:
+            return False
+    return True
+
+
+def _levels(ran: pd.DataFrame) -> str:
+    parts = []
+    for c in ran.columns:
+        if ran[c].isna().all():
+            continue
+        vals = [fmt(v, 6) if isinstance(v, float) else str(v)
+                for v in sorted(ran[c].unique().tolist())]
+        parts.append(f"{c} {', '.join(vals)}")
+    return "; ".join(parts)
+
+
+def _reps(lo: int, hi: int) -> str:
+    return f"{lo}" if lo == hi else f"{lo} to {hi}"
+
+
+def run_lines(summaries: Mapping[str, pd.DataFrame], full: Mapping[str, Sequence],
+              full_reps: int, command: str) -> tuple[list[str], bool]:
+    """The "What ran" section of a report and whether the run is the full design.
+
+    ``summaries``: block name -> :func:`mlmsim.study.summarise` of its records (one
+    entry for a study of one block); ``full``: the full design's grid; ``full_reps``:
+    its replicates per condition; ``command``: how to run the full study. Everything
+    stated is counted from the summaries: the conditions present, the replicates per
+    cell (fits per condition and method) and the fitting time recorded per fit.
+    """
+    full_run = is_full_run(list(summaries.values()), full, full_reps)
+    n_full = _grid_size(full)
+    lines = ["## What ran", ""]
+    if not full_run:
+        lines += ["**This is a quick (reduced) run, not the study.** It checks that the "
+                  "study runs end to end; with this few conditions and replicates its "
+                  "numbers carry large Monte Carlo error. The design described under "
+                  "ADEMP below is the full study's; the tables, figures and findings here "
+                  f"cover only what is listed in this section. Run the full study with "
+                  f"`{command}`.", ""]
+    for name, s in summaries.items():
+        ran = ran_design(s)
+        lo, hi = replicates_per_cell(s)
+        label = f"`{name}`: " if len(summaries) > 1 else ""
+        what = "the full design" if full_run else f"of the full design's {n_full}"
+        lines.append(f"- {label}{len(ran)} conditions ({what}; {_levels(ran)}), "
+                     f"{_reps(lo, hi)} replicates per cell (condition x method; the full "
+                     f"study has {full_reps}).")
+    secs = [_fit_seconds(s) for s in summaries.values()]
+    secs = [v for v in secs if np.isfinite(v)]
+    if secs:
+        lines.append(f"- Fitting time: {_duration(sum(secs))}, summed over the fits as "
+                     "the records time them (the run's wall-clock time is not recorded).")
+    else:
+        lines.append("- Run time: not recorded.")
+    lines.append("")
+    return lines, full_run

@@ -25,12 +25,20 @@ import pandas as pd
 
 from mlmsim.spec import Continuous, Level2Continuous, ModelSpec
 from mlmsim.studies import RunOptions
-from mlmsim.studies._report import markdown_table, with_mcse
+from mlmsim.studies._report import (
+    markdown_table,
+    proportion_direction,
+    run_lines,
+    with_interval,
+    with_mcse,
+)
 
 TITLE = "Maas and Hox (2005): sufficient sample sizes, REML non-coverage and bias"
 
 FULL = {"n_groups": [30, 50, 100], "group_size": [5, 30, 50], "icc": [0.1, 0.2, 0.3]}
 QUICK = {"n_groups": [30], "group_size": [5], "icc": [0.1, 0.3]}
+FULL_REPS = 1000
+"""Replicates per condition of the full study (the report compares the records with it)."""
 PARAMETERS = ["Intercept", "X", "Z", "X:Z", "var(Intercept)", "cov(X,Intercept)", "var(X)",
               "sigma2"]
 
@@ -79,7 +87,6 @@ def report(out_dir: Path) -> None:
     margins = {f: _noncoverage(rec, [f]) for f in ("n_groups", "group_size", "icc")}
     for f, t in margins.items():
         t.to_csv(out_dir / f"noncoverage_by_{f}.csv", index=False)
-    summary = summary.assign(noncover=np.nan)
     cover = summary[summary.measure == "cover"].assign(
         measure="noncover", estimate=lambda d: 1.0 - d.estimate)
     plot_measure(pd.concat([summary, cover]), "noncover", "n_groups", row="group_size",
@@ -91,7 +98,8 @@ def report(out_dir: Path) -> None:
 
 
 def _noncoverage(rec: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Non-coverage rate, its MCSE sqrt(p (1 - p) / n) and n, per parameter and ``by``."""
+    """Non-coverage rate, its MCSE sqrt(p (1 - p) / n) and n, per parameter and ``by``
+    (the report prints the rate with its Wilson interval, as the MCSE is 0 at 0 and 1)."""
     g = rec.groupby([*by, "parameter"], sort=True)["noncover"]
     out = g.agg(["mean", "count"]).reset_index().rename(columns={"mean": "noncover",
                                                                  "count": "n"})
@@ -100,8 +108,8 @@ def _noncoverage(rec: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def _wide(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    table = table.assign(cell=[with_mcse(p, m) for p, m in zip(table.noncover, table.mcse,
-                                                              strict=True)])
+    table = table.assign(cell=[with_interval(p, n) for p, n in zip(table.noncover, table.n,
+                                                                  strict=True)])
     wide = table.pivot_table(index=by, columns="parameter", values="cell", aggfunc="first")
     return wide[[p for p in PARAMETERS if p in wide.columns]].reset_index()
 
@@ -109,7 +117,9 @@ def _wide(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 def _report_text(summary, cells, margins) -> str:
     fit = summary[summary.parameter == "(fit)"]
     tot = fit.groupby("measure").estimate.sum()
-    lines = [f"# {TITLE}", "", __doc__.split("ADEMP:", 1)[1].strip(), "",
+    ran, _ = run_lines({"maas_hox": summary}, FULL, FULL_REPS, "mlmsim study run maas_hox")
+    lines = [f"# {TITLE}", "", *ran, "## Design (ADEMP)", "",
+             __doc__.split("ADEMP:", 1)[1].strip(), "",
              "## Fits", "",
              f"{int(tot.get('n_fits', 0))} REML fits: {int(tot.get('n_singular', 0))} singular "
              f"(T-hat rank-deficient), {int(tot.get('n_nonpd_hessian', 0))} with a non-PD "
@@ -118,14 +128,15 @@ def _report_text(summary, cells, margins) -> str:
              "redrawn); a singular fit's Wald interval of a variance uses its SE where the "
              "Hessian is positive definite and is missing (not counted) otherwise.", ""]
     by_cell = fit[fit.measure == "singular_rate"][["n_groups", "group_size", "icc", "estimate",
-                                                   "mcse"]]
+                                                   "mcse", "n"]]
     if len(by_cell):
-        worst = by_cell.sort_values("estimate").iloc[-1]
+        worst = by_cell.sort_values("estimate", kind="stable").iloc[-1]
         lines.append(f"Singular fits are most frequent with J = {int(worst.n_groups)}, "
                      f"n = {int(worst.group_size)}, ICC = {worst.icc}: rate "
-                     f"{with_mcse(worst.estimate, worst.mcse)}.")
+                     f"{with_interval(worst.estimate, worst.n)} (95% Wilson interval).")
         lines.append("")
-    lines += ["## Non-coverage of 95% Wald intervals (nominal 0.05), estimate (MCSE)", ""]
+    lines += ["## Non-coverage of 95% Wald intervals (nominal 0.05), estimate [95% Wilson "
+              "interval]", ""]
     for f, t in margins.items():
         lines += [f"### By {f}", "", markdown_table(_wide(t, [f])), ""]
     lines += ["### Every cell", "", markdown_table(_wide(cells, ["n_groups", "group_size",
@@ -151,12 +162,15 @@ def _report_text(summary, cells, margins) -> str:
 def _findings(margins) -> list[str]:
     out = ["## Findings", ""]
     by_j = margins["n_groups"]
+    words = {"reference": 0.05, "above": "above nominal", "below": "below nominal",
+             "neither": "not clearly different from nominal"}
     for p in ("Intercept", "X:Z", "var(Intercept)", "var(X)"):
         part = by_j[by_j.parameter == p]
         if len(part):
-            txt = ", ".join(f"J = {int(r.n_groups)}: {with_mcse(r.noncover, r.mcse)}"
+            txt = "; ".join(f"J = {int(r.n_groups)}: "
+                            f"{proportion_direction(r.noncover, r.n, **words)}"
                             for r in part.itertuples())
-            out.append(f"- Non-coverage of {p}: {txt} (nominal 0.05).")
+            out.append(f"- Non-coverage of {p} (nominal 0.05): {txt}.")
     out.append("- Maas and Hox (2005) report non-coverage near 0.05 for the fixed effects "
                "and too much non-coverage for the level-2 variance components with 30 groups "
                "(about 0.09); compare the rows above.")

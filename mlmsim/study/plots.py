@@ -110,7 +110,8 @@ def plot_measure(summary: pd.DataFrame, measure: str, x: str, *, hue: str | None
     hues = list(dict.fromkeys(data[hue].tolist())) if hue else [None]
     values = sorted(set(pos.values()))
     gap = min(np.diff(values)) if len(values) > 1 else 1.0
-    width = 0.25 * gap if len(hues) > 1 else 0.0
+    span = values[-1] - values[0]
+    width = (min(0.25 * gap, 0.04 * span) if span > 0 else 0.25 * gap) if len(hues) > 1 else 0.0
     offsets = dict(zip(hues, np.linspace(-width / 2, width / 2, len(hues)), strict=True))
     facet = _facets(data, col, row, max_cols)
     data, facet_kw = facet
@@ -129,6 +130,8 @@ def plot_measure(summary: pd.DataFrame, measure: str, x: str, *, hue: str | None
     for ax in grid.axes.flat:
         ax.set_xticks([pos[v] for v in levels])
         ax.set_xticklabels([_label(v) for v in levels])
+        if len(values) == 1:  # one x value: room around the dodged points
+            ax.set_xlim(values[0] - gap, values[0] + gap)
         if ref is not None:
             ax.axhline(float(ref), color="0.5", linestyle="--", linewidth=0.8, zorder=0)
         if proportion:
