@@ -21,14 +21,33 @@ import numpy as np
 from numba import njit
 
 __all__ = ["identity_terms", "term_matrix", "variable_array", "term_products", "fill_terms",
-           "column_max_abs", "unit_powers", "UNITS_NEAR_ONE"]
+           "column_max_abs", "max_abs_by_column", "unit_powers", "UNITS_NEAR_ONE"]
 
 
 def column_max_abs(X: np.ndarray) -> np.ndarray:
-    """max_i |X[i, c]| for each column c of a design (N, p), N > 0. (numpy reduces a tall
-    C-ordered array along its rows about 15 times slower than along a contiguous axis, so
-    the transpose is laid out first.)"""
-    return np.abs(np.ascontiguousarray(np.asarray(X, dtype=float).T)).max(axis=1)
+    """max_i |X[i, c]| for each column c of a design (N, p), N > 0; NaN where the column
+    holds a NaN. (numpy reduces a tall C-ordered array along its rows about 15 times
+    slower than along a contiguous axis; one pass over the rows instead.)"""
+    X = np.asarray(X, dtype=float)
+    if X.ndim != 2 or X.shape[0] == 0:
+        return np.abs(X).max(axis=0)
+    return max_abs_by_column(X)
+
+
+@njit(cache=True)
+def max_abs_by_column(X):
+    """:func:`column_max_abs` of a 2-d array with N > 0, for compiled callers."""
+    N, p = X.shape
+    out = np.zeros(p)
+    for c in range(p):
+        m = 0.0
+        nan = False
+        for i in range(N):
+            a = abs(X[i, c])
+            m = max(m, a)
+            nan |= a != a
+        out[c] = np.nan if nan else m
+    return out
 
 
 UNITS_NEAR_ONE = 24

@@ -140,7 +140,6 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
         se = np.sqrt(np.diag(vcov_fit)) * D
         with np.errstate(all="ignore"):
             vcov = vcov_fit * np.outer(D, D)
-    fitted = design.X @ beta + np.einsum("nq,nq->n", design.Z, U[design.group_codes])
     npar = stats.p + tmap.size + 1
     names, sas = covparm_names(rnames, cs.rows, cs.cols)
     fit_notes = notes(est, 0, rnames, design.dropped_fixed, design.n_dropped, bounded)
@@ -170,8 +169,7 @@ def result_from_theta(design: Design, stats: GroupStats, tmap: ThetaMap, opt: Op
         identifiable=bool(est.identifiable[0]),
         phi=phi,
         arrays=FitArrays(beta=beta, vcov=vcov, se=se, T=T,
-                         hessian=H, acov=acov, acov_fit=acov_fit, U=U, condvar=condvar,
-                         fitted=fitted, resid=design.y - fitted),
+                         hessian=H, acov=acov, acov_fit=acov_fit, U=U, condvar=condvar),
         group_labels=design.group_labels,
         n_dropped=design.n_dropped,
         messages=tuple(n.text for n in fit_notes),

@@ -47,7 +47,7 @@ def covparm_names(random_names, rows, cols) -> tuple[list[str], list[str]]:
 class FitArrays:
     """The arrays behind a :class:`FitResult`'s labelled views: beta (p,), vcov (p, p),
     T (q, q), hessian and acov (m, m) in phi, U (J, q) EBLUPs, condvar (J, q, q) their
-    conditional covariances, fitted and resid (N,) over the rows used; where the data were
+    conditional covariances; where the data were
     fitted in other units (:mod:`mlmsim.engine.units`), acov_fit (in those units) and se
     (p,) (the fixed effects' SEs, given even where their squares overflow)."""
 
@@ -58,8 +58,6 @@ class FitArrays:
     acov: np.ndarray
     U: np.ndarray
     condvar: np.ndarray
-    fitted: np.ndarray
-    resid: np.ndarray
     acov_fit: np.ndarray | None = None
     se: np.ndarray | None = None
 
@@ -281,11 +279,17 @@ class FitResult:
 
     @cached_property
     def fitted(self) -> pd.Series:
-        return pd.Series(self.arrays.fitted, index=self._row_index, name="fitted")
+        """X gamma-hat + Z_j U_j-hat over the rows used (formed on request: about a tenth
+        of a small fit's time)."""
+        d, a = self.design, self.arrays
+        values = d.X @ a.beta + np.einsum("nq,nq->n", d.Z, a.U[d.group_codes])
+        return pd.Series(values, index=self._row_index, name="fitted")
 
     @cached_property
     def resid(self) -> pd.Series:
-        return pd.Series(self.arrays.resid, index=self._row_index, name="resid")
+        """y - fitted."""
+        return pd.Series(self.design.y - self.fitted.to_numpy(), index=self._row_index,
+                         name="resid")
 
     @property
     def ranef_condvar(self) -> np.ndarray:

@@ -31,9 +31,10 @@ import math
 from dataclasses import dataclass, replace
 
 import numpy as np
+from numba import njit
 
 from mlmsim.engine.stats import Centering
-from mlmsim.terms import UNITS_NEAR_ONE, column_max_abs, unit_powers
+from mlmsim.terms import UNITS_NEAR_ONE, column_max_abs, max_abs_by_column, unit_powers
 
 __all__ = ["UnitScale", "unit_scale"]
 
@@ -104,14 +105,32 @@ class UnitScale:
             f"{', '.join(map(repr, far))} (their values are near 1e-150 or 1e150 or beyond)")
 
 
+@njit(cache=True)
+def _units_near_one(y, X, Z) -> bool:
+    """True when max |y_i - mean(y)| and every column's max |X_ic|, |Z_ic| lie in
+    [2^-UNITS_NEAR_ONE, 2^(UNITS_NEAR_ONE + 1)) (False where one is NaN)."""
+    lo, hi = 2.0 ** -UNITS_NEAR_ONE, 2.0 ** (UNITS_NEAR_ONE + 1)
+    m = np.mean(y)
+    by = max(np.max(y) - m, m - np.min(y))
+    if not lo <= by < hi:
+        return False
+    for b in max_abs_by_column(X):
+        if not lo <= b < hi:
+            return False
+    for b in max_abs_by_column(Z):
+        if not lo <= b < hi:
+            return False
+    return True
+
+
 def unit_scale(design) -> UnitScale:
     """The :class:`UnitScale` for a design's y, X and Z (module docstring)."""
     y = np.asarray(design.y, dtype=float)
+    if _units_near_one(y, design.X, design.Z):  # the common case, in one pass
+        return UnitScale(1.0, np.ones(design.X.shape[1]), np.ones(design.Z.shape[1]), True)
     bx, bz = column_max_abs(design.X), column_max_abs(design.Z)
-    by = float(np.max(np.abs(y - y.mean())))
-    lo, hi = min(bx.min(), bz.min(), by), max(bx.max(), bz.max(), by)
-    if lo >= 2.0 ** -UNITS_NEAR_ONE and hi < 2.0 ** (UNITS_NEAR_ONE + 1):  # the common case
-        return UnitScale(1.0, np.ones(bx.shape[0]), np.ones(bz.shape[0]), True)
+    m = y.mean()  # max |y_i - m| (subtraction is monotone, so this is exact)
+    by = float(max(y.max() - m, m - y.min()))
     ky = float(unit_powers(by))
     if not 2.0 ** -510 < ky < 2.0 ** 510:
         raise ValueError(
