@@ -939,6 +939,54 @@ def _run_task(plan: _Plan, task: tuple[int, int, int]) -> tuple[tuple[int, int, 
     return task, run_chunk(plan, *task)
 
 
+def _run_watched_task(plan: _Plan, task: tuple[int, int, int], parent: int
+                      ) -> tuple[tuple[int, int, int], pa.Table]:
+    """:func:`_run_task` in a loky worker, which first makes sure it ends with ``parent``
+    (:func:`watch_parent`; also installed as the executor's initializer)."""
+    watch_parent(parent)
+    return _run_task(plan, task)
+
+
+_WATCHDOG = "mlmsim-parent-watchdog"
+_WATCH_INTERVAL = 0.5  # seconds between looks at the parent
+
+
+def watch_parent(parent: int) -> None:
+    """End this process (``os._exit``) within about half a second of ``parent`` ending.
+
+    loky's workers outlive a parent killed with SIGKILL (which runs no clean-up): they
+    wait for work that never comes, holding their memory (and, through their pipes, loky's
+    resource trackers alive too). Each worker therefore runs a daemon thread that looks
+    every half second whether its parent process is still there: the process it was
+    started from is no longer its parent (it was adopted by init or a subreaper), or
+    ``parent`` no longer exists. At most one such thread per process (found by its name,
+    so that no module state is kept); a no-op in the parent itself.
+    """
+    import threading
+
+    if os.getpid() == parent or any(t.name == _WATCHDOG for t in threading.enumerate()):
+        return
+    started_by = os.getppid()
+
+    def gone() -> bool:
+        if os.getppid() != started_by:
+            return True
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # exists, owned by another user
+            return False
+        return False
+
+    def watch() -> None:
+        while not gone():
+            time.sleep(_WATCH_INTERVAL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name=_WATCHDOG, daemon=True).start()
+
+
 # ---------------------------------------------------------------------------
 # The study
 # ---------------------------------------------------------------------------
@@ -1259,8 +1307,11 @@ def _execute(plan: _Plan, tasks: list, n_jobs: int, backend: str, scheduler: Any
         # results in completion order (joblib >= 1.4), else in submission order
         version = tuple(int(v) for v in joblib.__version__.split(".")[:2] if v.isdigit())
         order = "generator_unordered" if version >= (1, 4) else "generator"
-        parallel = Parallel(n_jobs=n_jobs, backend="loky", return_as=order)
-        yield from parallel(delayed(_run_task)(plan, task) for task in tasks)
+        parent = os.getpid()
+        kwargs = {"initializer": watch_parent, "initargs": (parent,)} \
+            if version >= (1, 3) else {}
+        parallel = Parallel(n_jobs=n_jobs, backend="loky", return_as=order, **kwargs)
+        yield from parallel(delayed(_run_watched_task)(plan, task, parent) for task in tasks)
 
 
 def _execute_dask(plan: _Plan, tasks: list, scheduler: Any,
