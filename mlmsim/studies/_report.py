@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -156,24 +157,43 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.3g} h"
 
 
-def _grid_size(full: Mapping[str, Sequence]) -> int:
-    return int(np.prod([len(v) for v in full.values()]))
+Design = Mapping[str, Sequence] | pd.DataFrame
+"""A full design: a grid (condition variable -> levels, crossed) or its conditions, one
+row each."""
 
 
-def is_full_run(summaries: Sequence[pd.DataFrame], full: Mapping[str, Sequence],
-                full_reps: int) -> bool:
-    """Whether every summary holds every condition of the ``full`` grid (a mapping of
-    condition variables to their levels) with at least ``full_reps`` replicates in every
-    cell."""
-    want = {tuple(v) for v in pd.MultiIndex.from_product(list(full.values())).tolist()}
-    for s in summaries:
-        ran = ran_design(s)
-        if any(k not in ran.columns for k in full):
-            return False
-        have = {tuple(r) for r in ran[list(full)].itertuples(index=False)}
-        if have != want or replicates_per_cell(s)[0] < full_reps:
-            return False
-    return True
+def _design_rows(full: Design) -> tuple[list[str], set[tuple]]:
+    """(condition variables, the set of conditions) of a full design."""
+    if isinstance(full, pd.DataFrame):
+        cols = list(full.columns)
+        return cols, {tuple(r) for r in full.itertuples(index=False)}
+    cols = list(full)
+    return cols, {tuple(v) for v in pd.MultiIndex.from_product(list(full.values())).tolist()}
+
+
+def _per_block(value: Any, name: str, names: Sequence[str]) -> Any:
+    """The value for block ``name`` when ``value`` is keyed by the block names, else
+    ``value`` itself (one for every block)."""
+    if isinstance(value, Mapping) and set(names) <= set(value) and all(
+            isinstance(value[n], Mapping | pd.DataFrame | int) for n in names):
+        return value[name]
+    return value
+
+
+def _covers(summary: pd.DataFrame, full: Design, full_reps: int) -> bool:
+    cols, want = _design_rows(full)
+    ran = ran_design(summary)
+    if any(k not in ran.columns for k in cols):
+        return False
+    have = {tuple(r) for r in ran[cols].itertuples(index=False)}
+    return have == want and replicates_per_cell(summary)[0] >= full_reps
+
+
+def is_full_run(summaries: Sequence[pd.DataFrame], full: Design, full_reps: int) -> bool:
+    """Whether every summary holds every condition of the ``full`` design (a grid of
+    condition variables and their levels, or a frame of conditions) with at least
+    ``full_reps`` replicates in every cell."""
+    return all(_covers(s, full, full_reps) for s in summaries)
 
 
 def _levels(ran: pd.DataFrame) -> str:
@@ -191,18 +211,21 @@ def _reps(lo: int, hi: int) -> str:
     return f"{lo}" if lo == hi else f"{lo} to {hi}"
 
 
-def run_lines(summaries: Mapping[str, pd.DataFrame], full: Mapping[str, Sequence],
-              full_reps: int, command: str) -> tuple[list[str], bool]:
+def run_lines(summaries: Mapping[str, pd.DataFrame], full: Design | Mapping[str, Design],
+              full_reps: int | Mapping[str, int], command: str) -> tuple[list[str], bool]:
     """The "What ran" section of a report and whether the run is the full design.
 
     ``summaries``: block name -> :func:`mlmsim.study.summarise` of its records (one
-    entry for a study of one block); ``full``: the full design's grid; ``full_reps``:
-    its replicates per condition; ``command``: how to run the full study. Everything
+    entry for a study of one block); ``full``: the full design (a grid, or a frame of
+    conditions), or one per block keyed by block name; ``full_reps``: its replicates per
+    condition (or one per block); ``command``: how to run the full study. Everything
     stated is counted from the summaries: the conditions present, the replicates per
     cell (fits per condition and method) and the fitting time recorded per fit.
     """
-    full_run = is_full_run(list(summaries.values()), full, full_reps)
-    n_full = _grid_size(full)
+    names = list(summaries)
+    designs = {n: _per_block(full, n, names) for n in names}
+    reps = {n: int(_per_block(full_reps, n, names)) for n in names}
+    full_run = all(_covers(summaries[n], designs[n], reps[n]) for n in names)
     lines = ["## What ran", ""]
     if not full_run:
         lines += ["**This is a quick (reduced) run, not the study.** It checks that the "
@@ -214,11 +237,13 @@ def run_lines(summaries: Mapping[str, pd.DataFrame], full: Mapping[str, Sequence
     for name, s in summaries.items():
         ran = ran_design(s)
         lo, hi = replicates_per_cell(s)
+        n_full = len(_design_rows(designs[name])[1])
         label = f"`{name}`: " if len(summaries) > 1 else ""
-        what = "the full design" if full_run else f"of the full design's {n_full}"
+        what = ("the full design" if _covers(s, designs[name], 0)
+                else f"of the full design's {n_full}")
         lines.append(f"- {label}{len(ran)} conditions ({what}; {_levels(ran)}), "
                      f"{_reps(lo, hi)} replicates per cell (condition x method; the full "
-                     f"study has {full_reps}).")
+                     f"study has {reps[name]}).")
     secs = [_fit_seconds(s) for s in summaries.values()]
     secs = [v for v in secs if np.isfinite(v)]
     if secs:

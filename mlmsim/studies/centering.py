@@ -64,7 +64,7 @@ import pandas as pd
 from mlmsim.centering import FORMS, add_centered, centered_forms
 from mlmsim.spec import Continuous, GroupCentered, GroupMean, ModelSpec
 from mlmsim.studies import RunOptions
-from mlmsim.studies._report import fmt, markdown_table, with_mcse
+from mlmsim.studies._report import fmt, markdown_table, run_lines, with_mcse
 
 __all__ = ["TITLE", "run", "report", "model_spec", "truth", "FiveForms", "PAIRS", "WITHIN"]
 
@@ -556,7 +556,9 @@ def _e(x: float) -> str:
 def _markdown(wide, summary, tables, figures, n_reps) -> str:
     n_cond = wide.condition.nunique()
     doc = __doc__.split("ADEMP", 1)[1].split(":", 1)[1].split("\nRecords", 1)[0].strip()
-    lines = [f"# {TITLE}", "", doc, "",
+    ran, _ = run_lines({"centering": summary}, CONDITIONS, FULL_REPS,
+                       "mlmsim study run centering")
+    lines = [f"# {TITLE}", "", *ran, "## Design (ADEMP)", "", doc, "",
              f"{n_cond} conditions x {n_reps} replicates x 2 model types x 5 forms = "
              f"{n_cond * n_reps * 10} ML fits. Every fit is kept: singular, non-PD and "
              "unconverged fits count in every measure, and a failed fit is counted, never "

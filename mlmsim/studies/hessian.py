@@ -78,7 +78,8 @@ from mlmsim.spec import (
     T_from_sd_corr,
 )
 from mlmsim.studies import RunOptions
-from mlmsim.studies._report import fmt, markdown_table, with_mcse
+from mlmsim.studies._report import fmt, markdown_table, run_lines, with_interval, with_mcse
+from mlmsim.study.intervals import proportion_interval
 
 __all__ = ["TITLE", "BLOCKS", "run", "report", "studies", "exact_zero_probability", "anova_zero",
            "conditions", "slope_spec", "discrete_spec", "level2_spec", "ri_spec",
@@ -434,7 +435,9 @@ def report(out_dir: Path) -> None:
     if zero is not None:
         zero.to_csv(out_dir / "zero_variance.csv", index=False, float_format="%.6g")
     figures = _figures(out_dir, summaries, zero)
-    (out_dir / "report.md").write_text(_markdown(tables, zero, figures), encoding="utf-8")
+    ran, _ = run_lines(summaries, {b: conditions(b) for b in summaries}, REPS,
+                       "mlmsim study run hessian")
+    (out_dir / "report.md").write_text(_markdown(tables, zero, figures, ran), encoding="utf-8")
 
 
 def _flag_frame(summary: pd.DataFrame, measures: dict[str, str]) -> pd.DataFrame:
@@ -488,16 +491,20 @@ def _figures(out_dir: Path, summaries: dict, zero: pd.DataFrame | None) -> list[
         names.append(name)
     if zero is not None and len(zero):
         fig, ax = plt.subplots(figsize=(4.8, 4.4))
+        top = float(zero[["exact", "simulated"]].max().max())
         for method, marker in (("REML", "o"), ("ML", "s")):
             z = zero[zero.method == method]
-            ax.errorbar(z.exact, z.simulated, yerr=1.96 * z.mcse, fmt=marker, ms=4, capsize=2,
+            lo, hi = proportion_interval(z.simulated, z.n_fits - z.n_errors)
+            bars = np.vstack([z.simulated - lo, hi - z.simulated])
+            top = max(top, float(np.nanmax(hi, initial=0.0)))
+            ax.errorbar(z.exact, z.simulated, yerr=bars, fmt=marker, ms=4, capsize=2,
                         label=method, linestyle="none")
-        lim = [0, max(0.05, float(zero[["exact", "simulated"]].max().max()) * 1.08)]
+        lim = [0, max(0.05, top * 1.08)]
         ax.plot(lim, lim, color="0.5", linestyle="--", linewidth=0.8, zorder=0)
         ax.set_xlim(lim)
         ax.set_ylim(lim)
         ax.set_xlabel("exact Pr(tau0^2-hat = 0)")
-        ax.set_ylabel("simulated rate (+- 1.96 MCSE)")
+        ax.set_ylabel("simulated rate (95% Wilson interval)")
         ax.set_title("Balanced random-intercept model")
         ax.legend(title="method")
         fig.tight_layout()
@@ -508,9 +515,9 @@ def _figures(out_dir: Path, summaries: dict, zero: pd.DataFrame | None) -> list[
 
 
 def _cell(k: int, n: int, digits: int = 3) -> str:
-    """``rate (MCSE)`` of k events in n fits."""
-    p, m = _rate(k, n)
-    return with_mcse(p, m, digits) if n else "—"
+    """``rate [lower, upper]`` of k events in n fits: the 95% Wilson interval, which
+    (unlike the MCSE, 0 at 0 and 1) is not empty when no fit or every fit is flagged."""
+    return with_interval(k / n, n, digits) if n else "—"
 
 
 def _sum_line(t: pd.DataFrame) -> str:
@@ -525,7 +532,7 @@ def _sum_line(t: pd.DataFrame) -> str:
 
 
 def _wide(t: pd.DataFrame, keys: list[str], methods: list[str]) -> pd.DataFrame:
-    """One row per condition: per method the non-PD and singular rates (MCSE)."""
+    """One row per condition: per method the non-PD and singular rates [Wilson interval]."""
     rows = []
     for _, g in t.groupby("condition", sort=True):
         first = g.iloc[0]
@@ -558,9 +565,11 @@ def _pooled(t: pd.DataFrame, mask) -> tuple[int, int, int, int, int]:
             int(g.n_nonpd_nonsingular.sum()), int(g.n_nonsingular.sum()))
 
 
-def _markdown(tables: dict, zero: pd.DataFrame | None, figures: list[str]) -> str:
+def _markdown(tables: dict, zero: pd.DataFrame | None, figures: list[str],
+              ran: list[str]) -> str:
     doc = __doc__.split("ADEMP (Morris, White and Crowther 2019):", 1)[1]
-    lines = [f"# {TITLE}", "", "ADEMP (Morris, White and Crowther 2019):", doc.strip(), ""]
+    lines = [f"# {TITLE}", "", *ran, "## Design (ADEMP)", "",
+             "ADEMP (Morris, White and Crowther 2019):", doc.strip(), ""]
     lines += ["## Fits", ""]
     for block, t in tables.items():
         reps = ", ".join(sorted({str(int(v)) for v in t.n_fits}))
@@ -585,6 +594,8 @@ def _markdown(tables: dict, zero: pd.DataFrame | None, figures: list[str]) -> st
             "R": zero.n_fits.map(_fmt_int),
             "simulated (MCSE)": [with_mcse(p, m, 3) for p, m in zip(zero.simulated, zero.mcse,
                                                                     strict=True)],
+            "95% Wilson interval": [with_interval(p, r, 3).split(" ", 1)[-1] for p, r in zip(
+                zero.simulated, zero.n_fits - zero.n_errors, strict=True)],
             "exact": zero.exact.map(lambda v: f"{v:.4f}"),
             "z": zero.z.map(lambda v: f"{v:+.2f}" if np.isfinite(v) else "—"),
             "flag = ANOVA": [f"{a}/{r}" for a, r in zip(zero.flag_agrees_anova,
@@ -595,8 +606,9 @@ def _markdown(tables: dict, zero: pd.DataFrame | None, figures: list[str]) -> st
     if "slope" in tables:
         t = tables["slope"]
         lines += ["## Identifiable random-slope models near the boundary", "",
-                  f"`{SLOPE_FORMULA}`, J groups of {SLOPE_GROUP_SIZE}; rate (MCSE) per "
-                  "condition; the last column lists non-converged / failed fits per method.",
+                  f"`{SLOPE_FORMULA}`, J groups of {SLOPE_GROUP_SIZE}; rate [95% Wilson "
+                  "interval] per condition; the last column lists non-converged / failed "
+                  "fits per method.",
                   ""]
         w = _wide(t, ["slope_var", "tau1_sq", "corr", "n_groups"], ["ML", "REML"])
         w = w.rename(columns={"slope_var": "slope var.", "tau1_sq": "tau1^2",
@@ -608,8 +620,8 @@ def _markdown(tables: dict, zero: pd.DataFrame | None, figures: list[str]) -> st
     if "discrete" in tables:
         t = tables["discrete"]
         lines += ["## The seed's discrete random slopes: data from (b), fitted by (a), (b), (c)",
-                  "", "Rate (MCSE) of a non-PD Hessian and of a singular T-hat; (a) is not "
-                  "identifiable (intercept = female + male in every group).", ""]
+                  "", "Rate [95% Wilson interval] of a non-PD Hessian and of a singular "
+                  "T-hat; (a) is not identifiable (intercept = female + male in every group).", ""]
         lines += [markdown_table(_long_rows(t, ["slope_var", "tau1_sq", "n_groups"])), ""]
     if "level2" in tables:
         t = tables["level2"]
