@@ -90,7 +90,10 @@ _COLUMNS = ["condition", "rep", "method", "parameter", "truth", "estimate", "se"
 _OTHER_COLUMNS = ("p", "evaluations", "messages", "seed")
 # Moments pooled across chunks: name -> (count column, mean column, M2 column)
 _MOMENTS = ("est", "err2", "pest", "s2")
-_BATCH_ROWS = 500_000
+# Records per summarised batch: chunks are pooled up to this many rows (fewer, larger
+# groupbys for studies of small chunks), so memory is bounded by it and by the chunk size,
+# never by the number of records.
+_BATCH_ROWS = 50_000
 
 
 def _z(p: float) -> float:

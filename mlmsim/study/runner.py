@@ -1518,23 +1518,25 @@ class StudyResult:
         n_reps = (self.n_reps if self.n_reps is not None else self.expected_reps) or 0
         present = np.zeros((len(self.conditions), n_reps), dtype=bool)
         corrupt = 0
-        if self._tables is not None:
-            tables: Iterable[pa.Table] = self._tables
-        else:
-            tables = []
-            for chunk in self.directory.chunk_files():
-                try:
-                    tables.append(self.directory.read_chunk(
-                        chunk, self.definition_hash, ["condition", "rep"]))
-                except CorruptChunk as exc:
-                    corrupt += 1
-                    warnings.warn(f"chunk file {chunk.path.name} is corrupt ({exc}); "
-                                  "skipped", CorruptChunkWarning, stacklevel=3)
-        for table in tables:
+
+        def mark(table: pa.Table) -> None:
             c = table.column("condition").to_numpy()
             r = table.column("rep").to_numpy()
             keep = (r < n_reps) & (c < len(self.conditions))
             present[c[keep], r[keep]] = True
+
+        if self._tables is not None:
+            for table in self._tables:
+                mark(table)
+            return present, corrupt
+        for chunk in self.directory.chunk_files():  # one chunk in memory at a time
+            try:
+                mark(self.directory.read_chunk(chunk, self.definition_hash,
+                                               ["condition", "rep"]))
+            except CorruptChunk as exc:
+                corrupt += 1
+                warnings.warn(f"chunk file {chunk.path.name} is corrupt ({exc}); skipped",
+                              CorruptChunkWarning, stacklevel=3)
         return present, corrupt
 
     def missing(self) -> pd.DataFrame:
