@@ -659,6 +659,9 @@ def _markdown(rec: pd.DataFrame, mods: pd.DataFrame) -> str:
              "`mlmsim/studies/seed_sas.json`) beside mlmsim's refit on the real data. A number "
              "is *exact* when mlmsim's value rounds to it at the printed precision, and "
              "*agrees* when it is exact or within one unit of the last printed digit.", "",
+             f"What ran: no simulation, so no replicates per cell and no Monte Carlo error: "
+             f"each of the {rec.model.nunique()} models is fitted once by ML to the seed's "
+             "real data (a quick run is the same run).", "",
              f"- printed numbers compared: **{n}** in {rec.table.nunique()} tables of "
              f"{rec.model.nunique()} models",
              f"- reproduced exactly to the printed precision: **{exact}** ({exact / n:.1%})",
