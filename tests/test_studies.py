@@ -129,7 +129,8 @@ def test_run_lines_tell_a_full_run_from_a_reduced_one():
     lines, is_full = run_lines({"s": _fit_summary(full, 1000)}, full, 1000, "run it")
     text = "\n".join(lines)
     assert is_full and "quick" not in text
-    assert "4 conditions (the full design; n_groups 30, 50; icc 0.1, 0.2), 1000 replicates" in text
+    assert ("4 conditions (all of the full design; n_groups 30, 50; icc 0.1, 0.2), 1000 "
+            "replicates") in text
     assert "Fitting time: 33.3 min" in text
     # fewer replicates, or fewer conditions: reduced, and said first
     for summary in (_fit_summary(full, 200), _fit_summary({"n_groups": [30], "icc": [0.1]}, 1000)):

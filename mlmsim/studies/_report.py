@@ -239,7 +239,7 @@ def run_lines(summaries: Mapping[str, pd.DataFrame], full: Design | Mapping[str,
         lo, hi = replicates_per_cell(s)
         n_full = len(_design_rows(designs[name])[1])
         label = f"`{name}`: " if len(summaries) > 1 else ""
-        what = ("the full design" if _covers(s, designs[name], 0)
+        what = ("all of the full design" if _covers(s, designs[name], 0)
                 else f"of the full design's {n_full}")
         lines.append(f"- {label}{len(ran)} conditions ({what}; {_levels(ran)}), "
                      f"{_reps(lo, hi)} replicates per cell (condition x method; the full "
