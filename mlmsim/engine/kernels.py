@@ -201,6 +201,18 @@ def singular_one(L, A, N):
             e = q - nr + a
             for b in range(q):
                 W[a, b] = math.sqrt(ev[e]) * E[b, e]
+    if full and q == 2:
+        # M = W Lambda (2 x 2): sigma_max^2 = (|M|_F^2 + sqrt(|M|_F^4 - 4 det^2)) / 2 and
+        # sigma_min^2 = det^2 / sigma_max^2, with det = det(W) det(Lambda) (no
+        # cancellation: W is triangular); as the SVD gives it, without LAPACK's overhead
+        fro = 0.0
+        for a in range(2):
+            for b in range(2):
+                v = W[a, 0] * L[0, b] + W[a, 1] * L[1, b]
+                fro += v * v
+        det = W[0, 0] * W[1, 1] * (L[0, 0] * L[1, 1] - L[0, 1] * L[1, 0])
+        top = 0.5 * (fro + math.sqrt(max(fro * fro - 4.0 * det * det, 0.0)))
+        return det * det / top if top > 0.0 else 0.0
     WL = np.zeros((W.shape[0], q))
     matmul(WL, W, L, W.shape[0], q, q)
     sv = np.linalg.svd(WL)[1]

@@ -497,22 +497,26 @@ class FitResult:
         sd = np.sqrt(np.clip(np.diag(T), 0, None))
         corr = self.corr.to_numpy()
         names = self.random_names
-        lines.append(f" {'Groups':<10}{'Name':<16}{'Variance':>12}{'Std.Dev.':>10}  Corr")
+        # columns as wide as their longest entry (lme4's layout for names that fit)
+        gw = max(10, len(str(grp)) + 2)
+        nw = max(16, max(len(n) for n in names) + 2)
+        lines.append(f" {'Groups':<{gw}}{'Name':<{nw}}{'Variance':>12}{'Std.Dev.':>10}  Corr")
         for i, nm in enumerate(names):
             cor = " ".join(f"{corr[i, j]:6.2f}" for j in range(i))
-            lines.append(f" {grp if i == 0 else '':<10}{nm:<16}{_num(T[i, i], 12)}"
+            lines.append(f" {grp if i == 0 else '':<{gw}}{nm:<{nw}}{_num(T[i, i], 12)}"
                          f"{_num(sd[i], 10)}  {cor}")
-        lines.append(f" {'Residual':<10}{'':<16}{_num(self.sigma2, 12)}"
+        lines.append(f" {'Residual':<{gw}}{'':<{nw}}{_num(self.sigma2, 12)}"
                      f"{_num(np.sqrt(self.sigma2), 10)}")
         lines.append(f"Number of obs: {self.nobs}, groups: {grp}, {self.ngroups}")
         lines += ["", "Fixed effects:"]
         ct = self.coef_table("satterthwaite")
-        lines.append(f"{'':<16}{'Estimate':>12}{'Std. Error':>12}{'df':>10}{'t value':>10}"
+        fw = max(16, max(len(str(n)) for n in ct.index) + 2)
+        lines.append(f"{'':<{fw}}{'Estimate':>12}{'Std. Error':>12}{'df':>10}{'t value':>10}"
                      f"{'Pr(>|t|)':>11}")
         for nm, row in ct.iterrows():
             lines.append(
-                f"{nm:<16}{_num(row.estimate, 12)}{_num(row.se, 12)}{row.df:10.1f}{row.t:10.2f}"
-                f"{_fmt_p(row.p):>11}"
+                f"{nm:<{fw}}{_num(row.estimate, 12)}{_num(row.se, 12)}{row.df:10.1f}"
+                f"{row.t:10.2f}{_fmt_p(row.p):>11}"
             )
         lines += ["", "Covariance parameters (COVTEST):"]
         width = max(22, max(len(n) for n in self.covparm_names) + 2)
