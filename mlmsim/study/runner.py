@@ -334,7 +334,11 @@ class FormulaMethod:
         bounded=False)``), batched as well.
 
     Every setting is checked here, when the study is defined: an unknown keyword is a
-    TypeError, a bad value a ValueError (rather than an error in every replicate).
+    TypeError, a bad value a ValueError (rather than an error in every replicate). The
+    formula is read with :func:`mlmsim.formula_safe.check_formula`: column names,
+    numbers, operators and a few functions (log, exp, sqrt, center, scale, ``I()`` of
+    arithmetic, ``C()``), since formulaic evaluates a formula as Python and a study
+    definition may come from someone else; anything more is refused in one line.
 
     With ``batch=True`` (the default) the runner fits the replicates of a chunk together
     through :meth:`fit_batch` (``mlmsim.engine.batch.fit_batch``: all replicates in one
@@ -376,7 +380,9 @@ class FormulaMethod:
             from mlmsim.engine.control import FitControl
 
             control = FitControl.coerce(control)
-        self.formula = formula
+        from mlmsim.formula_safe import check_formula
+
+        self.formula = check_formula(formula)  # a study definition runs no code
         self.method = norm
         self.level = float(level)
         self.name = name or norm
