@@ -189,3 +189,18 @@ def test_maas_hox_truth():
     assert truth["var(Intercept)"] == pytest.approx(0.2 * 0.5 / 0.8)
     assert truth["var(X)"] == truth["var(Intercept)"] and truth["cov(X,Intercept)"] == 0
     assert truth["sigma2"] == 0.5 and truth["X:Z"] == 0.3
+
+
+def test_hessian_and_centering_rates_print_intervals_not_a_zero_mcse():
+    from mlmsim.studies.centering import _pooled_cover
+    from mlmsim.studies.hessian import _cell
+
+    assert _cell(0, 25) == "0 [0, 0.13]" and _cell(25, 25) == "1 [0.87, 1]"
+    cover = pd.DataFrame({
+        "method": ["RI", "RI", "RS", "RS"], "tau11": [1.0, 1.0, 1.0, 1.0],
+        "J": [20, 50, 20, 50], "parameter": ["gammaW[GpMC+GpM]"] * 4,
+        "estimate": [0.80, 0.84, 1.0, 0.96], "n": [100, 100, 25, 25]})
+    text = _pooled_cover(cover)
+    assert "RI models, tau11 = 1: below nominal (0.82 [0.76, 0.87])" in text
+    assert "RS models, tau11 = 1: not clearly different from nominal (0.98 [" in text
+    assert "RS models with J = 20: not clearly different from nominal (1 [0.87, 1]" in text
