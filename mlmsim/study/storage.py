@@ -27,20 +27,24 @@ opening a directory written by someone else cannot run code.
 
 The identity of a study is the SHA-256 of a canonical JSON form of everything that
 determines a single replicate's records: the conditions table, the data-generating
-callable, the methods (name and description), the true values and the root seed.
-Callables are identified by qualified name, a hash of their source (its syntax tree, so
-comments and layout do not count; the bytecode when no source is available), and the
-data they close over (defaults, closure cells, module-level constants and helper
-functions they use; so a module-level cache that a generator fills changes its
-identity: keep caches elsewhere, or give the callable a ``descriptor()`` that states its
-identity). The number of replicates and the chunk size are not part of the
-identity: replicate r of condition c has the same seed and the same records whatever the
-total and however replicates are grouped into files, so a study can be resumed with
+callable and everything it uses, the methods and their options, the true values, the
+root seed, the record format and the mlmsim version (:mod:`mlmsim.study.identity`, which
+refuses objects whose value cannot be captured). The manifest keeps the hash of each of
+these parts (``components``) and of the pieces within them (``parts``), so a refused
+resume names what changed. The number of replicates and the chunk size are not part of
+the identity: replicate r of condition c has the same seed and the same records whatever
+the total and however replicates are grouped into files, so a study can be resumed with
 another chunk size and extended with more replicates in the same directory. (With a
 batched method, whose fits depend on their block of ``batch_size`` replicates to rounding,
 an extension equals a fresh run bit for bit when the old total was a multiple of the
 batch size.) A directory written for another definition, or by another mlmsim version
 (whose engine may estimate differently), is refused with :class:`StudyDirectoryError`.
+
+Every field of the manifest is covered by its ``checksum`` (:func:`manifest_checksum`):
+an edited manifest (a root seed, a replicate count, a condition) is refused. Chunk files
+whose replicate ranges overlap (two runs without the lock, files copied in) are compared
+on the replicates they share (:meth:`StudyDirectory.overlaps`): identical copies are read
+once, copies that differ are refused.
 """
 
 from __future__ import annotations
