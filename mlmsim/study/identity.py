@@ -295,13 +295,20 @@ def _class_form(cls: type, seen: frozenset[int] = frozenset()) -> dict:
     seen = seen | {id(cls)}
     members = {}
     for name, value in vars(cls).items():
+        where = f"{cls.__qualname__}.{name}"
         if isinstance(value, staticmethod | classmethod):
             value = value.__func__
         elif isinstance(value, property):
             value = value.fget
         if isinstance(value, types.FunctionType):
-            members[name] = describe_callable(value, seen, f"{cls.__qualname__}.{name}")
-    return {"class": cls.__qualname__, "code": _code_digest(cls), "members": members}
+            members[name] = describe_callable(value, seen, where)
+        elif not (name.startswith("__") and name.endswith("__")) and not callable(value) \
+                and not isinstance(value, property | types.MemberDescriptorType
+                                   | types.GetSetDescriptorType):
+            members[name] = canonical(value, seen, where)  # a class attribute's value
+    bases = [_class_form(b, seen) for b in cls.__bases__ if b is not object]
+    return {"class": cls.__qualname__, "code": _code_digest(cls), "members": members,
+            "bases": bases}
 
 
 def _code_digest(obj: object) -> str:
@@ -380,7 +387,11 @@ def describe_callable(fn: object, _seen: frozenset[int] = frozenset(),
         return {"wrapper": type(fn).__qualname__,
                 "wrapped": describe_callable(wrapped, seen, where)}
     if _origin(type(fn).__module__) != "user" and not hasattr(fn, "__dict__"):
-        return _named("callable", type(fn))  # a numpy ufunc and the like
+        # a numpy ufunc and the like: its type and its own name
+        name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+        if name is None:
+            raise _refuse(fn, where, "a library object without a name or readable state")
+        return {"callable": f"{type(fn).__module__}.{type(fn).__qualname__}", "name": name}
     return _instance_form(fn, seen, where)
 
 
