@@ -36,7 +36,9 @@ from mlmsim.engine.tolerances import (
     DEPENDENT_EIG,
     FD_STEP,
     FLOOR_HALVINGS,
+    FULL_RESTART_GROUPS,
     MAX_HALVINGS,
+    PROBES,
     RESTART_MARGIN,
     ROUNDING_FLOOR,
     SADDLE,
@@ -600,6 +602,24 @@ def theta_map(Ut, rows, cols):
 
 
 @njit(cache=True, error_model="numpy")
+def _lower_toward_start(theta, f, st, rows, cols, reml, w, cnt, qc):
+    """Whether d at theta + a (theta_I - theta), a in PROBES, falls below f (by the
+    restart margin), theta_I being lme4's start Lambda = I; one evaluation per point."""
+    k = theta.shape[0]
+    t = np.empty(k)
+    g = np.empty(k)
+    margin = RESTART_MARGIN * abs(f)
+    for a in PROBES:
+        for i in range(k):
+            t[i] = theta[i] + a * ((1.0 if rows[i] == cols[i] else 0.0) - theta[i])
+        fp = deviance_one(t, st, rows, cols, reml, False, g, w, qc)
+        cnt[_EVALS] += 1
+        if fp < f - margin:
+            return True
+    return False
+
+
+@njit(cache=True, error_model="numpy")
 def minimize_one(st, rows, cols, reml, theta0, use_start, max_iter, tol, gtol, max_step, edge,
                  restart, theta, g, H, info, w, ts, qc):
     """Fit one replicate: writes theta, gradient and Hessian (in the original units);
@@ -633,7 +653,13 @@ def minimize_one(st, rows, cols, reml, theta0, use_start, max_iter, tol, gtol, m
     start = 2 if use_start else 0
     restarts = 0
     conv = stop <= _FLOOR
-    if not (use_start or not restart or (conv and not _near_singular(theta, rows, cols))):
+    again = not use_start and restart and not (conv and not _near_singular(theta, rows, cols))
+    if again and conv and math.isfinite(f) and st.A.shape[0] >= FULL_RESTART_GROUPS:
+        # a converged boundary fit of many groups: look along the segment to lme4's start
+        # first, and refit from there only where some point of it lies below (PROBES
+        # evaluations instead of a second fit; docs/math.md (7.2))
+        again = _lower_toward_start(theta, f, ss, rows, cols, reml, w, cnt, qc)
+    if again:
         t2 = np.empty(k)
         for i in range(k):
             t2[i] = 1.0 if rows[i] == cols[i] else 0.0

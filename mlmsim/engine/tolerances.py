@@ -12,7 +12,8 @@ from __future__ import annotations
 __all__ = [
     "MAX_ITER", "DECREMENT_TOL", "GRADIENT_TOL", "MAX_STEP", "EDGE", "ROUNDING_FLOOR",
     "FD_STEP", "CURVATURE_FLOOR", "SADDLE", "ARMIJO", "BFGS_CURVATURE", "MAX_HALVINGS",
-    "FLOOR_HALVINGS", "RESTART_MARGIN", "SINGULAR", "HESSIAN_PD", "GRAD_CHECK",
+    "FLOOR_HALVINGS", "RESTART_MARGIN", "PROBES", "FULL_RESTART_GROUPS", "SINGULAR",
+    "HESSIAN_PD", "GRAD_CHECK",
     "START_DET", "START_CLIP", "DEPENDENT_SCREEN", "DEPENDENT_EIG", "RANK_TOL",
 ]
 
@@ -68,6 +69,20 @@ BFGS_CURVATURE = 1e-10
 
 RESTART_MARGIN = 1e-10
 """Relative margin by which the restart from Lambda = I must beat the first run."""
+
+PROBES = (0.25, 0.5, 1.0)
+"""Where a converged boundary fit of at least FULL_RESTART_GROUPS groups looks toward
+Lambda = I before refitting from there: theta + a (theta_I - theta) for these a (a
+deviance evaluation each). A second basin of the deviance toward lme4's start shows as a
+point below the boundary optimum on that segment."""
+
+FULL_RESTART_GROUPS = 1000
+"""Below this many groups a boundary fit is always refitted from Lambda = I. Second
+basins of the profiled deviance are a small-sample effect (the seeded cases of the test
+suite that have one: 6 to 24 groups; one of them lies off the segment that PROBES
+sample), and there a second fit costs a few milliseconds. With more groups the second fit
+doubles the cost of the fits that end on the boundary, which is common with large data,
+so the segment is probed first."""
 
 # ---- the flags ----------------------------------------------------------------------
 SINGULAR = 1e-8
