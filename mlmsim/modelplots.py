@@ -81,6 +81,19 @@ def _variables(name: str) -> list[str] | None:
     return parts if all(_PLAIN.match(p) for p in parts) else None
 
 
+def _product_parts(name: str, columns: set[str]) -> list[str] | None:
+    """The factors of a product column such as 'x:z' or 'x:f[T.b]': data variables, or
+    factor-level dummies that are design columns of their own (their values are then read
+    from the design); None for anything else (a transform)."""
+    parts = _variables(name)
+    if parts is not None:
+        return parts
+    parts = name.split(":")
+    if len(parts) > 1 and all(_PLAIN.match(p) or p in columns for p in parts):
+        return parts
+    return None
+
+
 def default_x(fit: FitResult) -> str:
     """The predictor a model plot puts on the x axis: the first random slope that is a data
     column, else the first such fixed effect.
@@ -135,8 +148,9 @@ def _line_parts(fit: FitResult, names: tuple[str, ...], M: np.ndarray, x: str,
     J, k = d.ngroups, len(names)
     a, b = np.zeros((J, k)), np.zeros((J, k))
     a_all, b_all = np.zeros(k), np.zeros(k)
+    columns = set(d.fixed_names) | set(d.random_names)
     for i, name in enumerate(names):
-        vs = _variables(name)
+        vs = _product_parts(name, columns)
         if vs is None or x not in vs:
             if vs is None and re.search(rf"\b{re.escape(x)}\b", name):
                 raise ValueError(f"{x!r} enters the model through the column {name!r}; group "

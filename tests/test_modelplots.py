@@ -4,6 +4,9 @@ every figure is written to a non-empty PNG file."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -114,6 +117,25 @@ def test_group_lines_cross_level_interaction(data):
     for j in (0, 57, 159):
         (x0, x1), (y0, y1) = groups[j].get_xdata(), groups[j].get_ydata()
         rows = d.group_codes == j
+        np.testing.assert_allclose(y0 + (y1 - y0) / (x1 - x0) * (xv[rows] - x0),
+                                   res.fitted.to_numpy()[rows], rtol=1e-9)
+
+
+def test_group_lines_with_a_factor_interaction(data):
+    """ses * track, track a school-level factor: the column 'ses:track[T.b]' is ses times a
+    dummy that is a design column of its own, so each school's line is still straight and
+    every fitted value lies on it."""
+    d = data["hsb"].assign(track=np.where(data["hsb"]["sector"] == 1, "a", "b"))
+    res = mlmsim.fit("mathach ~ ses * track + (1 + ses | school)", d, method="ML")
+    assert "ses:track[T.b]" in res.fixed_names
+    ax = mp.plot_group_lines(res, x="ses", points=False)
+    groups = _gid(ax, "group")
+    assert len(groups) == 160
+    des = res.design
+    xv = des.X[:, des.fixed_names.index("ses")]
+    for j in (0, 57, 159):
+        (x0, x1), (y0, y1) = groups[j].get_xdata(), groups[j].get_ydata()
+        rows = des.group_codes == j
         np.testing.assert_allclose(y0 + (y1 - y0) / (x1 - x0) * (xv[rows] - x0),
                                    res.fitted.to_numpy()[rows], rtol=1e-9)
 
@@ -316,3 +338,16 @@ def test_within_between_errors(data):
     tiny = pd.DataFrame({"g": [1, 1, 2, 2], "x": [0.0, 1, 2, 3], "y": [1.0, 2, 3, 5]})
     with pytest.raises(ValueError, match="fewer than 3 groups"):
         mp.within_between_slopes(tiny, "x", "y", "g")
+
+
+def test_cli_plots_a_model_with_a_factor_interaction(data, tmp_path):
+    """``mlmsim fit ... --plot DIR`` with ``ses * track``: every figure written, exit 0."""
+    csv = tmp_path / "pupils.csv"
+    d = data["hsb"].assign(track=np.where(data["hsb"]["sector"] == 1, "a", "b"))
+    d[["school", "mathach", "ses", "track"]].to_csv(csv, index=False)
+    plots = tmp_path / "plots"
+    proc = subprocess.run([sys.executable, "-m", "mlmsim", "fit", str(csv),
+                           "mathach ~ ses * track + (1 + ses | school)", "--plot", str(plots)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "group_lines.png" in {p.name for p in plots.iterdir()}
