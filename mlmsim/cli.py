@@ -102,7 +102,10 @@ def _read_table(path: str):
                 for other in (";", "\t"):
                     if other in header:
                         data = pd.read_csv(path, sep=other)
+                        sep = other
                         break
+            if sep != ",":
+                data = _decimal_commas(data)
     except FileNotFoundError:
         raise CLIError(f"cannot read {name}: no such file",
                        "check the path (or use --dataset hsb|nels88 for the packaged data)") \
@@ -167,6 +170,29 @@ def _write_text(path: str, text: str) -> None:
 
 def _note(text: str) -> None:
     print(f"mlmsim: {text}", file=sys.stderr)
+
+
+_DECIMAL_COMMA = re.compile(r"^\s*[-+]?\d*,\d+(?:[eE][-+]?\d+)?\s*$|^\s*[-+]?\d+\s*$")
+
+
+def _decimal_commas(data):
+    """Text columns of a ';'- or tab-separated file whose every value is a number written
+    with a decimal comma (``1,5``, as spreadsheets in many locales export them) are read
+    as numbers, with a note naming them."""
+    converted = []
+    for c in data.columns:
+        col = data[c]
+        if col.dtype.kind in "biufcmM":
+            continue
+        values = col.dropna().astype(str)
+        if len(values) and values.str.match(_DECIMAL_COMMA).all() \
+                and values.str.contains(",").any():
+            data[c] = values.str.replace(",", ".", regex=False).astype(float) \
+                .reindex(col.index)
+            converted.append(str(c))
+    if converted:
+        _note(f"read {', '.join(map(repr, converted))} with decimal commas")
+    return data
 
 
 def _one_line(text: str) -> str:
