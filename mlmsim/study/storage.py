@@ -421,8 +421,14 @@ class StudyDirectory:
         else:
             problems = []
             if old.get("definition_hash") != manifest["definition_hash"]:
-                problems.append("its study definition differs (changed: "
-                                + describe_change(old, manifest) + ")")
+                if "parts" in manifest and "parts" not in old:
+                    problems.append("it was written before the study identity covered "
+                                    "everything a generator uses, so its definition "
+                                    "cannot be compared with this one (its hashes of "
+                                    + describe_change(old, manifest) + " differ)")
+                else:
+                    problems.append("its study definition differs (changed: "
+                                    + describe_change(old, manifest) + ")")
             if old.get("mlmsim_version") != manifest["mlmsim_version"]:
                 problems.append(f"it was written by mlmsim {old.get('mlmsim_version')}, "
                                 f"this is mlmsim {manifest['mlmsim_version']}")
