@@ -39,6 +39,7 @@ from mlmsim.terms import (
 )
 
 __all__ = ["RandomTerm", "ParsedFormula", "Design", "StackedDesign", "parse_formula",
+           "parse_restricted_formula",
            "model_design", "stacked_design", "clearly_full_rank"]
 
 
@@ -197,6 +198,17 @@ def parse_formula(formula: str) -> ParsedFormula:
         )
     random = tuple(RandomTerm(e, g, c) for e, g, c in bars)
     return ParsedFormula(formula=formula, response=response, fixed=fixed, random=random)
+
+
+def parse_restricted_formula(formula: str) -> ParsedFormula:
+    """:func:`parse_formula` of a formula that comes from a file, a spec or a study
+    definition: first read with the restricted grammar of :mod:`mlmsim.formula_safe`
+    (column names, numbers, operators, a few functions), since formulaic evaluates a
+    formula's factors as Python. Anything more is refused with a one-line
+    ``UnsafeFormulaError`` (a ValueError); ``fit`` itself keeps formulaic's power."""
+    from mlmsim.formula_safe import check_formula
+
+    return parse_formula(check_formula(formula))
 
 
 def _fixed_terms_text(text: str, formula: str) -> str:

@@ -380,9 +380,10 @@ class FormulaMethod:
             from mlmsim.engine.control import FitControl
 
             control = FitControl.coerce(control)
-        from mlmsim.formula_safe import check_formula
+        from mlmsim.formula import parse_restricted_formula
 
-        self.formula = check_formula(formula)  # a study definition runs no code
+        parse_restricted_formula(formula)  # a study definition runs no code; lme4 form
+        self.formula = formula
         self.method = norm
         self.level = float(level)
         self.name = name or norm
