@@ -92,9 +92,9 @@ def test_forwarding_stops_at_a_call_that_takes_the_array():
     assert fast(X, 2) == 11.0
 
 
-@pytest.mark.parametrize("func", [gls.gls_pass, gls.group_D, kernels.deviance_one,
-                                  phi_kernel.phi_terms, newton.moment_start_one,
-                                  newton.transformed_stats, linalg.ldl_at,
+@pytest.mark.parametrize("func", [gls.gls_pass_any, gls.group_D_any, kernels.deviance_one_any,
+                                  phi_kernel.phi_terms_any, newton.moment_start_one_any,
+                                  newton.transformed_stats_any, linalg.ldl_at,
                                   linalg.ldl_solve_at])
 def test_the_kernels_copies_have_no_loop_over_q(func):
     """Every loop left in a q = 2 copy runs over groups, fixed effects or parameters."""
@@ -129,7 +129,7 @@ def test_a_function_with_an_early_return_is_not_inlined():
 def test_inlined_factorisation_in_an_assignment_equals_the_call():
     """ldl_at, inlined where its result is assigned (as gls_pass's copy does), gives the
     factor, the determinant parts and the count of negative pivots of the call."""
-    src = source_of(gls.gls_pass, {"q": 2}, "x", {}, {"ldl_at": linalg.ldl_at})
+    src = source_of(gls.gls_pass_any, {"q": 2}, "x", {}, {"ldl_at": linalg.ldl_at})
     assert "ldl_at" not in src
     rng = np.random.default_rng(3)
     for signs in ([1.0, 1.0], [1.0, -1.0]):
@@ -145,3 +145,31 @@ def test_inlined_factorisation_in_an_assignment_equals_the_call():
 def _factor(F):
     lp, dp, neg = ldl_at(F, 0, 2)
     return lp, dp, neg
+
+
+def test_by_q_compiles_only_the_copy_that_runs():
+    """A kernel made by by_q runs its q = 2 copy for the token of q = 2 and the general
+    code for any other token; numba compiles only the one that runs, and one version
+    serves calls with literal and with run-time arguments."""
+    from mlmsim.engine.unroll import by_q
+
+    @njit
+    def general(x, flag, qc):
+        return x + 1.0 if flag else x
+
+    @njit
+    def copy2(x, flag, qc):
+        return x + 2.0 if flag else -x
+
+    f = by_q(general, copy2, "f")
+
+    @njit
+    def call(x, flag, qc):
+        return f(x, True, qc) + f(x, flag, qc)
+
+    assert call(1.0, False, (0, 0)) == 3.0 + -1.0
+    assert not general.signatures
+    assert len(copy2.signatures) == 1
+    assert call(1.0, False, (0,)) == 2.0 + 1.0
+    assert call(1.0, True, ()) == 4.0
+    assert len(general.signatures) == 2 and len(copy2.signatures) == 1

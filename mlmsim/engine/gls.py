@@ -32,7 +32,7 @@ from mlmsim.engine.linalg import (
     ldl_solve_cols,
     log_accumulate,
 )
-from mlmsim.engine.unroll import specialise
+from mlmsim.engine.unroll import by_q, specialise
 
 __all__ = ["Stats", "Work", "replicate", "workspace", "lambda_theta", "lambda_psi",
            "gls_pass", "gls_finish", "group_D", "q_of", "qtoken"]
@@ -95,7 +95,7 @@ def lambda_psi(Psi, L, s):
 
 
 @njit(cache=True, error_model="numpy")
-def gls_pass(st, L, s, w, keep_AL, qc):
+def gls_pass_any(st, L, s, w, keep_AL, qc):
     """The loop over groups of docs/math.md (3.2), (3.3) and (3.5): for every group j
     forms M_j = Lambda' A_j Lambda + S and its factor (into w.F[j]), R_j = Lambda'[B_j c_j]
     and S_j = M_j^{-1} R_j (into w.S[j]), and accumulates sum_j R_j' S_j (lower triangle,
@@ -103,8 +103,6 @@ def gls_pass(st, L, s, w, keep_AL, qc):
     ``tri``: Lambda is lower triangular (loops skip its zeros); ``qc``: :func:`qtoken`.
     Returns (sum_j log|det M_j|, valid): valid is False, and the sum nan, where some M_j is
     singular or lacks the inertia of S (then some V_j is not positive definite)."""
-    if len(qc) == 2:
-        return gls_pass_q2(st, L, s, w, keep_AL, qc)
     A, B, c = st.A, st.B, st.c
     J, p = B.shape[0], B.shape[2]
     q = q_of(qc, B.shape[1])
@@ -199,11 +197,9 @@ def gls_finish(st, w):
 
 
 @njit(cache=True, error_model="numpy")
-def group_D(F, j, L, X, D, qc):
+def group_D_any(F, j, L, X, D, qc):
     """D_j = Lambda M_j^{-1} Lambda' (docs/math.md (3.4)) into D[j] (q, q), from the factor
     F[j] of M_j; X (1, q, q) is scratch."""
-    if len(qc) == 2:
-        return group_D_q2(F, j, L, X, D, qc)
     q = q_of(qc, L.shape[0])
     for a in range(q):
         for b in range(q):
@@ -238,7 +234,11 @@ def qtoken(q: int) -> tuple:
     return (0,) * q if q <= 2 else ()
 
 
-group_D_q2 = specialise(group_D, {"q": 2}, "group_D_q2", (), (ldl_solve_at, ldl_solve_cols))
+group_D_q2 = specialise(group_D_any, {"q": 2}, "group_D_q2", (),
+                        (ldl_solve_at, ldl_solve_cols))
 # the q = 2 copy keeps every product: its loops unroll into registers either way
-gls_pass_q2 = specialise(gls_pass, {"q": 2, "tri": False}, "gls_pass_q2", (),
+gls_pass_q2 = specialise(gls_pass_any, {"q": 2, "tri": False}, "gls_pass_q2", (),
                          (ldl_at, ldl_solve_cols))
+# the kernels that compiled code calls: the q = 2 copy or the general code
+group_D = by_q(group_D_any, group_D_q2, "group_D")
+gls_pass = by_q(gls_pass_any, gls_pass_q2, "gls_pass")

@@ -23,7 +23,6 @@ from numba import njit
 from mlmsim.engine.gls import (
     gls_finish,
     gls_pass,
-    gls_pass_q2,
     lambda_theta,
     q_of,
     replicate,
@@ -41,7 +40,7 @@ from mlmsim.engine.linalg import (
 )
 from mlmsim.engine.phi_kernel import no_info, phi_terms, phi_workspace
 from mlmsim.engine.tolerances import DEPENDENT_EIG, GRAD_CHECK, HESSIAN_PD
-from mlmsim.engine.unroll import specialise
+from mlmsim.engine.unroll import by_q, specialise
 
 __all__ = ["deviance_one", "deviance_many", "estimates_many", "singular_one", "acov_many"]
 
@@ -49,13 +48,11 @@ _LOG2PI = math.log(2.0 * math.pi)
 
 
 @njit(cache=True, error_model="numpy")
-def deviance_one(theta, st, rows, cols, reml, want_grad, g_out, w, qc):
+def deviance_one_any(theta, st, rows, cols, reml, want_grad, g_out, w, qc):
     """d(theta) (ML, docs/math.md (4.1)) or d_R(theta) (REML, (4.2)) for one replicate;
     with ``want_grad`` the gradient in theta ((5.4)) is written to ``g_out`` (k,).
     ``w``: a :func:`mlmsim.engine.gls.workspace`; ``qc``: :func:`mlmsim.engine.gls.qtoken`.
     Returns nan where some M_j or XtVX is not positive definite, or r2 <= 0."""
-    if len(qc) == 2:
-        return deviance_one_q2(theta, st, rows, cols, reml, want_grad, g_out, w, qc)
     B, c = st.B, st.c
     J, p = B.shape[0], B.shape[2]
     q = q_of(qc, B.shape[1])
@@ -135,8 +132,9 @@ def deviance_one(theta, st, rows, cols, reml, want_grad, g_out, w, qc):
     return d
 
 
-deviance_one_q2 = specialise(deviance_one, {"q": 2}, "deviance_one_q2", (gls_pass_q2,),
+deviance_one_q2 = specialise(deviance_one_any, {"q": 2}, "deviance_one_q2", (),
                              (ldl_inverse_at, ldl_solve_at, ldl_solve_cols))
+deviance_one = by_q(deviance_one_any, deviance_one_q2, "deviance_one")
 
 
 @njit(cache=True, error_model="numpy")

@@ -46,7 +46,7 @@ from mlmsim.engine.tolerances import (
     START_CLIP,
     START_DET,
 )
-from mlmsim.engine.unroll import specialise
+from mlmsim.engine.unroll import by_q, specialise
 
 __all__ = ["moment_start_one", "minimize_one", "minimize_many", "standardising_map",
            "transformed_stats", "theta_map"]
@@ -58,7 +58,7 @@ _EVALS, _HALVINGS = 0, 1
 
 
 @njit(cache=True, error_model="numpy")
-def moment_start_one(st, rows, cols, theta0, qc):
+def moment_start_one_any(st, rows, cols, theta0, qc):
     """A method-of-moments start for theta, written to ``theta0`` (k,) (docs/math.md (7.3)).
 
     With OLS residual effects u_j = c_j - B_j beta_OLS and, for groups whose
@@ -72,8 +72,6 @@ def moment_start_one(st, rows, cols, theta0, qc):
     to [1 / START_CLIP, START_CLIP] (a start, not an estimate). Where fewer than two
     groups qualify, or the result is not finite: lme4's start, Lambda = I.
     """
-    if len(qc) == 2:
-        return moment_start_one_q2(st, rows, cols, theta0, qc)
     A, B, c, n = st.A, st.B, st.c, st.n
     J, p = B.shape[0], B.shape[2]
     q = q_of(qc, B.shape[1])
@@ -539,13 +537,11 @@ def standardising_map(st, rows, cols, Ut):
 
 
 @njit(cache=True, error_model="numpy")
-def transformed_stats(st, Ut, qc, out):
+def transformed_stats_any(st, Ut, qc, out):
     """The statistics of Z~ = Z U^{-T} (U = Ut'): A~ = U^{-1} A U^{-T}, B~ = U^{-1} B,
     c~ = U^{-1} c, by triangular solves with the upper-triangular U (into out.A, out.B,
     out.c; the other statistics are st's).
     (docs/math.md (7.1))"""
-    if len(qc) == 2:
-        return transformed_stats_q2(st, Ut, qc, out)
     A, B, c = st.A, st.B, st.c
     J, p = B.shape[0], B.shape[2]
     q = q_of(qc, B.shape[1])
@@ -736,7 +732,10 @@ def minimize_many(st, rows, cols, reml, theta0, use_start, max_iter, tol, gtol, 
 
 # loop-free copies for q = 2 (mlmsim.engine.unroll)
 _solve_upper_q2 = specialise(_solve_upper, {"q": 2}, "_solve_upper_q2")
-transformed_stats_q2 = specialise(transformed_stats, {"q": 2}, "transformed_stats_q2",
+transformed_stats_q2 = specialise(transformed_stats_any, {"q": 2}, "transformed_stats_q2",
                                   (_solve_upper_q2,))
-moment_start_one_q2 = specialise(moment_start_one, {"q": 2}, "moment_start_one_q2",
+moment_start_one_q2 = specialise(moment_start_one_any, {"q": 2}, "moment_start_one_q2",
                                  (), (ldl_at, ldl_inverse_at, ldl_solve_at, ldl_solve_cols))
+# the kernels that compiled code calls: the q = 2 copy or the general code
+transformed_stats = by_q(transformed_stats_any, transformed_stats_q2, "transformed_stats")
+moment_start_one = by_q(moment_start_one_any, moment_start_one_q2, "moment_start_one")

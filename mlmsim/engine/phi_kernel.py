@@ -32,16 +32,14 @@ from numba import njit
 from mlmsim.engine.gls import (
     gls_finish,
     gls_pass,
-    gls_pass_q2,
     group_D,
-    group_D_q2,
     lambda_psi,
     q_of,
     replicate,
     workspace,
 )
 from mlmsim.engine.linalg import ldl_inverse_at, matmul, symmetrise
-from mlmsim.engine.unroll import specialise
+from mlmsim.engine.unroll import by_q, specialise
 
 __all__ = ["phi_pass", "phi_terms", "phi_workspace", "phi_many",
            "phi_at_theta_many"]
@@ -70,7 +68,7 @@ def phi_workspace(J, q, p, K):
     """Work arrays for :func:`phi_pass`, allocated once per call of a batch driver."""
     m = K + 1
     return PhiWork(workspace(J, q, p), np.empty((J, q, q)), np.empty((q, q)),
-                   np.empty((4, q, q)), np.empty((5, q, p)),
+                   np.empty((7, q, q)), np.empty((5, q, p)),
                    np.empty((7, p, p)), np.empty((6, p)), np.empty((q, q, q, q)),
                    np.empty((q, p, q, 1)), np.empty((q, p, q, p)), np.empty((m, p)),
                    np.empty((m, p, p)), np.empty((J, q)), np.empty((q, q, q, q)),
@@ -128,8 +126,8 @@ def phi_pass(st, rows, cols, phi, reml, want_dC, pw, f_out, g_out, H, C, dC, U, 
 
 
 @njit(cache=True, error_model="numpy")
-def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC, U,
-              info, qc):
+def phi_terms_any(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC, U,
+                  info, qc):
     """:func:`phi_pass` from Lambda and S already in pw.gls (Psi = Lambda S Lambda'; from
     theta, Lambda is lower triangular and S = I). ``sigma2`` nan means sigma^2 profiled,
     r2 / N (ML) or r2 / (N - p) (REML) (4.3): then the point is the fit's phi at theta. With
@@ -137,9 +135,6 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
     (:class:`PhiInfo`) receives the expected Hessian (6.6) and the KR terms M_k, Q_kl
     (12.1) it asks for. Returns sigma^2, or nan (outputs nan) where some V_j or X'V^{-1}X
     is not positive definite."""
-    if len(qc) == 2:
-        return phi_terms_q2(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C,
-                            dC, U, info, qc)
     A, B, c = st.A, st.B, st.c
     J, p = B.shape[0], B.shape[2]
     q = q_of(qc, B.shape[1])
@@ -156,8 +151,9 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
     want_E = HE.shape[0] > 0
     want_K = QK.shape[0] > 0
     # per-group q x q and q-vectors (local: loop-free copies keep them in registers)
-    G, GA, G2A, Q, P, PE = (np.empty((q, q)), np.empty((q, q)), np.empty((q, q)),
-                            np.empty((q, q)), np.empty((q, q)), np.empty((q, q)))
+    G, GA, G2A, Q, P = (np.empty((q, q)), np.empty((q, q)), np.empty((q, q)),
+                        np.empty((q, q)), np.empty((q, q)))
+    Qw, G2Aw, PE = wqq[4], wqq[5], wqq[6]
     u, Du, Gu, G2u, s, s_2 = (np.empty(q), np.empty(q), np.empty(q), np.empty(q),
                               np.empty(q), np.empty(q))
     DB, GB, G2B, F, FC = wqp[0], wqp[1], wqp[2], wqp[3], wqp[4]
@@ -306,12 +302,13 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
                 P[a, b] = -Q[a, b] + 2.0 * s[a] * s[b]
                 Ps[a, b] += -G2A[a, b] * v2 + 2.0 * s_2[a] * s[b]
                 Gs[a, b] += Q[a, b] - s[a] * s[b]
-        # the expected Hessian (6.6): P_E = Q [- 2 F C F'], PsE += Q2 [- 2 F2 C F']
-        if want_E:
+        if want_E or want_K:
+            # the terms asked for in ``info`` (the expected Hessian, the KR terms), in
+            # functions of their own: the q = 2 copy does not unroll them
             for a in range(q):
                 for b in range(q):
-                    PE[a, b] = Q[a, b]
-                    PsE[a, b] += G2A[a, b] * v2
+                    Qw[a, b] = Q[a, b]
+                    G2Aw[a, b] = G2A[a, b]
         if reml:
             matmul(FC, F, C, q, p, p)
             for a in range(q):
@@ -324,20 +321,16 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
                     P[a, b] += 2.0 * acc
                     Ps[a, b] += 2.0 * acc_2
                     Gs[a, b] -= acc
-                    if want_E:
-                        PE[a, b] -= 2.0 * acc
-                        PsE[a, b] -= 2.0 * acc_2
+        if want_E:
+            _expected_group(Qw, G2Aw, F, FC, G2B, v2, reml, PE, PsE, W4E, q, p)
         # FF[i, a, l, b] += F[i, a] F[l, b] (for M_k = sum_j F_j'E_k F_j),
         # W4[n, i, t, m] += P[n, i] Q[t, m],  Wf[i, a, l] += F[i, a] s[l]
         for i in range(q):
             for a in range(q):
                 x = P[i, a]
-                xe = PE[i, a] if want_E else 0.0
                 for t in range(q):
                     for b in range(q):
                         W4[i, a, t, b] += x * Q[t, b]
-                        if want_E:
-                            W4E[i, a, t, b] += xe * Q[t, b]
             for a in range(p):
                 x = F[i, a]
                 for t in range(q):
@@ -346,20 +339,8 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
                     for t in range(q):
                         for b in range(p):
                             FF[i, a, t, b] += x * F[t, b]
-        # (12.1): FQF[i, t, n, m] += F[i, :]' Q[t, n] F[m, :],  FF2[i, t] += F[i, :]' F2[t, :]
-        # (F2 = Z'V^{-2}X = G^2 B / sigma^4), reduced to Q_kl after the loop
         if want_K:
-            for i in range(q):
-                for t in range(q):
-                    for a in range(p):
-                        x = F[i, a]
-                        for b in range(p):
-                            FF2[i, t, a, b] += x * G2B[t, b] * v2
-                        for n in range(q):
-                            xq = x * Q[t, n]
-                            for mm in range(q):
-                                for b in range(p):
-                                    FQF[i, t, n, mm, a, b] += xq * F[mm, b]
+            _kr_group(Qw, F, G2B, v2, FF2, FQF, q, p)
 
     # totals (6.4): r'K^m r, X'K^m r, X'K^m X, tr K^m, K = sigma^2 V^{-1}
     ee = float(st.yty)
@@ -489,6 +470,51 @@ def phi_terms(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C, dC,
 
 
 @njit(cache=True, error_model="numpy")
+def _expected_group(Q, G2A, F, FC, G2B, v2, reml, PE, PsE, W4E, q, p):
+    """One group's share of the expected Hessian (6.6) in :func:`phi_terms_any`:
+    P_E = Q [- 2 F C F'] into PE, PsE += Q2 [- 2 F2 C F'], W4E[n, i, t, m] += P_E[n, i]
+    Q[t, m] (FC = F C, already formed where ``reml``)."""
+    for a in range(q):
+        for b in range(q):
+            PE[a, b] = Q[a, b]
+            PsE[a, b] += G2A[a, b] * v2
+    if reml:
+        for a in range(q):
+            for b in range(q):
+                acc = 0.0
+                acc_2 = 0.0
+                for t in range(p):
+                    acc += FC[a, t] * F[b, t]
+                    acc_2 += G2B[a, t] * v2 * FC[b, t]
+                PE[a, b] -= 2.0 * acc
+                PsE[a, b] -= 2.0 * acc_2
+    for i in range(q):
+        for a in range(q):
+            xe = PE[i, a]
+            for t in range(q):
+                for b in range(q):
+                    W4E[i, a, t, b] += xe * Q[t, b]
+
+
+@njit(cache=True, error_model="numpy")
+def _kr_group(Q, F, G2B, v2, FF2, FQF, q, p):
+    """One group's share of the KR terms (12.1) in :func:`phi_terms_any`:
+    FQF[i, t, n, m] += F[i, :]' Q[t, n] F[m, :] and FF2[i, t] += F[i, :]' F2[t, :]
+    (F2 = Z'V^{-2}X = G^2 B / sigma^4), reduced to Q_kl after the loop over groups."""
+    for i in range(q):
+        for t in range(q):
+            for a in range(p):
+                x = F[i, a]
+                for b in range(p):
+                    FF2[i, t, a, b] += x * G2B[t, b] * v2
+                for n in range(q):
+                    xq = x * Q[t, n]
+                    for mm in range(q):
+                        for b in range(p):
+                            FQF[i, t, n, mm, a, b] += xq * F[mm, b]
+
+
+@njit(cache=True, error_model="numpy")
 def _pair_sum(rows, cols, k, l, X):
     """sum of X[i, t, n, m] over E_k[i, t] = 1 and E_l[n, m] = 1."""
     h = 0.0
@@ -516,8 +542,9 @@ def _phi_block(rows, cols, W4, Ps, hKK, H):
     H[K, K] = hKK
 
 
-phi_terms_q2 = specialise(phi_terms, {"q": 2}, "phi_terms_q2", (gls_pass_q2, group_D_q2),
-                          (matmul,))
+# (its calls of gls_pass and group_D go to their q = 2 copies through by_q)
+phi_terms_q2 = specialise(phi_terms_any, {"q": 2}, "phi_terms_q2", (), (matmul,))
+phi_terms = by_q(phi_terms_any, phi_terms_q2, "phi_terms")
 
 
 @njit(cache=True, error_model="numpy")

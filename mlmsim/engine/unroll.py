@@ -22,10 +22,14 @@ source, so that there is nothing to keep in step by hand:
    specialised version (``rename``), and the dispatch statement (an ``if`` that tests
    ``qc``) is dropped.
 
-The general function dispatches to its copy with ``if len(qc) == 2: return
-<copy>(...)``, where ``qc`` is the token of :func:`mlmsim.engine.gls.qtoken`: a tuple
-whose length numba knows when it compiles, so the branch costs nothing. Tests compare
-every specialised kernel with the general one (tests/test_kernels.py).
+The kernel that compiled code calls is made by :func:`by_q` from the general function
+and its copy: it runs the copy where ``qc``, the token of
+:func:`mlmsim.engine.gls.qtoken`, is that of q = 2 (a tuple whose length numba knows when
+it compiles), and the general function otherwise. The choice is made when numba types the
+call, so only the function that runs is compiled (a branch on ``len(qc)`` at the top of
+the general function would cost nothing at run time, but numba would compile the general
+body, and all it calls, as well). Tests compare every specialised kernel with the general
+one (tests/test_kernels.py).
 """
 
 from __future__ import annotations
@@ -36,9 +40,11 @@ import inspect
 import itertools
 import textwrap
 
-from numba import njit
+from numba import njit, types
+from numba.core.imputils import lower_builtin
+from numba.core.typing.templates import AbstractTemplate, infer_global, signature
 
-__all__ = ["specialise", "source_of"]
+__all__ = ["specialise", "source_of", "by_q"]
 
 
 _PURE = {"abs", "min", "max", "float", "int", "len", "range"}
@@ -639,3 +645,45 @@ def specialise(func, consts: dict, name: str, calls: tuple = (), inline: tuple =
     compiled = njit(error_model="numpy")(ns[name])
     ns[name] = compiled
     return compiled
+
+
+def by_q(general, copy, name: str):
+    """The kernel ``name`` for numba-compiled callers: a call runs ``copy`` (the q = 2 copy
+    of :func:`specialise`) where its argument ``qc`` (:func:`mlmsim.engine.gls.qtoken`) is
+    the token of q = 2, and ``general`` otherwise. numba makes the choice from the type of
+    ``qc`` when it types the call, compiles only the function chosen, and calls it
+    directly (no wrapper in between). Arguments are typed as values, not as literals
+    (``True``, ``0``), so that one compiled version serves every call. The returned
+    function has ``general``'s parameters and docstring; it is not callable from Python."""
+    py = getattr(general, "py_func", general)
+    params = list(inspect.signature(py).parameters)
+    at = params.index("qc")
+    ns: dict = {}
+    exec(f"def {name}({', '.join(params)}):\n"  # noqa: S102
+         f"    raise TypeError('{name} is called from numba-compiled code')\n", ns)
+    stub = ns[name]
+    stub.__doc__ = py.__doc__
+    stub.__module__ = py.__module__
+
+    def choose(qc):
+        return copy if isinstance(qc, types.BaseTuple) and len(qc) == 2 else general
+
+    class Pick(AbstractTemplate):
+        key = stub
+
+        def generic(self, args, kws):
+            if kws or len(args) != len(params):
+                return None
+            args = tuple(types.unliteral(a) for a in args)
+            target = self.context.resolve_value_type(choose(args[at]))
+            sig = target.get_call_type(self.context, args, {})
+            return None if sig is None else signature(sig.return_type, *args)
+
+    infer_global(stub, types.Function(Pick))
+
+    @lower_builtin(stub, types.VarArg(types.Any))
+    def call(context, builder, sig, args):
+        target = context.typing_context.resolve_value_type(choose(sig.args[at]))
+        return context.get_function(target, sig)(builder, args)
+
+    return stub
