@@ -51,7 +51,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlmsim.study.identity import DefinitionError, form_digest, form_parts
+from mlmsim.study.identity import (
+    DefinitionError,
+    canonical,
+    digest,
+    form_digest,
+    form_parts,
+)
 from mlmsim.study.seeds import (
     as_root_seed,
     method_rng,
@@ -68,8 +74,6 @@ from mlmsim.study.storage import (
     StudyDirectory,
     StudyDirectoryError,
     StudyLockedError,
-    canonical,
-    digest,
 )
 
 __all__ = [

@@ -72,8 +72,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mlmsim.study.identity import DefinitionError, canonical, describe_callable, digest
-
 __all__ = [
     "CHUNK_DIR",
     "FORMAT",
@@ -81,15 +79,11 @@ __all__ = [
     "MANIFEST",
     "ChunkFile",
     "CorruptChunkWarning",
-    "DefinitionError",
     "Overlaps",
     "OverlappingChunksWarning",
     "StudyDirectory",
     "StudyDirectoryError",
     "StudyLockedError",
-    "canonical",
-    "describe_callable",
-    "digest",
 ]
 
 FORMAT = "mlmsim.study/1"
@@ -120,6 +114,20 @@ class OverlappingChunksWarning(UserWarning):
     """Two chunk files hold records of the same replicates (the records repeat)."""
 
 
+_IDENTITY = ("DefinitionError", "canonical", "describe_callable", "digest")
+
+
+def __getattr__(name: str):
+    """The identity's names (:mod:`mlmsim.study.identity`), re-exported here for callers
+    of this module, imported only when asked for: reading a study directory needs
+    nothing but numpy and pyarrow."""
+    if name in _IDENTITY:
+        from mlmsim.study import identity
+
+        return getattr(identity, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -139,6 +147,8 @@ def _manifest_problem(manifest: dict) -> str | None:
             return "its checksum does not match its contents"
         return None
     # written before manifests had a checksum: its own hashes must agree
+    from mlmsim.study.identity import digest
+
     components = manifest.get("components")
     if not isinstance(components, dict) or manifest.get("definition_hash") != digest(
             components):
