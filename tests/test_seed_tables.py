@@ -128,3 +128,13 @@ def test_printed_precision_rules():
     b = Printed.parse("<.0001")
     assert b.bound and b.exact(3e-5) and not b.agrees(2e-4)
     assert Printed.parse("NOTE: Convergence criteria met").note
+
+
+def test_seed_arithmetic_is_walked_not_run():
+    from mlmsim.studies.seed_tables import _arith
+
+    assert _arith("1.5e2 - (3 * 2) / 4") == 148.5
+    assert _arith("-2") == -2.0
+    for text in ("9**9**9", "2 ** 3", "()", "1 +", "__import__('os')"):
+        with pytest.raises(ValueError, match="not plain arithmetic"):
+            _arith(text)

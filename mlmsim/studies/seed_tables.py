@@ -30,8 +30,10 @@ takes a few seconds.
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+import operator
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -199,10 +201,32 @@ def _evaluate(expr: str, lookup) -> float:
 
 
 def _arith(text: str) -> float:
-    """Evaluate a plain arithmetic expression of numbers (no names)."""
+    """Evaluate a plain arithmetic expression of numbers: +, -, *, / and parentheses (no
+    names, no powers), walked on its syntax tree rather than run."""
     if not _SAFE.fullmatch(text):
         raise ValueError(f"not plain arithmetic: {text!r}")
-    return float(eval(text, {"__builtins__": {}}, {}))  # noqa: S307 - digits and operators only
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError:
+        raise ValueError(f"not plain arithmetic: {text!r}") from None
+    return float(_arith_node(tree.body, text))
+
+
+_ARITH_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+              ast.Div: operator.truediv}
+
+
+def _arith_node(node: ast.AST, text: str) -> float:
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float) \
+            and not isinstance(node.value, bool):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.UAdd | ast.USub):
+        v = _arith_node(node.operand, text)
+        return -v if isinstance(node.op, ast.USub) else v
+    if isinstance(node, ast.BinOp) and type(node.op) in _ARITH_OPS:
+        return _ARITH_OPS[type(node.op)](_arith_node(node.left, text),
+                                         _arith_node(node.right, text))
+    raise ValueError(f"not plain arithmetic: {text!r}")
 
 
 def fit_view(res, data: pd.DataFrame) -> View:
