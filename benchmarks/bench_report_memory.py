@@ -8,6 +8,7 @@ under `/usr/bin/time -v` and its "Maximum resident set size" is printed. The rep
 streams its tables from the chunks, so the peak should not grow with R.
 
     python benchmarks/bench_report_memory.py [R ...]     # default: 1000 16000
+    python benchmarks/bench_report_memory.py --study maas_hox [R ...]   # the study's own report
 """
 
 from __future__ import annotations
@@ -70,10 +71,11 @@ def write_study(out: Path, reps: int) -> None:
                                   manifest["definition_hash"])
 
 
-def peak_rss_mb(directory: Path) -> tuple[float, float]:
-    """(peak RSS in MB, seconds) of `mlmsim study report directory`."""
+def peak_rss_mb(directory: Path, study: str | None = None) -> tuple[float, float]:
+    """(peak RSS in MB, seconds) of `mlmsim study report directory [--study study]`."""
+    extra = ["--study", study] if study else []
     done = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "mlmsim", "study",
-                           "report", str(directory)], capture_output=True, text=True)
+                           "report", str(directory), *extra], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-2000:])
     kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)[1])
@@ -84,13 +86,16 @@ def peak_rss_mb(directory: Path) -> tuple[float, float]:
 
 
 def main(argv: list[str]) -> None:
+    study = None
+    if argv[:1] == ["--study"]:
+        study, argv = argv[1], argv[2:]
     sizes = [int(a) for a in argv] or [1000, 16000]
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for reps in sizes:
             out = Path(tmp) / f"records_{reps}"
-            write_study(out, reps)
-            mb, seconds = peak_rss_mb(out)
+            write_study(out / "records" if study else out, reps)
+            mb, seconds = peak_rss_mb(out, study)
             rows.append((reps, 27 * reps * 8, mb, seconds))
             print(f"27 x {reps:>6} replicates ({27 * reps * 8:>9,} records): "
                   f"peak RSS {mb:7.1f} MB, {seconds:6.1f} s", flush=True)

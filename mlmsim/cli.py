@@ -646,9 +646,19 @@ def _cmd_study_run(args: argparse.Namespace) -> int:
     entry = _registry().get(args.name)
     if args.scheduler is not None and args.backend != "dask":
         raise CLIError("--scheduler needs --backend dask", "add --backend dask")
-    out = Path(args.out) if args.out is not None else Path("results") / args.name
+    if args.jobs == 0 or args.jobs < -1:
+        raise CLIError(f"--jobs {args.jobs}: the number of worker processes must be at least "
+                       "1 (or -1 for one per core)", "give --jobs 1, 2, ... or -1")
+    default = Path(QUICK_RESULTS if args.quick else "results") / args.name
+    out = Path(args.out) if args.out is not None else default
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {str(out)!r} is a file", "give a directory for the study")
+    if args.quick and out.resolve().is_relative_to(Path("results").resolve()):
+        raise CLIError(f"a quick run does not write into {str(out)!r}: results/ holds the "
+                       "full runs, and only a full run may change them",
+                       f"write it under {QUICK_RESULTS}/ (the default), or drop --quick")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_text(str(out / STUDY_FILE), json.dumps({"study": args.name}) + "\n")
     if _is_module_study(entry):
         entry.run(out, _run_options(args))
         _note(f"study {args.name!r} is in {out}")
@@ -695,11 +705,22 @@ def _print_summary(source: Any, csv: str | None = None) -> None:
         print(table.to_string())
 
 
+QUICK_RESULTS = "results-quick"
+"""Where quick runs go: results/ holds full runs only (a quick run refuses to write there)."""
+
+STUDY_FILE = "study.json"
+"""The file in a study's output folder that names the study ('study report' reads it)."""
+
+
 def _study_of_directory(d: Path, name: str | None) -> Any | None:
-    """The registered study module that wrote ``d``: ``--study NAME``, else the one named
-    like the directory (results/bias -> bias); None if there is no such module."""
+    """The registered study module that wrote ``d``: ``--study NAME``, else the one named in
+    ``d/study.json`` (written by 'study run'), else the one named like the directory
+    (results/bias -> bias); None if there is no such module."""
     import mlmsim
 
+    if name is None:  # the name 'study run' wrote beside the records
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            name = json.loads((d / STUDY_FILE).read_text()).get("study")
     if name is None and getattr(mlmsim, "studies_registry", None) is None:
         return None
     reg = _registry()
@@ -864,7 +885,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="parallel workers (-1: all cores; default 1)")
     run.add_argument("--backend", choices=("loky", "dask"), default="loky")
     run.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler address")
-    run.add_argument("--out", metavar="DIR", help="study directory (default results/NAME)")
+    run.add_argument("--out", metavar="DIR", help="study directory (default results/NAME; "
+                     "with --quick results-quick/NAME)")
     run.add_argument("--seed", type=_seed, metavar="S", help="root seed")
     run.set_defaults(func=_cmd_study_run)
     rep = stsub.add_parser("report", parents=[common], help="summarise a study directory")

@@ -502,7 +502,11 @@ def test_study_modules_through_the_registry(monkeypatch, capsys, tmp_path):
     assert cli.main(["study", "report", str(elsewhere), "--study", "tiny_mean"]) == 0
     assert capsys.readouterr().out == "# Tiny\n\n4 records\n"
     assert [c[0] for c in calls] == ["run", "report", "report", "report"]
-    # without --study, a directory of records is still summarised generically
+    # renamed, the folder still names its study (study.json, written by 'study run')
+    assert cli.main(["study", "report", str(elsewhere)]) == 0
+    assert capsys.readouterr().out == "# Tiny\n\n4 records\n"
+    # without it, a directory of records is still summarised generically
+    (elsewhere / "study.json").unlink()
     assert cli.main(["study", "report", str(elsewhere)]) == 0
     assert "bias" in capsys.readouterr().out
     assert cli.main(["study", "report", str(tmp_path)]) == 2

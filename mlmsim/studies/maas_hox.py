@@ -78,13 +78,10 @@ def report(out_dir: Path) -> None:
     result = load_study(out_dir / "records")
     summary = summarise(result)
     summary.to_csv(out_dir / "summary.csv", index=False)
-    rec = result.records
-    rec = rec[rec.parameter.isin(PARAMETERS)].copy()
-    inside = (rec.ci_lower <= rec.truth) & (rec.truth <= rec.ci_upper)
-    rec["noncover"] = np.where(rec.ci_lower.notna(), (~inside).astype(float), np.nan)
-    cells = _noncoverage(rec, ["n_groups", "group_size", "icc"])
+    counts = _noncoverage_counts(result)
+    cells = _noncoverage(counts, ["n_groups", "group_size", "icc"])
     cells.to_csv(out_dir / "noncoverage_cells.csv", index=False)
-    margins = {f: _noncoverage(rec, [f]) for f in ("n_groups", "group_size", "icc")}
+    margins = {f: _noncoverage(counts, [f]) for f in ("n_groups", "group_size", "icc")}
     for f, t in margins.items():
         t.to_csv(out_dir / f"noncoverage_by_{f}.csv", index=False)
     cover = summary[summary.measure == "cover"].assign(
@@ -97,14 +94,32 @@ def report(out_dir: Path) -> None:
     (out_dir / "report.md").write_text(_report_text(summary, cells, margins))
 
 
-def _noncoverage(rec: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+def _noncoverage_counts(result) -> pd.DataFrame:
+    """Per condition and parameter: the replicates with a Wald interval (``n``) and those
+    whose interval misses the truth (``miss``), read one chunk of records at a time (the
+    memory of a report does not grow with the number of replicates)."""
+    parts = []
+    for chunk in result.iter_records(columns=["condition", "parameter", "truth", "ci_lower",
+                                              "ci_upper"]):
+        chunk = chunk[chunk.parameter.isin(PARAMETERS) & chunk.ci_lower.notna()]
+        inside = (chunk.ci_lower <= chunk.truth) & (chunk.truth <= chunk.ci_upper)
+        parts.append(chunk.assign(miss=(~inside).astype(float), n=1.0)
+                     .groupby(["condition", "parameter"], sort=False)[["miss", "n"]].sum())
+    if not parts:
+        return pd.DataFrame(columns=["condition", "parameter", "miss", "n",
+                                     *result.conditions.columns])
+    counts = pd.concat(parts).groupby(level=[0, 1]).sum().reset_index()
+    return counts.merge(result.conditions, left_on="condition", right_index=True)
+
+
+def _noncoverage(counts: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Non-coverage rate, its MCSE sqrt(p (1 - p) / n) and n, per parameter and ``by``
     (the report prints the rate with its Wilson interval, as the MCSE is 0 at 0 and 1)."""
-    g = rec.groupby([*by, "parameter"], sort=True)["noncover"]
-    out = g.agg(["mean", "count"]).reset_index().rename(columns={"mean": "noncover",
-                                                                 "count": "n"})
+    out = counts.groupby([*by, "parameter"], sort=True)[["miss", "n"]].sum().reset_index()
+    out["noncover"] = out.miss / out.n
+    out["n"] = out.n.astype(int)
     out["mcse"] = np.sqrt(out.noncover * (1 - out.noncover) / out.n)
-    return out
+    return out[[*by, "parameter", "noncover", "n", "mcse"]]
 
 
 def _wide(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
