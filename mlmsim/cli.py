@@ -754,8 +754,8 @@ def _integrity_lines(roots: list[Path]) -> tuple[list[str], bool]:
             # the report says it at the top instead
             warnings.simplefilter("ignore", IncompleteStudyWarning)
             count = load_study(root).replicate_count()
-        if not (count.complete and count.consistent):
-            sound = False
+        if not (count.complete and count.consistent) or count.beyond:
+            sound = sound and count.complete and count.consistent
             where = f" ({root.name})" if len(roots) > 1 else ""
             lines.append(f"{count.describe()}{where}")
     return lines, sound

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,8 +28,8 @@ import pandas as pd
 from mlmsim.study.intervals import proportion_interval
 
 __all__ = ["markdown_table", "fmt", "with_mcse", "with_interval", "direction",
-           "proportion_direction", "difference",
-           "run_lines", "ran_design", "replicates_per_cell", "is_full_run", "SIGNIFICANT"]
+           "proportion_direction", "difference", "run_lines", "wall_clock", "ran_design",
+           "replicates_per_cell", "is_full_run", "SIGNIFICANT"]
 
 SIGNIFICANT = 2.0
 """A direction is claimed when |estimate - comparison| > SIGNIFICANT MCSE."""
@@ -211,8 +212,25 @@ def _reps(lo: int, hi: int) -> str:
     return f"{lo}" if lo == hi else f"{lo} to {hi}"
 
 
+def wall_clock(out_dir: str | Path | None) -> tuple[float, int, int]:
+    """(wall-clock seconds, runs, replicates run) over the finished runs that the
+    manifests under ``out_dir`` record (:meth:`mlmsim.study.StudyDirectory.record_run`);
+    (nan, 0, 0) when none is recorded."""
+    from mlmsim.study.storage import StudyDirectory
+
+    seconds, n_runs, n_reps = 0.0, 0, 0
+    for path in [] if out_dir is None else sorted(Path(out_dir).glob("**/manifest.json")):
+        manifest = StudyDirectory(path.parent).read_manifest() or {}
+        for run in manifest.get("runs", []):
+            seconds += float(run.get("seconds", math.nan))
+            n_runs += 1
+            n_reps += int(run.get("replicates", 0))
+    return (seconds if n_runs else math.nan), n_runs, n_reps
+
+
 def run_lines(summaries: Mapping[str, pd.DataFrame], full: Design | Mapping[str, Design],
-              full_reps: int | Mapping[str, int], command: str) -> tuple[list[str], bool]:
+              full_reps: int | Mapping[str, int], command: str,
+              out_dir: str | Path | None = None) -> tuple[list[str], bool]:
     """The "What ran" section of a report and whether the run is the full design.
 
     ``summaries``: block name -> :func:`mlmsim.study.summarise` of its records (one
@@ -220,7 +238,9 @@ def run_lines(summaries: Mapping[str, pd.DataFrame], full: Design | Mapping[str,
     conditions), or one per block keyed by block name; ``full_reps``: its replicates per
     condition (or one per block); ``command``: how to run the full study. Everything
     stated is counted from the summaries: the conditions present, the replicates per
-    cell (fits per condition and method) and the fitting time recorded per fit.
+    cell (fits per condition and method) and the fitting time recorded per fit; and
+    the wall-clock time of the runs that wrote the records under ``out_dir``
+    (:func:`wall_clock`).
     """
     names = list(summaries)
     designs = {n: _per_block(full, n, names) for n in names}
@@ -244,12 +264,18 @@ def run_lines(summaries: Mapping[str, pd.DataFrame], full: Design | Mapping[str,
         lines.append(f"- {label}{len(ran)} conditions ({what}; {_levels(ran)}), "
                      f"{_reps(lo, hi)} replicates per cell (condition x method; the full "
                      f"study has {reps[name]}).")
+    wall, n_runs, n_ran = wall_clock(out_dir)
+    if n_runs:
+        runs = "one run" if n_runs == 1 else f"{n_runs} runs (a resumed study)"
+        lines.append(f"- Run time: {_duration(wall)} wall-clock, {runs}, {n_ran} replicates "
+                     "run (including the compilation of the kernels if it happened then).")
+    else:
+        lines.append("- Run time: not recorded (records written before mlmsim recorded "
+                     "its runs, or by a run that was stopped).")
     secs = [_fit_seconds(s) for s in summaries.values()]
     secs = [v for v in secs if np.isfinite(v)]
     if secs:
         lines.append(f"- Fitting time: {_duration(sum(secs))}, summed over the fits as "
-                     "the records time them (the run's wall-clock time is not recorded).")
-    else:
-        lines.append("- Run time: not recorded.")
+                     "the records time them.")
     lines.append("")
     return lines, full_run

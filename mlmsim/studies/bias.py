@@ -103,7 +103,8 @@ def run(out_dir: Path, options: RunOptions) -> None:
     out_dir = Path(out_dir)
     for name, study in _studies(options).items():
         study.run(out_dir / "records" / name, n_jobs=options.n_jobs, backend=options.backend,
-                  scheduler=options.scheduler, progress=options.progress)
+                  scheduler=options.scheduler, progress=options.progress,
+                  label=f"bias/{name}")
     report(out_dir)
 
 
@@ -128,7 +129,7 @@ def report(out_dir: Path) -> None:
         plot_measure(part, "cover", "n_groups", row="group_size",
                      parameters=["Intercept", "x", "z", "x:z", *varcomp],
                      path=out_dir / f"coverage_icc{icc}.png")
-    (out_dir / "report.md").write_text(_report_text(slope, ri))
+    (out_dir / "report.md").write_text(_report_text(slope, ri, out_dir))
 
 
 def _fits_line(summary: pd.DataFrame) -> str:
@@ -151,9 +152,9 @@ def _cell(summary, measure, parameter, **cond):
     return s
 
 
-def _report_text(slope: pd.DataFrame, ri: pd.DataFrame) -> str:
+def _report_text(slope: pd.DataFrame, ri: pd.DataFrame, out_dir: Path | None = None) -> str:
     ran, _ = run_lines({"slope": slope, "intercept": ri}, FULL, FULL_REPS,
-                       "mlmsim study run bias")
+                       "mlmsim study run bias", out_dir)
     lines = [f"# {TITLE}", "", *ran, "## Design (ADEMP)", "",
              __doc__.split("ADEMP", 1)[1].split(":", 1)[1].strip(), ""]
     lines += ["## Fits", "", "Random slope model: " + _fits_line(slope) + ".",

@@ -319,7 +319,8 @@ def run(out_dir: Path, options: RunOptions | None = None) -> None:
     options = options or RunOptions()
     out_dir = Path(out_dir)
     build(options).run(out_dir / "records", n_jobs=options.n_jobs, backend=options.backend,
-                       scheduler=options.scheduler, progress=options.progress)
+                       scheduler=options.scheduler, progress=options.progress,
+                       label="centering")
     report(out_dir)
 
 
@@ -549,7 +550,7 @@ def report(out_dir: Path) -> None:
         table.to_csv(out_dir / f"{name}.csv", index=False)
     _deviance_figure(wide, out_dir / "deviance_differences.png")
     figures = _within_figures(summary, out_dir)
-    text = _markdown(wide, summary, tables, figures, result.n_reps)
+    text = _markdown(wide, summary, tables, figures, result.n_reps, out_dir)
     (out_dir / "report.md").write_text(text, encoding="utf-8")
 
 
@@ -560,11 +561,11 @@ def _e(x: float) -> str:
     return "0" if x == 0 else ("—" if not np.isfinite(x) else f"{x:.1e}")
 
 
-def _markdown(wide, summary, tables, figures, n_reps) -> str:
+def _markdown(wide, summary, tables, figures, n_reps, out_dir=None) -> str:
     n_cond = wide.condition.nunique()
     doc = __doc__.split("ADEMP", 1)[1].split(":", 1)[1].split("\nRecords", 1)[0].strip()
     ran, _ = run_lines({"centering": summary}, CONDITIONS, FULL_REPS,
-                       "mlmsim study run centering")
+                       "mlmsim study run centering", out_dir)
     lines = [f"# {TITLE}", "", *ran, "## Design (ADEMP)", "", doc, "",
              f"{n_cond} conditions x {n_reps} replicates x 2 model types x 5 forms = "
              f"{n_cond * n_reps * 10} ML fits. Every fit is kept: singular, non-PD and "

@@ -290,7 +290,8 @@ def run(out_dir: Path, options: RunOptions) -> None:
     out_dir = Path(out_dir)
     for block, study in studies(options).items():
         study.run(out_dir / "records" / block, n_jobs=options.n_jobs, backend=options.backend,
-                  scheduler=options.scheduler, progress=options.progress)
+                  scheduler=options.scheduler, progress=options.progress,
+                  label=f"hessian/{block}")
     report(out_dir)
 
 
@@ -436,7 +437,7 @@ def report(out_dir: Path) -> None:
         zero.to_csv(out_dir / "zero_variance.csv", index=False, float_format="%.6g")
     figures = _figures(out_dir, summaries, zero)
     ran, _ = run_lines(summaries, {b: conditions(b) for b in summaries}, REPS,
-                       "mlmsim study run hessian")
+                       "mlmsim study run hessian", out_dir)
     (out_dir / "report.md").write_text(_markdown(tables, zero, figures, ran), encoding="utf-8")
 
 

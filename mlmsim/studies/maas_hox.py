@@ -66,7 +66,8 @@ def run(out_dir: Path, options: RunOptions) -> None:
     """Run the design into ``out_dir/records``, then :func:`report`."""
     out_dir = Path(out_dir)
     study(options).run(out_dir / "records", n_jobs=options.n_jobs, backend=options.backend,
-                       scheduler=options.scheduler, progress=options.progress)
+                       scheduler=options.scheduler, progress=options.progress,
+                       label="maas_hox")
     report(out_dir)
 
 
@@ -91,7 +92,7 @@ def report(out_dir: Path) -> None:
                  path=out_dir / "noncoverage.png")
     plot_measure(summary, "relbias", "n_groups", row="group_size", hue="icc",
                  parameters=PARAMETERS, path=out_dir / "relbias.png")
-    (out_dir / "report.md").write_text(_report_text(summary, cells, margins))
+    (out_dir / "report.md").write_text(_report_text(summary, cells, margins, out_dir))
 
 
 def _noncoverage_counts(result) -> pd.DataFrame:
@@ -129,10 +130,11 @@ def _wide(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return wide[[p for p in PARAMETERS if p in wide.columns]].reset_index()
 
 
-def _report_text(summary, cells, margins) -> str:
+def _report_text(summary, cells, margins, out_dir=None) -> str:
     fit = summary[summary.parameter == "(fit)"]
     tot = fit.groupby("measure").estimate.sum()
-    ran, _ = run_lines({"maas_hox": summary}, FULL, FULL_REPS, "mlmsim study run maas_hox")
+    ran, _ = run_lines({"maas_hox": summary}, FULL, FULL_REPS, "mlmsim study run maas_hox",
+                       out_dir)
     lines = [f"# {TITLE}", "", *ran, "## Design (ADEMP)", "",
              __doc__.split("ADEMP:", 1)[1].strip(), "",
              "## Fits", "",

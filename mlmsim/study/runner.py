@@ -51,6 +51,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mlmsim.engine.compiled import compile_note
 from mlmsim.study.identity import (
     DefinitionError,
     canonical,
@@ -58,6 +59,7 @@ from mlmsim.study.identity import (
     form_digest,
     form_parts,
 )
+from mlmsim.study.progress import progress_reporter, say
 from mlmsim.study.seeds import (
     as_root_seed,
     method_rng,
@@ -1175,7 +1177,7 @@ class Study:
     # -- running ------------------------------------------------------------
     def run(self, out_dir: str | os.PathLike | None = None, *, n_jobs: int = 1,
             backend: str = "loky", chunk_size: int | None = None, scheduler: Any = None,
-            progress: bool | None = None) -> StudyResult:
+            progress: bool | None = None, label: str | None = None) -> StudyResult:
         """Run every replicate of every condition not already in ``out_dir``.
 
         Parameters
@@ -1190,7 +1192,13 @@ class Study:
         chunk_size : replicates per chunk (per task and per file); default
             ceil(total / max(16, 4 workers)), at most 10,000 and at most ``n_reps``;
             rounded up to a multiple of the batched methods' ``batch_size``.
-        progress : a tqdm bar of replicates done; None shows it only on a terminal.
+        progress : None (default): a tqdm bar of replicates done on a terminal, else a
+            plain line every few seconds (:mod:`mlmsim.study.progress`); True: the bar;
+            False: nothing. Unless False, a resumed run first says how many replicates
+            were already done, and a run on a fresh install says that numba compiles the
+            kernels first.
+        label : the name on the bar and the lines (default: ``out_dir``'s name, or
+            "replicates").
 
         Warnings raised while generating or fitting become the record's ``messages``;
         they are caught per process, so give dask workers one thread each (as the
@@ -1204,13 +1212,16 @@ class Study:
         if backend not in ("loky", "dask"):
             raise ValueError(f"backend must be 'loky' or 'dask', got {backend!r}")
         if out_dir is None:
-            return self._run(None, n_jobs, backend, chunk_size, scheduler, progress)
+            return self._run(None, n_jobs, backend, chunk_size, scheduler, progress,
+                             label or "replicates")
         directory = StudyDirectory(out_dir)
         with directory.writing():
-            return self._run(directory, n_jobs, backend, chunk_size, scheduler, progress)
+            return self._run(directory, n_jobs, backend, chunk_size, scheduler, progress,
+                             label or directory.path.name)
 
     def _run(self, directory: StudyDirectory | None, n_jobs: int, backend: str,
-             chunk_size: int | None, scheduler: Any, progress: bool | None) -> StudyResult:
+             chunk_size: int | None, scheduler: Any, progress: bool | None,
+             label: str) -> StudyResult:
         """:meth:`run`, with ``directory`` (if any) locked for writing."""
         plan = self._plan()
         manifest = self._manifest()  # the identity, computed once per run
@@ -1232,7 +1243,15 @@ class Study:
         chunk_size = math.ceil(chunk_size / align) * align
         tasks, n_done = _tasks(len(self._conds), self.n_reps, chunk_size, done)
         tables: dict[tuple[int, int], pa.Table] = {}
-        bar = _progress_bar(len(self._conds) * self.n_reps, n_done, progress)
+        total = len(self._conds) * self.n_reps
+        if n_done:
+            say(f"{label}: resuming: {n_done} of {total} replicates done", progress)
+        if tasks:
+            note = compile_note()
+            if note:
+                say(f"{label}: {note}", progress)
+        bar = progress_reporter(total, n_done, progress, label)
+        started, t0 = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
         try:
             for (c, a, b), table in _execute(plan, tasks, n_jobs, backend, scheduler, workers):
                 if directory is not None:
@@ -1242,6 +1261,11 @@ class Study:
                 bar.update(b - a)
         finally:
             bar.close()
+        if directory is not None and tasks:
+            directory.record_run({"started": started,
+                                  "seconds": round(time.perf_counter() - t0, 3),
+                                  "replicates": sum(b - a for _, a, b in tasks),
+                                  "workers": workers, "backend": backend})
         return StudyResult(
             conditions=self.conditions, methods=[m.name for m in self._methods],
             n_reps=self.n_reps, seed=self.seed, definition_hash=definition_hash,
@@ -1289,16 +1313,6 @@ def _tasks(n_conditions: int, n_reps: int, chunk_size: int,
             if pos >= n_reps:
                 break
     return tasks, n_done
-
-
-def _progress_bar(total: int, initial: int, progress: bool | None):
-    from tqdm.auto import tqdm
-
-    disable = None if progress is None else not progress
-    if progress is None and not sys.stderr.isatty():
-        disable = True
-    return tqdm(total=total, initial=initial, disable=disable, unit="rep", desc="replicates",
-                smoothing=0.1)
 
 
 def _execute(plan: _Plan, tasks: list, n_jobs: int, backend: str, scheduler: Any,
@@ -1388,7 +1402,9 @@ class ReplicateCount:
     (condition x replicate): ``expected`` = conditions x ``expected_reps``; ``present``
     have records; ``missing`` have none; ``duplicated`` are held by more than one chunk
     file (identical copies: one is used), ``duplicated_records`` the records repeated
-    there; ``corrupt_files`` chunk files that failed their checks and are not read."""
+    there; ``corrupt_files`` chunk files that failed their checks and are not read;
+    ``beyond`` replicates in the directory at or above ``expected_reps`` (an earlier run
+    asked for more), which are not read."""
 
     conditions: int
     expected_reps: int
@@ -1398,6 +1414,7 @@ class ReplicateCount:
     duplicated: int = 0
     duplicated_records: int = 0
     corrupt_files: int = 0
+    beyond: int = 0
 
     @property
     def complete(self) -> bool:
@@ -1421,6 +1438,9 @@ class ReplicateCount:
             text += f" ({self.duplicated_records} repeated records, one copy used)"
         if self.corrupt_files:
             text += f", {self.corrupt_files} corrupt chunk files not read"
+        if self.beyond:
+            text += (f"; {self.beyond} more replicates in the directory, beyond "
+                     f"{self.expected_reps} per condition, are not read")
         return text
 
 
@@ -1523,23 +1543,29 @@ class StudyResult:
 
     summarize = summarise
 
-    def _presence(self) -> tuple[np.ndarray, int]:
-        """(present[condition, rep] for reps below the expected count, corrupt files):
-        one pass over the ``condition`` and ``rep`` columns only."""
+    def _presence(self) -> tuple[np.ndarray, int, int]:
+        """(present[condition, rep] for reps below the expected count, corrupt files,
+        replicates at or above it): one pass over the ``condition`` and ``rep`` columns."""
         n_reps = (self.n_reps if self.n_reps is not None else self.expected_reps) or 0
         present = np.zeros((len(self.conditions), n_reps), dtype=bool)
         corrupt = 0
+        beyond: set[int] = set()
 
         def mark(table: pa.Table) -> None:
             c = table.column("condition").to_numpy()
             r = table.column("rep").to_numpy()
-            keep = (r < n_reps) & (c < len(self.conditions))
+            known = c < len(self.conditions)
+            keep = (r < n_reps) & known
             present[c[keep], r[keep]] = True
+            over = (r >= n_reps) & known
+            if over.any():
+                beyond.update(np.unique(c[over].astype(np.int64) << 32
+                                        | r[over].astype(np.int64)).tolist())
 
         if self._tables is not None:
             for table in self._tables:
                 mark(table)
-            return present, corrupt
+            return present, corrupt, len(beyond)
         for chunk in self.directory.chunk_files():  # one chunk in memory at a time
             try:
                 mark(self.directory.read_chunk(chunk, self.definition_hash,
@@ -1548,12 +1574,12 @@ class StudyResult:
                 corrupt += 1
                 warnings.warn(f"chunk file {chunk.path.name} is corrupt ({exc}); skipped",
                               CorruptChunkWarning, stacklevel=3)
-        return present, corrupt
+        return present, corrupt, len(beyond)
 
     def missing(self) -> pd.DataFrame:
         """Replicates (condition, rep) below ``n_reps`` (or, when that is None, below the
         replicates per condition the study was run with) that have no records."""
-        present, _ = self._presence()
+        present, _, _ = self._presence()
         c, r = np.nonzero(~present)
         return pd.DataFrame({"condition": c, "rep": r})
 
@@ -1561,7 +1587,7 @@ class StudyResult:
         """Expected, present, missing and duplicated replicates (:class:`ReplicateCount`),
         against ``n_reps`` or, when that is None, the replicates per condition the study
         was run with (its manifest's)."""
-        present, corrupt = self._presence()
+        present, corrupt, beyond = self._presence()
         n_rows, n_reps = present.shape
         found = int(present.sum())
         dup = self.overlaps
@@ -1572,7 +1598,8 @@ class StudyResult:
         return ReplicateCount(conditions=n_rows, expected_reps=n_reps,
                               expected=n_rows * n_reps, present=found,
                               missing=n_rows * n_reps - found, duplicated=dup_reps,
-                              duplicated_records=dup_records, corrupt_files=corrupt)
+                              duplicated_records=dup_records, corrupt_files=corrupt,
+                              beyond=beyond)
 
     def __repr__(self) -> str:
         where = f" in {self.out_dir}" if self.out_dir is not None else ""
@@ -1583,9 +1610,11 @@ class StudyResult:
 def load_study(out_dir: str | os.PathLike, n_reps: int | None = None) -> StudyResult:
     """Open a study directory for reading (no code is run: JSON and Parquet only).
 
-    ``n_reps`` limits the records to replicates below it; None reads all there are, and
-    :meth:`StudyResult.missing` and :meth:`StudyResult.replicate_count` then count
-    against the replicates per condition in the manifest. The manifest's checksum is
+    ``n_reps`` limits the records to replicates below it. None means the replicates per
+    condition of the directory's latest run (its manifest's ``n_reps``): a run with
+    ``--reps 10`` into a directory that holds 20 is reported as the 10 it asked for, and
+    :meth:`StudyResult.replicate_count` counts the 10 beyond them (read them with
+    ``n_reps=20``). A manifest without ``n_reps`` reads all there are. The manifest's checksum is
     verified (an edited manifest is refused with :class:`StudyDirectoryError`).
     Corrupt chunk files are skipped with a :class:`CorruptChunkWarning`. Chunk files that
     hold the same replicates (two runs wrote the directory at once, or files were copied
@@ -1597,6 +1626,8 @@ def load_study(out_dir: str | os.PathLike, n_reps: int | None = None) -> StudyRe
     manifest = directory.read_manifest()
     if manifest is None:
         raise StudyDirectoryError(f"{out_dir} has no study manifest")
+    if n_reps is None and manifest.get("n_reps") is not None:
+        n_reps = int(manifest["n_reps"])
     overlaps = directory.overlaps(manifest["definition_hash"], n_reps)
     if overlaps:
         pairs = overlaps.pairs

@@ -413,6 +413,16 @@ class StudyDirectory:
         data = json.dumps(body, indent=1, allow_nan=True).encode()
         atomic_write(self.manifest_path, data)
 
+    def record_run(self, run: dict) -> None:
+        """Append one finished run (its start time, wall-clock seconds, replicates run
+        and workers) to the manifest's ``runs``, so that a report can state the study's
+        run time; a killed run writes nothing here. Call it while holding the lock."""
+        manifest = self.read_manifest()
+        if manifest is None:
+            return
+        manifest["runs"] = [*manifest.get("runs", []), dict(run)]
+        self.write_manifest(manifest)
+
     def open_for(self, manifest: dict) -> None:
         """Check that this directory holds ``manifest``'s study, or start it there.
 
