@@ -197,12 +197,7 @@ class _Parser:
                 self.take()
                 if self.at("("):
                     self.take("(")
-                    if not self.at(")"):
-                        self.literal()
-                        while self.at(","):
-                            self.take(",")
-                            self.literal()
-                    self.take(")")
+                    self.literals_until(")")
             else:
                 raise _Refusal(f"{tok.text or 'the end'!r} in C() at position {tok.at}")
 
@@ -219,12 +214,16 @@ class _Parser:
 
     def literal_list(self) -> None:
         self.take("[")
-        if not self.at("]"):
+        self.literals_until("]")
+
+    def literals_until(self, close: str) -> None:
+        """``literal (',' literal)*``, possibly empty, then ``close``."""
+        if not self.at(close):
             self.literal()
             while self.at(","):
                 self.take(",")
                 self.literal()
-        self.take("]")
+        self.take(close)
 
 
 def _check_name(tok: _Token) -> None:

@@ -23,9 +23,9 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["ldl", "ldl_solve", "ldl_inverse", "ldl_at", "ldl_solve_at", "ldl_inverse_at",
-           "ldl_solve_cols", "log_accumulate", "lu_solve", "matmul", "scaled_eigh",
-           "scaled_inverse", "symmetrise"]
+__all__ = ["add_outer", "ldl", "ldl_solve", "ldl_inverse", "ldl_at", "ldl_solve_at",
+           "ldl_inverse_at", "ldl_solve_cols", "log_accumulate", "lu_solve", "matmul",
+           "scaled_eigh", "scaled_inverse", "symmetrise"]
 
 _BIG = 1e280
 
@@ -41,6 +41,18 @@ def matmul(O, X, Y, n, k, m):
             for t in range(k):
                 acc += X[a, t] * Y[t, b]
             O[a, b] = acc
+
+
+@njit(cache=True, error_model="numpy")
+def add_outer(W, P, Q, n):
+    """W[i, a, t, b] += P[i, a] Q[t, b] for i, a, t, b < n (4-d W, in place). Sizes
+    passed, as for :func:`matmul`."""
+    for i in range(n):
+        for a in range(n):
+            x = P[i, a]
+            for t in range(n):
+                for b in range(n):
+                    W[i, a, t, b] += x * Q[t, b]
 
 
 @njit(cache=True, error_model="numpy")

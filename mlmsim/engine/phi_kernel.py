@@ -38,7 +38,7 @@ from mlmsim.engine.gls import (
     replicate,
     workspace,
 )
-from mlmsim.engine.linalg import ldl_inverse_at, matmul, symmetrise
+from mlmsim.engine.linalg import add_outer, ldl_inverse_at, matmul, symmetrise
 from mlmsim.engine.unroll import by_q, specialise
 
 __all__ = ["phi_pass", "phi_terms", "phi_workspace", "phi_many",
@@ -68,7 +68,7 @@ def phi_workspace(J, q, p, K):
     """Work arrays for :func:`phi_pass`, allocated once per call of a batch driver."""
     m = K + 1
     return PhiWork(workspace(J, q, p), np.empty((J, q, q)), np.empty((q, q)),
-                   np.empty((7, q, q)), np.empty((5, q, p)),
+                   np.empty((9, q, q)), np.empty((5, q, p)),
                    np.empty((7, p, p)), np.empty((6, p)), np.empty((q, q, q, q)),
                    np.empty((q, p, q, 1)), np.empty((q, p, q, p)), np.empty((m, p)),
                    np.empty((m, p, p)), np.empty((J, q)), np.empty((q, q, q, q)),
@@ -153,7 +153,7 @@ def phi_terms_any(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C,
     # per-group q x q and q-vectors (local: loop-free copies keep them in registers)
     G, GA, G2A, Q, P = (np.empty((q, q)), np.empty((q, q)), np.empty((q, q)),
                         np.empty((q, q)), np.empty((q, q)))
-    Qw, G2Aw, PE = wqq[4], wqq[5], wqq[6]
+    Qw, G2Aw, PE, FCFw, G2BCFw = wqq[4], wqq[5], wqq[6], wqq[7], wqq[8]
     u, Du, Gu, G2u, s, s_2 = (np.empty(q), np.empty(q), np.empty(q), np.empty(q),
                               np.empty(q), np.empty(q))
     DB, GB, G2B, F, FC = wqp[0], wqp[1], wqp[2], wqp[3], wqp[4]
@@ -321,16 +321,16 @@ def phi_terms_any(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C,
                     P[a, b] += 2.0 * acc
                     Ps[a, b] += 2.0 * acc_2
                     Gs[a, b] -= acc
+                    if want_E:
+                        FCFw[a, b] = acc
+                        G2BCFw[a, b] = acc_2
         if want_E:
-            _expected_group(Qw, G2Aw, F, FC, G2B, v2, reml, PE, PsE, W4E, q, p)
-        # FF[i, a, l, b] += F[i, a] F[l, b] (for M_k = sum_j F_j'E_k F_j),
-        # W4[n, i, t, m] += P[n, i] Q[t, m],  Wf[i, a, l] += F[i, a] s[l]
+            _expected_group(Qw, G2Aw, FCFw, G2BCFw, v2, reml, PE, PsE, W4E, q)
+        # W4[n, i, t, m] += P[n, i] Q[t, m],
+        # FF[i, a, l, b] += F[i, a] F[l, b] (for M_k = sum_j F_j'E_k F_j), Wf[i, a, l] +=
+        # F[i, a] s[l]
+        add_outer(W4, P, Q, q)
         for i in range(q):
-            for a in range(q):
-                x = P[i, a]
-                for t in range(q):
-                    for b in range(q):
-                        W4[i, a, t, b] += x * Q[t, b]
             for a in range(p):
                 x = F[i, a]
                 for t in range(q):
@@ -470,10 +470,11 @@ def phi_terms_any(st, rows, cols, sigma2, reml, want_dC, pw, f_out, g_out, H, C,
 
 
 @njit(cache=True, error_model="numpy")
-def _expected_group(Q, G2A, F, FC, G2B, v2, reml, PE, PsE, W4E, q, p):
+def _expected_group(Q, G2A, FCF, G2BCF, v2, reml, PE, PsE, W4E, q):
     """One group's share of the expected Hessian (6.6) in :func:`phi_terms_any`:
     P_E = Q [- 2 F C F'] into PE, PsE += Q2 [- 2 F2 C F'], W4E[n, i, t, m] += P_E[n, i]
-    Q[t, m] (FC = F C, already formed where ``reml``)."""
+    Q[t, m]; where ``reml``, FCF = F C F' and G2BCF = F2 C F' as the caller formed them
+    for P and Ps."""
     for a in range(q):
         for b in range(q):
             PE[a, b] = Q[a, b]
@@ -481,19 +482,9 @@ def _expected_group(Q, G2A, F, FC, G2B, v2, reml, PE, PsE, W4E, q, p):
     if reml:
         for a in range(q):
             for b in range(q):
-                acc = 0.0
-                acc_2 = 0.0
-                for t in range(p):
-                    acc += FC[a, t] * F[b, t]
-                    acc_2 += G2B[a, t] * v2 * FC[b, t]
-                PE[a, b] -= 2.0 * acc
-                PsE[a, b] -= 2.0 * acc_2
-    for i in range(q):
-        for a in range(q):
-            xe = PE[i, a]
-            for t in range(q):
-                for b in range(q):
-                    W4E[i, a, t, b] += xe * Q[t, b]
+                PE[a, b] -= 2.0 * FCF[a, b]
+                PsE[a, b] -= 2.0 * G2BCF[a, b]
+    add_outer(W4E, PE, Q, q)
 
 
 @njit(cache=True, error_model="numpy")
@@ -543,7 +534,7 @@ def _phi_block(rows, cols, W4, Ps, hKK, H):
 
 
 # (its calls of gls_pass and group_D go to their q = 2 copies through by_q)
-phi_terms_q2 = specialise(phi_terms_any, {"q": 2}, "phi_terms_q2", (), (matmul,))
+phi_terms_q2 = specialise(phi_terms_any, {"q": 2}, "phi_terms_q2", (), (matmul, add_outer))
 phi_terms = by_q(phi_terms_any, phi_terms_q2, "phi_terms")
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from mlmsim.study.intervals import proportion_interval
+from mlmsim.study.progress import duration
 
 __all__ = ["markdown_table", "fmt", "with_mcse", "with_interval", "direction",
            "proportion_direction", "difference", "run_lines", "wall_clock", "ran_design",
@@ -150,14 +151,6 @@ def _fit_seconds(summary: pd.DataFrame) -> float:
     return float((s.estimate * s.n).sum()) if len(s) else math.nan
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.3g} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.3g} min"
-    return f"{seconds / 3600:.3g} h"
-
-
 Design = Mapping[str, Sequence] | pd.DataFrame
 """A full design: a grid (condition variable -> levels, crossed) or its conditions, one
 row each."""
@@ -267,7 +260,7 @@ def run_lines(summaries: Mapping[str, pd.DataFrame], full: Design | Mapping[str,
     wall, n_runs, n_ran = wall_clock(out_dir)
     if n_runs:
         runs = "one run" if n_runs == 1 else f"{n_runs} runs (a resumed study)"
-        lines.append(f"- Run time: {_duration(wall)} wall-clock, {runs}, {n_ran} replicates "
+        lines.append(f"- Run time: {duration(wall)} wall-clock, {runs}, {n_ran} replicates "
                      "run (including the compilation of the kernels if it happened then).")
     else:
         lines.append("- Run time: not recorded (records written before mlmsim recorded "
@@ -275,7 +268,7 @@ def run_lines(summaries: Mapping[str, pd.DataFrame], full: Design | Mapping[str,
     secs = [_fit_seconds(s) for s in summaries.values()]
     secs = [v for v in secs if np.isfinite(v)]
     if secs:
-        lines.append(f"- Fitting time: {_duration(sum(secs))}, summed over the fits as "
+        lines.append(f"- Fitting time: {duration(sum(secs))}, summed over the fits as "
                      "the records time them.")
     lines.append("")
     return lines, full_run

@@ -21,14 +21,14 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-__all__ = ["LineProgress", "progress_reporter", "say"]
+__all__ = ["LineProgress", "duration", "progress_reporter", "say"]
 
 #: seconds between two progress lines when standard error is not a terminal
 LINE_INTERVAL = 10.0
 
 
-def _duration(seconds: float) -> str:
-    """``42 s``, ``3.5 min`` or ``2.1 h``."""
+def duration(seconds: float) -> str:
+    """A time span for people: ``42 s``, ``3.5 min`` or ``2.1 h``."""
     if seconds < 100:
         return f"{seconds:.0f} s"
     if seconds < 6000:
@@ -58,10 +58,10 @@ class LineProgress:
         ran = self.done - self._start_done
         pct = 100.0 * self.done / self.total if self.total else 100.0
         text = (f"{self.label}: {self.done} of {self.total} replicates ({pct:.0f}%), "
-                f"{_duration(elapsed)} elapsed")
+                f"{duration(elapsed)} elapsed")
         left = self.total - self.done
         if 0 < left and ran > 0:
-            text += f", about {_duration(elapsed / ran * left)} left"
+            text += f", about {duration(elapsed / ran * left)} left"
         return text
 
     def _print(self, text: str) -> None:
