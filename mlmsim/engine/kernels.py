@@ -199,6 +199,9 @@ def singular_one(L, A, N):
             e = q - nr + a
             for b in range(q):
                 W[a, b] = math.sqrt(ev[e]) * E[b, e]
+    if full and q == 1:
+        v = W[0, 0] * L[0, 0]  # the 1 x 1 case of the SVD below
+        return v * v
     if full and q == 2:
         # M = W Lambda (2 x 2): sigma_max^2 = (|M|_F^2 + sqrt(|M|_F^4 - 4 det^2)) / 2 and
         # sigma_min^2 = det^2 / sigma_max^2, with det = det(W) det(Lambda) (no

@@ -248,6 +248,14 @@ def scaled_eigh(H, d, w):
     for i in range(m):
         for j in range(m):
             Hs[i, j] = H[i, j] * d[i] * d[j]
+    if m == 2:
+        # (a + c) / 2 -+ sqrt(((a - c) / 2)^2 + b^2), from the lower triangle as LAPACK
+        # reads it: a random intercept's (tau^2, sigma^2) without LAPACK's overhead
+        half = 0.5 * (Hs[0, 0] + Hs[1, 1])
+        rad = math.hypot(0.5 * (Hs[0, 0] - Hs[1, 1]), Hs[1, 0])
+        w[0] = half - rad
+        w[1] = half + rad
+        return True
     ev = np.linalg.eigvalsh(Hs)
     for i in range(m):
         w[i] = ev[i]
