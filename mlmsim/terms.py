@@ -39,14 +39,16 @@ def max_abs_by_column(X):
     """:func:`column_max_abs` of a 2-d array with N > 0, for compiled callers."""
     N, p = X.shape
     out = np.zeros(p)
-    for c in range(p):
-        m = 0.0
-        nan = False
-        for i in range(N):
+    total = np.zeros(p)  # sum of |X_ic|: NaN exactly where the column holds a NaN
+    for i in range(N):   # row by row, as a design is laid out (C order)
+        for c in range(p):
             a = abs(X[i, c])
-            m = max(m, a)
-            nan |= a != a
-        out[c] = np.nan if nan else m
+            total[c] += a
+            if a > out[c]:
+                out[c] = a
+    for c in range(p):
+        if total[c] != total[c]:
+            out[c] = np.nan
     return out
 
 
