@@ -224,3 +224,10 @@ def test_runs_are_recorded_and_reported(tmp_path):
                in line for line in lines)
     lines, _ = run_lines({"s": summary}, {"size": [4, 8]}, 8, "run it")
     assert any(line.startswith("- Run time: not recorded") for line in lines)
+
+
+def test_durations_for_people():
+    from mlmsim.study.progress import duration
+
+    assert [duration(s) for s in (0.4321, 4.0, 42.4, 210.0, 9000.0)] == \
+        ["0.43 s", "4 s", "42 s", "3.5 min", "2.5 h"]

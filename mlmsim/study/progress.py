@@ -28,7 +28,9 @@ LINE_INTERVAL = 10.0
 
 
 def duration(seconds: float) -> str:
-    """A time span for people: ``42 s``, ``3.5 min`` or ``2.1 h``."""
+    """A time span for people: ``0.43 s``, ``42 s``, ``3.5 min`` or ``2.1 h``."""
+    if seconds < 10:
+        return f"{seconds:.2g} s"
     if seconds < 100:
         return f"{seconds:.0f} s"
     if seconds < 6000:
