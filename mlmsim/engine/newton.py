@@ -41,6 +41,7 @@ from mlmsim.engine.tolerances import (
     PROBES,
     RESTART_MARGIN,
     ROUNDING_FLOOR,
+    ROUNDING_NOISE,
     SADDLE,
     SINGULAR,
     START_CLIP,
@@ -320,9 +321,13 @@ def _minimize(theta, st, rows, cols, reml, max_iter, tol, gtol, max_step, edge, 
             dec = _direction(g, Bm, p)
             code = _stationary(g, dec, tol, gtol)
         saddle = code >= 0 and exact and lam_rel < SADDLE
+        if code < 0 and dec < ROUNDING_NOISE * max(abs(f), 1.0) and (
+                exact or not _near_edge(theta, rows, cols, edge)):
+            # a decrease below the deviance's rounding noise: no line search can verify it
+            code = _FLOOR
         if code >= 0 and not saddle:
             stop = code
-            if code == _DECREMENT and dec > 0.0:
+            if (code == _DECREMENT or code == _FLOOR) and dec > 0.0:
                 # the last Newton step, taken when it does not raise the deviance: one
                 # evaluation that takes the estimate from ~1e-6 of a standard error of the
                 # optimum to rounding level (the digits that lme4 and SAS print)

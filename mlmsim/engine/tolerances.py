@@ -12,7 +12,8 @@ from __future__ import annotations
 __all__ = [
     "MAX_ITER", "DECREMENT_TOL", "GRADIENT_TOL", "MAX_STEP", "EDGE", "ROUNDING_FLOOR",
     "FD_STEP", "CURVATURE_FLOOR", "SADDLE", "ARMIJO", "BFGS_CURVATURE", "MAX_HALVINGS",
-    "FLOOR_HALVINGS", "RESTART_MARGIN", "PROBES", "FULL_RESTART_GROUPS", "SINGULAR",
+    "FLOOR_HALVINGS", "ROUNDING_NOISE", "RESTART_MARGIN", "PROBES", "FULL_RESTART_GROUPS",
+    "SINGULAR",
     "HESSIAN_PD", "GRAD_CHECK",
     "START_DET", "START_CLIP", "DEPENDENT_SCREEN", "DEPENDENT_EIG", "RANK_TOL",
 ]
@@ -42,6 +43,13 @@ ROUNDING_FLOOR = 2e-11
 deviance's rounding floor: convergence. The deviance's rounding noise is about 1e-13 of
 |d| (5e-9 for HSB's d = 46,711, where this gives 1e-6); relative to |d|, so that a small
 deviance is not declared converged on a decrement its noise cannot explain."""
+
+ROUNDING_NOISE = 1e-13
+"""The deviance's rounding noise relative to |d|. A decrement below this times
+max(|d|, 1) predicts a decrease that no evaluation can tell from noise (at J = 10^6
+groups of 3, ML: |d| = 10^7, the gradient's own rounding is 0.1 and the decrement
+1e-8): the optimiser takes that last Newton step when it does not raise the deviance,
+and stops (at the rounding floor) instead of line-searching on noise."""
 
 FLOOR_HALVINGS = 3
 """Line-search halvings at the rounding floor (a Newton step there is taken whole or not
