@@ -321,9 +321,10 @@ def _minimize(theta, st, rows, cols, reml, max_iter, tol, gtol, max_step, edge, 
             dec = _direction(g, Bm, p)
             code = _stationary(g, dec, tol, gtol)
         saddle = code >= 0 and exact and lam_rel < SADDLE
-        if code < 0 and dec < ROUNDING_NOISE * max(abs(f), 1.0) and (
-                exact or not _near_edge(theta, rows, cols, edge)):
+        if code < 0 and exact and dec < ROUNDING_NOISE * max(abs(f), 1.0):
             # a decrease below the deviance's rounding noise: no line search can verify it
+            # (on the exact Hessian only: the last Newton step from there is quadratic,
+            # from a BFGS matrix it would leave digits that lme4 and SAS print)
             code = _FLOOR
         if code >= 0 and not saddle:
             stop = code

@@ -48,8 +48,9 @@ ROUNDING_NOISE = 1e-13
 """The deviance's rounding noise relative to |d|. A decrement below this times
 max(|d|, 1) predicts a decrease that no evaluation can tell from noise (at J = 10^6
 groups of 3, ML: |d| = 10^7, the gradient's own rounding is 0.1 and the decrement
-1e-8): the optimiser takes that last Newton step when it does not raise the deviance,
-and stops (at the rounding floor) instead of line-searching on noise."""
+1e-8): on the exact Hessian, the optimiser takes that last Newton step when it does not
+raise the deviance, and stops (at the rounding floor) instead of line-searching on
+noise."""
 
 FLOOR_HALVINGS = 3
 """Line-search halvings at the rounding floor (a Newton step there is taken whole or not
