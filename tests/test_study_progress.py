@@ -13,7 +13,6 @@ import pytest
 
 from mlmsim.engine import compiled
 from mlmsim.study import Study, load_study, progress
-from mlmsim.study import runner as runner_module
 from mlmsim.study.progress import LineProgress
 
 
@@ -124,58 +123,13 @@ def test_a_resumed_run_says_so(tmp_path, capsys, monkeypatch):
     assert err.strip() == "b: resuming: 16 of 16 replicates done"
 
 
-class _FakeCompiler:
-    """Stands for the process of compiled.start_estimates_compiler."""
-
-    def __init__(self) -> None:
-        self.terminated = False
-
-    def poll(self):
-        return None  # still compiling when the run ends
-
-    def terminate(self) -> None:
-        self.terminated = True
-
-
 def test_the_first_compile_is_announced_once_per_cache_state(tmp_path, capsys, monkeypatch):
-    started: list[_FakeCompiler] = []
-
-    def start():
-        started.append(_FakeCompiler())
-        return started[-1]
-
-    monkeypatch.setattr(runner_module, "start_estimates_compiler", start)
     monkeypatch.setattr(compiled, "kernels_cached", lambda: False)
     _study(2).run(tmp_path / "a", label="b")
-    assert "the first fit compiles them, once" in capsys.readouterr().err
-    # the second compiler process was started, and stopped when the run ended
-    assert len(started) == 1 and started[0].terminated
-    _study(2).run(tmp_path / "b", label="b", n_jobs=2)   # workers compile for themselves
-    assert len(started) == 1
     assert "the first fit compiles them, once" in capsys.readouterr().err
     monkeypatch.setattr(compiled, "kernels_cached", lambda: True)
     _study(2).run(tmp_path / "c", label="b")
     assert "compiles" not in capsys.readouterr().err
-    assert len(started) == 1
-
-
-def test_compile_estimates_gives_the_signature_a_fit_calls():
-    """The warm-up compiles estimates_many for the argument types a fit passes: after a
-    fit, compile_estimates(q) adds no signature (it would, with another layout or type)."""
-    from mlmsim.engine import kernels
-
-    rng = np.random.default_rng(3)
-    g = np.repeat(np.arange(12), 4)
-    x = rng.normal(size=48)
-    data = pd.DataFrame({"y": x + rng.normal(size=12)[g] + rng.normal(size=48), "x": x,
-                         "g": g})
-    import mlmsim
-
-    for q, formula in ((1, "y ~ x + (1 | g)"), (2, "y ~ x + (1 + x | g)")):
-        mlmsim.fit(formula, data)
-        before = len(kernels.estimates_many.signatures)
-        compiled.compile_estimates(q)
-        assert len(kernels.estimates_many.signatures) == before, q
 
 
 def _dispatcher(index):

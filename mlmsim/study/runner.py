@@ -51,7 +51,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlmsim.engine.compiled import compile_note, start_estimates_compiler
+from mlmsim.engine.compiled import compile_note
 from mlmsim.study.identity import (
     DefinitionError,
     canonical,
@@ -1246,14 +1246,10 @@ class Study:
         total = len(self._conds) * self.n_reps
         if n_done:
             say(f"{label}: resuming: {n_done} of {total} replicates done", progress)
-        compiler = None
         if tasks:
             note = compile_note()
             if note:
                 say(f"{label}: {note}", progress)
-                if workers == 1 and backend == "loky":
-                    # this process compiles the optimiser meanwhile (compiled.py)
-                    compiler = start_estimates_compiler()
         bar = progress_reporter(total, n_done, progress, label)
         started, t0 = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
         try:
@@ -1265,8 +1261,6 @@ class Study:
                 bar.update(b - a)
         finally:
             bar.close()
-            if compiler is not None and compiler.poll() is None:
-                compiler.terminate()
         if directory is not None and tasks:
             directory.record_run({"started": started,
                                   "seconds": round(time.perf_counter() - t0, 3),
