@@ -18,7 +18,7 @@ from importlib import import_module
 __all__ = ["FIRST_COMPILE", "compile_note", "kernels_cached"]
 
 #: what the first fit's compilation costs on a 2-core machine (measured: see the README)
-FIRST_COMPILE = "about 1 to 2 min on 2 cores"
+FIRST_COMPILE = "about 45 s on 2 cores"
 
 #: the kernels every fit calls, as (module, function)
 _ENTRY_POINTS = (("mlmsim.engine.newton", "minimize_many"),
