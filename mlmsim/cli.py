@@ -745,7 +745,8 @@ def _record_roots(d: Path) -> list[Path]:
 def _integrity_lines(roots: list[Path]) -> tuple[list[str], bool]:
     """Per records directory, its replicates expected, present, missing and duplicated
     (:meth:`mlmsim.study.StudyResult.replicate_count`); and whether every one is
-    complete and consistent. Only directories that are not are given a line."""
+    complete and consistent. Only directories that are not, or that hold replicates
+    beyond their latest run's, are given a line."""
     from mlmsim.study import IncompleteStudyWarning, load_study
 
     lines, sound = [], True
@@ -754,8 +755,9 @@ def _integrity_lines(roots: list[Path]) -> tuple[list[str], bool]:
             # the report says it at the top instead
             warnings.simplefilter("ignore", IncompleteStudyWarning)
             count = load_study(root).replicate_count()
-        if not (count.complete and count.consistent) or count.beyond:
-            sound = sound and count.complete and count.consistent
+        ok = count.complete and count.consistent
+        sound = sound and ok
+        if not ok or count.beyond:
             where = f" ({root.name})" if len(roots) > 1 else ""
             lines.append(f"{count.describe()}{where}")
     return lines, sound

@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit
 
 from mlmsim.engine.stats import Centering
-from mlmsim.terms import UNITS_NEAR_ONE, column_max_abs, max_abs_by_column, unit_powers
+from mlmsim.terms import UNITS_NEAR_ONE, max_abs_by_column, unit_powers
 
 __all__ = ["UnitScale", "unit_scale"]
 
@@ -106,31 +106,28 @@ class UnitScale:
 
 
 @njit(cache=True)
-def _units_near_one(y, X, Z) -> bool:
-    """True when max |y_i - mean(y)| and every column's max |X_ic|, |Z_ic| lie in
-    [2^-UNITS_NEAR_ONE, 2^(UNITS_NEAR_ONE + 1)) (False where one is NaN)."""
+def _extremes(y, X, Z):
+    """(max |y_i - mean(y)|, max |X_ic| and max |Z_ic| per column, and whether all of them
+    lie in [2^-UNITS_NEAR_ONE, 2^(UNITS_NEAR_ONE + 1))), in one compiled pass (a NaN
+    lies in no range)."""
     lo, hi = 2.0 ** -UNITS_NEAR_ONE, 2.0 ** (UNITS_NEAR_ONE + 1)
-    m = np.mean(y)
+    m = np.mean(y)  # max |y_i - m| (subtraction is monotone, so this is exact)
     by = max(np.max(y) - m, m - np.min(y))
-    if not lo <= by < hi:
-        return False
-    for b in max_abs_by_column(X):
-        if not lo <= b < hi:
-            return False
-    for b in max_abs_by_column(Z):
-        if not lo <= b < hi:
-            return False
-    return True
+    bx, bz = max_abs_by_column(X), max_abs_by_column(Z)
+    near = lo <= by < hi
+    for b in bx:
+        near = near and lo <= b < hi
+    for b in bz:
+        near = near and lo <= b < hi
+    return by, bx, bz, near
 
 
 def unit_scale(design) -> UnitScale:
     """The :class:`UnitScale` for a design's y, X and Z (module docstring)."""
-    y = np.asarray(design.y, dtype=float)
-    if _units_near_one(y, design.X, design.Z):  # the common case, in one pass
-        return UnitScale(1.0, np.ones(design.X.shape[1]), np.ones(design.Z.shape[1]), True)
-    bx, bz = column_max_abs(design.X), column_max_abs(design.Z)
-    m = y.mean()  # max |y_i - m| (subtraction is monotone, so this is exact)
-    by = float(max(y.max() - m, m - y.min()))
+    by, bx, bz, near = _extremes(np.asarray(design.y, dtype=float), design.X, design.Z)
+    if near:  # the common case
+        return UnitScale(1.0, np.ones(bx.shape[0]), np.ones(bz.shape[0]), True)
+    by = float(by)
     ky = float(unit_powers(by))
     if not 2.0 ** -510 < ky < 2.0 ** 510:
         raise ValueError(
