@@ -214,8 +214,8 @@ def test_runs_are_recorded_and_reported(tmp_path):
     runs = StudyDirectory(tmp_path / "records").read_manifest()["runs"]
     assert [r["replicates"] for r in runs] == [10, 6]
     assert all(r["seconds"] >= 0 and r["workers"] == 1 for r in runs)
-    seconds, n_runs, n_ran = wall_clock(tmp_path)
-    assert (n_runs, n_ran) == (2, 16)
+    seconds, n_runs, n_ran, n_dirs = wall_clock(tmp_path)
+    assert (n_runs, n_ran, n_dirs) == (2, 16, 1)
     assert seconds == pytest.approx(sum(r["seconds"] for r in runs))
     summary = summarise(load_study(tmp_path / "records"))
     lines, full = run_lines({"s": summary}, {"size": [4, 8]}, 8, "run it", tmp_path)
@@ -231,3 +231,19 @@ def test_durations_for_people():
 
     assert [duration(s) for s in (0.4321, 4.0, 42.4, 210.0, 9000.0)] == \
         ["0.43 s", "4 s", "42 s", "3.5 min", "2.5 h"]
+
+
+def test_blocks_run_once_are_not_a_resumed_study(tmp_path):
+    """A study of two blocks (two record directories), each run once: one run of each,
+    not "2 runs (a resumed study)"."""
+    from mlmsim.studies._report import run_lines
+    from mlmsim.study import summarise
+
+    for block in ("slope", "intercept"):
+        _study(3).run(tmp_path / "records" / block, progress=False)
+    summary = summarise(load_study(tmp_path / "records" / "slope"))
+    lines, _ = run_lines({"slope": summary, "intercept": summary}, {"size": [4, 8]}, 3,
+                         "run it", tmp_path)
+    line = next(t for t in lines if t.startswith("- Run time: "))
+    assert "one run of each of its 2 blocks, 12 replicates run" in line
+    assert "resumed" not in line

@@ -205,20 +205,22 @@ def _reps(lo: int, hi: int) -> str:
     return f"{lo}" if lo == hi else f"{lo} to {hi}"
 
 
-def wall_clock(out_dir: str | Path | None) -> tuple[float, int, int]:
-    """(wall-clock seconds, runs, replicates run) over the finished runs that the
-    manifests under ``out_dir`` record (:meth:`mlmsim.study.StudyDirectory.record_run`);
-    (nan, 0, 0) when none is recorded."""
+def wall_clock(out_dir: str | Path | None) -> tuple[float, int, int, int]:
+    """(wall-clock seconds, runs, replicates run, study directories with a run) over the
+    finished runs that the manifests under ``out_dir`` record (one directory per block
+    of a study; :meth:`mlmsim.study.StudyDirectory.record_run`); (nan, 0, 0, 0) when
+    none is recorded."""
     from mlmsim.study.storage import StudyDirectory
 
-    seconds, n_runs, n_reps = 0.0, 0, 0
+    seconds, n_runs, n_reps, n_dirs = 0.0, 0, 0, 0
     for path in [] if out_dir is None else sorted(Path(out_dir).glob("**/manifest.json")):
-        manifest = StudyDirectory(path.parent).read_manifest() or {}
-        for run in manifest.get("runs", []):
+        runs = (StudyDirectory(path.parent).read_manifest() or {}).get("runs", [])
+        n_dirs += bool(runs)
+        for run in runs:
             seconds += float(run.get("seconds", math.nan))
             n_runs += 1
             n_reps += int(run.get("replicates", 0))
-    return (seconds if n_runs else math.nan), n_runs, n_reps
+    return (seconds if n_runs else math.nan), n_runs, n_reps, n_dirs
 
 
 def run_lines(summaries: Mapping[str, pd.DataFrame], full: Design | Mapping[str, Design],
@@ -257,9 +259,12 @@ def run_lines(summaries: Mapping[str, pd.DataFrame], full: Design | Mapping[str,
         lines.append(f"- {label}{len(ran)} conditions ({what}; {_levels(ran)}), "
                      f"{_reps(lo, hi)} replicates per cell (condition x method; the full "
                      f"study has {reps[name]}).")
-    wall, n_runs, n_ran = wall_clock(out_dir)
+    wall, n_runs, n_ran, n_dirs = wall_clock(out_dir)
     if n_runs:
-        runs = "one run" if n_runs == 1 else f"{n_runs} runs (a resumed study)"
+        if n_runs > n_dirs:
+            runs = f"{n_runs} runs (a resumed study)"
+        else:
+            runs = "one run" if n_dirs == 1 else f"one run of each of its {n_dirs} blocks"
         lines.append(f"- Run time: {duration(wall)} wall-clock, {runs}, {n_ran} replicates "
                      "run (including the compilation of the kernels if it happened then).")
     else:
