@@ -19,12 +19,15 @@ from mlmsim.centering import (
 )
 from mlmsim.engine import (
     BatchFit,
+    Bootstrap,
     Evaluation,
     FitControl,
     FitResult,
     LRTResult,
     OptSummary,
+    ParameterProfile,
     evaluate,
+    exact_lrt,
     fit,
     fit_arrays,
     fit_batch,
@@ -81,7 +84,8 @@ def studies_registry():
 
 
 __all__ = [
-    "BatchFit", "Binary", "Evaluation", "FitControl", "OptSummary", "evaluate",
+    "BatchFit", "Binary", "Bootstrap", "ParameterProfile", "exact_lrt", "Evaluation",
+    "FitControl", "OptSummary", "evaluate",
     "CenteredForms", "Equivalence", "add_centered", "centered_forms",
     "centering", "equivalence", "Categorical", "ChiSquare", "Complement", "Continuous", "Discrete",
     "FitResult", "FormulaMethod", "FromSpec", "GroupCentered", "GroupMean", "Indicator",

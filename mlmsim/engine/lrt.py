@@ -16,19 +16,25 @@ so REML fits that differ in fixed effects are refused, as are ML vs REML pairs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import stats as sps
 
 from mlmsim.engine.result import FitResult
 
-__all__ = ["LRTResult", "lrt"]
+__all__ = ["LRTResult", "lrt", "exact_lrt"]
 
 
 @dataclass(frozen=True)
 class LRTResult:
-    """A likelihood-ratio test; ``p_mixture`` is the boundary-corrected p-value."""
+    """A likelihood-ratio test; ``p_mixture`` is the boundary-corrected p-value.
+
+    With ``method="boot"``, ``p_boot`` is the parametric-bootstrap p-value from
+    ``nsim`` refit pairs (``n_failed`` of them failed and left out); with
+    ``method="exact"`` (:func:`exact_lrt`), ``p_exact`` is the p-value from ``nsim``
+    draws of the exact null distribution. ``reference`` holds the simulated null
+    statistics (for plotting); NaN / None otherwise."""
 
     statistic: float
     df: int
@@ -38,6 +44,12 @@ class LRTResult:
     deviance_alt: float
     added_random: tuple[str, ...]
     note: str
+    method: str = "chisq"
+    p_boot: float = float("nan")
+    p_exact: float = float("nan")
+    nsim: int = 0
+    n_failed: int = 0
+    reference: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def summary(self) -> str:
         lines = [
@@ -47,13 +59,26 @@ class LRTResult:
         ]
         if np.isfinite(self.p_mixture):
             lines.append(f"  p (boundary mixture)    = {self.p_mixture:.4g}")
+        if self.method == "exact":
+            lines.append(f"  p (exact null, {self.nsim} draws) = {self.p_exact:.4g}")
+        if self.method == "boot":
+            lines.append(f"  p (parametric bootstrap) = {self.p_boot:.4g}  ({self.nsim} "
+                         f"simulations, {self.n_failed} failed)")
         if self.note:
             lines.append(f"  {self.note}")
         return "\n".join(lines)
 
 
-def lrt(fit0: FitResult, fit1: FitResult) -> LRTResult:
+def lrt(fit0: FitResult, fit1: FitResult, method: str = "chisq", *, nsim: int = 1000,
+        rng=None, n_jobs: int = 1, progress: bool | None = None) -> LRTResult:
     """Test the null fit ``fit0`` against the larger ``fit1`` (nested, same data).
+
+    ``method="chisq"``: the chi-square p-value and, for one added random effect, the
+    boundary mixture. ``method="boot"``: also the parametric-bootstrap p-value
+    (pbkrtest's ``PBmodcomp``): ``nsim`` data sets simulated from the null fit, both
+    models refitted to each (:func:`mlmsim.engine.bootstrap.bootstrap_lrt`),
+    reproducible from ``rng``, ``n_jobs`` workers. It needs no mixture weights, so it
+    also tests several variance components on the boundary at once.
 
     >>> import mlmsim
     >>> hsb = mlmsim.datasets.load("hsb")
@@ -98,4 +123,56 @@ def lrt(fit0: FitResult, fit1: FitResult) -> LRTResult:
     elif len(added) > 1:
         note = ("more than one random effect added: the boundary mixture depends on the "
                 "information matrix and is not reported; the chi-square p-value is conservative")
-    return LRTResult(stat, int(df), p, p_mix, fit0.deviance, fit1.deviance, added, note)
+    out = LRTResult(stat, int(df), p, p_mix, fit0.deviance, fit1.deviance, added, note)
+    kind = method.lower() if isinstance(method, str) else method
+    if kind == "chisq":
+        return out
+    if kind != "boot":
+        raise ValueError(f"method must be 'chisq' or 'boot', got {method!r}")
+    from mlmsim.engine.bootstrap import bootstrap_lrt
+
+    p_boot, ref, failed = bootstrap_lrt(fit0, fit1, stat, nsim, rng, n_jobs, progress)
+    return replace(out, method="boot", p_boot=p_boot, nsim=int(nsim), n_failed=failed,
+                   reference=ref)
+
+
+def exact_lrt(fit: FitResult, nsim: int = 10000, rng=None, *, n_jobs: int = 1) -> LRTResult:
+    """Test var(b) = 0 for the one random effect of ``fit`` (a random intercept, or a
+    random slope alone: one column in Z) against the model without it, by the exact
+    finite-sample null distribution of the statistic (Crainiceanu and Ruppert 2004;
+    RLRsim's ``exactRLRT`` for a REML fit, ``exactLRT`` for an ML fit; see
+    :mod:`mlmsim.engine.exact_null`). The statistic is d_0 - d_1: the REML criterion
+    (REML) or -2 log L (ML) of the linear model y = X beta + e minus the fit's;
+    ``p_exact`` is the share of ``nsim`` null draws at or above it, reproducible from
+    ``rng``. The chi-square and 50:50 mixture p-values are reported beside it.
+
+    >>> import mlmsim
+    >>> fit = mlmsim.fit("math ~ homework + (1 | school)", mlmsim.datasets.load("nels88"))
+    >>> r = exact_lrt(fit, nsim=2000, rng=1)
+    >>> r.p_exact
+    0.0
+    """
+    from mlmsim.engine import exact_null as exact
+
+    d = fit.design
+    if d is None:
+        raise ValueError("the exact test needs the fit's design (a fit from mlmsim.fit)")
+    if d.Z.shape[1] != 1:
+        raise ValueError(
+            f"the exact test is for one variance component and no other random effect; "
+            f"this fit has {d.Z.shape[1]} random-effect columns ({', '.join(fit.random_names)})"
+            "; use lrt(..., method='boot')")
+    reml = fit.method == "REML"
+    dev0 = exact.ols_deviance(d.y, d.X, reml=reml)
+    stat = max(dev0 - fit.deviance, 0.0)
+    if fit.singular:
+        stat = 0.0  # an estimate at the boundary: the statistic is 0 up to rounding
+    z = d.Z[:, 0]
+    slope = None if np.all(z == 1.0) else z
+    sample = exact.null_sample(d.X, groups=d.group_codes, slope=slope, reml=reml,
+                               nsim=nsim, rng=rng, n_jobs=n_jobs)
+    p_chi = float(sps.chi2.sf(stat, 1))
+    p_mix = 0.5 * p_chi + 0.5 * float(stat <= 0.0)
+    return LRTResult(stat, 1, p_chi, p_mix, dev0, fit.deviance, tuple(fit.random_names),
+                     "", method="exact", p_exact=exact.p_value(stat, sample), nsim=int(nsim),
+                     reference=sample)

@@ -465,6 +465,78 @@ class FitResult:
             raise ValueError("scale must be 'variance' or 'logsd'")
         return pd.DataFrame({"estimate": est, "ci_lower": lo, "ci_upper": hi}, index=cp.index)
 
+    def confint(self, method: str = "profile", level: float = 0.95, parm=None, *,
+                nsim: int = 1000, rng=None, n_jobs: int = 1, type: str = "perc",  # noqa: A002
+                criterion: str | None = None, progress: bool | None = None) -> pd.DataFrame:
+        """Confidence intervals for the fixed effects and covariance parameters, as lme4's
+        ``confint``: one row per parameter (``parm``: names, default all), columns
+        ``estimate``, ``lower``, ``upper``, ``scale`` and ``at_bound``.
+
+        ``method="profile"``: likelihood-ratio intervals from the profiled criterion
+        (:mod:`mlmsim.engine.likelihood_profile`; ``criterion="ML"`` profiles a REML fit
+        by ML, as lme4 does). ``"boot"``: parametric bootstrap (``nsim`` refits,
+        reproducible from ``rng``, ``n_jobs`` workers; ``type`` "perc" or "basic"; see
+        :meth:`bootstrap`). ``"wald"``: estimate +- z SE (covariances on their own
+        scale). Variances and sigma^2 are on the variance scale (lme4's sd limits
+        squared); covariances are correlations for profile and bootstrap.
+
+        >>> import mlmsim
+        >>> fit = mlmsim.fit("math ~ homework + (1 | school)",
+        ...                  mlmsim.datasets.load("nels88"), method="ML")
+        >>> fit.confint("profile").loc["homework", ["lower", "upper"]].round(3).tolist()
+        [1.858, 2.946]
+        """
+        kind = method.lower() if isinstance(method, str) else method
+        if kind == "profile":
+            from mlmsim.engine.likelihood_profile import profile_confint
+
+            return profile_confint(self, parm, level, criterion)
+        names = self._parm(parm)
+        if kind == "boot":
+            return self.bootstrap(nsim, rng, n_jobs=n_jobs, progress=progress).confint(
+                level, type).loc[names]
+        if kind == "wald":
+            z = sps.norm.ppf(0.5 + level / 2.0)
+            est = np.concatenate((self.fixef.to_numpy(), self.covparms["estimate"].to_numpy()))
+            se = np.concatenate((self.fixef_se.to_numpy(), self.covparms["se"].to_numpy()))
+            scale = (["fixed"] * len(self.fixed_names)
+                     + ["variance" if v else "covariance"
+                        for v in self.cov_structure.is_variance])
+            out = pd.DataFrame({"estimate": est, "lower": est - z * se, "upper": est + z * se,
+                                "scale": scale, "at_bound": ""},
+                               index=pd.Index(list(self.fixed_names) + list(self.covparm_names),
+                                              name="parameter"))
+            return out.loc[names]
+        raise ValueError(f"method must be 'profile', 'boot' or 'wald', got {method!r}")
+
+    def _parm(self, parm) -> list[str]:
+        allnames = list(self.fixed_names) + list(self.covparm_names)
+        if parm is None:
+            return allnames
+        names = [parm] if isinstance(parm, str) else list(parm)
+        bad = [n for n in names if n not in allnames]
+        if bad:
+            raise ValueError(f"no parameter {bad[0]!r}: choose from {allnames}")
+        return names
+
+    def profile(self, parm: str, *, level: float = 0.99, n: int = 21,
+                criterion: str | None = None):
+        """The likelihood profile of one parameter (zeta as in lme4, with the other
+        parameters re-optimised), traced between its level-``level`` limits; ``.plot()``
+        draws it (:class:`~mlmsim.engine.likelihood_profile.ParameterProfile`)."""
+        from mlmsim.engine.likelihood_profile import profile
+
+        return profile(self, parm, level=level, n=n, criterion=criterion)
+
+    def bootstrap(self, nsim: int = 1000, rng=None, *, n_jobs: int = 1,
+                  progress: bool | None = None):
+        """Parametric bootstrap (lme4's ``bootMer(use.u = FALSE)``): ``nsim`` data sets
+        from the fit, refitted in batches (:class:`~mlmsim.engine.bootstrap.Bootstrap`:
+        the distribution, failed and singular counts, ``confint``)."""
+        from mlmsim.engine.bootstrap import bootstrap
+
+        return bootstrap(self, nsim, rng, n_jobs=n_jobs, progress=progress)
+
     def simulate(self, nsim: int = 1, rng: np.random.Generator | int | None = None) -> np.ndarray:
         """Parametric bootstrap responses (nsim, N) on the same design, as lme4's simulate.
 

@@ -42,7 +42,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +209,9 @@ def _conditions_frame(conditions: Mapping | pd.DataFrame | None) -> pd.DataFrame
 # ---------------------------------------------------------------------------
 
 
+_INTERVALS = ("wald", "profile", "boot")
+
+
 def _z(level: float) -> float:
     return statistics.NormalDist().inv_cdf(0.5 + level / 2.0)
 
@@ -338,6 +341,17 @@ class FormulaMethod:
         dict of its fields: the optimiser's settings.
     bounded : False for unbounded variance estimates (SAS NOBOUND; ``mlmsim.fit(...,
         bounded=False)``), batched as well.
+    intervals : "wald" (the default: estimate +- z SE, or the t interval with ``ddf``),
+        "profile" (``FitResult.confint("profile")``: likelihood-ratio intervals) or "boot"
+        (parametric-bootstrap percentile intervals from ``nsim`` refits, batched per
+        replicate, drawn from the replicate's method stream so a study stays
+        reproducible). These record intervals for the fixed effects, variances and
+        sigma^2; a covariance's profile and bootstrap intervals are for the correlation,
+        which the records' true covariance does not measure, so its interval is NaN.
+        Replicates are then fitted one at a time (the bootstrap refits are batched). A
+        replicate whose profile or bootstrap fails keeps its estimates with NaN
+        intervals and a message saying why.
+    nsim : bootstrap refits per replicate (``intervals="boot"``).
 
     Every setting is checked here, when the study is defined: an unknown keyword is a
     TypeError, a bad value a ValueError (rather than an error in every replicate). The
@@ -362,7 +376,8 @@ class FormulaMethod:
 
     def __init__(self, formula: str, method: str = "REML", *, level: float = 0.95,
                  name: str | None = None, batch: bool = True, batch_size: int = 32,
-                 ddf: str | None = None, control: Any = None, bounded: bool = True):
+                 ddf: str | None = None, control: Any = None, bounded: bool = True,
+                 intervals: str = "wald", nsim: int = 200):
         norm = method.upper() if isinstance(method, str) else None
         if norm not in ("ML", "REML"):
             raise ValueError(f"method must be 'ML' or 'REML' (any case), got {method!r}")
@@ -400,20 +415,50 @@ class FormulaMethod:
         self.ddf = ddf
         self.control = control
         self.bounded = bool(bounded)
+        if intervals not in _INTERVALS:
+            raise ValueError(f"intervals must be one of {', '.join(map(repr, _INTERVALS))}, "
+                             f"got {intervals!r}")
+        if not (isinstance(nsim, (int, np.integer)) and nsim >= 2):
+            raise ValueError(f"nsim must be an integer >= 2, got {nsim!r}")
+        self.intervals = intervals
+        self.nsim = int(nsim)
+        self.takes_rng = intervals == "boot"
 
-    def __call__(self, data: Any) -> Estimates:
+    def __call__(self, data: Any, rng: np.random.Generator | None = None) -> Estimates:
         from mlmsim import fit
         from mlmsim.simulate import SimBatch
 
         if isinstance(data, SimBatch):
             data = data.frame(0)
         res = fit(self.formula, data, method=self.method, **self._fit_options())
-        return Estimates.from_fit(res, self.level, ddf=self.ddf)
+        est = Estimates.from_fit(res, self.level, ddf=self.ddf)
+        if self.intervals == "wald":
+            return est
+        return self._likelihood_intervals(res, est, rng)
+
+    def _likelihood_intervals(self, res: Any, est: Estimates, rng) -> Estimates:
+        """``est`` with profile or bootstrap intervals (NaN for covariances, and for all
+        where they could not be computed, with a message)."""
+        names = list(est.estimate.index)
+        lo = pd.Series(np.nan, index=names)
+        hi = pd.Series(np.nan, index=names)
+        messages = tuple(est.messages)
+        try:
+            if self.intervals == "profile":
+                ci = res.confint("profile", level=self.level)
+            else:
+                ci = res.bootstrap(self.nsim, rng, progress=False).confint(self.level)
+            keep = ci.index[ci["scale"] != "correlation"]
+            lo[keep], hi[keep] = ci.loc[keep, "lower"], ci.loc[keep, "upper"]
+        except (ValueError, RuntimeError, FloatingPointError, np.linalg.LinAlgError) as e:
+            messages += (f"{self.intervals} intervals failed: {e}",)
+        return replace(est, ci_lower=lo, ci_upper=hi, messages=messages)
 
     @property
     def fit_batch(self) -> Callable[[list], list] | None:
-        """``fit_batch(datasets) -> list of Estimates``, or None when batching is off."""
-        if not self.batch or _engine_fit_batch() is None:
+        """``fit_batch(datasets) -> list of Estimates``, or None when batching is off
+        (and with profile or bootstrap intervals)."""
+        if not self.batch or self.intervals != "wald" or _engine_fit_batch() is None:
             return None
         return self._fit_batch
 
@@ -466,13 +511,20 @@ class FormulaMethod:
             out["control"] = canonical(self.control)
         if not self.bounded:
             out["bounded"] = False
+        if self.intervals != "wald":
+            out["intervals"] = self.intervals
+            if self.intervals == "boot":
+                out["nsim"] = self.nsim
         return out
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v!r}" for k, v in (("ddf", self.ddf),
                                                      ("control", self.control),
                                                      ("bounded", None if self.bounded
-                                                      else False))
+                                                      else False),
+                                                     ("intervals", None
+                                                      if self.intervals == "wald"
+                                                      else self.intervals))
                         if v is not None)
         return f"FormulaMethod({self.formula!r}, method={self.method!r}{extra})"
 
