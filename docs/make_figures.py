@@ -1,4 +1,5 @@
-"""Make the model-plot figures the README shows (docs/img/*.png) from the packaged data.
+"""Make the figures the README shows (docs/img/*.png): model plots from the packaged data
+and the power curve of "Plan a study".
 
 Run from anywhere: ``python docs/make_figures.py``. The figures are drawn from the
 NELS-88 random intercept and slope model of the seed lecture (math on homework, 23
@@ -35,6 +36,18 @@ def main() -> list[Path]:
         plt.close(ax.figure)
         written.append(path)
         print(f"wrote {path.relative_to(OUT.parent.parent)}")
+    # the README's "Plan a study": power of the KR test of a cross-level interaction
+    spec = mlmsim.ModelSpec.example()
+    curve = mlmsim.power_curve(spec, "x:z", values=[10, 20, 30, 40, 50, 60, 80],
+                               group_size=20, test="kenward-roger", effects={"x:z": 1.0},
+                               nsim=1000, rng=1, progress=False)
+    ax = curve.plot()
+    ax.figure.tight_layout()
+    path = OUT / "power_curve.png"
+    ax.figure.savefig(path, dpi=90, metadata={"Software": None})
+    plt.close(ax.figure)
+    written.append(path)
+    print(f"wrote {path.relative_to(OUT.parent.parent)}")
     return written
 
 

@@ -4,7 +4,8 @@ The data flow, one module (or package) each: a :class:`ModelSpec` (gamma, T,
 sigma^2, predictors, groups) -> :func:`simulate` (data sets) -> :func:`fit`
 (ML/REML from an lme4 formula: :class:`FitResult`) -> :class:`Study`
 (conditions x replicates x methods, seeds, parallel, resumable) ->
-:func:`summarise` (performance measures with Monte Carlo SEs) and figures.
+:func:`summarise` (performance measures with Monte Carlo SEs) and figures;
+:func:`power`, :func:`power_curve` and :func:`sample_size` plan a study.
 """
 
 from __future__ import annotations
@@ -39,6 +40,14 @@ from mlmsim.modelplots import (
     plot_variance_function,
     plot_within_between,
     within_between_slopes,
+)
+from mlmsim.planning import (
+    PowerCurve,
+    PowerResult,
+    SampleSize,
+    power,
+    power_curve,
+    sample_size,
 )
 from mlmsim.simulate import SimBatch, simulate, simulate_batch
 from mlmsim.spec import (
@@ -85,6 +94,7 @@ def studies_registry():
 
 __all__ = [
     "BatchFit", "Binary", "Bootstrap", "ParameterProfile", "exact_lrt", "Evaluation",
+    "PowerCurve", "PowerResult", "SampleSize", "power", "power_curve", "sample_size",
     "FitControl", "OptSummary", "evaluate",
     "CenteredForms", "Equivalence", "add_centered", "centered_forms",
     "centering", "equivalence", "Categorical", "ChiSquare", "Complement", "Continuous", "Discrete",

@@ -369,7 +369,12 @@ def _draw_predictors(spec: ModelSpec, R: int, sizes: np.ndarray, codes: np.ndarr
         elif isinstance(p, Level2Continuous):
             cols[p.name] = (p.mean + np.sqrt(p.var) * gen.standard_normal((R, J)))[:, codes]
         elif isinstance(p, Level2Binary):
-            cols[p.name] = (gen.random((R, J)) < p.p).astype(float)[:, codes]
+            u = gen.random((R, J))
+            if p.balanced:  # exactly round(p J) groups, at random: the ranks of u
+                u = np.argsort(np.argsort(u, axis=1), axis=1) / J
+                cols[p.name] = (u < round(p.p * J) / J).astype(float)[:, codes]
+            else:
+                cols[p.name] = (u < p.p).astype(float)[:, codes]
     for p in spec.predictors:
         if isinstance(p, Complement):
             cols[p.name] = 1.0 - cols[p.of]

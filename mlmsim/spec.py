@@ -351,16 +351,31 @@ class Level2Continuous(Predictor):
 
 @dataclass(frozen=True)
 class Level2Binary(Predictor):
-    """Level-2 0/1 predictor z_j ~ Bernoulli(p), constant within a group."""
+    """Level-2 0/1 predictor z_j ~ Bernoulli(p), constant within a group.
+
+    ``balanced=True``: exactly round(p J) of the J groups get z_j = 1, which ones drawn at
+    random in each replicate (a balanced cluster-randomised design; with p = 0.5 and an
+    even J, J/2 groups per arm)."""
 
     name: str
     p: float = 0.5
+    balanced: bool = False
     kind: ClassVar[str] = "level2_binary"
     level: ClassVar[int] = 2
 
     def __post_init__(self) -> None:
         _check_name(self.name, "a predictor name")
         _set(self, "p", _probability(self.p, f"p of {self.name!r}"))
+        if not isinstance(self.balanced, (bool, np.bool_)):
+            raise ValueError(f"balanced of {self.name!r} must be true or false, got "
+                             f"{self.balanced!r}")
+        _set(self, "balanced", bool(self.balanced))
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        if not self.balanced:  # the default stays out: specs written before keep their form
+            out.pop("balanced")
+        return out
 
 
 PREDICTORS: dict[str, type] = {c.kind: c for c in (
