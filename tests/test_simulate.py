@@ -549,3 +549,20 @@ def test_true_model_recovered_from_2000_groups_of_10():
     assert np.isfinite(se).all()
     z = (est - truth) / se
     assert (z.abs() <= 3).all(), z
+
+
+def test_balanced_level2_binary_treats_exactly_round_p_j_groups():
+    import mlmsim
+
+    spec = mlmsim.ModelSpec(predictors=[mlmsim.Level2Binary("w", p=0.3, balanced=True)],
+                            gamma={"Intercept": 0.0, "w": 1.0}, random=["Intercept"], T=0.1,
+                            sigma2=1.0)
+    b = mlmsim.simulate_batch(spec, 50, 11, 4, rng=3)
+    w = b.X[:, ::4, 1]  # one row per group
+    assert np.all(w.sum(axis=1) == 3)  # round(0.3 * 11)
+    assert len({tuple(r) for r in w}) > 10  # which groups varies between replicates
+    assert mlmsim.ModelSpec.from_yaml(spec.to_yaml()) == spec
+    plain = mlmsim.Level2Binary("w")
+    assert "balanced" not in plain.to_dict()  # specs written before keep their form
+    with pytest.raises(ValueError, match="balanced"):
+        mlmsim.Level2Binary("w", balanced="yes")
