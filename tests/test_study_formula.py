@@ -302,3 +302,24 @@ def test_unbounded_records_equal_single_unbounded_fits():
         np.testing.assert_allclose(one.loc[list(res.params.index), "estimate"], res.params,
                                    rtol=1e-7, atol=1e-10)
         np.testing.assert_allclose(one.loc[FIXED, "df"], res.ddf("satterthwaite"), rtol=1e-6)
+
+
+@pytest.mark.parametrize("batch", [True, False])
+def test_expected_information_records_the_scoring_ses(batch):
+    """information="expected": the covariance parameters' SEs and Wald intervals are those
+    of covparms_table("expected"); the fixed effects' are unchanged."""
+    method = FormulaMethod(FORMULA, "REML", information="expected", batch=batch, batch_size=4)
+    st = Study({"n_groups": [10]}, random_slopes, [method], truth=TRUTH, n_reps=4, seed=3)
+    rec = st.run(progress=False).records
+    assert method.descriptor()["information"] == "expected"
+    for rep in (0, 3):
+        one = rec[rec.rep == rep].set_index("parameter")
+        res = fit(FORMULA, st.regenerate(0, rep), method="REML")
+        exp = res.covparms_table("expected")["se"]
+        np.testing.assert_allclose(one.loc[COVPARMS, "se"], exp[COVPARMS], rtol=1e-8)
+        np.testing.assert_allclose(one.loc[FIXED, "se"], res.fixef_se[FIXED], rtol=1e-8)
+        z = 1.959963984540054
+        np.testing.assert_allclose(one.loc[COVPARMS, "ci_upper"] - one.loc[COVPARMS, "estimate"],
+                                   z * exp[COVPARMS], rtol=1e-8)
+    with pytest.raises(ValueError, match="information must be"):
+        FormulaMethod(FORMULA, information="fisher")

@@ -352,6 +352,10 @@ class FormulaMethod:
         replicate whose profile or bootstrap fails keeps its estimates with NaN
         intervals and a message saying why.
     nsim : bootstrap refits per replicate (``intervals="boot"``).
+    information : "observed" (the default: the covariance parameters' SEs and Wald
+        intervals from 2 H^{-1}) or "expected" (from the inverse expected information,
+        ``FitResult.covparms_table("expected")``: SAS's SCORING=, MLwiN's IGLS), batched
+        as well.
 
     Every setting is checked here, when the study is defined: an unknown keyword is a
     TypeError, a bad value a ValueError (rather than an error in every replicate). The
@@ -377,7 +381,7 @@ class FormulaMethod:
     def __init__(self, formula: str, method: str = "REML", *, level: float = 0.95,
                  name: str | None = None, batch: bool = True, batch_size: int = 32,
                  ddf: str | None = None, control: Any = None, bounded: bool = True,
-                 intervals: str = "wald", nsim: int = 200):
+                 intervals: str = "wald", nsim: int = 200, information: str = "observed"):
         norm = method.upper() if isinstance(method, str) else None
         if norm not in ("ML", "REML"):
             raise ValueError(f"method must be 'ML' or 'REML' (any case), got {method!r}")
@@ -422,6 +426,12 @@ class FormulaMethod:
             raise ValueError(f"nsim must be an integer >= 2, got {nsim!r}")
         self.intervals = intervals
         self.nsim = int(nsim)
+        from mlmsim.engine.result import INFORMATION
+
+        if information not in INFORMATION:
+            raise ValueError(f"information must be one of {', '.join(INFORMATION)}, got "
+                             f"{information!r}")
+        self.information = information
         self.takes_rng = intervals == "boot"
 
     def __call__(self, data: Any, rng: np.random.Generator | None = None) -> Estimates:
@@ -432,6 +442,15 @@ class FormulaMethod:
             data = data.frame(0)
         res = fit(self.formula, data, method=self.method, **self._fit_options())
         est = Estimates.from_fit(res, self.level, ddf=self.ddf)
+        if self.information == "expected":
+            se = est.se.copy()
+            se[list(res.covparm_names)] = res.covparms_table("expected")["se"].to_numpy()
+            z = _z(self.level)
+            lo, hi = est.ci_lower.copy(), est.ci_upper.copy()
+            cov = list(res.covparm_names)
+            lo[cov] = est.estimate[cov] - z * se[cov]
+            hi[cov] = est.estimate[cov] + z * se[cov]
+            est = replace(est, se=se, ci_lower=lo, ci_upper=hi)
         if self.intervals == "wald":
             return est
         return self._likelihood_intervals(res, est, rng)
@@ -474,8 +493,10 @@ class FormulaMethod:
                                   **self._fit_options())
         names = list(res.param_names)
         z = _z(self.level)
+        params, se = np.asarray(res.params, dtype=float), np.asarray(res.se, dtype=float)
+        if self.information == "expected":
+            se[:, len(res.fixed_names):] = _expected_se(res)
         with np.errstate(invalid="ignore"):
-            params, se = np.asarray(res.params, dtype=float), np.asarray(res.se, dtype=float)
             lo, hi = params - z * se, params + z * se
         df = pv = None
         if self.ddf is not None:
@@ -511,6 +532,8 @@ class FormulaMethod:
             out["control"] = canonical(self.control)
         if not self.bounded:
             out["bounded"] = False
+        if self.information != "observed":
+            out["information"] = self.information
         if self.intervals != "wald":
             out["intervals"] = self.intervals
             if self.intervals == "boot":
@@ -527,6 +550,17 @@ class FormulaMethod:
                                                       else self.intervals))
                         if v is not None)
         return f"FormulaMethod({self.formula!r}, method={self.method!r}{extra})"
+
+
+def _expected_se(res: Any) -> np.ndarray:
+    """SEs (R, m) of the covariance parameters of a batch from the inverse expected
+    information (docs/math.md (6.6)), NaN where it is not positive definite."""
+    from mlmsim.engine import kenward_roger
+
+    t = kenward_roger.info_terms(res.stats, res.cov_structure, res.estimates.phi, res.reml)
+    W = kenward_roger.expected_acov(t.HE)
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(np.einsum("rii->ri", W))
 
 
 class FromSpec:
