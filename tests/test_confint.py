@@ -316,3 +316,61 @@ def test_exact_rlrt_holds_its_level_under_the_null(J):
         reject += mlmsim.exact_lrt(fit, nsim=4000, rng=rng).p_exact <= 0.05
     rate = reject / reps
     assert abs(rate - 0.05) <= 3 * np.sqrt(0.05 * 0.95 / reps), rate
+
+
+@pytest.mark.parametrize("fx,fy", [(1e6, 1.0), (1.0, 1e-12), (1e8, 1.0), (1e-6, 1e6)])
+def test_profile_intervals_are_equivariant_under_extreme_units(fx, fy):
+    """homework x fx, math x fy: every limit maps back to the unscaled one (1e-9
+    relative), including units the fit rescales internally (mlmsim.engine.units)."""
+    d = mlmsim.datasets.load("nels88")
+    formula = "math ~ homework + (1 + homework | school)"
+    base = mlmsim.fit(formula, d, method="ML").confint("profile")
+    dd = d.assign(homework=d["homework"] * fx, math=d["math"] * fy)
+    ci = mlmsim.fit(formula, dd, method="ML").confint("profile")
+    scale = pd.Series({"Intercept": fy, "homework": fy / fx, "var(Intercept)": fy ** 2,
+                       "cov(homework,Intercept)": 1.0, "var(homework)": (fy / fx) ** 2,
+                       "sigma2": fy ** 2})
+    back = ci[["lower", "upper"]].div(scale, axis=0)
+    np.testing.assert_allclose(back.to_numpy(float), base[["lower", "upper"]].to_numpy(float),
+                               rtol=1e-9)
+
+
+def test_profile_of_a_singular_fit_with_three_random_effects():
+    """T-hat singular with q = 3: the sd/correlation box does not keep T positive
+    semi-definite; the profile still finishes, and the variance at 0 gets lower limit 0."""
+    d = mlmsim.datasets.load("nels88")
+    fit = mlmsim.fit("math ~ homework + ses + (1 + homework + ses | school)", d, method="ML")
+    assert fit.singular
+    ci = fit.confint("profile")
+    assert np.all(np.isfinite(ci[["lower", "upper"]].to_numpy(float)))
+    assert np.all(ci["lower"] <= ci["estimate"] + 1e-9)
+    assert np.all(ci["estimate"] <= ci["upper"] + 1e-9)
+    assert ci.loc["var(ses)", "lower"] == 0.0 and ci.loc["var(ses)", "at_bound"] == "lower"
+
+
+def test_bootstrap_of_an_unbounded_fit_keeps_refits_with_an_undefined_correlation():
+    rng = np.random.default_rng(3)
+    g = np.repeat(np.arange(20), 10)
+    x = rng.normal(size=200)
+    d = pd.DataFrame({"y": 1 + 0.5 * x + rng.normal(size=200), "x": x, "g": g})
+    fit = mlmsim.fit("y ~ x + (1 + x | g)", d, bounded=False)
+    boot = fit.bootstrap(400, rng=2, progress=False)
+    ci = boot.confint()
+    ok = 400 - boot.n_failed
+    assert ci.loc["x", "n"] == ok and ci.loc["var(x)", "n"] == ok
+    assert ci.loc["cov(x,Intercept)", "n"] < ok  # NaN where a variance is <= 0
+    assert ci.loc["x", "lower"] == pytest.approx(boot.samples["x"].quantile(0.025))
+
+
+def test_intervals_settings_are_checked_when_the_study_is_defined():
+    from mlmsim.study import FormulaMethod
+
+    with pytest.raises(ValueError, match="bounded=True"):
+        FormulaMethod("y ~ x + (1 | g)", bounded=False, intervals="profile")
+    fit = mlmsim.fit("math ~ homework + (1 | school)", mlmsim.datasets.load("nels88"))
+    with pytest.raises(ValueError, match="level"):
+        fit.confint("wald", level=1.5)
+    with pytest.raises(ValueError, match="level"):
+        fit.confint("boot", level=0.0, nsim=10)
+    with pytest.raises(ValueError, match="nsim"):
+        mlmsim.exact_lrt(fit, nsim=2.5)

@@ -31,6 +31,11 @@ CHUNK = 250
 """Bootstrap data sets per batched refit (and per parallel task)."""
 
 
+def _check_level(level: float) -> None:
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+
+
 def reported(fixed: np.ndarray, phi: np.ndarray, cs) -> np.ndarray:
     """(fixed effects, phi with covariances as correlations): the rows of ``confint``.
     phi (..., m) in ``covparms`` order; a covariance T_ab becomes T_ab / sqrt(T_aa T_bb),
@@ -96,22 +101,24 @@ class Bootstrap:
     n_singular: int
 
     def confint(self, level: float = 0.95, type: str = "perc") -> pd.DataFrame:  # noqa: A002
-        """Percentile (``type="perc"``) or basic (``"basic"``) intervals at ``level``
-        from the successful refits."""
-        if not 0.0 < level < 1.0:
-            raise ValueError(f"level must be in (0, 1), got {level}")
+        """Percentile (``type="perc"``) or basic (``"basic"``) intervals at ``level``,
+        each parameter from its own finite bootstrap values (column ``n``: a correlation
+        is undefined, NaN, in a refit of an unbounded fit with a variance <= 0, which
+        leaves that refit's other parameters in)."""
+        _check_level(level)
         if type not in ("perc", "basic"):
             raise ValueError(f"type must be 'perc' or 'basic', got {type!r}")
         a = (1.0 - level) / 2.0
-        good = self.samples.dropna()
-        if good.empty:
+        n = self.samples.notna().sum()
+        if not n.any():
             raise ValueError("no bootstrap refit succeeded")
-        qlo = good.quantile(a).to_numpy()
-        qhi = good.quantile(1.0 - a).to_numpy()
+        qlo = self.samples.quantile(a).to_numpy()
+        qhi = self.samples.quantile(1.0 - a).to_numpy()
         est = self.estimate.to_numpy()
         lo, hi = (qlo, qhi) if type == "perc" else (2 * est - qhi, 2 * est - qlo)
         return pd.DataFrame({"estimate": est, "lower": lo, "upper": hi,
-                             "scale": self.scale.to_numpy(), "at_bound": ""},
+                             "scale": self.scale.to_numpy(), "at_bound": "",
+                             "n": n.to_numpy()},
                             index=self.estimate.index.rename("parameter"))
 
     def summary(self) -> str:
@@ -138,7 +145,8 @@ def bootstrap(fit, nsim: int = 1000, rng=None, *, n_jobs: int = 1,
     cs = fit.cov_structure
     names = list(fit.fixed_names) + list(fit.covparm_names)
     est = reported(fit.fixef.to_numpy(), np.asarray(fit.phi, dtype=float), cs)
-    vals = reported(res["beta"], res["phi"], cs)
+    with np.errstate(invalid="ignore"):
+        vals = reported(res["beta"], res["phi"], cs)
     vals[~res["ok"]] = np.nan
     scale = (["fixed"] * len(fit.fixed_names)
              + ["variance" if v else "correlation" for v in cs.is_variance])

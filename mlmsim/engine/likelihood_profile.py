@@ -181,6 +181,8 @@ class _Criterion:
             if not inside.all():
                 break
             f0, g, Hp = self.at_par(par, hessian=True)
+            if Hp is None or not np.isfinite(f0):  # T not PSD there (q >= 3): keep L-BFGS-B's
+                break
             gf, Hf = g[free], Hp[np.ix_(free, free)]
             try:
                 step = -np.linalg.solve(Hf, gf)
@@ -251,12 +253,22 @@ class _Profiler:
         if crit not in ("ML", "REML"):
             raise ValueError(f"criterion must be 'ML' or 'REML', got {criterion!r}")
         self.fit = fit
+        # in the fit's units (mlmsim.engine.units: y, X and Z scaled by powers of 2 where
+        # they are far from 1); the limits are mapped back by ``unit``
+        if fit.units is not None:
+            d = fit.units.design(d)
         self.d = d
         self.cov = _Criterion(d.y, d.X, d.Z, d.group_codes, d.ngroups, d.blocks, crit == "REML")
         self.cov_name = crit
         self.fixed_names = list(d.fixed_names)
         self.cov_names = list(fit.covparm_names)
-        par_hat = self.cov.par(np.asarray(fit.phi, dtype=float))
+        c = fit._covparm_scale()
+        D = fit._fixef_scale()
+        # lme4's scale: sd and sigma scale by sqrt(c), correlations by 1, gamma by D
+        self.unit = {"fixed": D, "cov": np.where(np.append(self.cov.is_var, True),
+                                                np.sqrt(c), 1.0)}
+        self.fixef_se = fit.fixef_se.to_numpy() / D
+        par_hat = self.cov.par(np.asarray(fit.phi, dtype=float) / c)
         self.scale = self._scales(par_hat)
         # the fit's own optimum, polished on this criterion (the same point for the fit's
         # criterion; the ML optimum when a REML fit is profiled by ML)
@@ -265,8 +277,17 @@ class _Profiler:
         self._ml = None
 
     def _scales(self, par: np.ndarray) -> np.ndarray:
+        """The optimiser's unit of each parameter: an sd's estimate, but at least
+        0.05 sigma / rms(z) in its own units (y over its Z column's), so that an sd at 0
+        gets a sensible scale whatever the units; 1 for a correlation; sigma-hat."""
         sigma = par[-1]
-        return np.where(self.cov.is_var_full, np.maximum(par, 0.05 * sigma),
+        rms = np.sqrt(np.mean(self.d.Z ** 2, axis=0))
+        rms = np.where(rms > 0, rms, 1.0)
+        floor = np.ones(par.shape[0])
+        rows = self.cov.cs.rows
+        for k in np.flatnonzero(self.cov.is_var):
+            floor[k] = 0.05 * sigma / rms[rows[k]]
+        return np.where(self.cov.is_var_full, np.maximum(par, floor),
                         np.append(np.ones(par.shape[0] - 1), sigma))
 
     # ---- covariance parameters ----------------------------------------------------
@@ -304,7 +325,7 @@ class _Profiler:
         if name in self.fixed_names:
             j = self.fixed_names.index(name)
             _, d_ml, par_ml, beta = self.ml
-            se = float(self.fit.fixef_se.iloc[j])
+            se = float(self.fixef_se[j])
             return ("fixed", beta[j], se, -np.inf, np.inf,
                     lambda v, s: self.fixed_point(j, v, s), d_ml, par_ml)
         if name in self.cov_names:
@@ -317,6 +338,12 @@ class _Profiler:
             return (kind, est, step, lo[w], hi[w], lambda v, s: self.cov_point(w, v, s),
                     self.d_hat, self.par_hat)
         raise ValueError(f"no parameter {name!r}: choose from {self.fixed_names + self.cov_names}")
+
+    def to_data(self, name: str, v: float) -> float:
+        """A value on lme4's scale in the fit's units -> the data's units."""
+        if name in self.fixed_names:
+            return float(v * self.unit["fixed"][self.fixed_names.index(name)])
+        return float(v * self.unit["cov"][self.cov_names.index(name)])
 
     def _step(self, w: int) -> float:
         """A first step ~ one standard error on lme4's scale, from the curvature."""
@@ -338,7 +365,9 @@ class _Profiler:
             return f - d0 - target, par
 
         inner_v, inner_par = est, start
-        h = max(step, 1e-8 * max(abs(est), self.scale[-1]))
+        if not (np.isfinite(step) and step > 0):
+            step = 0.1 * max(abs(est), 1e-300)
+        h = step
         v = est + side * z * h
         for _ in range(60):
             if (side < 0 and v <= bound) or (side > 0 and v >= bound):
@@ -363,8 +392,9 @@ class _Profiler:
             best = min(record, key=lambda r: abs(r[0] - x))
             return excess(x, best[2])[0]
 
+        width = abs(outer_v - inner_v)
         root = spo.brentq(root_fn, min(inner_v, outer_v), max(inner_v, outer_v),
-                          xtol=1e-12 * max(1.0, abs(est)), rtol=1e-12)
+                          xtol=1e-10 * width, rtol=4 * np.finfo(float).eps)
         return float(root), False
 
 
@@ -407,6 +437,7 @@ def profile_confint(fit, parm=None, level: float = 0.95, criterion: str | None =
         record: list = []
         lo, lo_b = pr.limit(name, -1, z, record)
         hi, hi_b = pr.limit(name, +1, z, record)
+        lo, hi = pr.to_data(name, lo), pr.to_data(name, hi)
         if kind in ("sd", "sigma"):
             lo, hi = max(lo, 0.0), max(hi, 0.0)
         flag = "both" if lo_b and hi_b else "lower" if lo_b else "upper" if hi_b else ""
@@ -438,8 +469,8 @@ def profile(fit, parm: str, *, level: float = 0.99, n: int = 21,
         f, par = (d0, start) if v == est else point(v, best)
         record.append((v, f, par))
         zeta = np.sign(v - est) * np.sqrt(max(f - d0, 0.0))
-        out.append([v, zeta, *par])
+        out.append([pr.to_data(name, v), zeta, *(par * pr.unit["cov"])])
     pts = pd.DataFrame(out, columns=["value", "zeta", *cov_cols])
     scale = {"fixed": "fixed", "sd": "sd", "sigma": "sigma", "cor": "cor"}[kind]
-    return ParameterProfile(name, scale, float(est), "ML" if kind == "fixed" else pr.cov_name,
-                            pts)
+    return ParameterProfile(name, scale, pr.to_data(name, est),
+                            "ML" if kind == "fixed" else pr.cov_name, pts)

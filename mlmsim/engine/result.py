@@ -487,11 +487,17 @@ class FitResult:
         [1.858, 2.946]
         """
         kind = method.lower() if isinstance(method, str) else method
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level must be in (0, 1), got {level}")
+        if kind == "boot" and type not in ("perc", "basic"):
+            raise ValueError(f"type must be 'perc' or 'basic', got {type!r}")
         if kind == "profile":
             from mlmsim.engine.likelihood_profile import profile_confint
 
             return profile_confint(self, parm, level, criterion)
         names = self._parm(parm)
+        if kind not in ("boot", "wald"):
+            raise ValueError(f"method must be 'profile', 'boot' or 'wald', got {method!r}")
         if kind == "boot":
             return self.bootstrap(nsim, rng, n_jobs=n_jobs, progress=progress).confint(
                 level, type).loc[names]

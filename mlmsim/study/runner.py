@@ -424,6 +424,9 @@ class FormulaMethod:
                              f"got {intervals!r}")
         if not (isinstance(nsim, (int, np.integer)) and nsim >= 2):
             raise ValueError(f"nsim must be an integer >= 2, got {nsim!r}")
+        if intervals == "profile" and not self.bounded:
+            raise ValueError("intervals='profile' needs bounded=True (a profile is over "
+                             "variances >= 0); use intervals='boot' or 'wald' for unbounded fits")
         self.intervals = intervals
         self.nsim = int(nsim)
         from mlmsim.engine.result import INFORMATION
@@ -469,8 +472,8 @@ class FormulaMethod:
                 ci = res.bootstrap(self.nsim, rng, progress=False).confint(self.level)
             keep = ci.index[ci["scale"] != "correlation"]
             lo[keep], hi[keep] = ci.loc[keep, "lower"], ci.loc[keep, "upper"]
-        except (ValueError, RuntimeError, FloatingPointError, np.linalg.LinAlgError) as e:
-            messages += (f"{self.intervals} intervals failed: {e}",)
+        except Exception as e:  # noqa: BLE001 - the replicate keeps its estimates
+            messages += (f"{self.intervals} intervals failed: {type(e).__name__}: {e}",)
         return replace(est, ci_lower=lo, ci_upper=hi, messages=messages)
 
     @property
