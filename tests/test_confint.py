@@ -374,3 +374,8 @@ def test_intervals_settings_are_checked_when_the_study_is_defined():
         fit.confint("boot", level=0.0, nsim=10)
     with pytest.raises(ValueError, match="nsim"):
         mlmsim.exact_lrt(fit, nsim=2.5)
+
+
+def test_profile_in_parallel_gives_the_same_limits(sleep):
+    fit = mlmsim.fit("Reaction ~ Days + (Days | Subject)", sleep, method="ML")
+    pd.testing.assert_frame_equal(fit.confint("profile", n_jobs=2), fit.confint("profile"))

@@ -474,7 +474,8 @@ class FitResult:
 
         ``method="profile"``: likelihood-ratio intervals from the profiled criterion
         (:mod:`mlmsim.engine.likelihood_profile`; ``criterion="ML"`` profiles a REML fit
-        by ML, as lme4 does). ``"boot"``: parametric bootstrap (``nsim`` refits,
+        by ML, as lme4 does; ``n_jobs`` profiles the parameters in parallel). ``"boot"``:
+        parametric bootstrap (``nsim`` refits,
         reproducible from ``rng``, ``n_jobs`` workers; ``type`` "perc" or "basic"; see
         :meth:`bootstrap`). ``"wald"``: estimate +- z SE (covariances on their own
         scale). Variances and sigma^2 are on the variance scale (lme4's sd limits
@@ -494,7 +495,7 @@ class FitResult:
         if kind == "profile":
             from mlmsim.engine.likelihood_profile import profile_confint
 
-            return profile_confint(self, parm, level, criterion)
+            return profile_confint(self, parm, level, criterion, n_jobs=n_jobs)
         names = self._parm(parm)
         if kind not in ("boot", "wald"):
             raise ValueError(f"method must be 'profile', 'boot' or 'wald', got {method!r}")
