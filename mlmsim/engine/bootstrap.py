@@ -50,20 +50,28 @@ def reported(fixed: np.ndarray, phi: np.ndarray, cs) -> np.ndarray:
     return np.concatenate((fixed, out), axis=-1)
 
 
-def _refit_chunk(design, fit_method: str, ys: np.ndarray, bounded: bool):
+def _refit_chunk(design, fit_method: str, ys: np.ndarray, bounded: bool, control=None):
     d = design
     return fit_arrays(ys, d.X, d.Z, d.group_codes, method=fit_method,
                       fixed_names=d.fixed_names, random_names=d.random_names, blocks=d.blocks,
-                      n_groups=d.ngroups, bounded=bounded)
+                      n_groups=d.ngroups, bounded=bounded, control=control)
+
+
+def _refit_of(fit) -> tuple:
+    """How a bootstrap refits the model of ``fit``: its design, method, bounds and the
+    optimiser settings it was fitted with."""
+    control = fit.optsum.control if fit.optsum is not None else None
+    return (fit.design, fit.method, fit.bounded, control)
 
 
 def _chunk(fit, refit_designs, seed: np.random.SeedSequence, size: int) -> list[dict]:
     """Simulate ``size`` responses from ``fit`` and refit each model of ``refit_designs``
-    ((design, method, bounded) triples) to them; per model: params, deviance, flags."""
+    ((design, method, bounded, optimiser control) of a fit) to them; per model: params,
+    deviance, flags."""
     ys = fit.simulate(size, np.random.default_rng(seed))
     out = []
-    for design, method, bounded in refit_designs:
-        b = _refit_chunk(design, method, ys, bounded)
+    for design, method, bounded, control in refit_designs:
+        b = _refit_chunk(design, method, ys, bounded, control)
         est = b.estimates
         ok = np.asarray(est.converged, bool) & np.all(np.isfinite(b.params), axis=1)
         if b.errors:
@@ -139,9 +147,7 @@ def bootstrap(fit, nsim: int = 1000, rng=None, *, n_jobs: int = 1,
     >>> b.samples.shape, b.n_failed
     ((200, 4), 0)
     """
-    d = fit.design
-    res = _run(fit, nsim, rng, n_jobs, progress, "bootstrap",
-               [(d, fit.method, fit.bounded)])[0]
+    res = _run(fit, nsim, rng, n_jobs, progress, "bootstrap", [_refit_of(fit)])[0]
     cs = fit.cov_structure
     names = list(fit.fixed_names) + list(fit.covparm_names)
     est = reported(fit.fixef.to_numpy(), np.asarray(fit.phi, dtype=float), cs)
@@ -169,8 +175,7 @@ def bootstrap_lrt(fit0, fit1, statistic: float, nsim: int, rng, n_jobs: int,
     if fit1.design is None:
         raise ValueError("the bootstrap needs the fits' designs (fits from mlmsim.fit)")
     r0, r1 = _run(fit0, nsim, rng, n_jobs, progress, "bootstrap LRT",
-                  [(fit0.design, fit0.method, fit0.bounded),
-                   (fit1.design, fit1.method, fit1.bounded)])
+                  [_refit_of(fit0), _refit_of(fit1)])
     ok = r0["ok"] & r1["ok"]
     ref = np.maximum(r0["deviance"][ok] - r1["deviance"][ok], 0.0)
     p = (1.0 + np.count_nonzero(ref >= statistic)) / (1.0 + ref.size)
