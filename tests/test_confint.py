@@ -277,27 +277,35 @@ def test_a_study_records_profile_and_bootstrap_intervals(intervals):
         FormulaMethod(formula, intervals="bca")
 
 
+def _null_rejection_rate(J: int, seed: int, p_value, slope_variance: bool,
+                         reps: int = 1000, n: int = 8) -> float:
+    """The share of ``reps`` null data sets (J groups of n) with p_value(d, rng) <= 0.05:
+    y = 1 + 0.5 x + U_0j + R_ij with a random intercept (``slope_variance``: the tested
+    slope variance is 0) or without one (the tested intercept variance is 0)."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(J), n)
+    reject = 0
+    for _ in range(reps):
+        x = rng.standard_normal(J * n)
+        u = rng.standard_normal(J)[g] if slope_variance else 0.0
+        d = pd.DataFrame({"y": 1 + 0.5 * x + u + rng.standard_normal(J * n), "x": x, "g": g})
+        reject += p_value(d, rng) <= 0.05
+    return reject / reps
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("J", [10, 30])
 def test_bootstrap_lrt_holds_its_level_under_the_null(J):
     """A random slope with variance exactly 0: the parametric-bootstrap LRT of
     (1 | g) against (1 + x | g) rejects at 0.05 within 3 MCSE of 0.05 (1,000 data sets,
     199 bootstrap refits each)."""
-    reps, n = 1000, 8
-    rng = np.random.default_rng(20261204 + J)
-    g = np.repeat(np.arange(J), n)
-    reject = 0
-    for _ in range(reps):
-        x = rng.standard_normal(J * n)
-        y = 1 + 0.5 * x + rng.standard_normal(J)[g] + rng.standard_normal(J * n)
-        d = pd.DataFrame({"y": y, "x": x, "g": g})
+    def p_boot(d, rng):
         f0 = mlmsim.fit("y ~ x + (1 | g)", d, method="ML")
         f1 = mlmsim.fit("y ~ x + (1 + x | g)", d, method="ML")
-        r = mlmsim.lrt(f0, f1, "boot", nsim=199, rng=rng, progress=False)
-        reject += r.p_boot <= 0.05
-    rate = reject / reps
-    mcse = np.sqrt(0.05 * 0.95 / reps)
-    assert abs(rate - 0.05) <= 3 * mcse, rate
+        return mlmsim.lrt(f0, f1, "boot", nsim=199, rng=rng, progress=False).p_boot
+
+    rate = _null_rejection_rate(J, 20261204 + J, p_boot, slope_variance=True)
+    assert abs(rate - 0.05) <= 3 * np.sqrt(0.05 * 0.95 / 1000), rate
 
 
 @pytest.mark.slow
@@ -305,17 +313,12 @@ def test_bootstrap_lrt_holds_its_level_under_the_null(J):
 def test_exact_rlrt_holds_its_level_under_the_null(J):
     """No random effect at all (the variance exactly 0): the exact RLRT of (1 | g)
     rejects at 0.05 within 3 MCSE of 0.05 (1,000 data sets of J groups of 8)."""
-    reps, n = 1000, 8
-    rng = np.random.default_rng(4 + J)
-    g = np.repeat(np.arange(J), n)
-    reject = 0
-    for _ in range(reps):
-        x = rng.standard_normal(J * n)
-        d = pd.DataFrame({"y": 1 + 0.5 * x + rng.standard_normal(J * n), "x": x, "g": g})
+    def p_exact(d, rng):
         fit = mlmsim.fit("y ~ x + (1 | g)", d, method="REML")
-        reject += mlmsim.exact_lrt(fit, nsim=4000, rng=rng).p_exact <= 0.05
-    rate = reject / reps
-    assert abs(rate - 0.05) <= 3 * np.sqrt(0.05 * 0.95 / reps), rate
+        return mlmsim.exact_lrt(fit, nsim=4000, rng=rng).p_exact
+
+    rate = _null_rejection_rate(J, 4 + J, p_exact, slope_variance=False)
+    assert abs(rate - 0.05) <= 3 * np.sqrt(0.05 * 0.95 / 1000), rate
 
 
 @pytest.mark.parametrize("fx,fy", [(1e6, 1.0), (1.0, 1e-12), (1e8, 1.0), (1e-6, 1e6)])

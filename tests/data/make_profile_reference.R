@@ -87,6 +87,14 @@ read_data <- function(path, labels = character(0)) {
 }
 
 json_array <- function(v) if (is.null(v)) NULL else I(unname(as.numeric(v)))
+
+fit_fields <- function(m, reml) {
+  # What every entry says of its lmer fit, in the JSON's key order.
+  list(reml = reml, nobs = nobs(m), ngroups = as.integer(ngrps(m)[[1]]),
+       fixef = as.list(fixef(m)), sigma2 = sigma(m)^2, varcorr = varcorr_rows(m),
+       minus2ll = if (reml) REMLcrit(m) else deviance(m),
+       theta = json_array(getME(m, "theta")))
+}
 named <- function(v) as.list(setNames(as.numeric(v), names(v)))
 distinct <- function(cap) I(unique(c(cap$messages, cap$warnings)))
 
@@ -184,21 +192,14 @@ profile_entry <- function(dataset, reml) {
   ci_tight <- capture(confint(prof_tight$value, level = 0.95))
   fit_secs <- median_fit_seconds(ds$formula, ds$data, reml)
 
-  e <- list(
+  e <- c(list(
     id = paste0(dataset, if (reml) "_reml" else "_ml"),
     dataset = dataset,
     csv = ds$file,
     data_note = ds$note,
     label_columns = I(ds$labels),
-    formula = ds$formula,
-    reml = reml,
-    nobs = nobs(m),
-    ngroups = as.integer(ngrps(m)[[1]]),
-    fixef = as.list(fixef(m)),
-    sigma2 = sigma(m)^2,
-    varcorr = varcorr_rows(m),
-    minus2ll = if (reml) REMLcrit(m) else deviance(m),
-    theta = json_array(theta),
+    formula = ds$formula),
+    fit_fields(m, reml), list(
     theta_names = I(names(theta)),
     singular = isSingular(m),
     messages = distinct(fit),
@@ -214,7 +215,7 @@ profile_entry <- function(dataset, reml) {
     seconds_profile_confint = ci95$seconds,
     seconds_lmer_fit = fit_secs$median,
     seconds_lmer_fit_runs = json_array(fit_secs$runs)
-  )
+  ))
   a <- ci95$value$value
   b <- ci_tight$value
   message(sprintf("  %-16s -2LL %.6f, singular %s; profile %.2f s, lmer %.3f s; max |tight - default| %.3g (%.1f s)",
@@ -291,20 +292,13 @@ boot_entry <- function(reml) {
   set.seed(SEED)
   cb <- elapsed(capture(confint(m, method = "boot", nsim = 1000, boot.type = "perc")))
 
-  e <- list(
+  e <- c(list(
     id = paste0("hsb_slope", if (reml) "_reml" else "_ml"),
     dataset = "hsb",
     csv = ds$file,
     data_note = ds$note,
-    formula = ds$formula,
-    reml = reml,
-    nobs = nobs(m),
-    ngroups = as.integer(ngrps(m)[[1]]),
-    fixef = as.list(fixef(m)),
-    sigma2 = sigma(m)^2,
-    varcorr = varcorr_rows(m),
-    minus2ll = if (reml) REMLcrit(m) else deviance(m),
-    theta = json_array(getME(m, "theta")),
+    formula = ds$formula),
+    fit_fields(m, reml), list(
     messages = distinct(fit),
     seed = SEED,
     nsim = 1000L,
@@ -324,7 +318,7 @@ boot_entry <- function(reml) {
     confint_boot = ci_rows(cb$value$value),
     confint_boot_messages = distinct(cb$value),
     seconds_confint_boot = cb$seconds
-  )
+  ))
   message(sprintf("  %-16s bootMer %.1f s (%d singular, %d failed), confint boot %.1f s",
                   e$id, e$seconds_bootmer, e$n_singular, e$n_failed, e$seconds_confint_boot))
   e
