@@ -15,7 +15,8 @@ from mlmsim.studies import RunOptions
 
 
 def test_registry_lists_the_five_studies():
-    assert studies.names() == ["bias", "maas_hox", "hessian", "centering", "seed_tables"]
+    assert studies.names() == ["bias", "maas_hox", "hessian", "centering", "seed_tables",
+                               "small_groups"]
     for name in studies.names():
         module = studies.get(name)
         assert module.TITLE and callable(module.run) and callable(module.report)

@@ -22,6 +22,7 @@ _MODULES = {
     "hessian": "mlmsim.studies.hessian",
     "centering": "mlmsim.studies.centering",
     "seed_tables": "mlmsim.studies.seed_tables",
+    "small_groups": "mlmsim.studies.small_groups",
 }
 
 

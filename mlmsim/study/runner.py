@@ -352,6 +352,9 @@ class FormulaMethod:
         replicate whose profile or bootstrap fails keeps its estimates with NaN
         intervals and a message saying why.
     nsim : bootstrap refits per replicate (``intervals="boot"``).
+    parm : with profile or bootstrap intervals, the parameters that get them (default
+        all; the others keep NaN intervals): profiling only the variances costs a third
+        of profiling every parameter of a random-slope model.
     information : "observed" (the default: the covariance parameters' SEs and Wald
         intervals from 2 H^{-1}) or "expected" (from the inverse expected information,
         ``FitResult.covparms_table("expected")``: SAS's SCORING=, MLwiN's IGLS), batched
@@ -381,7 +384,8 @@ class FormulaMethod:
     def __init__(self, formula: str, method: str = "REML", *, level: float = 0.95,
                  name: str | None = None, batch: bool = True, batch_size: int = 32,
                  ddf: str | None = None, control: Any = None, bounded: bool = True,
-                 intervals: str = "wald", nsim: int = 200, information: str = "observed"):
+                 intervals: str = "wald", nsim: int = 200, information: str = "observed",
+                 parm: Sequence[str] | None = None):
         norm = method.upper() if isinstance(method, str) else None
         if norm not in ("ML", "REML"):
             raise ValueError(f"method must be 'ML' or 'REML' (any case), got {method!r}")
@@ -427,6 +431,9 @@ class FormulaMethod:
         if intervals == "profile" and not self.bounded:
             raise ValueError("intervals='profile' needs bounded=True (a profile is over "
                              "variances >= 0); use intervals='boot' or 'wald' for unbounded fits")
+        if parm is not None and intervals == "wald":
+            raise ValueError("parm goes with intervals='profile' or 'boot'")
+        self.parm = None if parm is None else [str(p) for p in parm]
         self.intervals = intervals
         self.nsim = int(nsim)
         from mlmsim.engine.result import INFORMATION
@@ -467,9 +474,10 @@ class FormulaMethod:
         messages = tuple(est.messages)
         try:
             if self.intervals == "profile":
-                ci = res.confint("profile", level=self.level)
+                ci = res.confint("profile", level=self.level, parm=self.parm)
             else:
                 ci = res.bootstrap(self.nsim, rng, progress=False).confint(self.level)
+                ci = ci if self.parm is None else ci.loc[self.parm]
             keep = ci.index[ci["scale"] != "correlation"]
             lo[keep], hi[keep] = ci.loc[keep, "lower"], ci.loc[keep, "upper"]
         except Exception as e:  # noqa: BLE001 - the replicate keeps its estimates
@@ -541,6 +549,8 @@ class FormulaMethod:
             out["intervals"] = self.intervals
             if self.intervals == "boot":
                 out["nsim"] = self.nsim
+            if self.parm is not None:
+                out["parm"] = list(self.parm)
         return out
 
     def __repr__(self) -> str:
