@@ -859,7 +859,8 @@ def _cmd_power(args: argparse.Namespace) -> int:
     effect = [e.strip() for e in effect] if isinstance(effect, list) else effect.strip()
     try:
         curve = power_curve(spec, effect, along=along, values=values, target=args.target,
-                            test=args.test, nsim=args.nsim, alpha=args.alpha, rng=args.seed,
+                            test=args.test, nsim=args.nsim, nboot=args.nboot,
+                            alpha=args.alpha, rng=args.seed,
                             n_jobs=args.jobs, progress=None if not args.json else False,
                             **fixed)
     except ValueError as exc:
@@ -1020,6 +1021,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="group sizes, the same forms (default: the spec's)")
     pw.add_argument("--nsim", type=_positive_int, default=1000, metavar="N",
                     help="simulations per value (default 1000)")
+    pw.add_argument("--nboot", type=_positive_int, default=199, metavar="B",
+                    help="bootstrap refits per simulated data set with --test boot "
+                    "(default 199)")
     pw.add_argument("--alpha", type=float, default=0.05, help="the level (default 0.05)")
     pw.add_argument("--target", type=float, default=0.8, help="the power sought (default 0.8)")
     pw.add_argument("--seed", type=_seed, metavar="S", help="random seed (default: fresh)")

@@ -28,8 +28,9 @@ is counted in ``n_failed`` and left out. Singular fits are kept and counted: the
 draws of the estimator, and a test on them is a test the study would run.
 
 Reproducibility: replicates are simulated and fitted in chunks of 250. Chunk i draws
-from the i-th child of ``SeedSequence(rng)`` (:mod:`mlmsim.engine.chunked`), so results do not
-depend on ``n_jobs``. Each value of a power curve gets its own child seed.
+from the i-th child of a child of ``SeedSequence(rng)`` (:mod:`mlmsim.engine.chunked`), so
+results do not depend on ``n_jobs``; from a pilot fit, the other child draws the groups of
+the extended design, once per call. Each value of a power curve gets its own child seed.
 """
 
 from __future__ import annotations
@@ -96,18 +97,31 @@ class _FromSpec:
 @dataclass(frozen=True)
 class _FromFit:
     """Data sets from a fitted model: its design (n_groups None) or n_groups of its
-    groups drawn with replacement (simr's ``extend``), y = X gamma + Z_j U_j + R with
-    U_j ~ N(0, T-hat), R ~ N(0, sigma2-hat) and gamma-hat overridden by ``gamma``."""
+    groups (``pick``, drawn once per call of :func:`power`, with replacement where more
+    groups than the pilot's are asked for: one extended design, as simr's ``extend``),
+    y = X gamma + Z_j U_j + R with U_j ~ N(0, T-hat), R ~ N(0, sigma2-hat) and gamma-hat
+    overridden by ``gamma``."""
 
     fit: FitResult
     gamma: np.ndarray
     n_groups: int | None
+    pick: np.ndarray | None = None
+
+    def with_design(self, rng: np.random.Generator) -> _FromFit:
+        """This source with its groups drawn (the pilot's own design when n_groups is
+        None)."""
+        if self.n_groups is None:
+            return self
+        J = self.fit.design.ngroups
+        return replace(self, pick=rng.choice(J, size=self.n_groups, replace=self.n_groups > J))
 
     def draw(self, R: int, rng: np.random.Generator) -> _Draws:
         d = self.fit.design
         X, Z, codes, J = d.X, d.Z, d.group_codes, d.ngroups
         if self.n_groups is not None:
-            pick = rng.choice(J, size=self.n_groups, replace=self.n_groups > J)
+            if self.pick is None:
+                raise ValueError("draw the extended design first: with_design(rng)")
+            pick = self.pick
             order = np.argsort(codes, kind="stable")
             starts = np.searchsorted(codes[order], np.arange(J + 1))
             rows = np.concatenate([order[starts[g]:starts[g + 1]] for g in pick])
@@ -444,7 +458,11 @@ def power(model: ModelSpec | FitResult, effect: str | Sequence[str], *,
     hyp = _hypothesis(effect, test, alpha, int(nboot), *_names(model))
     if hyp.test == "boot" and int(nboot) < 19:
         raise ValueError(f"nboot must be at least 19 for a bootstrap test, got {nboot}")
-    parts = run_chunks(_test_chunk, chunk_sizes(nsim, CHUNK), rng, n_jobs=n_jobs,
+    sizes = chunk_sizes(nsim, CHUNK)
+    design_seed, sims_seed = seeds(rng, 2)
+    if isinstance(src, _FromFit):
+        src = src.with_design(np.random.default_rng(design_seed))
+    parts = run_chunks(_test_chunk, sizes, sims_seed, n_jobs=n_jobs,
                        progress=progress, label=f"power {hyp.label()}", args=(src, hyp))
     rec = pd.concat(parts, ignore_index=True)
     n_tested = int(rec["ok"].sum())
@@ -456,7 +474,8 @@ def power(model: ModelSpec | FitResult, effect: str | Sequence[str], *,
         group_size=getattr(src, "group_size", None),
         power=k / n_tested if n_tested else float("nan"), ci_lower=lo, ci_upper=hi,
         n_rejected=k, n_tested=n_tested, n_failed=int(nsim) - n_tested,
-        n_singular=int(rec["singular"].sum()), seconds=time.perf_counter() - t0,
+        n_singular=int((rec["singular"] & rec["ok"]).sum()),
+        seconds=time.perf_counter() - t0,
         level=float(level), records=rec)
 
 
@@ -583,8 +602,8 @@ def sample_size(model: ModelSpec | FitResult, effect: str | Sequence[str], *,
         if v in cache:
             return cache[v][0]
         recs: list[pd.DataFrame] = []
-        value_seeds = np.random.SeedSequence(root.entropy, spawn_key=(v,)).spawn(
-            -(-max_nsim // step_nsim))
+        value_seeds = np.random.SeedSequence(root.entropy, spawn_key=(*root.spawn_key, v)
+                                             ).spawn(-(-max_nsim // step_nsim))
         row: dict = {}
         for i, s in enumerate(value_seeds):
             res = power(model, effect, nsim=step_nsim, rng=s, progress=progress,

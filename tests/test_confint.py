@@ -382,3 +382,21 @@ def test_intervals_settings_are_checked_when_the_study_is_defined():
 def test_profile_in_parallel_gives_the_same_limits(sleep):
     fit = mlmsim.fit("Reaction ~ Days + (Days | Subject)", sleep, method="ML")
     pd.testing.assert_frame_equal(fit.confint("profile", n_jobs=2), fit.confint("profile"))
+
+
+def test_parm_of_a_study_method_is_checked():
+    from mlmsim.study import FormulaMethod
+
+    m = FormulaMethod("y ~ x + (1 | g)", intervals="profile", parm="sigma2")
+    assert m.parm == ["sigma2"]
+    with pytest.raises(ValueError, match="once"):
+        FormulaMethod("y ~ x + (1 | g)", intervals="profile", parm=["sigma2", "sigma2"])
+    bad = FormulaMethod("y ~ x + (1 | g)", intervals="profile", parm=["var(nope)"])
+    rng = np.random.default_rng(1)
+    g = np.repeat(np.arange(8), 5)
+    d = pd.DataFrame({"y": rng.normal(size=40) + rng.normal(size=8)[g],
+                      "x": rng.normal(size=40), "g": g})
+    with pytest.raises(ValueError, match="var\\(nope\\)"):
+        bad(d)
+    out = m(d)
+    assert np.isfinite(out.ci_lower["sigma2"]) and np.isnan(out.ci_lower["x"])

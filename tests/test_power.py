@@ -120,7 +120,7 @@ def test_power_from_a_pilot_fit_resamples_groups_and_overrides_effects():
     null = power(pilot, "homework", effects={"homework": 0.0}, nsim=400, rng=3,
                  progress=False)
     assert null.power < 0.12
-    src = _source(pilot, 10, None, None)
+    src = _source(pilot, 10, None, None).with_design(np.random.default_rng(5))
     draws = src.draw(2, np.random.default_rng(0))
     assert draws.n_groups == 10 and draws.codes.max() == 9
     with pytest.raises(ValueError, match="keep their sizes"):
@@ -269,3 +269,32 @@ def test_power_curve_refuses_bad_values_and_targets():
         sample_size(SPEC, "x", target=0.0, group_size=5)
     with pytest.raises(ValueError, match="along"):
         power_curve(SPEC, "x", along="size", values=[10], **kw)
+
+
+def test_a_pilot_fit_is_extended_once_per_call():
+    """simr's extend: one extended design per call, shared by every simulated data set."""
+    nels = mlmsim.datasets.load("nels88")
+    pilot = mlmsim.fit("math ~ homework + (1 | school)", nels)
+    src = _source(pilot, 40, None, None).with_design(np.random.default_rng(1))
+    a = src.draw(3, np.random.default_rng(2))
+    b = src.draw(3, np.random.default_rng(3))
+    assert np.array_equal(a.X, b.X) and np.array_equal(a.codes, b.codes)
+    assert not np.array_equal(a.y, b.y)
+    res = power(pilot, "homework", n_groups=40, nsim=300, rng=4, progress=False)
+    assert res.n_singular <= res.n_tested
+
+
+def test_sample_size_follows_the_callers_seed_path():
+    a, b = np.random.SeedSequence(123).spawn(2)
+    kw = dict(target=0.5, group_size=5, lower=5, upper=40, step_nsim=50, max_nsim=50,
+              test="wald", effects={"x:z": 1.0})
+    pa = sample_size(SPEC, "x:z", rng=a, **kw).path
+    pb = sample_size(SPEC, "x:z", rng=b, **kw).path
+    assert not pa["power"].equals(pb["power"])
+
+
+def test_cli_power_takes_nboot(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.to_yaml())
+    assert main(["power", str(spec), "--effect", "x:z", "--test", "boot", "--nboot", "19",
+                 "--groups", "10", "--size", "5", "--nsim", "5", "--seed", "1"]) == 0

@@ -339,6 +339,16 @@ class _Profiler:
                     self.d_hat, self.par_hat)
         raise ValueError(f"no parameter {name!r}: choose from {self.fixed_names + self.cov_names}")
 
+    def _unit_of(self, name: str) -> float:
+        """A natural unit of a parameter on lme4's scale, for a first step where its
+        curvature gives none: the optimiser's scale of a covariance parameter, or
+        sigma-hat / rms(x_j) of a fixed effect."""
+        if name in self.cov_names:
+            return float(self.scale[self.cov_names.index(name)])
+        x = self.d.X[:, self.fixed_names.index(name)]
+        rms = float(np.sqrt(np.mean(x * x)))
+        return float(self.par_hat[-1] / rms) if rms > 0 else 1.0
+
     def to_data(self, name: str, v: float) -> float:
         """A value on lme4's scale in the fit's units -> the data's units."""
         if name in self.fixed_names:
@@ -366,7 +376,7 @@ class _Profiler:
 
         inner_v, inner_par = est, start
         if not (np.isfinite(step) and step > 0):
-            step = 0.1 * max(abs(est), 1e-300)
+            step = 0.1 * max(abs(est), self._unit_of(name))
         h = step
         v = est + side * z * h
         for _ in range(60):

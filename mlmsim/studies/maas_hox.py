@@ -159,7 +159,8 @@ def _boundary(result) -> dict:
     if not parts:
         return {}
     rec = pd.concat(parts, ignore_index=True)
-    rec["covers"] = (rec.ci_lower <= rec.truth) & (rec.truth <= rec.ci_upper)
+    has = rec.ci_lower.notna() & rec.ci_upper.notna()  # as the tables: no interval, not counted
+    rec["covers"] = ((rec.ci_lower <= rec.truth) & (rec.truth <= rec.ci_upper)).where(has)
     wide = rec.pivot_table(index=["condition", "rep", "parameter"], columns="method",
                            values=["estimate", "covers", "ci_lower", "ci_upper",
                                    "singular"],
@@ -179,15 +180,21 @@ def _boundary(result) -> dict:
             "condition": result.conditions.loc[cond].to_dict(),
             "n": int(len(inc)), "negative": int(m.sum()),
             "reml_singular": int(sub[("singular", "REML")].astype(bool).sum()),
-            "cover": {meth: float(sub[("covers", meth)].astype(float).mean())
+            "cover": {meth: _count(sub[("covers", meth)])
                       for meth in METHODS if ("covers", meth) in sub.columns},
-            "cover_all": {meth: float(inc[("covers", meth)].astype(float).mean())
+            "cover_all": {meth: _count(inc[("covers", meth)])
                           for meth in METHODS if ("covers", meth) in inc.columns},
             "reml_upper": float(sub[("ci_upper", "REML")].median()),
             "nobound_upper": float(sub[("ci_upper", "REML-nobound")].median()),
             "truth": float(rec[(rec.parameter == name) & (rec.condition == cond)].truth.iloc[0]),
         }
     return out
+
+
+def _count(covers: pd.Series) -> tuple[int, int]:
+    """(intervals that cover, intervals) among replicates: NaN, no interval, is left out."""
+    v = covers.dropna().astype(float)
+    return int(v.sum()), int(v.size)
 
 
 def _pooled_relbias(summary: pd.DataFrame) -> pd.DataFrame:
@@ -344,6 +351,9 @@ def _mechanism_lines(boundary: dict) -> list[str]:
     if not boundary:
         return []
     out = ["## Why bounded and unbounded REML differ", ""]
+    def of(k_n: tuple[int, int]) -> str:
+        return f"{k_n[0]} of {k_n[1]}"
+
     for name, b in boundary.items():
         c = b["condition"]
         cell = (f"J = {int(c['n_groups'])}, n = {int(c['group_size'])}, "
@@ -355,14 +365,18 @@ def _mechanism_lines(boundary: dict) -> list[str]:
             f"{b['negative']} of {b['n']} data sets. On those data sets bounded REML stops on "
             f"the boundary (T-hat singular in {b['reml_singular']} of them); its Wald "
             f"interval reaches up to {fmt(b['reml_upper'])} (median upper limit) and covers "
-            f"the truth in {fmt(cov.get('REML', np.nan))} of them; the unbounded interval "
+            f"the truth in {of(cov.get('REML', (0, 0)))} intervals; the unbounded interval "
             f"is centred on the negative estimate, reaches up to "
             f"{fmt(b['nobound_upper'])}, and covers in "
-            f"{fmt(cov.get('REML-nobound', np.nan))}. Over the whole cell the non-coverage "
-            "is " + ", ".join(f"{m} {fmt(1 - v)}" for m, v in b["cover_all"].items()) + ".")
+            f"{of(cov.get('REML-nobound', (0, 0)))}. Over the whole cell the non-coverage "
+            "is " + ", ".join(f"{m} {fmt(1 - k / n) if n else '—'}"
+                              for m, (k, n) in b["cover_all"].items()) + ".")
+    def share(k_n: tuple[int, int]) -> float:
+        return k_n[0] / k_n[1] if k_n[1] else np.nan
+
     shown = [b for b in boundary.values() if b["negative"] > 0]
-    if shown and all(b["cover"].get("REML", np.nan) > b["cover"].get("REML-nobound", np.nan)
-                     for b in shown):
+    if shown and all(share(b["cover"].get("REML", (0, 0)))
+                     > share(b["cover"].get("REML-nobound", (0, 0))) for b in shown):
         out += ["", "In these cells the data sets whose variance is estimated below 0 are "
                 "where the unbounded intervals miss, and bounded REML moves them to the "
                 "boundary, where its interval covers more often: the estimator, not the "

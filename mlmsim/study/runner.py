@@ -433,6 +433,10 @@ class FormulaMethod:
                              "variances >= 0); use intervals='boot' or 'wald' for unbounded fits")
         if parm is not None and intervals == "wald":
             raise ValueError("parm goes with intervals='profile' or 'boot'")
+        if isinstance(parm, str):
+            parm = [parm]
+        if parm is not None and (not parm or len(set(parm)) != len(parm)):
+            raise ValueError(f"parm must name each parameter once, got {parm!r}")
         self.parm = None if parm is None else [str(p) for p in parm]
         self.intervals = intervals
         self.nsim = int(nsim)
@@ -469,6 +473,10 @@ class FormulaMethod:
         """``est`` with profile or bootstrap intervals (NaN for covariances, and for all
         where they could not be computed, with a message)."""
         names = list(est.estimate.index)
+        unknown = [p for p in self.parm or () if p not in names]
+        if unknown:  # a setting, not a replicate's failure: the replicate records the error
+            raise ValueError(f"parm names {unknown[0]!r}, not a parameter of {self.formula!r}: "
+                             f"{names}")
         lo = pd.Series(np.nan, index=names)
         hi = pd.Series(np.nan, index=names)
         messages = tuple(est.messages)
@@ -480,7 +488,7 @@ class FormulaMethod:
                 ci = ci if self.parm is None else ci.loc[self.parm]
             keep = ci.index[ci["scale"] != "correlation"]
             lo[keep], hi[keep] = ci.loc[keep, "lower"], ci.loc[keep, "upper"]
-        except Exception as e:  # noqa: BLE001 - the replicate keeps its estimates
+        except (ValueError, ArithmeticError, RuntimeError, np.linalg.LinAlgError) as e:
             messages += (f"{self.intervals} intervals failed: {type(e).__name__}: {e}",)
         return replace(est, ci_lower=lo, ci_upper=hi, messages=messages)
 
