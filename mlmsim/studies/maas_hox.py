@@ -292,6 +292,7 @@ def _report_text(summary, cells, margins, published, boundary, rb, out_dir=None)
                      f"{with_interval(worst.estimate, worst.n)} (95% Wilson interval).")
         lines.append("")
     lines += _published_lines(published)
+    lines += _boundary_table(cells, fit)
     lines += _mechanism_lines(boundary)
     lines += ["## Non-coverage of 95% Wald intervals (nominal 0.05), estimate [95% Wilson "
               "interval]", ""]
@@ -317,6 +318,25 @@ def _report_text(summary, cells, margins, published, boundary, rb, out_dir=None)
               "(Cells pooled by inverse-variance weights of their MCSEs.)", ""]
     lines += _findings(margins, published)
     return "\n".join(lines) + "\n"
+
+
+def _boundary_table(cells: pd.DataFrame, fit: pd.DataFrame) -> list[str]:
+    """Per cell: the share of singular bounded REML fits and of negative unbounded
+    estimates of tau00 and tau11."""
+    keys = ["n_groups", "group_size", "icc"]
+    sing = fit[(fit.measure == "singular_rate") & (fit.method == "REML")][[*keys, "estimate"]]
+    neg = cells[(cells.method == "REML-nobound") & cells.parameter.isin(LEVEL2)]
+    if sing.empty or neg.empty:
+        return []
+    wide = neg.pivot_table(index=keys, columns="parameter", values="negative").reset_index()
+    table = sing.rename(columns={"estimate": "REML singular"}).merge(wide, on=keys)
+    table = table.rename(columns={p: f"REML-nobound {p} < 0" for p in LEVEL2})
+    for c in table.columns[len(keys):]:
+        table[c] = [fmt(v) for v in table[c]]
+    return ["## On the boundary, per cell", "",
+            "The share of bounded REML fits with T-hat singular, and of unbounded REML "
+            "estimates of tau00 and tau11 below 0 (also in `noncoverage_cells.csv`, column "
+            "`negative`):", "", markdown_table(table.sort_values(keys)), ""]
 
 
 def _published_lines(published: pd.DataFrame) -> list[str]:
