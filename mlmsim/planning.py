@@ -46,7 +46,7 @@ from scipy import stats as sps
 
 from mlmsim.engine.batch import fit_arrays
 from mlmsim.engine.chunked import chunk_sizes, run_chunks, seeds
-from mlmsim.engine.result import FitResult
+from mlmsim.engine.result import FitResult, simulate_responses
 from mlmsim.spec import ModelSpec
 
 __all__ = ["TESTS", "PowerResult", "PowerCurve", "SampleSize", "power", "power_curve",
@@ -129,11 +129,8 @@ class _FromFit:
             X, Z = X[rows], Z[rows]
             codes = np.repeat(np.arange(self.n_groups), sizes)
             J = self.n_groups
-        w, V = np.linalg.eigh(self.fit.T.to_numpy())
-        F = V * np.sqrt(np.clip(w, 0.0, None))
-        U = rng.standard_normal((R, J, F.shape[0])) @ F.T
-        y = (X @ self.gamma)[None] + np.einsum("nq,rnq->rn", Z, U[:, codes, :])
-        y = y + np.sqrt(self.fit.sigma2) * rng.standard_normal(y.shape)
+        y = simulate_responses(X, Z, codes, J, self.gamma, self.fit.T.to_numpy(),
+                               self.fit.sigma2, R, rng)
         return _Draws(y, X, Z, codes, J, tuple(d.fixed_names), tuple(d.random_names),
                       tuple(d.blocks))
 
@@ -319,11 +316,8 @@ def _boot_p(draws: _Draws, bf0, null, names, stat, ok, nboot: int, rng) -> np.nd
     for r in np.flatnonzero(ok):
         Xr0 = X0[r] if X0.ndim == 3 else X0
         Zr0 = Z0[r] if Z0.ndim == 3 else Z0
-        w, V = np.linalg.eigh(est.T[r])
-        F = V * np.sqrt(np.clip(w, 0.0, None))
-        U = rng.standard_normal((nboot, draws.n_groups, F.shape[0])) @ F.T
-        ys = (Xr0 @ est.beta[r])[None] + np.einsum("nq,bnq->bn", Zr0, U[:, draws.codes, :])
-        ys = ys + np.sqrt(est.sigma2[r]) * rng.standard_normal(ys.shape)
+        ys = simulate_responses(Xr0, Zr0, draws.codes, draws.n_groups, est.beta[r], est.T[r],
+                                est.sigma2[r], nboot, rng)
         Xr = draws.X[r] if draws.X.ndim == 3 else draws.X
         Zr = draws.Z[r] if draws.Z.ndim == 3 else draws.Z
         b1 = _fit(draws, ys, Xr, Zr, draws.blocks, "ML", names)
@@ -427,8 +421,7 @@ def _source(model, n_groups, group_size, effects):
 
 
 def _names(model) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    if isinstance(model, ModelSpec):
-        return tuple(model.fixed_names), tuple(model.random_names)
+    """The fixed and random effect names of a ModelSpec or a fit (both name them so)."""
     return tuple(model.fixed_names), tuple(model.random_names)
 
 

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from mlmsim.engine.stats import GroupStats
     from mlmsim.formula import Design
 
-__all__ = ["FitResult", "FitArrays", "covparm_names", "DDF_METHODS", "INFORMATION"]
+__all__ = ["FitResult", "FitArrays", "covparm_names", "simulate_responses", "DDF_METHODS",
+           "INFORMATION"]
 
 DDF_METHODS = ("satterthwaite", "kenward-roger", "containment", "between-within", "residual")
 INFORMATION = ("observed", "expected")
@@ -551,14 +552,10 @@ class FitResult:
         T-hat is factored by its eigen-decomposition, so singular T-hat works (an
         unbounded fit's negative eigenvalues are taken as 0).
         """
-        rng = np.random.default_rng(rng)
         d = self.design
-        w, V = np.linalg.eigh(self.T.to_numpy())
-        F = V * np.sqrt(np.clip(w, 0.0, None))
-        U = rng.standard_normal((nsim, self.ngroups, F.shape[0])) @ F.T
-        mean = d.X @ self.fixef.to_numpy()
-        zu = np.einsum("nq,snq->sn", d.Z, U[:, d.group_codes, :])
-        return mean + zu + np.sqrt(self.sigma2) * rng.standard_normal((nsim, d.nobs))
+        return simulate_responses(d.X, d.Z, d.group_codes, self.ngroups,
+                                  self.fixef.to_numpy(), self.T.to_numpy(), self.sigma2, nsim,
+                                  np.random.default_rng(rng))
 
     def summary(self) -> str:
         """A text summary laid out like lme4's ``summary(lmer(...))``."""
@@ -614,6 +611,21 @@ class FitResult:
 
     def __str__(self) -> str:
         return self.summary()
+
+
+def simulate_responses(X: np.ndarray, Z: np.ndarray, codes: np.ndarray, n_groups: int,
+                       gamma: np.ndarray, T: np.ndarray, sigma2: float, nsim: int,
+                       rng: np.random.Generator) -> np.ndarray:
+    """``nsim`` responses (nsim, N) of a two-level model on the design X (N, p), Z (N, q),
+    group codes (N,): y = X gamma + Z_j U_j + R, U_j ~ N(0, T), R ~ N(0, sigma2 I). T is
+    factored by its eigen-decomposition, so a singular T works (negative eigenvalues, of an
+    unbounded estimate, are taken as 0). Draws: U (nsim, J, q), then R (nsim, N)."""
+    w, V = np.linalg.eigh(T)
+    F = V * np.sqrt(np.clip(w, 0.0, None))
+    U = rng.standard_normal((nsim, n_groups, F.shape[0])) @ F.T
+    mean = X @ gamma
+    zu = np.einsum("nq,snq->sn", Z, U[:, codes, :])
+    return mean + zu + np.sqrt(sigma2) * rng.standard_normal((nsim, X.shape[0]))
 
 
 def _num(v: float, width: int) -> str:

@@ -242,7 +242,8 @@ class Estimates:
     evaluations: int | None = None
 
     @classmethod
-    def from_fit(cls, res: Any, level: float = 0.95, ddf: str | None = None) -> Estimates:
+    def from_fit(cls, res: Any, level: float = 0.95, ddf: str | None = None,
+                 information: str = "observed") -> Estimates:
         """Estimates of a fitted model (``FitResult``): ``params``, their SEs, Wald CIs.
 
         ``params`` are the fixed effects gamma then the covariance parameters (vech T,
@@ -256,14 +257,16 @@ class Estimates:
         two-sided p-value of t = estimate / SE on those df, and its interval is
         estimate +- t_{df, (1+level)/2} SE; where the df is NaN, so are p and the
         interval (no fallback to the normal). The covariance parameters keep the Wald
-        interval, with df and p NaN.
+        interval, with df and p NaN; ``information="expected"`` takes their SEs from the
+        expected information (``res.covparms_table("expected")``).
         """
         params = pd.Series(res.params, dtype=float)
         se = pd.Series(np.nan, index=params.index)
         fixef_se = getattr(res, "fixef_se", None)
         if fixef_se is not None:
             se.update(pd.Series(fixef_se, dtype=float))
-        covparms = getattr(res, "covparms", None)
+        covparms = (getattr(res, "covparms", None) if information == "observed"
+                    else res.covparms_table(information))
         if covparms is not None and "se" in covparms:
             se.update(pd.Series(covparms["se"], dtype=float))
         z = _z(level)
@@ -455,16 +458,7 @@ class FormulaMethod:
         if isinstance(data, SimBatch):
             data = data.frame(0)
         res = fit(self.formula, data, method=self.method, **self._fit_options())
-        est = Estimates.from_fit(res, self.level, ddf=self.ddf)
-        if self.information == "expected":
-            se = est.se.copy()
-            se[list(res.covparm_names)] = res.covparms_table("expected")["se"].to_numpy()
-            z = _z(self.level)
-            lo, hi = est.ci_lower.copy(), est.ci_upper.copy()
-            cov = list(res.covparm_names)
-            lo[cov] = est.estimate[cov] - z * se[cov]
-            hi[cov] = est.estimate[cov] + z * se[cov]
-            est = replace(est, se=se, ci_lower=lo, ci_upper=hi)
+        est = Estimates.from_fit(res, self.level, ddf=self.ddf, information=self.information)
         if self.intervals == "wald":
             return est
         return self._likelihood_intervals(res, est, rng)
