@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["seeds", "chunk_sizes", "run_chunks"]
+__all__ = ["seeds", "check_nsim", "chunk_sizes", "run_chunks"]
 
 
 def seeds(rng, n: int) -> list[np.random.SeedSequence]:
@@ -27,12 +27,18 @@ def seeds(rng, n: int) -> list[np.random.SeedSequence]:
     return root.spawn(n)
 
 
-def chunk_sizes(n: int, size: int) -> list[int]:
-    """``n`` split into chunks of ``size`` (the last one smaller)."""
-    if not (isinstance(n, (int, np.integer)) and n >= 1):
+def check_nsim(n) -> int:
+    """``n`` as the number of simulations: a positive integer, else a ValueError."""
+    if isinstance(n, bool) or not (isinstance(n, (int, np.integer)) and n >= 1):
         raise ValueError(f"nsim (the number of simulations) must be a positive integer, got "
                          f"{n!r}")
-    return [min(size, n - i) for i in range(0, int(n), size)]
+    return int(n)
+
+
+def chunk_sizes(n: int, size: int) -> list[int]:
+    """``n`` split into chunks of ``size`` (the last one smaller)."""
+    n = check_nsim(n)
+    return [min(size, n - i) for i in range(0, n, size)]
 
 
 def run_chunks(task: Callable[..., Any], sizes: Sequence[int], rng, *, n_jobs: int = 1,

@@ -153,13 +153,12 @@ def exact_lrt(fit: FitResult, nsim: int = 10000, rng=None, *, n_jobs: int = 1) -
     0.0
     """
     from mlmsim.engine import exact_null as exact
+    from mlmsim.engine.chunked import check_nsim
 
     d = fit.design
     if d is None:
         raise ValueError("the exact test needs the fit's design (a fit from mlmsim.fit)")
-    if isinstance(nsim, bool) or not isinstance(nsim, (int, np.integer)) or nsim < 1:
-        raise ValueError(f"nsim (the number of simulations) must be a positive integer, got "
-                         f"{nsim!r}")
+    nsim = check_nsim(nsim)
     if d.Z.shape[1] != 1:
         raise ValueError(
             f"the exact test is for one variance component and no other random effect; "
