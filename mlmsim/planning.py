@@ -53,7 +53,6 @@ __all__ = ["TESTS", "PowerResult", "PowerCurve", "SampleSize", "power", "power_c
            "sample_size", "crt_power"]
 
 TESTS = ("wald", "satterthwaite", "kenward-roger", "lrt", "boot")
-CHUNK = 250
 ALONG = ("n_groups", "group_size")
 
 
@@ -451,7 +450,7 @@ def power(model: ModelSpec | FitResult, effect: str | Sequence[str], *,
     hyp = _hypothesis(effect, test, alpha, int(nboot), *_names(model))
     if hyp.test == "boot" and int(nboot) < 19:
         raise ValueError(f"nboot must be at least 19 for a bootstrap test, got {nboot}")
-    sizes = chunk_sizes(nsim, CHUNK)
+    sizes = chunk_sizes(nsim)
     design_seed, sims_seed = seeds(rng, 2)
     if isinstance(src, _FromFit):
         src = src.with_design(np.random.default_rng(design_seed))

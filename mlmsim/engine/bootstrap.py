@@ -25,10 +25,7 @@ import pandas as pd
 from mlmsim.engine.batch import fit_arrays
 from mlmsim.engine.chunked import chunk_sizes, run_chunks
 
-__all__ = ["Bootstrap", "bootstrap", "bootstrap_lrt", "reported", "CHUNK"]
-
-CHUNK = 250
-"""Bootstrap data sets per batched refit (and per parallel task)."""
+__all__ = ["Bootstrap", "bootstrap", "bootstrap_lrt", "reported"]
 
 
 def _check_level(level: float) -> None:
@@ -86,7 +83,7 @@ def _run(fit, nsim: int, rng, n_jobs: int, progress, label: str, refit_designs):
     concatenated per refitted model."""
     if fit.design is None:
         raise ValueError("the bootstrap needs the fit's design (a fit from mlmsim.fit)")
-    parts = run_chunks(_chunk, chunk_sizes(nsim, CHUNK), rng, n_jobs=n_jobs, progress=progress,
+    parts = run_chunks(_chunk, chunk_sizes(nsim), rng, n_jobs=n_jobs, progress=progress,
                        label=label, args=(fit, refit_designs))
     return [{key: np.concatenate([p[i][key] for p in parts]) for key in parts[0][i]}
             for i in range(len(refit_designs))]

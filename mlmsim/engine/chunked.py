@@ -13,7 +13,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["seeds", "check_nsim", "chunk_sizes", "run_chunks"]
+__all__ = ["CHUNK", "seeds", "check_nsim", "chunk_sizes", "run_chunks"]
+
+CHUNK = 250
+"""Simulations per chunk: per batched pass of the compiled kernels and per parallel task
+(bootstrap refits, power replicates)."""
 
 
 def seeds(rng, n: int) -> list[np.random.SeedSequence]:
@@ -35,7 +39,7 @@ def check_nsim(n) -> int:
     return int(n)
 
 
-def chunk_sizes(n: int, size: int) -> list[int]:
+def chunk_sizes(n: int, size: int = CHUNK) -> list[int]:
     """``n`` split into chunks of ``size`` (the last one smaller)."""
     n = check_nsim(n)
     return [min(size, n - i) for i in range(0, n, size)]

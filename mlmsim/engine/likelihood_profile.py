@@ -321,7 +321,9 @@ class _Profiler:
 
     # ---- one parameter -----------------------------------------------------------
     def parameter(self, name: str):
-        """(kind, index, estimate, step, lower bound, upper bound, point function, d_hat)."""
+        """(kind, estimate, first step, lower bound, upper bound, the profile point
+        function (value, start) -> (criterion, parameters), the criterion's minimum, the
+        parameters there), on lme4's scale in the fit's units."""
         if name in self.fixed_names:
             j = self.fixed_names.index(name)
             _, d_ml, par_ml, beta = self.ml
