@@ -603,7 +603,7 @@ def theta_map(Ut, rows, cols):
     return K
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _lower_toward_start(theta, f, st, rows, cols, reml, w, cnt, qc):
     """Whether d at theta + a (theta_I - theta), a in PROBES, falls below f (by the
     restart margin), theta_I being lme4's start Lambda = I; one evaluation per point."""
@@ -621,7 +621,7 @@ def _lower_toward_start(theta, f, st, rows, cols, reml, w, cnt, qc):
     return False
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def minimize_one(st, rows, cols, reml, theta0, use_start, max_iter, tol, gtol, max_step, edge,
                  restart, theta, g, H, info, w, ts, qc):
     """Fit one replicate: writes theta, gradient and Hessian (in the original units);

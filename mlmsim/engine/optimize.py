@@ -44,6 +44,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from mlmsim.engine import newton
+from mlmsim.engine.compiled import compiling_alongside
 from mlmsim.engine.control import FitControl, OptSummary, StopReason
 from mlmsim.engine.deviance import ThetaMap
 from mlmsim.engine.gls import Stats, qtoken
@@ -114,9 +115,10 @@ def minimize_theta(
     R, k = st.A.shape[0], tmap.size
     use_start = theta0 is not None
     start = kernel_array(theta0, (R,), (k,)) if use_start else np.zeros((R, k))
-    theta, dev, g, H, info = newton.minimize_many(
-        st, tmap.rows, tmap.cols, bool(reml), start, use_start, int(control.max_iter),
-        float(control.tol), float(control.gtol), float(control.max_step), float(control.edge),
-        bool(control.restart), qtoken(tmap.q))
+    with compiling_alongside(tmap.q):
+        theta, dev, g, H, info = newton.minimize_many(
+            st, tmap.rows, tmap.cols, bool(reml), start, use_start, int(control.max_iter),
+            float(control.tol), float(control.gtol), float(control.max_step),
+            float(control.edge), bool(control.restart), qtoken(tmap.q))
     converged = info[:, 1] <= int(StopReason.ROUNDING_FLOOR)
     return OptResult(theta, dev, g, H, info[:, 0].copy(), converged, info, control)
