@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,7 +41,11 @@ def readme_first_command() -> tuple[str, str]:
     return install, run
 
 
-def timed(cmd: str, env: dict) -> float:
+def timed(cmd: str, env: dict, out: Path | None = None) -> float:
+    """Seconds ``cmd`` takes in the repository's root; ``out``, the study folder it writes,
+    is removed first (a finished study there would only be reported, not run)."""
+    if out is not None:
+        shutil.rmtree(ROOT / out, ignore_errors=True)
     t0 = time.perf_counter()
     subprocess.run(shlex.split(cmd), cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -49,6 +54,7 @@ def timed(cmd: str, env: dict) -> float:
 
 def main() -> int:
     install, run = readme_first_command()
+    out = Path(shlex.split(run)[shlex.split(run).index("--out") + 1])
     with tempfile.TemporaryDirectory() as tmp:
         venv = Path(tmp) / "venv"
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -61,10 +67,10 @@ def main() -> int:
         caches = [Path(tmp) / "cache-helper", Path(tmp) / "cache-alone"]
         for c in caches:
             c.mkdir()
-        t_cold = timed(run, {**env, "NUMBA_CACHE_DIR": str(caches[0])})
+        t_cold = timed(run, {**env, "NUMBA_CACHE_DIR": str(caches[0])}, out)
         t_alone = timed(run, {**env, "NUMBA_CACHE_DIR": str(caches[1]),
-                              "MLMSIM_NO_WARM_UP": "1"})
-        t_warm = timed(run, {**env, "NUMBA_CACHE_DIR": str(caches[0])})
+                              "MLMSIM_NO_WARM_UP": "1"}, out)
+        t_warm = timed(run, {**env, "NUMBA_CACHE_DIR": str(caches[0])}, out)
     print(f"README's first command: {install} && {run}")
     print(f"  install                      {t_install:6.1f} s")
     print(f"  first run, with the helper   {t_cold:6.1f} s  (compile {t_cold - t_warm:.1f} s)")

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -41,11 +42,18 @@ print(json.dumps(out))
 
 
 def _cold_fit(tmp_path, **env) -> dict:
-    cache = tmp_path / "numba-cache"
+    """_FIT in a fresh process with an empty numba cache, run from a folder that holds
+    another package named mlmsim (as the repository holds one when the README's command
+    runs there): the helper must compile the package the fit imported, not that one."""
+    cache, decoy = tmp_path / "numba-cache", tmp_path / "mlmsim"
     cache.mkdir(parents=True)
-    run = subprocess.run([sys.executable, "-c", _FIT], capture_output=True, text=True,
-                         env={**os.environ, "NUMBA_CACHE_DIR": str(cache), **env},
-                         timeout=900, check=False)
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise ImportError('the package in the cwd')\n")
+    root = str(Path(compiled.__file__).resolve().parents[2])
+    run = subprocess.run([sys.executable, "-P", "-c", _FIT], capture_output=True, text=True,
+                         env={**os.environ, "NUMBA_CACHE_DIR": str(cache),
+                              "PYTHONPATH": root, **env},
+                         cwd=tmp_path, timeout=900, check=False)
     assert run.returncode == 0, run.stderr
     return json.loads(run.stdout)
 

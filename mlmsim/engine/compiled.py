@@ -162,11 +162,14 @@ def _start_helper(q: int, lock: Path) -> None:
             return
     else:
         return
+    # the helper must compile this very package (numba's cache is per source file): its
+    # root first on the path, and not the working directory (-P), which may hold a
+    # checkout of another version (as when the README's command runs in the repository)
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     try:
-        proc = subprocess.Popen([sys.executable, "-c", _HELPER, str(q), str(lock)],
+        proc = subprocess.Popen([sys.executable, "-P", "-c", _HELPER, str(q), str(lock)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, env=env)
     except OSError:
@@ -183,10 +186,17 @@ def _await_helper(lock: Path, wanted: list) -> None:
     in ``wanted`` itself; reap the helpers this process started once they are done."""
     deadline = time.monotonic() + _PATIENCE
     if any(not d.signatures for d in wanted):
-        while _held(lock) and time.monotonic() < deadline:
+        while _reap() and _held(lock) and time.monotonic() < deadline:
             time.sleep(0.05)
+    _reap()
+
+
+def _reap() -> bool:
+    """Collect the exit of the helpers this process started (a helper that has exited but
+    is not collected still counts as alive to :func:`_alive`); always True."""
     for proc in [p for p in _helpers if p.poll() is not None]:
         _helpers.remove(proc)
+    return True
 
 
 @contextmanager
