@@ -25,8 +25,8 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-from mlmsim.simulate import simulate, simulate_batch  # noqa: E402
-from mlmsim.spec import Continuous, ModelSpec  # noqa: E402
+from mlmsim.generate.simulate import simulate, simulate_batch  # noqa: E402
+from mlmsim.generate.spec import Continuous, ModelSpec  # noqa: E402
 
 TARGET_BATCH = 0.2  # seconds for 1,000 replicates of 30 groups of 5
 

@@ -6,104 +6,58 @@ sigma^2, predictors, groups) -> :func:`simulate` (data sets) -> :func:`fit`
 (conditions x replicates x methods, seeds, parallel, resumable) ->
 :func:`summarise` (performance measures with Monte Carlo SEs) and figures;
 :func:`power`, :func:`power_curve` and :func:`sample_size` plan a study.
+
+``import mlmsim`` loads nothing but this file: each public name is imported from its
+module on first use (PEP 562), so that a script or the command line that needs only
+the generator does not wait for the fitting engine's compiled kernels, scipy or pyarrow.
+The names and their modules are listed once, in the type stub ``__init__.pyi`` (which
+type checkers and editors read); this file reads its imports.
 """
 
 from __future__ import annotations
 
-from mlmsim import centering, datasets, studies
-from mlmsim.centering import (
-    CenteredForms,
-    Equivalence,
-    add_centered,
-    centered_forms,
-    equivalence,
-)
-from mlmsim.engine import (
-    BatchFit,
-    Bootstrap,
-    Evaluation,
-    FitControl,
-    FitResult,
-    LRTResult,
-    OptSummary,
-    ParameterProfile,
-    evaluate,
-    exact_lrt,
-    fit,
-    fit_arrays,
-    fit_batch,
-    lrt,
-)
-from mlmsim.modelplots import (
-    plot_caterpillar,
-    plot_group_lines,
-    plot_variance_function,
-    plot_within_between,
-    within_between_slopes,
-)
-from mlmsim.planning import (
-    PowerCurve,
-    PowerResult,
-    SampleSize,
-    power,
-    power_curve,
-    sample_size,
-)
-from mlmsim.simulate import SimBatch, simulate, simulate_batch
-from mlmsim.spec import (
-    Binary,
-    Categorical,
-    ChiSquare,
-    Complement,
-    Continuous,
-    Discrete,
-    GroupCentered,
-    GroupMean,
-    Indicator,
-    Level2Binary,
-    Level2Continuous,
-    ModelSpec,
-    Normal,
-    PoissonSizes,
-    SizeList,
-    StudentT,
-    T_from_sd_corr,
-    Truth,
-    UniformSizes,
-    Values,
-    tau0_sq_from_icc,
-)
-from mlmsim.study import (
-    FormulaMethod,
-    FromSpec,
-    Study,
-    StudyResult,
-    load_study,
-    plot_measure,
-    summarise,
-    summary_table,
-)
+import ast
+from importlib import import_module
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 __version__ = "0.1.0"
 
 
-def studies_registry():
+def _public_names() -> tuple[dict[str, str], list[str]]:
+    """From the stub ``__init__.pyi``: each public name -> the module it is imported from
+    (a submodule of mlmsim, such as ``datasets``, maps to itself), and ``__all__``."""
+    tree = ast.parse(Path(__file__).with_suffix(".pyi").read_text())
+    where: dict[str, str] = {}
+    names: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module.startswith(__name__):
+            for alias in node.names:
+                where[alias.name] = (f"{node.module}.{alias.name}"
+                                     if node.module == __name__ else node.module)
+        elif isinstance(node, ast.Assign) and node.targets[0].id == "__all__":
+            names = ast.literal_eval(node.value)
+    return where, names
+
+
+_WHERE, __all__ = _public_names()
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use, and keep the name here."""
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = import_module(_WHERE[name])
+    value = module if module.__name__ == f"{__name__}.{name}" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+def studies_registry() -> ModuleType:
     """The registry of the method studies (``mlmsim.studies``: ``names()``, ``get(name)``)."""
-    return studies
-
-
-__all__ = [
-    "BatchFit", "Binary", "Bootstrap", "ParameterProfile", "exact_lrt", "Evaluation",
-    "PowerCurve", "PowerResult", "SampleSize", "power", "power_curve", "sample_size",
-    "FitControl", "OptSummary", "evaluate",
-    "CenteredForms", "Equivalence", "add_centered", "centered_forms",
-    "centering", "equivalence", "Categorical", "ChiSquare", "Complement", "Continuous", "Discrete",
-    "FitResult", "FormulaMethod", "FromSpec", "GroupCentered", "GroupMean", "Indicator",
-    "LRTResult", "Level2Binary", "Level2Continuous", "ModelSpec", "Normal", "PoissonSizes",
-    "SimBatch", "SizeList", "StudentT", "Study", "StudyResult", "T_from_sd_corr", "Truth",
-    "UniformSizes", "Values", "__version__", "datasets", "fit", "fit_arrays", "fit_batch",
-    "load_study", "lrt", "plot_caterpillar", "plot_group_lines", "plot_measure",
-    "plot_variance_function", "plot_within_between", "simulate", "simulate_batch",
-    "studies", "studies_registry", "summarise", "summary_table", "tau0_sq_from_icc",
-    "within_between_slopes",
-]
+    return import_module(f"{__name__}.studies")

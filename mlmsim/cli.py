@@ -441,7 +441,7 @@ def _varies_both_ways(data, x: str, group: str) -> bool:
 
 def _model_spec() -> Any:
     try:
-        from mlmsim.spec import ModelSpec
+        from mlmsim.generate.spec import ModelSpec
     except ImportError as exc:
         raise CLIError(f"this installation of mlmsim has no model specs ({exc})",
                        "update mlmsim") from None
@@ -450,7 +450,7 @@ def _model_spec() -> Any:
 
 def _simulator() -> Callable:
     try:
-        from mlmsim.simulate import simulate
+        from mlmsim.generate.simulate import simulate
     except ImportError as exc:
         raise CLIError(f"this installation of mlmsim has no data generator ({exc})",
                        "update mlmsim") from None
@@ -521,7 +521,7 @@ def _example_spec_text(ModelSpec) -> str:
     fn = getattr(ModelSpec, "example", None)
     if callable(fn):
         return fn().to_yaml()
-    raise CLIError("this version of mlmsim.spec has no example spec", "update mlmsim")
+    raise CLIError("this version of mlmsim.generate.spec has no example spec", "update mlmsim")
 
 
 def _cmd_spec_check(args: argparse.Namespace) -> int:

@@ -593,7 +593,7 @@ def stacked_design(formula: str | ParsedFormula, datasets) -> StackedDesign | No
     has full rank (from X'X).
 
     ``datasets``: DataFrames, or simulated data sets as
-    :class:`mlmsim.simulate.SimBatch` objects of one replicate each (their
+    :class:`mlmsim.generate.simulate.SimBatch` objects of one replicate each (their
     columns are read straight from the arrays, with no DataFrame in between).
     """
     pf = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)

@@ -2,7 +2,7 @@
 and SimDesign's ``SimSolve``, with the test a small-sample analysis would use.
 
 ``power(model, effect, test=...)`` simulates ``nsim`` data sets from ``model`` -- a
-:class:`~mlmsim.spec.ModelSpec`, or a fitted model (simr's "start from a pilot fit":
+:class:`~mlmsim.generate.spec.ModelSpec`, or a fitted model (simr's "start from a pilot fit":
 the pilot's design, its estimates as the truth, effects overridable as simr's
 ``fixef<-``) -- fits each in batches and counts the tests of ``effect`` with p <= alpha.
 
@@ -47,7 +47,7 @@ from scipy import stats as sps
 from mlmsim.engine.batch import fit_arrays
 from mlmsim.engine.chunked import chunk_sizes, run_chunks, seeds
 from mlmsim.engine.result import FitResult, simulate_responses
-from mlmsim.spec import ModelSpec
+from mlmsim.generate.spec import ModelSpec
 
 __all__ = ["TESTS", "PowerResult", "PowerCurve", "SampleSize", "power", "power_curve",
            "sample_size", "crt_power"]
@@ -85,7 +85,7 @@ class _FromSpec:
     group_size: Any
 
     def draw(self, R: int, rng: np.random.Generator) -> _Draws:
-        from mlmsim.simulate import simulate_batch
+        from mlmsim.generate.simulate import simulate_batch
 
         b = simulate_batch(self.spec, R, self.n_groups, group_size=self.group_size, rng=rng)
         q = len(b.random_names)

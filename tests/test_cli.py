@@ -55,20 +55,6 @@ def nels_csv(tmp_path_factory) -> Path:
     return path
 
 
-def _importable(module: str) -> bool:
-    try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
-
-
-HAS_SPEC = _importable("mlmsim.spec")
-HAS_SIMULATE = HAS_SPEC and _importable("mlmsim.simulate")
-needs_spec = pytest.mark.skipif(not HAS_SPEC, reason="mlmsim.spec is not there yet")
-needs_simulate = pytest.mark.skipif(not HAS_SIMULATE, reason="mlmsim.simulate is not there yet")
-
-
 # ---------------------------------------------------------------------------
 # fit, in subprocesses
 # ---------------------------------------------------------------------------
@@ -186,8 +172,7 @@ def _bad_cases(root: Path) -> dict[str, tuple[list[str], list[str]]]:
         "study report of no study": (["study", "report", str(root / "nothing")],
                                      ["not a directory"]),
     }
-    if HAS_SPEC:
-        cases.update(_spec_cases(root))
+    cases.update(_spec_cases(root))
     return cases
 
 
@@ -207,16 +192,15 @@ def _spec_cases(root: Path) -> dict[str, tuple[list[str], list[str]]]:
             ["spec", "example", "-o", str(root / "no_such_dir" / "spec.yaml")],
             ["cannot write", "does not exist", "create it"]),
     }
-    if HAS_SIMULATE:
-        cases.update({
-            "spec with non-PSD T": (["simulate", str(bad_T), "--groups", "10", "--size", "5",
-                                     "-o", out], ["bad_T.yaml", "positive semi-definite"]),
-            "unwritable output path": (["simulate", str(spec), "--groups", "10", "--size", "5",
-                                        "-o", str(root / "no_such_dir" / "out.csv")],
-                                       ["cannot write", "does not exist", "create it"]),
-            "output path is a directory": (["simulate", str(spec), "--groups", "10", "-o",
-                                            str(root)], ["is a directory"]),
-        })
+    cases.update({
+        "spec with non-PSD T": (["simulate", str(bad_T), "--groups", "10", "--size", "5",
+                                 "-o", out], ["bad_T.yaml", "positive semi-definite"]),
+        "unwritable output path": (["simulate", str(spec), "--groups", "10", "--size", "5",
+                                    "-o", str(root / "no_such_dir" / "out.csv")],
+                                   ["cannot write", "does not exist", "create it"]),
+        "output path is a directory": (["simulate", str(spec), "--groups", "10", "-o",
+                                        str(root)], ["is a directory"]),
+    })
     return cases
 
 
@@ -224,7 +208,7 @@ def _with_non_psd_T(text: str) -> str:
     """The example spec with T replaced by [[1, 2], [2, 1]] (eigenvalues 3 and -1)."""
     import yaml
 
-    from mlmsim.spec import ModelSpec
+    from mlmsim.generate.spec import ModelSpec
 
     raw = ModelSpec.from_yaml(text).to_dict()
     assert raw["T"] == [[4.0, 0.5], [0.5, 1.0]]
@@ -269,8 +253,6 @@ def test_bad_input_kinds(bad_runs):
     """The eight kinds the issue names are all fed to a subprocess."""
     ran = {name for name, (proc, _) in bad_runs.items() if proc.args[0] == sys.executable}
     required = set(SUBPROCESS_KINDS)
-    if not HAS_SIMULATE:
-        required -= {"spec with non-PSD T", "unwritable output path"}
     assert required <= ran
     assert len(bad_runs) >= 8
 
@@ -281,13 +263,13 @@ def test_bad_input_kinds(bad_runs):
     "formula before data", "no random effects", "non-numeric response", "unknown dataset",
     "bad ddf", "plot dir is a file", "negative group size", "zero groups", "unknown command",
     "study report of no study",
-    pytest.param("spec check, non-PSD T", marks=needs_spec),
-    pytest.param("spec not YAML", marks=needs_spec),
-    pytest.param("missing spec", marks=needs_spec),
-    pytest.param("spec example to a missing directory", marks=needs_spec),
-    pytest.param("spec with non-PSD T", marks=needs_simulate),
-    pytest.param("unwritable output path", marks=needs_simulate),
-    pytest.param("output path is a directory", marks=needs_simulate),
+    "spec check, non-PSD T",
+    "spec not YAML",
+    "missing spec",
+    "spec example to a missing directory",
+    "spec with non-PSD T",
+    "unwritable output path",
+    "output path is a directory",
 ])
 def test_bad_input_one_line_status_2(bad_runs, name):
     proc, words = bad_runs[name]
@@ -559,9 +541,8 @@ def test_quick_study_subprocess(tmp_path):
 # simulate and spec (the generator)
 # ---------------------------------------------------------------------------
 
-@needs_spec
 def test_spec_example_and_check(tmp_path, capsys):
-    from mlmsim.spec import ModelSpec
+    from mlmsim.generate.spec import ModelSpec
 
     assert cli.main(["spec", "example"]) == 0
     example = capsys.readouterr().out
@@ -578,9 +559,8 @@ def test_spec_example_and_check(tmp_path, capsys):
     assert ModelSpec.from_yaml(checked.out) == ModelSpec.example()
 
 
-@needs_simulate
 def test_spec_example_simulate_and_fit(tmp_path):
-    from mlmsim.spec import ModelSpec
+    from mlmsim.generate.spec import ModelSpec
 
     spec = tmp_path / "spec.yaml"
     assert cli.main(["spec", "example", "-o", str(spec)]) == 0

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from mlmsim import cli
-from mlmsim.spec import MAX_SPEC_BYTES, MAX_SPEC_DEPTH, MAX_SPEC_NODES, ModelSpec
+from mlmsim.generate.spec import MAX_SPEC_BYTES, MAX_SPEC_DEPTH, MAX_SPEC_NODES, ModelSpec
 
 BIG = "1" + "0" * 400  # 10**400: a whole number beyond the largest float (about 1.8e308)
 TOO_BIG_FOR_FLOAT = "1" + "0" * 309  # 10**309, the smallest power of ten beyond it
@@ -43,7 +43,7 @@ def test_alias_bomb_is_refused_at_once_in_little_memory(tmp_path):
     path.write_text(alias_bomb(9, 9))
     code = textwrap.dedent(f"""
         import json, resource, sys, time
-        from mlmsim.spec import ModelSpec
+        from mlmsim.generate.spec import ModelSpec
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t0 = time.perf_counter()
         try:

@@ -22,7 +22,7 @@ from formulaic import model_matrix
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlmsim.simulate import (
+from mlmsim.generate.simulate import (
     SimBatch,
     as_generator,
     draw_effects,
@@ -31,7 +31,7 @@ from mlmsim.simulate import (
     simulate,
     simulate_batch,
 )
-from mlmsim.spec import (
+from mlmsim.generate.spec import (
     Binary,
     Categorical,
     ChiSquare,

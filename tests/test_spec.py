@@ -14,7 +14,7 @@ import pytest
 import yaml
 from formulaic import model_matrix
 
-from mlmsim.spec import (
+from mlmsim.generate.spec import (
     Binary,
     Categorical,
     ChiSquare,
@@ -422,7 +422,8 @@ OK_YAML = {"gamma": "{Intercept: 1.0}", "random": "[Intercept]", "T": "[[1.0]]",
     ("gamma", "!!python/name:os.system", "'gamma'"),
     ("gamma", "{x: !!python/object/new:float [2.0]}", "'gamma.x'"),
     ("T", "!custom [[1.0]]", "'T'"),
-    ("predictors", "[!!python/object:mlmsim.spec.Continuous {name: x}]", "'predictors[0]'"),
+    ("predictors", "[!!python/object:mlmsim.generate.spec.Continuous {name: x}]",
+     "'predictors[0]'"),
     ("sigma2", "!!binary aGVsbG8=", "'sigma2'"),
 ])
 def test_spec_files_refuse_object_tags(key, value, where):

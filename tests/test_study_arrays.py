@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from mlmsim.engine.batch import fit_batch
-from mlmsim.simulate import SimBatch
-from mlmsim.spec import Categorical, Continuous, ModelSpec
+from mlmsim.generate.simulate import SimBatch
+from mlmsim.generate.spec import Categorical, Continuous, ModelSpec
 from mlmsim.study import FormulaMethod, FromSpec, Study
 from mlmsim.study.runner import Condition
 

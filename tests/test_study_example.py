@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlmsim.simulate import simulate
-from mlmsim.spec import Continuous, ModelSpec
+from mlmsim.generate.simulate import simulate
+from mlmsim.generate.spec import Continuous, ModelSpec
 from mlmsim.study import FIT_PARAMETER, FormulaMethod, FromSpec, Study, summary_table
 
 SPEC = ModelSpec(predictors=[Continuous("x")], gamma={"Intercept": 10.0, "x": 2.0},

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlmsim.spec import SizeList
+from mlmsim.generate.spec import SizeList
 from mlmsim.studies import RunOptions, hessian
 from mlmsim.study import load_study, summarise
 

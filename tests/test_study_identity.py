@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from mlmsim.spec import Continuous, ModelSpec
+from mlmsim.generate.spec import Continuous, ModelSpec
 from mlmsim.study.identity import (
     DefinitionError,
     canonical,

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlmsim.simulate import simulate
-from mlmsim.spec import Continuous, ModelSpec
+from mlmsim.generate.simulate import simulate
+from mlmsim.generate.spec import Continuous, ModelSpec
 from mlmsim.study import (
     DefinitionError,
     FormulaMethod,

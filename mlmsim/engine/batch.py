@@ -50,7 +50,7 @@ from mlmsim.engine.stats import (
 )
 from mlmsim.engine.unbounded import unbounded_estimates
 from mlmsim.formula import StackedDesign, clearly_full_rank, model_design, stacked_design
-from mlmsim.simulate import SimBatch
+from mlmsim.generate.simulate import SimBatch
 from mlmsim.terms import term_products
 
 __all__ = ["BatchFit", "fit_batch", "fit_arrays", "fit_stats"]
@@ -364,7 +364,7 @@ def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REM
     the number of groups and rows may differ. Data sets with the same rows and
     grouping column and plain numeric terms take a fast lane
     (:func:`mlmsim.formula.stacked_design`): one stacked design for all. A data set
-    may also be a one-replicate :class:`mlmsim.simulate.SimBatch` (what a study's
+    may also be a one-replicate :class:`mlmsim.generate.simulate.SimBatch` (what a study's
     generator draws), read without a DataFrame where the fast lane applies.
     ``control`` goes to the optimiser (:func:`fit_stats`); ``bounded=False`` gives
     unbounded variance estimates (SAS NOBOUND).

@@ -27,7 +27,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mlmsim.spec import Continuous, Level2Continuous, ModelSpec, T_from_sd_corr, tau0_sq_from_icc
+from mlmsim.generate.spec import (
+    Continuous,
+    Level2Continuous,
+    ModelSpec,
+    T_from_sd_corr,
+    tau0_sq_from_icc,
+)
 from mlmsim.studies import RunOptions
 from mlmsim.studies._report import (
     difference,

@@ -62,7 +62,7 @@ import numpy as np
 import pandas as pd
 
 from mlmsim.centering import FORMS, add_centered, centered_forms
-from mlmsim.spec import Continuous, GroupCentered, GroupMean, ModelSpec
+from mlmsim.generate.spec import Continuous, GroupCentered, GroupMean, ModelSpec
 from mlmsim.studies import RunOptions
 from mlmsim.studies._report import (
     fmt,

@@ -68,7 +68,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from mlmsim.spec import (
+from mlmsim.generate.spec import (
     Binary,
     Complement,
     Continuous,

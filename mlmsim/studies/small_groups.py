@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mlmsim.spec import Continuous, Level2Binary, Level2Continuous, ModelSpec
+from mlmsim.generate.spec import Continuous, Level2Binary, Level2Continuous, ModelSpec
 from mlmsim.studies import RunOptions
 from mlmsim.studies._report import (
     direction,

@@ -382,7 +382,8 @@ class FormulaMethod:
 
     takes_rng = False
     takes_sim_batch = True
-    """Accepts a one-replicate :class:`mlmsim.simulate.SimBatch` wherever a DataFrame goes."""
+    """Accepts a one-replicate :class:`mlmsim.generate.simulate.SimBatch` wherever a
+    DataFrame goes."""
 
     def __init__(self, formula: str, method: str = "REML", *, level: float = 0.95,
                  name: str | None = None, batch: bool = True, batch_size: int = 32,
@@ -453,7 +454,7 @@ class FormulaMethod:
 
     def __call__(self, data: Any, rng: np.random.Generator | None = None) -> Estimates:
         from mlmsim import fit
-        from mlmsim.simulate import SimBatch
+        from mlmsim.generate.simulate import SimBatch
 
         if isinstance(data, SimBatch):
             data = data.frame(0)
@@ -579,7 +580,7 @@ def _expected_se(res: Any) -> np.ndarray:
 
 
 class FromSpec:
-    """Data generation from a model specification: ``mlmsim.simulate`` per replicate.
+    """Data generation from a model specification: :func:`mlmsim.simulate` per replicate.
 
     ``FromSpec(spec, n_groups="n_groups", group_size="group_size")`` is a ``generate``
     for :class:`Study`: ``spec`` is a ``ModelSpec`` or a callable ``spec(condition) ->
@@ -612,11 +613,11 @@ class FromSpec:
         return self.draw(condition, rng).frame(0)
 
     def draw(self, condition: Condition, rng: np.random.Generator) -> Any:
-        """The replicate as a one-replicate :class:`mlmsim.simulate.SimBatch` (arrays, no
+        """The replicate as a one-replicate :class:`mlmsim.generate.simulate.SimBatch` (arrays, no
         DataFrame): the same draws as ``self(condition, rng)``, whose DataFrame is its
         ``frame(0)``. The runner hands these to methods that take them
         (``takes_sim_batch``), which skips building a DataFrame per replicate."""
-        from mlmsim.simulate import simulate_batch
+        from mlmsim.generate.simulate import simulate_batch
 
         return simulate_batch(self.model(condition), 1, self._value(self.n_groups, condition),
                               group_size=self._value(self.group_size, condition), rng=rng)

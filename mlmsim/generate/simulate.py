@@ -1,4 +1,4 @@
-"""Draw simulated data sets from a :class:`~mlmsim.spec.ModelSpec`.
+"""Draw simulated data sets from a :class:`~mlmsim.generate.spec.ModelSpec`.
 
 One data set is a DataFrame (:func:`simulate`); R replicates at once are arrays
 (:func:`simulate_batch`), drawn in one vectorised pass, for a study runner and a
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from numba import njit
 
-from mlmsim.spec import (
+from mlmsim.generate.spec import (
     _DUMMY,
     SYMMETRY_TOL,
     Binary,
@@ -268,7 +268,7 @@ def simulate_batch(spec: ModelSpec, n_replicates: int, n_groups: int | None = No
     predictor in the spec's order, e for U (R, J, r; per component of U: see
     :func:`draw_effects`), e for R (R, N).
 
-    >>> from mlmsim.spec import ModelSpec
+    >>> from mlmsim.generate.spec import ModelSpec
     >>> b = simulate_batch(ModelSpec.example(), 1000, 30, 5, rng=1)
     >>> b.y.shape, b.X.shape, b.Z.shape, b.U.shape, b.codes.shape
     ((1000, 150), (1000, 150, 4), (1000, 150, 2), (1000, 30, 2), (150,))
@@ -309,7 +309,7 @@ def simulate(spec: ModelSpec, n_groups: int | None = None, group_size: Any = Non
     SeedSequence or an int seed (None: fresh entropy). Equal to
     ``simulate_batch(spec, 1, n_groups, group_size, rng).frame(0, effects)``.
 
-    >>> from mlmsim.spec import ModelSpec
+    >>> from mlmsim.generate.spec import ModelSpec
     >>> data = simulate(ModelSpec.example(), 30, 5, rng=1)
     >>> data.shape, list(data.columns)
     ((150, 4), ['g', 'x', 'z', 'y'])

@@ -13,7 +13,7 @@ The spec is data, validated when it is built (a ValueError names the problem), a
 reads and writes YAML or JSON with a safe loader and strict key and type checks. It
 knows its own truth: :attr:`ModelSpec.formula` (the lme4 formula of the true model)
 and :attr:`ModelSpec.truth` (gamma, T and sigma^2 named as the engine names its
-estimates). Drawing data from it is :mod:`mlmsim.simulate`'s job.
+estimates). Drawing data from it is :mod:`mlmsim.generate.simulate`'s job.
 """
 
 from __future__ import annotations
