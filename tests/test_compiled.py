@@ -118,14 +118,21 @@ def test_one_helper_at_a_time(tmp_path, monkeypatch):
     assert len(started) == 1
 
 
-def test_a_process_with_its_kernels_compiled_does_not_wait(tmp_path):
+def test_a_process_with_its_kernels_compiled_does_not_wait(tmp_path, monkeypatch):
     lock = tmp_path / "l"
     lock.write_text(str(os.getpid()))                 # a live helper holds it
 
     class Compiled:
         signatures = ["sig"]
 
-    t0 = time.monotonic()
-    compiled._await_helper(lock, [Compiled()])
-    assert time.monotonic() - t0 < 1.0
+    class Uncompiled:
+        signatures = []
+
+    def no_sleep(seconds):
+        raise AssertionError("waited")
+
+    monkeypatch.setattr(compiled.time, "sleep", no_sleep)
+    compiled._await_helper(lock, [Compiled()])       # returns without waiting
     assert lock.exists()
+    with pytest.raises(AssertionError, match="waited"):
+        compiled._await_helper(lock, [Compiled(), Uncompiled()])

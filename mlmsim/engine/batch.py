@@ -32,13 +32,13 @@ from mlmsim.engine import inference, kenward_roger
 from mlmsim.engine.control import FitControl, StopReason
 from mlmsim.engine.deviance import ThetaMap
 from mlmsim.engine.estimates import Estimates, estimates, messages
-from mlmsim.engine.fit import _method
+from mlmsim.engine.fit import method_name
 from mlmsim.engine.optimize import OptResult, minimize_theta
 from mlmsim.engine.result import (
     DDF_METHODS,
     KR_NEEDS_REML,
-    _variables,
-    _varies_within,
+    column_variables,
+    columns_varying_within,
     covparm_names,
 )
 from mlmsim.engine.stats import (
@@ -136,8 +136,8 @@ class BatchFit:
         elif kind == "kenward-roger":
             out = self._kr()[3].copy()
         elif kind == "containment":
-            fv = [_variables(n) for n in self.fixed_names]
-            rv = [_variables(n) for n in self.random_names]
+            fv = [column_variables(n) for n in self.fixed_names]
+            rv = [column_variables(n) for n in self.random_names]
             for r in np.flatnonzero(fitted):
                 out[r] = inference.containment_df(_one(stats, r), fv, rv, [])
         else:
@@ -237,7 +237,7 @@ def fit_stats(stats: GroupStats, blocks: tuple[tuple[int, ...], ...], method: st
     ``max_iter``. ``bounded=False``: unbounded variance estimates (SAS NOBOUND,
     :mod:`mlmsim.engine.unbounded`), all replicates iterated together.
     """
-    reml = _method(method) == "REML"
+    reml = method_name(method) == "REML"
     control = FitControl.coerce(control)
     q = stats.A.shape[-1]
     tmap = ThetaMap.from_blocks(q, blocks)
@@ -375,7 +375,7 @@ def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REM
     >>> [round(float(d), 3) for d in b.deviance]
     [3730.494, 3730.494]
     """
-    _method(method)
+    method_name(method)
     control = FitControl.coerce(control)
     stacked = stacked_design(formula, datasets)
     if stacked is not None:
@@ -437,20 +437,20 @@ def _full_rank(XtX_c: np.ndarray, L: np.ndarray) -> bool:
 # the data the batch was fitted from: the rule of a single fit's ``FitResult.ddf``.
 
 def _varies_designs(designs: Sequence) -> np.ndarray:
-    return np.stack([_varies_within(d.X, d.group_codes, d.ngroups) for d in designs])
+    return np.stack([columns_varying_within(d.X, d.group_codes, d.ngroups) for d in designs])
 
 
 def _varies_arrays(X, codes: np.ndarray, J: int, R: int) -> np.ndarray:
     if isinstance(X, list | tuple) and X and all(isinstance(x, np.ndarray) for x in X):
-        return np.stack([_varies_within(np.asarray(x, dtype=float), codes, J) for x in X])
+        return np.stack([columns_varying_within(np.asarray(x, dtype=float), codes, J) for x in X])
     X = np.asarray(X, dtype=float)
     if X.ndim == 2:  # one design shared by all replicates
-        return np.broadcast_to(_varies_within(X, codes, J), (R, X.shape[-1]))
+        return np.broadcast_to(columns_varying_within(X, codes, J), (R, X.shape[-1]))
     X = X.reshape(-1, *X.shape[-2:])
-    return np.stack([_varies_within(x, codes, J) for x in X])
+    return np.stack([columns_varying_within(x, codes, J) for x in X])
 
 
 def _varies_stacked(variables: Sequence[np.ndarray], fixed_terms: np.ndarray,
                     codes: np.ndarray, J: int) -> np.ndarray:
-    return np.stack([_varies_within(term_products(np.asarray(v, dtype=float), fixed_terms),
+    return np.stack([columns_varying_within(term_products(np.asarray(v, dtype=float), fixed_terms),
                                     codes, J) for v in variables])

@@ -19,7 +19,7 @@ import pandas as pd
 
 from mlmsim.engine import inference, phi_kernel
 from mlmsim.engine.deviance import ThetaMap
-from mlmsim.engine.fit import _method
+from mlmsim.engine.fit import method_name
 from mlmsim.engine.gls import Stats, qtoken
 from mlmsim.engine.result import FitResult, covparm_names
 from mlmsim.engine.stats import centred_group_stats, flat_arrays
@@ -102,10 +102,10 @@ def evaluate(model: FitResult | Design, *, theta: np.ndarray | None = None,
         raise ValueError("give exactly one of theta= and phi=")
     if isinstance(model, FitResult):
         design = model.design
-        method = _method(method or model.method)
+        method = method_name(method or model.method)
     elif isinstance(model, Design):
         design = model
-        method = _method(method or "REML")
+        method = method_name(method or "REML")
     else:
         raise ValueError(f"evaluate takes a FitResult or a Design, got {type(model).__name__}")
     reml = method == "REML"

@@ -26,12 +26,12 @@ from mlmsim.engine.unbounded import unbounded_estimates
 from mlmsim.engine.units import UnitScale, unit_scale
 from mlmsim.formula import Design, model_design
 
-__all__ = ["fit", "fit_design", "result_from_theta", "Centering"]
+__all__ = ["fit", "fit_design", "result_from_theta", "Centering", "method_name"]
 
 _METHODS = ("ML", "REML")
 
 
-def _method(method: str) -> str:
+def method_name(method: str) -> str:
     """'ML' or 'REML' (case-insensitive), else a ValueError naming the choices."""
     m = str(method).upper()
     if m not in _METHODS:
@@ -56,7 +56,7 @@ def fit(formula: str, data: pd.DataFrame, method: str = "REML", *,
     >>> round(res.deviance, 3)
     46710.98
     """
-    method = _method(method)
+    method = method_name(method)
     control = FitControl.coerce(control)
     design = model_design(formula, data)
     return fit_design(design, method, control=control, bounded=bounded)
@@ -70,7 +70,7 @@ def fit_design(design: Design, method: str = "REML", theta0: np.ndarray | None =
     near 1 where a column's are far from them (:mod:`mlmsim.engine.units`), and the
     estimates mapped back.
     """
-    method = _method(method)
+    method = method_name(method)
     reml = method == "REML"
     scale = unit_scale(design)
     d = design if scale.identity else scale.design(design)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from mlmsim.formula import Design
 
 __all__ = ["FitResult", "FitArrays", "covparm_names", "simulate_responses", "DDF_METHODS",
-           "INFORMATION"]
+           "INFORMATION", "column_variables", "columns_varying_within"]
 
 DDF_METHODS = ("satterthwaite", "kenward-roger", "containment", "between-within", "residual")
 INFORMATION = ("observed", "expected")
@@ -385,10 +385,10 @@ class FitResult:
         if method == "satterthwaite":
             return inference.satterthwaite_df(*self._satterthwaite_terms())
         if method == "containment":
-            fv = [_variables(n) for n in self.fixef.index]
-            rv = [_variables(n) for n in self.random_names]
+            fv = [column_variables(n) for n in self.fixef.index]
+            rv = [column_variables(n) for n in self.random_names]
             return inference.containment_df(st, fv, rv, [])
-        varies = _varies_within(d.X, d.group_codes, d.ngroups)
+        varies = columns_varying_within(d.X, d.group_codes, d.ngroups)
         return inference.between_within_df(st, varies)
 
     def _satterthwaite_terms(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -650,14 +650,14 @@ def _fmt_p_sas(p: float) -> str:
     return "<.0001" if p < 1e-4 else f"{p:.4f}"
 
 
-def _variables(name: str) -> frozenset:
+def column_variables(name: str) -> frozenset:
     """Variables of a column name: 'Intercept' -> {}, 'x:z' -> {x, z}, 'f[T.b]' -> {f}."""
     if name == "Intercept":
         return frozenset()
     return frozenset(part.split("[")[0] for part in name.split(":"))
 
 
-def _varies_within(X: np.ndarray, codes: np.ndarray, J: int) -> np.ndarray:
+def columns_varying_within(X: np.ndarray, codes: np.ndarray, J: int) -> np.ndarray:
     """True for columns of X that are not constant within every group."""
     n = np.bincount(codes, minlength=J)
     s = np.zeros((J, X.shape[1]))

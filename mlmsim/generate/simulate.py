@@ -28,7 +28,7 @@ import pandas as pd
 from numba import njit
 
 from mlmsim.generate.spec import (
-    _DUMMY,
+    DUMMY_COLUMN,
     SYMMETRY_TOL,
     Binary,
     Categorical,
@@ -46,9 +46,9 @@ from mlmsim.generate.spec import (
     SizeList,
     UniformSizes,
     Values,
-    _count,
     factor_T,
     group_sizes,
+    whole_number,
 )
 from mlmsim.terms import fill_terms, term_products, variable_array
 
@@ -132,7 +132,7 @@ def draw_group_sizes(rule: Any, n_groups: int | None, rng: Any = None) -> np.nda
         else:
             raise ValueError("the number of groups is needed: pass n_groups (or set the spec's "
                              "n_groups)")
-    J = _count(n_groups, "n_groups (the number of groups)")
+    J = whole_number(n_groups, "n_groups (the number of groups)")
     if isinstance(rule, int):
         return np.full(J, rule, dtype=np.int64)
     if isinstance(rule, SizeList):
@@ -275,7 +275,7 @@ def simulate_batch(spec: ModelSpec, n_replicates: int, n_groups: int | None = No
     """
     if not isinstance(spec, ModelSpec):
         raise ValueError(f"spec must be a ModelSpec, got {type(spec).__name__}")
-    R = _count(n_replicates, "n_replicates (the number of replicates)")
+    R = whole_number(n_replicates, "n_replicates (the number of replicates)")
     gen = as_generator(rng)
     rule = spec.group_sizes if group_size is None else group_sizes(group_size)
     if rule is None:
@@ -399,7 +399,7 @@ def _variables(spec: ModelSpec, cols: dict[str, np.ndarray], cats: dict[str, np.
         if f in cols:
             values.append(cols[f])
         else:
-            m = _DUMMY.fullmatch(f)
+            m = DUMMY_COLUMN.fullmatch(f)
             var, level = m["var"], m["level"]  # type: ignore[index]
             idx = spec.predictor(var).levels.index(level)  # type: ignore[attr-defined]
             values.append((cats[var] == idx).astype(float))

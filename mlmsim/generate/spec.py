@@ -37,7 +37,7 @@ import yaml
 from mlmsim.terms import term_matrix
 
 __all__ = [
-    "ModelSpec", "Truth",
+    "ModelSpec", "Truth", "DUMMY_COLUMN", "whole_number",
     "Continuous", "Binary", "Categorical", "Values", "Complement", "Indicator", "GroupMean",
     "GroupCentered", "Level2Continuous", "Level2Binary",
     "Normal", "StudentT", "ChiSquare", "Discrete",
@@ -108,7 +108,9 @@ def _probability(value: Any, what: str) -> float:
     return value
 
 
-def _count(value: Any, what: str, minimum: int = 1) -> int:
+def whole_number(value: Any, what: str, minimum: int = 1) -> int:
+    """``value`` as an int in [minimum, 2^63 - 1], else a ValueError naming ``what``
+    (a bool is not a whole number here)."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise ValueError(f"{what} must be a whole number, got {value!r}")
     value = int(value)
@@ -541,7 +543,7 @@ class SizeList:
     def __post_init__(self) -> None:
         if isinstance(self.sizes, str) or not isinstance(self.sizes, Sequence | np.ndarray):
             raise ValueError("sizes must be a list of group sizes")
-        sizes = tuple(_count(v, "a group size") for v in self.sizes)
+        sizes = tuple(whole_number(v, "a group size") for v in self.sizes)
         if not sizes:
             raise ValueError("the list of group sizes is empty: zero groups")
         if not isinstance(self.resample, bool):
@@ -575,7 +577,7 @@ class PoissonSizes:
     kind: ClassVar[str] = "poisson"
 
     def __post_init__(self) -> None:
-        minimum = _count(self.minimum, "the minimum group size")
+        minimum = whole_number(self.minimum, "the minimum group size")
         mean = _number(self.mean, "the mean group size")
         if mean < minimum:
             raise ValueError(f"the mean group size {mean!r} is below the minimum {minimum}")
@@ -595,8 +597,8 @@ class UniformSizes:
     kind: ClassVar[str] = "uniform"
 
     def __post_init__(self) -> None:
-        low = _count(self.low, "the smallest group size (low)")
-        high = _count(self.high, "the largest group size (high)")
+        low = whole_number(self.low, "the smallest group size (low)")
+        high = whole_number(self.high, "the largest group size (high)")
         if high < low:
             raise ValueError(f"group sizes: high ({high}) is below low ({low})")
         _set(self, "low", low)
@@ -618,7 +620,7 @@ def group_sizes(value: Any) -> GroupSizes:
     if isinstance(value, bool):
         raise ValueError(f"a group size must be a whole number, got {value!r}")
     if isinstance(value, int | np.integer):
-        return _count(value, "the group size")
+        return whole_number(value, "the group size")
     if isinstance(value, Sequence | np.ndarray) and not isinstance(value, str):
         return SizeList(tuple(value))
     raise ValueError(f"group sizes must be a whole number, a list of them, or SizeList / "
@@ -762,7 +764,8 @@ class Truth:
 # the spec
 # ---------------------------------------------------------------------------
 
-_DUMMY = re.compile(r"(?P<var>[A-Za-z_][A-Za-z0-9_]*)\[(?P<t>T\.)?(?P<level>[^\]]+)\]")
+#: a dummy-coded design column's name, ``var[T.level]`` or ``var[level]``
+DUMMY_COLUMN = re.compile(r"(?P<var>[A-Za-z_][A-Za-z0-9_]*)\[(?P<t>T\.)?(?P<level>[^\]]+)\]")
 
 
 class _ReadOnlyDict(dict):
@@ -901,7 +904,7 @@ class ModelSpec:
         if self.group_sizes is not None:
             _set(self, "group_sizes", group_sizes(self.group_sizes))
         if self.n_groups is not None:
-            _set(self, "n_groups", _count(self.n_groups, "n_groups (the number of groups)"))
+            _set(self, "n_groups", whole_number(self.n_groups, "n_groups (the number of groups)"))
         _set(self, "_layout", self._build_layout())
         _set(self, "_u_components", self._check_u_components())
 

@@ -146,7 +146,7 @@ def _batches(tables: Iterable, rows: int | None = None) -> Iterator[pd.DataFrame
     """Concatenate chunk tables into DataFrames of about ``rows`` rows (bounded memory)."""
     import pyarrow as pa
 
-    from mlmsim.study.runner import _to_pandas
+    from mlmsim.study.runner import to_pandas
 
     rows = rows or _BATCH_ROWS
     pending, n = [], 0
@@ -154,10 +154,10 @@ def _batches(tables: Iterable, rows: int | None = None) -> Iterator[pd.DataFrame
         pending.append(table)
         n += table.num_rows
         if n >= rows:
-            yield _to_pandas(pa.concat_tables(pending))
+            yield to_pandas(pa.concat_tables(pending))
             pending, n = [], 0
     if pending:
-        yield _to_pandas(pa.concat_tables(pending))
+        yield to_pandas(pa.concat_tables(pending))
 
 
 def _pass1(df: pd.DataFrame, level: float, alpha: float, null: float

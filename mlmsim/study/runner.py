@@ -80,6 +80,7 @@ from mlmsim.study.storage import (
 
 __all__ = [
     "RECORD_COLUMNS",
+    "to_pandas",
     "Condition",
     "CorruptChunkWarning",
     "DefinitionError",
@@ -1274,7 +1275,7 @@ class Study:
         stop = min(start + align, self.n_reps) if rep < self.n_reps else rep + 1
         table = run_chunk(self._plan(), condition, start, stop)
         table = table.filter(pc.equal(table.column("rep"), rep))
-        return _to_pandas(table)
+        return to_pandas(table)
 
     # -- running ------------------------------------------------------------
     def run(self, out_dir: str | os.PathLike | None = None, *, n_jobs: int = 1,
@@ -1477,7 +1478,8 @@ def _execute_dask(plan: _Plan, tasks: list, scheduler: Any,
 # ---------------------------------------------------------------------------
 
 
-def _to_pandas(table: pa.Table) -> pd.DataFrame:
+def to_pandas(table: pa.Table) -> pd.DataFrame:
+    """A records table as a DataFrame, its boolean columns nullable (``boolean``)."""
     return table.to_pandas(types_mapper={pa.bool_(): pd.BooleanDtype()}.get)
 
 
@@ -1622,7 +1624,7 @@ class StudyResult:
     def iter_records(self, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
         """The records as DataFrames, one chunk at a time."""
         for table in self.iter_tables(columns):
-            yield _to_pandas(table)
+            yield to_pandas(table)
 
     @property
     def records(self) -> pd.DataFrame:
@@ -1634,7 +1636,7 @@ class StudyResult:
             else:
                 table = _record_schema(pa.Schema.from_pandas(
                     self.conditions, preserve_index=False).remove_metadata()).empty_table()
-            self._records = _to_pandas(table)
+            self._records = to_pandas(table)
         return self._records
 
     def summarise(self, **kwargs: Any) -> pd.DataFrame:

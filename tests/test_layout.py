@@ -1,0 +1,107 @@
+"""The package's import structure, read statically from its source: no private name
+crosses a module boundary, and the modules' top-level imports form no cycle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import mlmsim
+
+ROOT = Path(mlmsim.__file__).parent
+
+
+def _modules() -> dict[str, ast.Module]:
+    out = {}
+    for f in sorted(ROOT.rglob("*.py")):
+        parts = f.relative_to(ROOT.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = ast.parse(f.read_text(), filename=str(f))
+    return out
+
+
+MODULES = _modules()
+PACKAGES = {m for m in MODULES if (ROOT.parent / m.replace(".", "/") / "__init__.py").exists()}
+
+
+def _source(module: str, node: ast.ImportFrom) -> str:
+    """The absolute name of the module that ``from ... import`` in ``module`` reads."""
+    if not node.level:
+        return node.module or ""
+    base = module.split(".") if module in PACKAGES else module.split(".")[:-1]
+    base = base[:len(base) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _private_crossings(modules: dict[str, ast.Module]) -> list[tuple[str, str, str]]:
+    """(importer, source, name) for each private name (``_x``, not ``__x__``) that a module
+    imports from another of the package's modules, anywhere in its code."""
+    out = []
+    for module, tree in modules.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                src = _source(module, node)
+                out += [(module, src, a.name) for a in node.names
+                        if src.split(".")[0] == "mlmsim" and src != module
+                        and a.name.startswith("_") and not a.name.endswith("__")]
+    return out
+
+
+def _top_level_imports(module: str, tree: ast.Module) -> set[str]:
+    """The package's modules that ``module`` imports when it is imported (not inside a
+    function, not under ``if TYPE_CHECKING``)."""
+    found: set[str] = set()
+    todo = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        if isinstance(node, ast.If | ast.Try):
+            todo.extend(ast.iter_child_nodes(node))
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            src = _source(module, node)
+            found |= {f"{src}.{a.name}" if f"{src}.{a.name}" in MODULES else src
+                      for a in node.names}
+    return {m for m in found if m in MODULES and m != module}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every cycle a depth-first search meets in ``graph`` (module -> modules it imports)."""
+    state: dict[str, int] = {}          # 1: on the current path, 2: done
+    cycles: list[list[str]] = []
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph.get(m, ())):
+            if state.get(n) == 1:
+                cycles.append(path[path.index(n):] + [n])
+            elif n not in state:
+                visit(n, path + [n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    return cycles
+
+
+def test_no_private_name_is_imported_from_another_module():
+    assert _private_crossings(MODULES) == []
+
+
+def test_the_top_level_imports_form_no_cycle():
+    graph = {m: _top_level_imports(m, t) for m, t in MODULES.items()}
+    assert "mlmsim.engine.optimize" in graph["mlmsim.engine.fit"]   # the graph is read
+    assert _cycles(graph) == []
+
+
+def test_the_checks_find_what_they_look_for():
+    planted = {"mlmsim.study.runner": ast.parse("from ..engine.fit import _hidden\n"),
+               "mlmsim.engine.fit": ast.parse("def f():\n    from .result import _x\n")}
+    assert _private_crossings(planted) == [
+        ("mlmsim.study.runner", "mlmsim.engine.fit", "_hidden"),
+        ("mlmsim.engine.fit", "mlmsim.engine.result", "_x")]
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
