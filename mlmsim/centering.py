@@ -51,6 +51,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from mlmsim.engine.evaluate import evaluate
+from mlmsim.engine.fit import fit, fit_design
+from mlmsim.engine.inference import CovStructure
+from mlmsim.engine.result import covparm_names
 from mlmsim.formula import model_design, parse_formula
 
 if TYPE_CHECKING:
@@ -247,7 +251,6 @@ class CenteredForms:
 
         Returns {form: FitResult} in the seed's order.
         """
-        from mlmsim.engine.fit import fit
 
         data = self._data(data)
         return {f: fit(self.formulas[f], data, method=method) for f in FORMS}
@@ -570,8 +573,6 @@ def _inline(A: np.ndarray) -> str:
 def _assemble(name: str, M: np.ndarray, fixed_a, fixed_b, A: np.ndarray, da: Design,
               db: Design, random_b) -> ModelMap:
     """A ModelMap from M and A; raises NotEquivalentError if A breaks T_b's structure."""
-    from mlmsim.engine.inference import CovStructure
-    from mlmsim.engine.result import covparm_names
 
     csa = CovStructure.from_blocks(len(da.random_names), da.blocks)
     csb = CovStructure.from_blocks(len(db.random_names), db.blocks)
@@ -726,8 +727,6 @@ def refit_mapped(fit_from: FitResult, fit_to: FitResult) -> FitResult:
     deviances (lme4 shows the same). Equivalent models share their optima, so
     restarting from the other fit's mapped optimum finds the better one.
     """
-    from mlmsim.engine.evaluate import evaluate
-    from mlmsim.engine.fit import fit_design
 
     mm = model_map(fit_from, fit_to)
     d = _design(fit_to)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import inspect
 import json
 import math
@@ -22,9 +23,23 @@ import re
 import sys
 import traceback
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import mlmsim
+from mlmsim import __version__
+from mlmsim import modelplots as mp
+from mlmsim.engine.result import DDF_METHODS
+from mlmsim.generate.simulate import simulate
+from mlmsim.generate.spec import ModelSpec
+from mlmsim.planning import power_curve
+from mlmsim.studies import RunOptions, write_index
+from mlmsim.study import IncompleteStudyWarning, load_study, summarise, summary_table
+from mlmsim.study.storage import CorruptChunkWarning, OverlappingChunksWarning
 
 __all__ = ["main", "build_parser", "fit_to_dict", "CLIError", "EXIT_ERROR", "EXIT_BUG"]
 
@@ -85,7 +100,6 @@ def _read_table(path: str):
     """A data frame from a CSV file (``-`` reads stdin; .tsv/.tab are tab-separated,
     .parquet is Parquet). A one-column result whose header holds ';' or tabs is read
     again with that separator."""
-    import pandas as pd
 
     name = "standard input" if path == "-" else repr(path)
     suffixes = [s.lower() for s in Path(path).suffixes]
@@ -235,7 +249,6 @@ def fit_to_dict(res, ddf: str = "satterthwaite", level: float = 0.95) -> dict[st
     T = res.T
     group = res.design.formula.group if res.design is not None else None
     response = res.design.formula.response if res.design is not None else None
-    from mlmsim import __version__
 
     return {
         "mlmsim_version": __version__,
@@ -301,8 +314,6 @@ def _text_summary(res, ddf: str) -> str:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    import mlmsim
-    from mlmsim.engine.result import DDF_METHODS
 
     given = [a for a in (args.data, args.formula) if a is not None]
     if args.dataset is not None:
@@ -373,7 +384,6 @@ def _write_fit_plots(res, data, out: Path, x: str | None) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mlmsim import modelplots as mp
 
     written: list[Path] = []
 
@@ -417,8 +427,6 @@ def _write_fit_plots(res, data, out: Path, x: str | None) -> list[Path]:
 
 def _varies_both_ways(data, x: str, group: str) -> bool:
     """x has a within-group and a between-group variance, each at least 0.1% of the total."""
-    import numpy as np
-    import pandas as pd
 
     if not pd.api.types.is_numeric_dtype(data[x]) or pd.api.types.is_bool_dtype(data[x]):
         return False
@@ -439,26 +447,7 @@ def _varies_both_ways(data, x: str, group: str) -> bool:
 # simulate and spec
 # ---------------------------------------------------------------------------
 
-def _model_spec() -> Any:
-    try:
-        from mlmsim.generate.spec import ModelSpec
-    except ImportError as exc:
-        raise CLIError(f"this installation of mlmsim has no model specs ({exc})",
-                       "update mlmsim") from None
-    return ModelSpec
-
-
-def _simulator() -> Callable:
-    try:
-        from mlmsim.generate.simulate import simulate
-    except ImportError as exc:
-        raise CLIError(f"this installation of mlmsim has no data generator ({exc})",
-                       "update mlmsim") from None
-    return simulate
-
-
 def _load_spec(path: str):
-    ModelSpec = _model_spec()
     p = Path(path)
     if not p.exists():
         raise CLIError(f"cannot read the spec {path!r}: no such file",
@@ -484,7 +473,6 @@ def _load_spec(path: str):
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    simulate = _simulator()
     out = args.out
     _check_writable(out)
     spec = _load_spec(args.spec)
@@ -504,7 +492,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_spec_example(args: argparse.Namespace) -> int:
-    text = _example_spec_text(_model_spec())
+    text = _example_spec_text(ModelSpec)
     if args.out:
         _write_text(args.out, text)
         _note(f"wrote {args.out}")
@@ -566,15 +554,8 @@ class _Registry:
 
 
 def _registry() -> _Registry:
-    """``mlmsim.studies_registry()``, or a CLIError saying that it is missing."""
-    import mlmsim
-
-    fn = getattr(mlmsim, "studies_registry", None)
-    if fn is None:
-        raise CLIError("study commands need mlmsim.studies_registry(), the registry of the "
-                       "method studies, which this installation of mlmsim does not have",
-                       "update mlmsim, or run a study from Python with mlmsim.study.Study")
-    return _Registry(fn())
+    """The studies of ``mlmsim.studies_registry()``."""
+    return _Registry(mlmsim.studies_registry())
 
 
 def _is_module_study(entry: Any) -> bool:
@@ -597,12 +578,6 @@ def _run_options(args: argparse.Namespace) -> Any:
               "backend": args.backend, "scheduler": args.scheduler, "seed": args.seed}
     if args.seed is None:
         del values["seed"]
-    try:
-        from mlmsim.studies import RunOptions
-    except ImportError:
-        return argparse.Namespace(**{"seed": None, **values})
-    import dataclasses
-
     known = {f.name for f in dataclasses.fields(RunOptions)}
     for key, flag in (("reps", "--reps"), ("seed", "--seed"), ("scheduler", "--scheduler")):
         if key not in known and values.get(key) is not None:
@@ -680,7 +655,6 @@ def _print_report(out: Path) -> bool:
     directory inside ``results/`` also refreshes the index ``results/README.md``."""
     report = out / "report.md"
     if report.is_file() and out.resolve().parent.name == "results":
-        from mlmsim.studies import write_index
 
         write_index(out.resolve().parent)
     if not report.is_file():
@@ -691,14 +665,12 @@ def _print_report(out: Path) -> bool:
 
 
 def _print_summary(source: Any, csv: str | None = None) -> None:
-    from mlmsim.study import summarise, summary_table
 
     summary = summarise(source)
     if csv:
         _write_text(csv, summary.to_csv(index=False))
         _note(f"wrote {csv}")
     table = summary_table(summary)
-    import pandas as pd
 
     with pd.option_context("display.width", 200, "display.max_columns", None,
                            "display.max_rows", None, "display.max_colwidth", 40):
@@ -716,13 +688,10 @@ def _study_of_directory(d: Path, name: str | None) -> Any | None:
     """The registered study module that wrote ``d``: ``--study NAME``, else the one named in
     ``d/study.json`` (written by 'study run'), else the one named like the directory
     (results/bias -> bias); None if there is no such module."""
-    import mlmsim
 
     if name is None:  # the name 'study run' wrote beside the records
         with contextlib.suppress(OSError, ValueError, AttributeError):
             name = json.loads((d / STUDY_FILE).read_text()).get("study")
-    if name is None and getattr(mlmsim, "studies_registry", None) is None:
-        return None
     reg = _registry()
     if name is not None:
         entry = reg.get(name)
@@ -747,7 +716,6 @@ def _integrity_lines(roots: list[Path]) -> tuple[list[str], bool]:
     (:meth:`mlmsim.study.StudyResult.replicate_count`); and whether every one is
     complete and consistent. Only directories that are not, or that hold replicates
     beyond their latest run's, are given a line."""
-    from mlmsim.study import IncompleteStudyWarning, load_study
 
     lines, sound = [], True
     for root in roots:
@@ -764,8 +732,6 @@ def _integrity_lines(roots: list[Path]) -> tuple[list[str], bool]:
 
 
 def _cmd_study_report(args: argparse.Namespace) -> int:
-    from mlmsim.study import IncompleteStudyWarning, load_study
-    from mlmsim.study.storage import CorruptChunkWarning, OverlappingChunksWarning
 
     d = Path(args.dir)
     if not d.is_dir():
@@ -791,9 +757,7 @@ def _cmd_study_report(args: argparse.Namespace) -> int:
         if module is not None:
             module.report(d)
             if args.csv or not _print_report(d):
-                import pandas as pd
 
-                from mlmsim.study import summarise
 
                 parts = [summarise(load_study(r)).assign(block=r.name) for r in roots]
                 summary = pd.concat(parts, ignore_index=True)
@@ -833,9 +797,7 @@ def _range(text: str) -> list[int]:
 
 def _cmd_power(args: argparse.Namespace) -> int:
     """Power of a test of one effect against the number of groups or the group size."""
-    import json
 
-    from mlmsim.planning import power_curve
 
     spec = _load_spec(args.spec)
     if args.groups is None and spec.n_groups is None:
@@ -924,8 +886,6 @@ def _common() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``mlmsim`` argument parser: subcommands fit, simulate, spec, study, power."""
-    from mlmsim import __version__
-    from mlmsim.engine.result import DDF_METHODS
 
     common = _common()
     parser = _Parser(prog="mlmsim", description="Simulation and method studies of two-level "

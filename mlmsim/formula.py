@@ -30,6 +30,7 @@ import pandas as pd
 from formulaic import Formula, model_matrix
 from formulaic.errors import FormulaicError, FormulaSyntaxError
 
+from mlmsim.formula_safe import check_formula
 from mlmsim.terms import (
     column_max_abs,
     term_matrix,
@@ -206,7 +207,6 @@ def parse_restricted_formula(formula: str) -> ParsedFormula:
     (column names, numbers, operators, a few functions), since formulaic evaluates a
     formula's factors as Python. Anything more is refused with a one-line
     ``UnsafeFormulaError`` (a ValueError); ``fit`` itself keeps formulaic's power."""
-    from mlmsim.formula_safe import check_formula
 
     return parse_formula(check_formula(formula))
 

@@ -44,9 +44,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from mlmsim.engine import kenward_roger as kr
 from mlmsim.engine.batch import fit_arrays
 from mlmsim.engine.chunked import chunk_sizes, run_chunks, seeds
 from mlmsim.engine.result import FitResult, simulate_responses
+from mlmsim.generate.simulate import simulate_batch
 from mlmsim.generate.spec import ModelSpec
 
 __all__ = ["TESTS", "PowerResult", "PowerCurve", "SampleSize", "power", "power_curve",
@@ -85,7 +87,6 @@ class _FromSpec:
     group_size: Any
 
     def draw(self, R: int, rng: np.random.Generator) -> _Draws:
-        from mlmsim.generate.simulate import simulate_batch
 
         b = simulate_batch(self.spec, R, self.n_groups, group_size=self.group_size, rng=rng)
         q = len(b.random_names)
@@ -289,7 +290,6 @@ def _test_chunk(source, hyp: _Hypothesis, seed: np.random.SeedSequence, size: in
 
 def _kr_f(bf, idx: list[int], ok: np.ndarray):
     """KR's F test of gamma_idx = 0 in each replicate (docs/math.md (12.3))."""
-    from mlmsim.engine import kenward_roger as kr
 
     R, p = bf.estimates.beta.shape
     t = kr.mapped(kr.info_terms(bf.stats, bf.cov_structure, bf.estimates.phi, True),

@@ -404,14 +404,6 @@ def _tiny_study(quick: bool = False, n_reps: int | None = None, seed: int | None
                  truth={"mu": 1.0}, n_reps=n_reps or 10, seed=seed if seed is not None else 1)
 
 
-def test_study_commands_need_the_registry(monkeypatch, capsys):
-    monkeypatch.delattr(mlmsim, "studies_registry", raising=False)
-    for argv in (["study", "list"], ["study", "run", "bias", "--quick"]):
-        assert cli.main(argv) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.count("\n") == 0 and "study commands need" in err
-
-
 def test_study_list_run_report_with_a_registry(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(mlmsim, "studies_registry", lambda: {"tiny": _tiny_study},
                         raising=False)

@@ -49,7 +49,7 @@ def _private_crossings(modules: dict[str, ast.Module]) -> list[tuple[str, str, s
 
 def _top_level_imports(module: str, tree: ast.Module) -> set[str]:
     """The package's modules that ``module`` imports when it is imported (not inside a
-    function, not under ``if TYPE_CHECKING``)."""
+    function, not under ``if TYPE_CHECKING``), with the packages that hold them."""
     found: set[str] = set()
     todo = list(tree.body)
     while todo:
@@ -64,6 +64,10 @@ def _top_level_imports(module: str, tree: ast.Module) -> set[str]:
             src = _source(module, node)
             found |= {f"{src}.{a.name}" if f"{src}.{a.name}" in MODULES else src
                       for a in node.names}
+    # importing a.b.c runs the packages a and a.b first, but for those the importer is in
+    parents = {".".join(m.split(".")[:i]) for m in found for i in range(1, m.count(".") + 1)}
+    ancestors = {".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)}
+    found |= parents - ancestors
     return {m for m in found if m in MODULES and m != module}
 
 
@@ -103,5 +107,9 @@ def test_the_checks_find_what_they_look_for():
     assert _private_crossings(planted) == [
         ("mlmsim.study.runner", "mlmsim.engine.fit", "_hidden"),
         ("mlmsim.engine.fit", "mlmsim.engine.result", "_x")]
+    assert _top_level_imports("mlmsim.engine.chunked", ast.parse(
+        "from mlmsim.study.progress import say\nfrom . import tolerances\n"
+        "def f():\n    import mlmsim.cli\n")) == {
+            "mlmsim.study", "mlmsim.study.progress", "mlmsim.engine.tolerances"}
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []

@@ -21,6 +21,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy import stats as sps
 
+from mlmsim.engine import exact_null as exact
+from mlmsim.engine.bootstrap import bootstrap_lrt
+from mlmsim.engine.chunked import check_nsim
 from mlmsim.engine.result import FitResult
 
 __all__ = ["LRTResult", "lrt", "exact_lrt"]
@@ -129,7 +132,6 @@ def lrt(fit0: FitResult, fit1: FitResult, method: str = "chisq", *, nsim: int = 
         return out
     if kind != "boot":
         raise ValueError(f"method must be 'chisq' or 'boot', got {method!r}")
-    from mlmsim.engine.bootstrap import bootstrap_lrt
 
     p_boot, ref, failed = bootstrap_lrt(fit0, fit1, stat, nsim, rng, n_jobs, progress)
     return replace(out, method="boot", p_boot=p_boot, nsim=int(nsim), n_failed=failed,
@@ -152,8 +154,6 @@ def exact_lrt(fit: FitResult, nsim: int = 10000, rng=None, *, n_jobs: int = 1) -
     >>> r.p_exact
     0.0
     """
-    from mlmsim.engine import exact_null as exact
-    from mlmsim.engine.chunked import check_nsim
 
     d = fit.design
     if d is None:

@@ -27,6 +27,7 @@ import pandas as pd
 
 from mlmsim.study.intervals import proportion_interval
 from mlmsim.study.progress import duration
+from mlmsim.study.storage import StudyDirectory
 
 __all__ = ["markdown_table", "fmt", "with_mcse", "with_interval", "direction",
            "proportion_direction", "difference", "run_lines", "wall_clock", "ran_design",
@@ -210,7 +211,6 @@ def wall_clock(out_dir: str | Path | None) -> tuple[float, int, int, int]:
     finished runs that the manifests under ``out_dir`` record (one directory per block
     of a study; :meth:`mlmsim.study.StudyDirectory.record_run`); (nan, 0, 0, 0) when
     none is recorded."""
-    from mlmsim.study.storage import StudyDirectory
 
     seconds, n_runs, n_reps, n_dirs = 0.0, 0, 0, 0
     for path in [] if out_dir is None else sorted(Path(out_dir).glob("**/manifest.json")):

@@ -44,6 +44,7 @@ from mlmsim.studies._report import (
     with_interval,
     with_mcse,
 )
+from mlmsim.study import FormulaMethod, FromSpec, Study, load_study, plot_measure, summarise
 
 TITLE = "Bias and coverage of ML vs REML for gamma, T and sigma^2 (random slope + cross-level)"
 
@@ -86,7 +87,6 @@ def untruncated_ml(data: pd.DataFrame) -> dict[str, float]:
 
 
 def _studies(options: RunOptions):
-    from mlmsim.study import FormulaMethod, FromSpec, Study
 
     grid = QUICK if options.quick else FULL
     reps = options.reps or (20 if options.quick else 1000)
@@ -120,7 +120,6 @@ def _measure(summary: pd.DataFrame, measure: str) -> pd.DataFrame:
 
 def report(out_dir: Path) -> None:
     """Summaries (CSV), figures (PNG) and report.md from the saved records."""
-    from mlmsim.study import load_study, plot_measure, summarise
 
     out_dir = Path(out_dir)
     slope = summarise(load_study(out_dir / "records" / "slope"))

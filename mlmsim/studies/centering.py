@@ -61,6 +61,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mlmsim import fit, fit_batch
 from mlmsim.centering import FORMS, add_centered, centered_forms
 from mlmsim.generate.spec import Continuous, GroupCentered, GroupMean, ModelSpec
 from mlmsim.studies import RunOptions
@@ -72,6 +73,8 @@ from mlmsim.studies._report import (
     with_interval,
     with_mcse,
 )
+from mlmsim.study import Estimates, FromSpec, Study, load_study, plot_measure
+from mlmsim.study.storage import MANIFEST
 
 __all__ = ["TITLE", "run", "report", "model_spec", "truth", "FiveForms", "PAIRS", "WITHIN"]
 
@@ -206,7 +209,6 @@ def _scale(fit: _FormFit) -> float:
 
 def _quantities(fits: dict[str, _FormFit], data: pd.DataFrame, random_slope: bool):
     """The records of one replicate and model type (module docstring), as Estimates."""
-    from mlmsim.study import Estimates
 
     est: dict[str, float] = {}
     se: dict[str, float] = {}
@@ -271,7 +273,6 @@ class FiveForms:
         return dict(self.forms.items())
 
     def __call__(self, data: pd.DataFrame):
-        from mlmsim import fit
 
         data = add_centered(data, X, GROUP)
         fits = {}
@@ -288,7 +289,6 @@ class FiveForms:
         return self._fit_batch if self.batch else None
 
     def _fit_batch(self, datasets: list) -> list:
-        from mlmsim import fit_batch
 
         datas = [add_centered(d, X, GROUP) for d in datasets]
         batches = {f: fit_batch(self.forms[f], datas, method="ML") for f in FORMS}
@@ -305,7 +305,6 @@ class FiveForms:
 
 def build(options: RunOptions | None = None):
     """The :class:`mlmsim.Study` (16 conditions x replicates x methods RI and RS)."""
-    from mlmsim.study import FromSpec, Study
 
     options = options or RunOptions()
     reps = options.reps or (QUICK_REPS if options.quick else FULL_REPS)
@@ -331,8 +330,6 @@ COND_VARS = list(CONDITIONS)
 
 def _load(out_dir: Path):
     """The study's records, limited to the replicates of its latest run (``n_reps``)."""
-    from mlmsim.study import load_study
-    from mlmsim.study.storage import MANIFEST
 
     records = out_dir / "records"
     manifest = json.loads((records / MANIFEST).read_text(encoding="utf-8"))
@@ -517,7 +514,6 @@ def _within_figures(summary: pd.DataFrame, out_dir: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mlmsim.study import plot_measure
 
     names = []
     part = summary[summary.parameter.isin([f"gammaW[{f}]" for f in FORMS])].copy()

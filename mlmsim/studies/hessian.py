@@ -79,6 +79,15 @@ from mlmsim.generate.spec import (
 )
 from mlmsim.studies import RunOptions
 from mlmsim.studies._report import fmt, markdown_table, run_lines, with_interval, with_mcse
+from mlmsim.study import (
+    FIT_PARAMETER,
+    FormulaMethod,
+    FromSpec,
+    Study,
+    load_study,
+    plot_measure,
+    summarise,
+)
 from mlmsim.study.intervals import proportion_interval
 
 __all__ = ["TITLE", "BLOCKS", "run", "report", "studies", "exact_zero_probability", "anova_zero",
@@ -246,7 +255,6 @@ def _seed(options: RunOptions, block: str) -> int:
 
 
 def _methods(block: str) -> dict:
-    from mlmsim.study import FormulaMethod
 
     def both(formula: str, prefix: str = "", batch_size: int = 32) -> dict:
         return {f"{prefix}{m}": FormulaMethod(formula, m, batch_size=batch_size)
@@ -274,7 +282,6 @@ _SPECS = {"slope": slope_spec, "discrete": discrete_spec, "level2": level2_spec,
 
 def studies(options: RunOptions) -> dict:
     """The four :class:`mlmsim.Study` objects, block name -> study."""
-    from mlmsim.study import FromSpec, Study
 
     out = {}
     for block in BLOCKS:
@@ -326,7 +333,6 @@ def _fit_table(summary: pd.DataFrame, fits: pd.DataFrame, block: str) -> pd.Data
     """Per condition x method: the (fit) counts and rates of ``summarise`` (with MCSEs),
     plus counts from the fit flags: non-PD among fits with a non-singular T-hat, and
     lme4's gradient warning."""
-    from mlmsim.study import FIT_PARAMETER
 
     fit = summary[(summary.parameter == FIT_PARAMETER) & (summary.method != ANOVA)]
     cond_vars = [c for c in fit.columns if c not in ("condition", "method", "parameter",
@@ -401,7 +407,6 @@ def _zero_table(fits: pd.DataFrame, records) -> pd.DataFrame:
 
 
 def _load(out_dir: Path, block: str):
-    from mlmsim.study import load_study
 
     path = out_dir / "records" / block
     if not (path / "manifest.json").exists():
@@ -413,7 +418,6 @@ def _load(out_dir: Path, block: str):
 
 def report(out_dir: Path) -> None:
     """CSV tables, PNG figures and report.md in ``out_dir`` from ``out_dir/records``."""
-    from mlmsim.study import summarise
 
     out_dir = Path(out_dir)
     tables, summaries, zero = {}, {}, None
@@ -444,7 +448,6 @@ def report(out_dir: Path) -> None:
 def _flag_frame(summary: pd.DataFrame, measures: dict[str, str]) -> pd.DataFrame:
     """(fit) rows of the chosen measures, relabelled so that plot_measure can draw them
     in one grid: measure -> "rate", the old name in column ``flag``."""
-    from mlmsim.study import FIT_PARAMETER
 
     part = summary[(summary.parameter == FIT_PARAMETER) & summary.measure.isin(list(measures))
                    & (summary.method != ANOVA)].copy()
@@ -460,7 +463,6 @@ def _figures(out_dir: Path, summaries: dict, zero: pd.DataFrame | None) -> list[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mlmsim.study import plot_measure
 
     names = []
     flags = {"nonpd_hessian_rate": "non-PD Hessian", "singular_rate": "singular T-hat"}

@@ -38,6 +38,7 @@ from mlmsim.studies._report import (
     with_interval,
     with_mcse,
 )
+from mlmsim.study import FormulaMethod, FromSpec, Study, load_study, plot_measure, summarise
 
 TITLE = "Maas and Hox (2005): sufficient sample sizes, REML non-coverage and bias"
 
@@ -64,7 +65,6 @@ def spec(condition) -> ModelSpec:
 
 
 def study(options: RunOptions):
-    from mlmsim.study import FormulaMethod, FromSpec, Study
 
     grid = QUICK if options.quick else FULL
     reps = options.reps or (25 if options.quick else 1000)
@@ -90,7 +90,6 @@ def run(out_dir: Path, options: RunOptions) -> None:
 def report(out_dir: Path) -> None:
     """Per-cell and marginal non-coverage and relative bias per method, the comparison
     with the published marginals, figures and report.md."""
-    from mlmsim.study import load_study, plot_measure, summarise
 
     out_dir = Path(out_dir)
     result = load_study(out_dir / "records")

@@ -67,6 +67,8 @@ from mlmsim.studies._report import (
     run_lines,
     with_mcse,
 )
+from mlmsim.study import FormulaMethod, FromSpec, Study, load_study, plot_measure, summarise
+from mlmsim.study.intervals import is_proportion, proportion_interval
 
 TITLE = ("Small groups: type I error, power and coverage of Wald z, containment, "
          "Satterthwaite and Kenward-Roger tests; Wald, profile and bootstrap intervals of "
@@ -145,7 +147,6 @@ SPECS = {"ri": ri_spec, "rs": rs_spec}
 
 
 def _methods(block: str, formula: str) -> dict:
-    from mlmsim.study import FormulaMethod
 
     if block in INTERVAL_BLOCK.values():
         model = block.split("_")[0]
@@ -168,7 +169,6 @@ def _methods(block: str, formula: str) -> dict:
 def _studies(options: RunOptions) -> dict:
     """The four blocks: `ri`, `rs` (batched procedures, every condition) and
     `ri_intervals`, `rs_intervals` (profile and bootstrap, the gamma = 0 conditions)."""
-    from mlmsim.study import FromSpec, Study
 
     grids = QUICK if options.quick else FULL
     out = {}
@@ -204,7 +204,6 @@ def _keep_interval(records: pd.DataFrame):
 
 def summaries(out_dir: Path) -> dict[str, pd.DataFrame]:
     """``summarise`` of each block present under ``out_dir/records``."""
-    from mlmsim.study import load_study, summarise
 
     out = {}
     for block in FULL:
@@ -229,7 +228,6 @@ def _pool(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     proportion (cover, rejection, rates) as hits over replicates, with MCSE
     sqrt(p (1 - p) / N); a mean (bias, relbias) weighted by n, with MCSE
     sqrt(sum (n_i MCSE_i)^2) / N."""
-    from mlmsim.study.intervals import is_proportion
 
     f = frame[(frame.n > 0) & np.isfinite(frame.estimate)].copy()
     f["w"] = f.n * f.estimate
@@ -349,7 +347,6 @@ def fit_table(sums: dict) -> pd.DataFrame:
 def _interval_failures(out_dir: Path) -> pd.DataFrame:
     """Per interval block and method: replicates whose profile or bootstrap interval of a
     variance could not be computed (read from the records, one chunk at a time)."""
-    from mlmsim.study import load_study
 
     rows = []
     for model, block in INTERVAL_BLOCK.items():
@@ -393,7 +390,6 @@ def _wilson(est: float, n: float) -> str:
     """``p [lower, upper]``: a rate and its 95% Wilson interval, 3 significant digits,
     more for a bound that would print as the rate (8000 of 8000: ``1 [0.9995, 1]``,
     not ``1 [1, 1]``)."""
-    from mlmsim.study.intervals import proportion_interval
 
     if n is None or not n > 0 or not np.isfinite(est):
         return "—"
@@ -467,7 +463,6 @@ def _banded(frame: pd.DataFrame, measure: str, path: Path, *, nominal: float | N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mlmsim.study import plot_measure
 
     grid = plot_measure(frame, measure, "n_groups", hue=hue, col=col, row=row,
                         ref=nominal, sharey=sharey, height=2.5, aspect=1.3, path=None)

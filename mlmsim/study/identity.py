@@ -69,6 +69,8 @@ from pathlib import Path, PurePath
 import numpy as np
 import pandas as pd
 
+from mlmsim import __version__
+
 __all__ = ["DefinitionError", "canonical", "changed_parts", "describe_callable", "digest",
            "form_digest", "form_parts", "identity_parts"]
 
@@ -142,7 +144,6 @@ def _origin(module: str | None) -> str:
 
 
 def _mlmsim_version() -> str:
-    from mlmsim import __version__
 
     return __version__
 

@@ -72,6 +72,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mlmsim.study import identity
+from mlmsim.study.identity import changed_parts, digest
+
 __all__ = [
     "CHUNK_DIR",
     "FORMAT",
@@ -122,7 +125,6 @@ def __getattr__(name: str):
     of this module, imported only when asked for: reading a study directory needs
     nothing but numpy and pyarrow."""
     if name in _IDENTITY:
-        from mlmsim.study import identity
 
         return getattr(identity, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -147,7 +149,6 @@ def _manifest_problem(manifest: dict) -> str | None:
             return "its checksum does not match its contents"
         return None
     # written before manifests had a checksum: its own hashes must agree
-    from mlmsim.study.identity import digest
 
     components = manifest.get("components")
     if not isinstance(components, dict) or manifest.get("definition_hash") != digest(
@@ -162,7 +163,6 @@ def describe_change(old: dict, new: dict) -> str:
     """What differs between two manifests' definitions, e.g. "generate (generate.globals.
     SPEC), methods (methods.REML)": the components whose hashes differ, each with the
     deepest pieces (``parts``) that differ where both manifests have them."""
-    from mlmsim.study.identity import changed_parts
 
     old_c, new_c = old.get("components", {}), new.get("components", {})
     old_p, new_p = old.get("parts") or {}, new.get("parts") or {}
