@@ -55,6 +55,7 @@ from mlmsim.generate.spec import (
     Values,
     tau0_sq_from_icc,
 )
+from mlmsim.methods import FormulaMethod, FromSpec
 from mlmsim.modelplots import (
     plot_caterpillar,
     plot_group_lines,
@@ -71,8 +72,6 @@ from mlmsim.planning import (
     sample_size,
 )
 from mlmsim.study import (
-    FormulaMethod,
-    FromSpec,
     Study,
     StudyResult,
     load_study,

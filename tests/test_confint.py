@@ -248,7 +248,8 @@ def _slopes(cond, rng):
 
 @pytest.mark.parametrize("intervals", ["profile", "boot"])
 def test_a_study_records_profile_and_bootstrap_intervals(intervals):
-    from mlmsim.study import FormulaMethod, Study
+    from mlmsim.methods import FormulaMethod
+    from mlmsim.study import Study
 
     formula = "y ~ 1 + x + (1 + x | g)"
     truth = {"Intercept": 1.0, "x": 0.5, "var(Intercept)": 0.5, "cov(x,Intercept)": 0.1,
@@ -366,7 +367,7 @@ def test_bootstrap_of_an_unbounded_fit_keeps_refits_with_an_undefined_correlatio
 
 
 def test_intervals_settings_are_checked_when_the_study_is_defined():
-    from mlmsim.study import FormulaMethod
+    from mlmsim.methods import FormulaMethod
 
     with pytest.raises(ValueError, match="bounded=True"):
         FormulaMethod("y ~ x + (1 | g)", bounded=False, intervals="profile")
@@ -385,7 +386,7 @@ def test_profile_in_parallel_gives_the_same_limits(sleep):
 
 
 def test_parm_of_a_study_method_is_checked():
-    from mlmsim.study import FormulaMethod
+    from mlmsim.methods import FormulaMethod
 
     m = FormulaMethod("y ~ x + (1 | g)", intervals="profile", parm="sigma2")
     assert m.parm == ["sigma2"]

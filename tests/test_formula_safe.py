@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlmsim.formula_safe import UnsafeFormulaError, check_formula
-from mlmsim.study import FormulaMethod
+from mlmsim.methods import FormulaMethod
 
 ALLOWED = [
     "y ~ x + (1 | g)",

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 import mlmsim
-from mlmsim.study import FormulaMethod, Study
+from mlmsim.methods import FormulaMethod
+from mlmsim.study import Study
 
 FORMULA = "y ~ x + (1 + x | g)"
 

@@ -12,7 +12,8 @@ import pytest
 from mlmsim.engine.batch import fit_batch
 from mlmsim.generate.simulate import SimBatch
 from mlmsim.generate.spec import Categorical, Continuous, ModelSpec
-from mlmsim.study import FormulaMethod, FromSpec, Study
+from mlmsim.methods import FormulaMethod, FromSpec
+from mlmsim.study import Study
 from mlmsim.study.runner import Condition
 
 

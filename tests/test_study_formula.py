@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from mlmsim import fit
-from mlmsim.study import FormulaMethod, Study, summarise
+from mlmsim.methods import FormulaMethod
+from mlmsim.study import Study, summarise
 
 FORMULA = "y ~ 1 + x + (1 + x | g)"
 TRUTH = {"Intercept": 1.0, "x": 0.5, "var(Intercept)": 0.5, "cov(x,Intercept)": 0.1,

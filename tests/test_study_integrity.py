@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from mlmsim.generate.simulate import simulate
 from mlmsim.generate.spec import Continuous, ModelSpec
+from mlmsim.methods import FormulaMethod
 from mlmsim.study import (
     DefinitionError,
-    FormulaMethod,
     IncompleteStudyWarning,
     Study,
     StudyDirectoryError,

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mlmsim.methods import FormulaMethod
 from mlmsim.study import RECORD_COLUMNS, Estimates, Study, replicate_rng
-from mlmsim.study.runner import FormulaMethod
 
 
 def normal_sample(cond, rng):

@@ -101,7 +101,7 @@ def test_the_records_hold_what_the_tables_say(quick):
 
 
 def test_profile_of_the_variances_only_matches_confint():
-    from mlmsim.study import FormulaMethod
+    from mlmsim.methods import FormulaMethod
 
     spec = sg.ri_spec({"icc": 0.2, "gamma": 0.0})
     data = mlmsim.simulate(spec, 10, 5, rng=np.random.default_rng(3))

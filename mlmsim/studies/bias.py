@@ -34,6 +34,7 @@ from mlmsim.generate.spec import (
     T_from_sd_corr,
     tau0_sq_from_icc,
 )
+from mlmsim.methods import FormulaMethod, FromSpec
 from mlmsim.studies import RunOptions
 from mlmsim.studies._report import (
     difference,
@@ -44,7 +45,7 @@ from mlmsim.studies._report import (
     with_interval,
     with_mcse,
 )
-from mlmsim.study import FormulaMethod, FromSpec, Study, load_study, plot_measure, summarise
+from mlmsim.study import Study, load_study, plot_measure, summarise
 
 TITLE = "Bias and coverage of ML vs REML for gamma, T and sigma^2 (random slope + cross-level)"
 

@@ -77,12 +77,11 @@ from mlmsim.generate.spec import (
     SizeList,
     T_from_sd_corr,
 )
+from mlmsim.methods import FormulaMethod, FromSpec
 from mlmsim.studies import RunOptions
 from mlmsim.studies._report import fmt, markdown_table, run_lines, with_interval, with_mcse
 from mlmsim.study import (
     FIT_PARAMETER,
-    FormulaMethod,
-    FromSpec,
     Study,
     load_study,
     plot_measure,

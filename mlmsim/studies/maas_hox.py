@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from mlmsim.generate.spec import Continuous, Level2Continuous, ModelSpec
+from mlmsim.methods import FormulaMethod, FromSpec
 from mlmsim.studies import RunOptions
 from mlmsim.studies._report import (
     fmt,
@@ -38,7 +39,7 @@ from mlmsim.studies._report import (
     with_interval,
     with_mcse,
 )
-from mlmsim.study import FormulaMethod, FromSpec, Study, load_study, plot_measure, summarise
+from mlmsim.study import Study, load_study, plot_measure, summarise
 
 TITLE = "Maas and Hox (2005): sufficient sample sizes, REML non-coverage and bias"
 

@@ -59,6 +59,7 @@ import numpy as np
 import pandas as pd
 
 from mlmsim.generate.spec import Continuous, Level2Binary, Level2Continuous, ModelSpec
+from mlmsim.methods import FormulaMethod, FromSpec
 from mlmsim.studies import RunOptions
 from mlmsim.studies._report import (
     direction,
@@ -67,7 +68,7 @@ from mlmsim.studies._report import (
     run_lines,
     with_mcse,
 )
-from mlmsim.study import FormulaMethod, FromSpec, Study, load_study, plot_measure, summarise
+from mlmsim.study import Study, load_study, plot_measure, summarise
 from mlmsim.study.intervals import is_proportion, proportion_interval
 
 TITLE = ("Small groups: type I error, power and coverage of Wald z, containment, "

@@ -15,7 +15,7 @@ How objects are captured (and why):
   ``dataclasses.fields``.
 - Declared parameters: an object with ``__mlmsim_params__`` (a value or a method
   returning one), a ``params()`` method, or a ``descriptor()`` method (as
-  :class:`~mlmsim.study.FormulaMethod` and :class:`~mlmsim.study.FromSpec` have) is
+  :class:`~mlmsim.methods.FormulaMethod` and :class:`~mlmsim.methods.FromSpec` have) is
   captured by what that returns, plus its class. This is the way to make a generator or
   method whose state is not plain data hashable: declare its parameters.
 - Functions of the user's code (scripts, notebooks, local modules, ``mlmsim.studies``):

@@ -18,8 +18,8 @@ estimates``; estimates may be a number (the single estimand), a mapping or Serie
 ``parameter -> estimate``, a mapping ``parameter -> {"estimate", "se", "ci_lower",
 "ci_upper", "df", "p"}`` (all but the estimate optional), a DataFrame indexed by parameter
 with those columns, an :class:`Estimates`, or a fitted model with ``params`` (a
-``FitResult``). :class:`FormulaMethod` fits an lme4-style formula by ML or REML with
-``mlmsim.fit``, and :class:`FromSpec` draws each replicate from a ``ModelSpec`` with
+``FitResult``). :class:`mlmsim.methods.FormulaMethod` fits an lme4-style formula by ML or REML with
+``mlmsim.fit``, and :class:`~mlmsim.methods.FromSpec` draws each replicate from a ``ModelSpec`` with
 ``mlmsim.simulate``.
 
 A method object may offer ``fit_batch(datasets) -> list`` (one result or exception per
@@ -42,7 +42,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,15 +80,16 @@ from mlmsim.study.storage import (
 
 __all__ = [
     "RECORD_COLUMNS",
+    "FLAGS",
+    "t_inference",
     "to_pandas",
+    "z_quantile",
     "Condition",
     "CorruptChunkWarning",
     "DefinitionError",
     "Estimates",
-    "FormulaMethod",
     "IncompleteStudyWarning",
     "ReplicateCount",
-    "FromSpec",
     "OverlappingChunksWarning",
     "Study",
     "StudyDirectoryError",
@@ -112,7 +113,8 @@ _RESERVED = frozenset(RECORD_COLUMNS) | {"measure", "mcse", "n"}
 _RECORD_FORMAT = 1
 _ADDED_COLUMNS = (("df", "ci_upper", pa.float64()), ("p", "df", pa.float64()),
                   ("evaluations", "identifiable", pa.int64()))
-_FLAGS = ("converged", "singular", "hessian_pd", "identifiable")
+#: the flags a fitted model reports per replicate (boolean record columns)
+FLAGS = ("converged", "singular", "hessian_pd", "identifiable")
 _MAX_CHUNK = 10_000
 _NAN = float("nan")
 
@@ -210,10 +212,8 @@ def _conditions_frame(conditions: Mapping | pd.DataFrame | None) -> pd.DataFrame
 # ---------------------------------------------------------------------------
 
 
-_INTERVALS = ("wald", "profile", "boot")
-
-
-def _z(level: float) -> float:
+def z_quantile(level: float) -> float:
+    """z_{(1+level)/2}, the normal quantile of a two-sided interval of ``level``."""
     return statistics.NormalDist().inv_cdf(0.5 + level / 2.0)
 
 
@@ -270,14 +270,14 @@ class Estimates:
                     else res.covparms_table(information))
         if covparms is not None and "se" in covparms:
             se.update(pd.Series(covparms["se"], dtype=float))
-        z = _z(level)
+        z = z_quantile(level)
         lo, hi = params - z * se, params + z * se
         df = p = None
         if ddf is not None:  # the fixed effects come first in params
             k = len(res.fixef)
             se_k, dfs = (np.asarray(a, dtype=float) for a in res.fixef_se_df(ddf))
             se.iloc[:k] = se_k  # the KR-adjusted SE with "kenward-roger"
-            tlo, thi, tp = _t_inference(params.to_numpy()[:k], se_k, dfs, level)
+            tlo, thi, tp = t_inference(params.to_numpy()[:k], se_k, dfs, level)
             lo.iloc[:k], hi.iloc[:k] = tlo, thi
             df = pd.Series(np.nan, index=params.index)
             p = pd.Series(np.nan, index=params.index)
@@ -297,7 +297,7 @@ def _flag(value: Any) -> bool | None:
     return None if value is None else bool(value)
 
 
-def _t_inference(est: np.ndarray, se: np.ndarray, df: np.ndarray, level: float
+def t_inference(est: np.ndarray, se: np.ndarray, df: np.ndarray, level: float
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The t interval est -+ t_{df, (1+level)/2} se and the two-sided p-value of
     t = est / se on df (the p of ``FitResult.coef_table``); NaN wherever df is NaN."""
@@ -309,330 +309,6 @@ def _t_inference(est: np.ndarray, se: np.ndarray, df: np.ndarray, level: float
         lo, hi = est - crit * se, est + crit * se
     bad = np.isnan(df)
     return (np.where(bad, np.nan, lo), np.where(bad, np.nan, hi), np.where(bad, np.nan, p))
-
-
-def _engine_fit_batch() -> Callable | None:
-    try:
-        from mlmsim.engine.batch import fit_batch
-    except ImportError:  # an engine without the batched path
-        return None
-    return fit_batch
-
-
-class FormulaMethod:
-    """Fit ``formula`` by ML or REML with ``mlmsim.fit`` and record ``res.params``.
-
-    Records, per parameter (fixed effects gamma, then the covariance parameters
-    ``var(...)``, ``cov(...)``, ``sigma2``): the estimate, its SE, the Wald interval
-    estimate +- z_{(1+level)/2} SE, and the fit's flags ``converged``, ``singular``,
-    ``hessian_pd``, ``identifiable`` and ``messages``.
-
-    Parameters
-    ----------
-    formula : an lme4-style formula.
-    method : "ML" or "REML", in any case.
-    level : the level of the intervals.
-    name : the method's name in the records (default: the method, "ML" or "REML").
-    batch, batch_size : the batched path (below).
-    ddf : None (the fixed effects get Wald z intervals, as the covariance parameters) or
-        a denominator-df method of ``FitResult.ddf``: "satterthwaite", "kenward-roger"
-        (REML only; the SE is then KR's adjusted one), "containment", "between-within" or
-        "residual" (any case). Then each fixed effect's records also
-        carry ``df`` and ``p``, the two-sided p-value of t = estimate / SE on df, and the
-        interval is estimate +- t_{df, (1+level)/2} SE; where the df cannot be computed
-        (NaN), p and the interval are NaN too, never a normal approximation.
-    control : None (the engine's defaults), a ``mlmsim.engine.control.FitControl`` or a
-        dict of its fields: the optimiser's settings.
-    bounded : False for unbounded variance estimates (SAS NOBOUND; ``mlmsim.fit(...,
-        bounded=False)``), batched as well.
-    intervals : "wald" (the default: estimate +- z SE, or the t interval with ``ddf``),
-        "profile" (``FitResult.confint("profile")``: likelihood-ratio intervals) or "boot"
-        (parametric-bootstrap percentile intervals from ``nsim`` refits, batched per
-        replicate, drawn from the replicate's method stream so a study stays
-        reproducible). These record intervals for the fixed effects, variances and
-        sigma^2; a covariance's profile and bootstrap intervals are for the correlation,
-        which the records' true covariance does not measure, so its interval is NaN.
-        Replicates are then fitted one at a time (the bootstrap refits are batched). A
-        replicate whose profile or bootstrap fails keeps its estimates with NaN
-        intervals and a message saying why.
-    nsim : bootstrap refits per replicate (``intervals="boot"``).
-    parm : with profile or bootstrap intervals, the parameters that get them (default
-        all; the others keep NaN intervals): profiling only the variances costs a third
-        of profiling every parameter of a random-slope model.
-    information : "observed" (the default: the covariance parameters' SEs and Wald
-        intervals from 2 H^{-1}) or "expected" (from the inverse expected information,
-        ``FitResult.covparms_table("expected")``: SAS's SCORING=, MLwiN's IGLS), batched
-        as well.
-
-    Every setting is checked here, when the study is defined: an unknown keyword is a
-    TypeError, a bad value a ValueError (rather than an error in every replicate). The
-    formula is read with :func:`mlmsim.formula_safe.check_formula`: column names,
-    numbers, operators and a few functions (log, exp, sqrt, center, scale, ``I()`` of
-    arithmetic, ``C()``), since formulaic evaluates a formula as Python and a study
-    definition may come from someone else; anything more is refused in one line.
-
-    With ``batch=True`` (the default) the runner fits the replicates of a chunk together
-    through :meth:`fit_batch` (``mlmsim.engine.batch.fit_batch``: all replicates in one
-    vectorised pass), in blocks of ``batch_size`` replicates aligned to the replicate
-    index: replicates kB .. (k+1)B - 1 always share a block, whatever the chunk size or the
-    number of workers, so records stay bit-identical across runs. (A batched fit equals the
-    single fit to rounding, about 1e-13, but not bit for bit; a block whose batched fit
-    raises is fitted one replicate at a time.) ``batch=False`` fits every replicate alone
-    with ``mlmsim.fit``.
-    """
-
-    takes_rng = False
-    takes_sim_batch = True
-    """Accepts a one-replicate :class:`mlmsim.generate.simulate.SimBatch` wherever a
-    DataFrame goes."""
-
-    def __init__(self, formula: str, method: str = "REML", *, level: float = 0.95,
-                 name: str | None = None, batch: bool = True, batch_size: int = 32,
-                 ddf: str | None = None, control: Any = None, bounded: bool = True,
-                 intervals: str = "wald", nsim: int = 200, information: str = "observed",
-                 parm: Sequence[str] | None = None):
-        norm = method.upper() if isinstance(method, str) else None
-        if norm not in ("ML", "REML"):
-            raise ValueError(f"method must be 'ML' or 'REML' (any case), got {method!r}")
-        if not 0.0 < level < 1.0:
-            raise ValueError("level must lie in (0, 1)")
-        if int(batch_size) < 1:
-            raise ValueError("batch_size must be at least 1")
-        if ddf is not None:
-            from mlmsim.engine.result import DDF_METHODS
-
-            kind = ddf.lower() if isinstance(ddf, str) else None
-            if kind not in DDF_METHODS:
-                raise ValueError(
-                    "ddf must be None (Wald z) or one of "
-                    f"{', '.join(repr(k) for k in DDF_METHODS)} (any case), got {ddf!r}")
-            if kind == "kenward-roger" and norm != "REML":
-                raise ValueError("ddf='kenward-roger' needs method='REML' (as lmerTest and "
-                                 "SAS DDFM=KR)")
-            ddf = kind
-        if control is not None:
-            from mlmsim.engine.control import FitControl
-
-            control = FitControl.coerce(control)
-        from mlmsim.formula import parse_restricted_formula
-
-        parse_restricted_formula(formula)  # a study definition runs no code; lme4 form
-        self.formula = formula
-        self.method = norm
-        self.level = float(level)
-        self.name = name or norm
-        self.batch = bool(batch)
-        self.batch_size = int(batch_size)
-        if not isinstance(bounded, (bool, np.bool_)):
-            raise ValueError(f"bounded must be True or False, got {bounded!r}")
-        self.ddf = ddf
-        self.control = control
-        self.bounded = bool(bounded)
-        if intervals not in _INTERVALS:
-            raise ValueError(f"intervals must be one of {', '.join(map(repr, _INTERVALS))}, "
-                             f"got {intervals!r}")
-        if not (isinstance(nsim, (int, np.integer)) and nsim >= 2):
-            raise ValueError(f"nsim must be an integer >= 2, got {nsim!r}")
-        if intervals == "profile" and not self.bounded:
-            raise ValueError("intervals='profile' needs bounded=True (a profile is over "
-                             "variances >= 0); use intervals='boot' or 'wald' for unbounded fits")
-        if parm is not None and intervals == "wald":
-            raise ValueError("parm goes with intervals='profile' or 'boot'")
-        if isinstance(parm, str):
-            parm = [parm]
-        if parm is not None and (not parm or len(set(parm)) != len(parm)):
-            raise ValueError(f"parm must name each parameter once, got {parm!r}")
-        self.parm = None if parm is None else [str(p) for p in parm]
-        self.intervals = intervals
-        self.nsim = int(nsim)
-        from mlmsim.engine.result import INFORMATION
-
-        if information not in INFORMATION:
-            raise ValueError(f"information must be one of {', '.join(INFORMATION)}, got "
-                             f"{information!r}")
-        self.information = information
-        self.takes_rng = intervals == "boot"
-
-    def __call__(self, data: Any, rng: np.random.Generator | None = None) -> Estimates:
-        from mlmsim import fit
-        from mlmsim.generate.simulate import SimBatch
-
-        if isinstance(data, SimBatch):
-            data = data.frame(0)
-        res = fit(self.formula, data, method=self.method, **self._fit_options())
-        est = Estimates.from_fit(res, self.level, ddf=self.ddf, information=self.information)
-        if self.intervals == "wald":
-            return est
-        return self._likelihood_intervals(res, est, rng)
-
-    def _likelihood_intervals(self, res: Any, est: Estimates, rng) -> Estimates:
-        """``est`` with profile or bootstrap intervals (NaN for covariances, and for all
-        where they could not be computed, with a message)."""
-        names = list(est.estimate.index)
-        unknown = [p for p in self.parm or () if p not in names]
-        if unknown:  # a setting, not a replicate's failure: the replicate records the error
-            raise ValueError(f"parm names {unknown[0]!r}, not a parameter of {self.formula!r}: "
-                             f"{names}")
-        lo = pd.Series(np.nan, index=names)
-        hi = pd.Series(np.nan, index=names)
-        messages = tuple(est.messages)
-        try:
-            if self.intervals == "profile":
-                ci = res.confint("profile", level=self.level, parm=self.parm)
-            else:
-                ci = res.bootstrap(self.nsim, rng, progress=False).confint(self.level)
-                ci = ci if self.parm is None else ci.loc[self.parm]
-            keep = ci.index[ci["scale"] != "correlation"]
-            lo[keep], hi[keep] = ci.loc[keep, "lower"], ci.loc[keep, "upper"]
-        except (ValueError, ArithmeticError, RuntimeError, np.linalg.LinAlgError) as e:
-            messages += (f"{self.intervals} intervals failed: {type(e).__name__}: {e}",)
-        return replace(est, ci_lower=lo, ci_upper=hi, messages=messages)
-
-    @property
-    def fit_batch(self) -> Callable[[list], list] | None:
-        """``fit_batch(datasets) -> list of Estimates``, or None when batching is off
-        (and with profile or bootstrap intervals)."""
-        if not self.batch or self.intervals != "wald" or _engine_fit_batch() is None:
-            return None
-        return self._fit_batch
-
-    def _fit_options(self) -> dict:
-        """control and bounded, each only when set (the engine's defaults otherwise)."""
-        out = {} if self.control is None else {"control": self.control}
-        if not self.bounded:
-            out["bounded"] = False
-        return out
-
-    def _fit_batch(self, datasets: list) -> list[Estimates]:
-        res = _engine_fit_batch()(self.formula, datasets, method=self.method,
-                                  **self._fit_options())
-        names = list(res.param_names)
-        z = _z(self.level)
-        params, se = np.asarray(res.params, dtype=float), np.asarray(res.se, dtype=float)
-        if self.information == "expected":
-            se[:, len(res.fixed_names):] = _expected_se(res)
-        with np.errstate(invalid="ignore"):
-            lo, hi = params - z * se, params + z * se
-        df = pv = None
-        if self.ddf is not None:
-            k = len(res.fixed_names)
-            df = np.full(params.shape, np.nan)
-            pv = np.full(params.shape, np.nan)
-            se[:, :k], df[:, :k] = res.fixef_se_df(self.ddf)
-            lo[:, :k], hi[:, :k], pv[:, :k] = _t_inference(params[:, :k], se[:, :k],
-                                                           df[:, :k], self.level)
-        flags = [np.asarray(getattr(res, f), dtype=bool) for f in _FLAGS]
-
-        def row(a: np.ndarray | None, r: int) -> dict | None:
-            return None if a is None else dict(zip(names, a[r].tolist(), strict=True))
-
-        return [
-            Estimates(row(params, r), se=row(se, r), ci_lower=row(lo, r),
-                      ci_upper=row(hi, r), df=row(df, r), p=row(pv, r),
-                      converged=bool(flags[0][r]), singular=bool(flags[1][r]),
-                      hessian_pd=bool(flags[2][r]), identifiable=bool(flags[3][r]),
-                      messages=tuple(res.messages[r]), evaluations=int(res.evaluations[r]))
-            for r in range(len(datasets))
-        ]
-
-    def descriptor(self) -> dict:
-        # "options" is what **options used to be (now always empty); ddf and control are
-        # added only when set, so that a study without them keeps its definition hash.
-        out = {"formula": self.formula, "method": self.method, "level": self.level,
-               "options": canonical({}), "batch": self.fit_batch is not None,
-               "batch_size": self.batch_size}
-        if self.ddf is not None:
-            out["ddf"] = self.ddf
-        if self.control is not None:
-            out["control"] = canonical(self.control)
-        if not self.bounded:
-            out["bounded"] = False
-        if self.information != "observed":
-            out["information"] = self.information
-        if self.intervals != "wald":
-            out["intervals"] = self.intervals
-            if self.intervals == "boot":
-                out["nsim"] = self.nsim
-            if self.parm is not None:
-                out["parm"] = list(self.parm)
-        return out
-
-    def __repr__(self) -> str:
-        extra = "".join(f", {k}={v!r}" for k, v in (("ddf", self.ddf),
-                                                     ("control", self.control),
-                                                     ("bounded", None if self.bounded
-                                                      else False),
-                                                     ("intervals", None
-                                                      if self.intervals == "wald"
-                                                      else self.intervals))
-                        if v is not None)
-        return f"FormulaMethod({self.formula!r}, method={self.method!r}{extra})"
-
-
-def _expected_se(res: Any) -> np.ndarray:
-    """SEs (R, m) of the covariance parameters of a batch from the inverse expected
-    information (docs/math.md (6.6)), NaN where it is not positive definite."""
-    from mlmsim.engine import kenward_roger
-
-    t = kenward_roger.info_terms(res.stats, res.cov_structure, res.estimates.phi, res.reml)
-    W = kenward_roger.expected_acov(t.HE)
-    with np.errstate(invalid="ignore"):
-        return np.sqrt(np.einsum("rii->ri", W))
-
-
-class FromSpec:
-    """Data generation from a model specification: :func:`mlmsim.simulate` per replicate.
-
-    ``FromSpec(spec, n_groups="n_groups", group_size="group_size")`` is a ``generate``
-    for :class:`Study`: ``spec`` is a ``ModelSpec`` or a callable ``spec(condition) ->
-    ModelSpec``; ``n_groups`` and ``group_size`` are numbers or names of condition
-    variables. Each replicate is ``simulate(spec, n_groups, group_size, rng=rng)``, and
-    the study's true values default to ``spec.truth.params`` of each condition.
-    """
-
-    def __init__(self, spec: Any, n_groups: int | str = "n_groups",
-                 group_size: int | str | None = None):
-        self.spec = spec
-        self.n_groups = n_groups
-        self.group_size = group_size
-        self._specs: dict[int, Any] = {}
-
-    def _value(self, value: Any, condition: Condition) -> Any:
-        return condition[value] if isinstance(value, str) else value
-
-    def model(self, condition: Condition) -> Any:
-        """The ModelSpec of a condition (built once per condition and process)."""
-        key = getattr(condition, "index", None)
-        if key is not None and key in self._specs:
-            return self._specs[key]
-        spec = self.spec(condition) if callable(self.spec) else self.spec
-        if key is not None:
-            self._specs[key] = spec
-        return spec
-
-    def __call__(self, condition: Condition, rng: np.random.Generator) -> Any:
-        return self.draw(condition, rng).frame(0)
-
-    def draw(self, condition: Condition, rng: np.random.Generator) -> Any:
-        """The replicate as a one-replicate :class:`mlmsim.generate.simulate.SimBatch` (arrays, no
-        DataFrame): the same draws as ``self(condition, rng)``, whose DataFrame is its
-        ``frame(0)``. The runner hands these to methods that take them
-        (``takes_sim_batch``), which skips building a DataFrame per replicate."""
-        from mlmsim.generate.simulate import simulate_batch
-
-        return simulate_batch(self.model(condition), 1, self._value(self.n_groups, condition),
-                              group_size=self._value(self.group_size, condition), rng=rng)
-
-    def truth(self, condition: Condition) -> pd.Series:
-        """True parameter values of a condition: ``spec.truth.params``."""
-        return self.model(condition).truth.params
-
-    def descriptor(self) -> dict:
-        return {"spec": canonical(self.spec), "n_groups": self.n_groups,
-                "group_size": self.group_size}
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_specs": {}}
 
 
 def _takes_rng(fn: Callable) -> bool:
@@ -1120,7 +796,7 @@ class Study:
         ``numpy.random.Generator`` that is the replicate's own stream.
     methods : a dict name -> method, a list of named methods, or one method. A method is
         ``method(data)`` or ``method(data, rng)`` returning estimates (module docstring),
-        e.g. a :class:`FormulaMethod`.
+        e.g. a :class:`mlmsim.methods.FormulaMethod`.
     truth : the estimands and their true values: a mapping parameter -> value (the same in
         every condition), a callable ``truth(condition) -> mapping``, or a sequence of
         mappings, one per condition. If None, ``generate.truth(condition)`` is used when
@@ -1267,7 +943,7 @@ class Study:
     def run_replicate(self, condition: int, rep: int) -> pd.DataFrame:
         """The records of one replicate, computed again: identical to the run's (but seconds).
 
-        With a batched method the replicate's whole block (:class:`FormulaMethod`) is
+        With a batched method the replicate's whole block (:class:`mlmsim.methods.FormulaMethod`) is
         fitted, since a batched fit depends on its block to rounding.
         """
         align = _alignment(self._methods)
