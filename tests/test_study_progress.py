@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mlmsim import progress
 from mlmsim.engine import compiled
-from mlmsim.study import Study, load_study, progress
-from mlmsim.study.progress import LineProgress
+from mlmsim.progress import LineProgress
+from mlmsim.study import Study, load_study
 
 
 def _generate(cond, rng):
@@ -227,7 +228,7 @@ def test_runs_are_recorded_and_reported(tmp_path):
 
 
 def test_durations_for_people():
-    from mlmsim.study.progress import duration
+    from mlmsim.progress import duration
 
     assert [duration(s) for s in (0.4321, 4.0, 42.4, 210.0, 9000.0)] == \
         ["0.43 s", "4 s", "42 s", "3.5 min", "2.5 h"]

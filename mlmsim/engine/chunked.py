@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from mlmsim.progress import progress_reporter
+
 __all__ = ["CHUNK", "seeds", "check_nsim", "chunk_sizes", "run_chunks"]
 
 CHUNK = 250
@@ -50,8 +52,6 @@ def run_chunks(task: Callable[..., Any], sizes: Sequence[int], rng, *, n_jobs: i
                args: tuple = ()) -> list:
     """``[task(*args, seed_i, size_i) for each chunk i]`` in chunk order, in parallel with
     ``n_jobs`` joblib workers (``task`` and ``args`` must pickle)."""
-    from mlmsim.study.progress import progress_reporter
-
     ss = seeds(rng, len(sizes))
     total = int(sum(sizes))
     bar = progress_reporter(total, 0, progress if len(sizes) > 1 else False, label)

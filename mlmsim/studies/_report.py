@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlmsim.progress import duration
 from mlmsim.study.intervals import proportion_interval
-from mlmsim.study.progress import duration
 from mlmsim.study.storage import StudyDirectory
 
 __all__ = ["markdown_table", "fmt", "with_mcse", "with_interval", "direction",

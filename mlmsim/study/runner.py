@@ -52,6 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlmsim.engine.compiled import compile_note
+from mlmsim.progress import progress_reporter, say
 from mlmsim.study.identity import (
     DefinitionError,
     canonical,
@@ -59,7 +60,6 @@ from mlmsim.study.identity import (
     form_digest,
     form_parts,
 )
-from mlmsim.study.progress import progress_reporter, say
 from mlmsim.study.seeds import (
     as_root_seed,
     method_rng,
@@ -972,7 +972,7 @@ class Study:
             ceil(total / max(16, 4 workers)), at most 10,000 and at most ``n_reps``;
             rounded up to a multiple of the batched methods' ``batch_size``.
         progress : None (default): a tqdm bar of replicates done on a terminal, else a
-            plain line every few seconds (:mod:`mlmsim.study.progress`); True: the bar;
+            plain line every few seconds (:mod:`mlmsim.progress`); True: the bar;
             False: nothing. Unless False, a resumed run first says how many replicates
             were already done, and a run on a fresh install says that numba compiles the
             kernels first.

@@ -1,4 +1,5 @@
-"""What a running study tells the person waiting for it, on standard error.
+"""What a long run (a study, a bootstrap, a power curve) tells the person waiting for it,
+on standard error.
 
 - On a terminal: a tqdm bar of replicates done, named by the run's label (e.g.
   ``bias/main``), so that the blocks of a study are told apart.
