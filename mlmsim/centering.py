@@ -51,10 +51,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from mlmsim.covparms import covparm_names
 from mlmsim.engine.evaluate import evaluate
 from mlmsim.engine.fit import fit, fit_design
 from mlmsim.engine.inference import CovStructure
-from mlmsim.engine.result import covparm_names
 from mlmsim.formula import model_design, parse_formula
 
 if TYPE_CHECKING:

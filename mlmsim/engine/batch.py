@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
+from mlmsim.covparms import covparm_names
 from mlmsim.engine import inference, kenward_roger
 from mlmsim.engine.control import FitControl, StopReason
 from mlmsim.engine.deviance import ThetaMap
@@ -39,7 +40,6 @@ from mlmsim.engine.result import (
     KR_NEEDS_REML,
     column_variables,
     columns_varying_within,
-    covparm_names,
 )
 from mlmsim.engine.stats import (
     Centering,

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from mlmsim.covparms import covparm_names
 from mlmsim.engine import inference, phi_kernel
 from mlmsim.engine.deviance import ThetaMap
 from mlmsim.engine.fit import method_name
 from mlmsim.engine.gls import Stats, qtoken
-from mlmsim.engine.result import FitResult, covparm_names
+from mlmsim.engine.result import FitResult
 from mlmsim.engine.stats import centred_group_stats, flat_arrays
 from mlmsim.formula import Design
 

@@ -15,12 +15,13 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from mlmsim.covparms import covparm_names
 from mlmsim.engine import inference
 from mlmsim.engine.control import FitControl
 from mlmsim.engine.deviance import ThetaMap
 from mlmsim.engine.estimates import estimates_and_ranef, notes
 from mlmsim.engine.optimize import OptResult, minimize_theta
-from mlmsim.engine.result import FitArrays, FitResult, covparm_names
+from mlmsim.engine.result import FitArrays, FitResult
 from mlmsim.engine.stats import Centering, GroupStats, centred_group_stats, residual_check
 from mlmsim.engine.unbounded import unbounded_estimates
 from mlmsim.engine.units import UnitScale, unit_scale

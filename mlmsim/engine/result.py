@@ -24,24 +24,13 @@ if TYPE_CHECKING:
     from mlmsim.engine.stats import GroupStats
     from mlmsim.formula import Design
 
-__all__ = ["FitResult", "FitArrays", "covparm_names", "simulate_responses", "DDF_METHODS",
+__all__ = ["FitResult", "FitArrays", "simulate_responses", "DDF_METHODS",
            "INFORMATION", "column_variables", "columns_varying_within"]
 
 DDF_METHODS = ("satterthwaite", "kenward-roger", "containment", "between-within", "residual")
 INFORMATION = ("observed", "expected")
 KR_NEEDS_REML = ("Kenward-Roger needs a REML fit (as lmerTest and SAS DDFM=KR); refit with "
                  "method='REML'")
-
-
-def covparm_names(random_names, rows, cols) -> tuple[list[str], list[str]]:
-    """Names of phi's elements: ``var(a)``, ``cov(a,b)`` (row variable first) and
-    ``sigma2``; and SAS's ``UN(i,j)`` / ``Residual`` labels."""
-    names, sas = [], []
-    for r, c in zip(np.asarray(rows).tolist(), np.asarray(cols).tolist(), strict=True):
-        a, b = random_names[r], random_names[c]
-        names.append(f"var({a})" if r == c else f"cov({a},{b})")
-        sas.append(f"UN({r + 1},{c + 1})")
-    return names + ["sigma2"], sas + ["Residual"]
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from mlmsim import datasets
+from mlmsim.covparms import covparm_names as phi_names
 from mlmsim.terms import term_matrix
 
 __all__ = [
@@ -559,8 +561,6 @@ class SizeList:
     @classmethod
     def from_dataset(cls, name: str, resample: bool = False) -> SizeList:
         """The group sizes of a packaged data set: ``"hsb"`` (160 schools) or ``"nels88"``."""
-        from mlmsim import datasets
-
         return cls.from_data(datasets.load(name), "school", resample=resample)
 
     def to_dict(self) -> dict:
@@ -725,15 +725,13 @@ def tau0_sq_from_icc(icc: float, sigma2: float) -> float:
 def covparm_names(random_names: Sequence[str]) -> list[str]:
     """Covariance-parameter names of an unstructured T, as the engine names them: SAS's
     UN order (row-wise lower triangle, ``cov(a,b)`` with the row variable a first),
-    then ``sigma2`` (:func:`mlmsim.engine.result.covparm_names` for one full block).
+    then ``sigma2`` (:func:`mlmsim.covparms.covparm_names` for one full block).
 
     >>> covparm_names(["Intercept", "x"])
     ['var(Intercept)', 'cov(x,Intercept)', 'var(x)', 'sigma2']
     """
-    from mlmsim.engine.result import covparm_names as engine_names
-
     rows, cols = np.tril_indices(len(random_names))
-    return engine_names(list(random_names), rows, cols)[0]
+    return phi_names(list(random_names), rows, cols)[0]
 
 
 # ---------------------------------------------------------------------------
