@@ -51,6 +51,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mlmsim import __version__
 from mlmsim.engine.compiled import compile_note
 from mlmsim.progress import progress_reporter, say
 from mlmsim.study.identity import (
@@ -120,8 +121,6 @@ _NAN = float("nan")
 
 
 def _mlmsim_version() -> str:
-    from mlmsim import __version__
-
     return __version__
 
 
