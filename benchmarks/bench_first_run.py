@@ -54,7 +54,8 @@ def timed(cmd: str, env: dict, out: Path | None = None) -> float:
 
 def main() -> int:
     install, run = readme_first_command()
-    out = Path(shlex.split(run)[shlex.split(run).index("--out") + 1])
+    words = shlex.split(run)
+    out = Path(words[words.index("--out") + 1])
     with tempfile.TemporaryDirectory() as tmp:
         venv = Path(tmp) / "venv"
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import inspect
 import json
 import math
@@ -314,7 +313,6 @@ def _text_summary(res, ddf: str) -> str:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-
     given = [a for a in (args.data, args.formula) if a is not None]
     if args.dataset is not None:
         if len(given) != 1:
@@ -383,7 +381,6 @@ def _write_fit_plots(res, data, out: Path, x: str | None) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
 
     written: list[Path] = []
 
@@ -492,24 +489,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_spec_example(args: argparse.Namespace) -> int:
-    text = _example_spec_text(ModelSpec)
+    text = ModelSpec.example_yaml()
     if args.out:
         _write_text(args.out, text)
         _note(f"wrote {args.out}")
     else:
         sys.stdout.write(text)
     return 0
-
-
-def _example_spec_text(ModelSpec) -> str:
-    for name in ("example_yaml", "annotated_example"):
-        fn = getattr(ModelSpec, name, None)
-        if callable(fn):
-            return fn()
-    fn = getattr(ModelSpec, "example", None)
-    if callable(fn):
-        return fn().to_yaml()
-    raise CLIError("this version of mlmsim.generate.spec has no example spec", "update mlmsim")
 
 
 def _cmd_spec_check(args: argparse.Namespace) -> int:
@@ -571,18 +557,13 @@ def _describe(entry: Any) -> str:
     return str(text).strip().split("\n")[0]
 
 
-def _run_options(args: argparse.Namespace) -> Any:
-    """The options of a study module's ``run``: :class:`mlmsim.studies.RunOptions` when
-    there is one (fields it lacks are not passed), else a namespace."""
+def _run_options(args: argparse.Namespace) -> RunOptions:
+    """The options of a study module's ``run`` (without ``--seed``, RunOptions' seed)."""
     values = {"quick": args.quick, "reps": args.reps, "n_jobs": args.jobs,
               "backend": args.backend, "scheduler": args.scheduler, "seed": args.seed}
     if args.seed is None:
         del values["seed"]
-    known = {f.name for f in dataclasses.fields(RunOptions)}
-    for key, flag in (("reps", "--reps"), ("seed", "--seed"), ("scheduler", "--scheduler")):
-        if key not in known and values.get(key) is not None:
-            raise CLIError(f"the study runner does not take {flag}", f"run it without {flag}")
-    return RunOptions(**{k: v for k, v in values.items() if k in known})
+    return RunOptions(**values)
 
 
 def _build_study(name: str, entry: Any, quick: bool, reps: int | None, seed: int | None):
@@ -655,7 +636,6 @@ def _print_report(out: Path) -> bool:
     directory inside ``results/`` also refreshes the index ``results/README.md``."""
     report = out / "report.md"
     if report.is_file() and out.resolve().parent.name == "results":
-
         write_index(out.resolve().parent)
     if not report.is_file():
         return False
@@ -665,7 +645,6 @@ def _print_report(out: Path) -> bool:
 
 
 def _print_summary(source: Any, csv: str | None = None) -> None:
-
     summary = summarise(source)
     if csv:
         _write_text(csv, summary.to_csv(index=False))
@@ -732,7 +711,6 @@ def _integrity_lines(roots: list[Path]) -> tuple[list[str], bool]:
 
 
 def _cmd_study_report(args: argparse.Namespace) -> int:
-
     d = Path(args.dir)
     if not d.is_dir():
         raise CLIError(f"{args.dir!r} is not a directory",
@@ -757,8 +735,6 @@ def _cmd_study_report(args: argparse.Namespace) -> int:
         if module is not None:
             module.report(d)
             if args.csv or not _print_report(d):
-
-
                 parts = [summarise(load_study(r)).assign(block=r.name) for r in roots]
                 summary = pd.concat(parts, ignore_index=True)
                 if args.csv:
@@ -797,7 +773,6 @@ def _range(text: str) -> list[int]:
 
 def _cmd_power(args: argparse.Namespace) -> int:
     """Power of a test of one effect against the number of groups or the group size."""
-
 
     spec = _load_spec(args.spec)
     if args.groups is None and spec.n_groups is None:

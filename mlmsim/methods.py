@@ -114,7 +114,6 @@ class FormulaMethod:
         if int(batch_size) < 1:
             raise ValueError("batch_size must be at least 1")
         if ddf is not None:
-
             kind = ddf.lower() if isinstance(ddf, str) else None
             if kind not in DDF_METHODS:
                 raise ValueError(
@@ -125,7 +124,6 @@ class FormulaMethod:
                                  "SAS DDFM=KR)")
             ddf = kind
         if control is not None:
-
             control = FitControl.coerce(control)
 
         parse_restricted_formula(formula)  # a study definition runs no code; lme4 form
@@ -165,7 +163,6 @@ class FormulaMethod:
         self.takes_rng = intervals == "boot"
 
     def __call__(self, data: Any, rng: np.random.Generator | None = None) -> Estimates:
-
         if isinstance(data, SimBatch):
             data = data.frame(0)
         res = fit(self.formula, data, method=self.method, **self._fit_options())

@@ -87,7 +87,6 @@ class _FromSpec:
     group_size: Any
 
     def draw(self, R: int, rng: np.random.Generator) -> _Draws:
-
         b = simulate_batch(self.spec, R, self.n_groups, group_size=self.group_size, rng=rng)
         q = len(b.random_names)
         return _Draws(b.y, b.X, b.Z, b.codes, b.n_groups, b.fixed_names, b.random_names,

@@ -94,6 +94,9 @@ def test_a_lock_of_a_dead_helper_or_too_old_is_removed(tmp_path):
     assert not lock.exists()
     lock.write_text("")                               # being written by its starter
     assert compiled._held(lock)
+    lock.write_text("not a pid")                      # garbage: left behind, not a crash
+    assert not compiled._held(lock)
+    assert not lock.exists()
 
 
 def test_one_helper_at_a_time(tmp_path, monkeypatch):

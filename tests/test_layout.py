@@ -47,6 +47,15 @@ def _private_crossings(modules: dict[str, ast.Module]) -> list[tuple[str, str, s
     return out
 
 
+def _imported(module: str, node: ast.Import | ast.ImportFrom) -> set[str]:
+    """The modules an import statement in ``module`` names (``from a import b``: a.b where
+    that is a module, else a)."""
+    if isinstance(node, ast.Import):
+        return {a.name for a in node.names}
+    src = _source(module, node)
+    return {f"{src}.{a.name}" if f"{src}.{a.name}" in MODULES else src for a in node.names}
+
+
 def _top_level_imports(module: str, tree: ast.Module) -> set[str]:
     """The package's modules that ``module`` imports when it is imported (not inside a
     function, not under ``if TYPE_CHECKING``), with the packages that hold them."""
@@ -58,12 +67,8 @@ def _top_level_imports(module: str, tree: ast.Module) -> set[str]:
             continue
         if isinstance(node, ast.If | ast.Try):
             todo.extend(ast.iter_child_nodes(node))
-        elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            src = _source(module, node)
-            found |= {f"{src}.{a.name}" if f"{src}.{a.name}" in MODULES else src
-                      for a in node.names}
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            found |= _imported(module, node)
     # importing a.b.c runs the packages a and a.b first, but for those the importer is in
     parents = {".".join(m.split(".")[:i]) for m in found for i in range(1, m.count(".") + 1)}
     ancestors = {".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)}
@@ -77,12 +82,8 @@ def _inner_imports(module: str, tree: ast.Module) -> set[str]:
     for fn in ast.walk(tree):
         if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
             for node in ast.walk(fn):
-                if isinstance(node, ast.Import):
-                    found |= {a.name for a in node.names}
-                elif isinstance(node, ast.ImportFrom):
-                    src = _source(module, node)
-                    found |= {f"{src}.{a.name}" if f"{src}.{a.name}" in MODULES else src
-                              for a in node.names}
+                if isinstance(node, ast.Import | ast.ImportFrom):
+                    found |= _imported(module, node)
     return {m for m in found if m in MODULES and m != module}
 
 

@@ -142,7 +142,8 @@ def _held(lock: Path) -> bool:
         age = time.time() - lock.stat().st_mtime
     except OSError:
         return False
-    if age < _STALE and (not text or _alive(int(text))):  # empty: being written
+    # empty: its starter is writing the pid; anything but a pid: left behind
+    if age < _STALE and (not text or (text.isdigit() and _alive(int(text)))):
         return True
     lock.unlink(missing_ok=True)
     return False
@@ -185,18 +186,19 @@ def _await_helper(lock: Path, wanted: list) -> None:
     """Wait while a helper holds ``lock`` and this process has not compiled every kernel
     in ``wanted`` itself; reap the helpers this process started once they are done."""
     deadline = time.monotonic() + _PATIENCE
-    if any(not d.signatures for d in wanted):
-        while _reap() and _held(lock) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    _reap()
+    waiting = any(not d.signatures for d in wanted)
+    while True:
+        _reap()
+        if not (waiting and _held(lock) and time.monotonic() < deadline):
+            return
+        time.sleep(0.05)
 
 
-def _reap() -> bool:
+def _reap() -> None:
     """Collect the exit of the helpers this process started (a helper that has exited but
-    is not collected still counts as alive to :func:`_alive`); always True."""
+    is not collected still counts as alive to :func:`_alive`)."""
     for proc in [p for p in _helpers if p.poll() is not None]:
         _helpers.remove(proc)
-    return True
 
 
 @contextmanager

@@ -88,7 +88,6 @@ def untruncated_ml(data: pd.DataFrame) -> dict[str, float]:
 
 
 def _studies(options: RunOptions):
-
     grid = QUICK if options.quick else FULL
     reps = options.reps or (20 if options.quick else 1000)
     slope = slope_spec({"icc": 0.2})

@@ -274,7 +274,6 @@ class FiveForms:
         return dict(self.forms.items())
 
     def __call__(self, data: pd.DataFrame):
-
         data = add_centered(data, X, GROUP)
         fits = {}
         for f in FORMS:
@@ -290,7 +289,6 @@ class FiveForms:
         return self._fit_batch if self.batch else None
 
     def _fit_batch(self, datasets: list) -> list:
-
         datas = [add_centered(d, X, GROUP) for d in datasets]
         batches = {f: fit_batch(self.forms[f], datas, method="ML") for f in FORMS}
         return [_quantities({f: _FormFit.of_batch(batches[f], r) for f in FORMS}, d,
@@ -514,7 +512,6 @@ def _within_figures(summary: pd.DataFrame, out_dir: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
 
     names = []
     part = summary[summary.parameter.isin([f"gammaW[{f}]" for f in FORMS])].copy()

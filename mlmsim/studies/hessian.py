@@ -254,7 +254,6 @@ def _seed(options: RunOptions, block: str) -> int:
 
 
 def _methods(block: str) -> dict:
-
     def both(formula: str, prefix: str = "", batch_size: int = 32) -> dict:
         return {f"{prefix}{m}": FormulaMethod(formula, m, batch_size=batch_size)
                 for m in ("ML", "REML")}
@@ -406,7 +405,6 @@ def _zero_table(fits: pd.DataFrame, records) -> pd.DataFrame:
 
 
 def _load(out_dir: Path, block: str):
-
     path = out_dir / "records" / block
     if not (path / "manifest.json").exists():
         return None
@@ -461,7 +459,6 @@ def _figures(out_dir: Path, summaries: dict, zero: pd.DataFrame | None) -> list[
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
 
     names = []
     flags = {"nonpd_hessian_rate": "non-PD Hessian", "singular_rate": "singular T-hat"}

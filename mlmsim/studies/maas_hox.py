@@ -66,7 +66,6 @@ def spec(condition) -> ModelSpec:
 
 
 def study(options: RunOptions):
-
     grid = QUICK if options.quick else FULL
     reps = options.reps or (25 if options.quick else 1000)
     formula = spec({"icc": 0.2}).formula

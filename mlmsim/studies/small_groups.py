@@ -148,7 +148,6 @@ SPECS = {"ri": ri_spec, "rs": rs_spec}
 
 
 def _methods(block: str, formula: str) -> dict:
-
     if block in INTERVAL_BLOCK.values():
         model = block.split("_")[0]
         variances = [p for p in COVPARMS[model] if not p.startswith("cov(")]
@@ -463,7 +462,6 @@ def _banded(frame: pd.DataFrame, measure: str, path: Path, *, nominal: float | N
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
 
     grid = plot_measure(frame, measure, "n_groups", hue=hue, col=col, row=row,
                         ref=nominal, sharey=sharey, height=2.5, aspect=1.3, path=None)

@@ -143,18 +143,13 @@ def _origin(module: str | None) -> str:
     return "library" if any(where.is_relative_to(d) for d in _library_dirs()) else "user"
 
 
-def _mlmsim_version() -> str:
-
-    return __version__
-
-
 def _named(kind: str, obj: object) -> dict:
     """A library object by qualified name (and mlmsim's version for mlmsim's own)."""
     module = getattr(obj, "__module__", None) or ""
     name = f"{module}.{getattr(obj, '__qualname__', getattr(obj, '__name__', '?'))}"
     out = {kind: name}
     if _origin(module) == "mlmsim":
-        out["mlmsim"] = _mlmsim_version()
+        out["mlmsim"] = __version__
     return out
 
 

@@ -18,9 +18,9 @@ estimates``; estimates may be a number (the single estimand), a mapping or Serie
 ``parameter -> estimate``, a mapping ``parameter -> {"estimate", "se", "ci_lower",
 "ci_upper", "df", "p"}`` (all but the estimate optional), a DataFrame indexed by parameter
 with those columns, an :class:`Estimates`, or a fitted model with ``params`` (a
-``FitResult``). :class:`mlmsim.methods.FormulaMethod` fits an lme4-style formula by ML or REML with
-``mlmsim.fit``, and :class:`~mlmsim.methods.FromSpec` draws each replicate from a ``ModelSpec`` with
-``mlmsim.simulate``.
+``FitResult``). :class:`mlmsim.methods.FormulaMethod` fits an lme4-style formula by ML or
+REML with ``mlmsim.fit``, and :class:`~mlmsim.methods.FromSpec` draws each replicate from
+a ``ModelSpec`` with ``mlmsim.simulate``.
 
 A method object may offer ``fit_batch(datasets) -> list`` (one result or exception per
 data set) to fit many replicates at once; the runner then uses it, unless the object's
@@ -118,10 +118,6 @@ _ADDED_COLUMNS = (("df", "ci_upper", pa.float64()), ("p", "df", pa.float64()),
 FLAGS = ("converged", "singular", "hessian_pd", "identifiable")
 _MAX_CHUNK = 10_000
 _NAN = float("nan")
-
-
-def _mlmsim_version() -> str:
-    return __version__
 
 
 # ---------------------------------------------------------------------------
@@ -876,7 +872,7 @@ class Study:
             "truth": canonical(list(self.truths)),
             "seed": canonical(str(self.seed)),
             "record_format": canonical(_RECORD_FORMAT),
-            "mlmsim": canonical(_mlmsim_version()),
+            "mlmsim": canonical(__version__),
         }
         components = {k: form_digest(v) for k, v in forms.items()}
         parts = dict(form_parts("generate", forms["generate"], depth=4))
@@ -910,7 +906,7 @@ class Study:
         components, parts = self._identity()
         return {
             "format": FORMAT,
-            "mlmsim_version": _mlmsim_version(),
+            "mlmsim_version": __version__,
             "definition_hash": digest(components),
             "components": components,
             "parts": parts,

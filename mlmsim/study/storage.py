@@ -72,10 +72,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mlmsim.study import identity
-from mlmsim.study.identity import changed_parts, digest
+from mlmsim.study.identity import (
+    DefinitionError,
+    canonical,
+    changed_parts,
+    describe_callable,
+    digest,
+)
 
 __all__ = [
+    # the study identity's names, re-exported for callers of this module
+    "DefinitionError",
+    "canonical",
+    "describe_callable",
+    "digest",
     "CHUNK_DIR",
     "FORMAT",
     "LOCK",
@@ -115,19 +125,6 @@ class CorruptChunkWarning(UserWarning):
 
 class OverlappingChunksWarning(UserWarning):
     """Two chunk files hold records of the same replicates (the records repeat)."""
-
-
-_IDENTITY = ("DefinitionError", "canonical", "describe_callable", "digest")
-
-
-def __getattr__(name: str):
-    """The identity's names (:mod:`mlmsim.study.identity`), re-exported here for callers
-    of this module, imported only when asked for: reading a study directory needs
-    nothing but numpy and pyarrow."""
-    if name in _IDENTITY:
-
-        return getattr(identity, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _sha256(data: bytes) -> str:
