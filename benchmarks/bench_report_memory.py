@@ -27,7 +27,7 @@ CHUNK = 1000  # replicates per chunk file
 
 def synthetic_chunk(study, condition: int, start: int, stop: int) -> pa.Table:
     """Records of replicates [start, stop) of one condition, drawn around the truth."""
-    from mlmsim.study.runner import _record_schema
+    from mlmsim.simstudy.records import record_schema
 
     truth = study.truths[condition]
     names = list(truth)
@@ -51,14 +51,15 @@ def synthetic_chunk(study, condition: int, start: int, stop: int) -> pa.Table:
     }
     for var in study.conditions.columns:
         columns[var] = np.full(n * k, cond[var])
-    schema = _record_schema(study._cond_schema)
+    schema = record_schema(pa.Schema.from_pandas(
+        study.conditions, preserve_index=False).remove_metadata())
     return pa.table({f.name: pa.array(columns[f.name], f.type) for f in schema},
                     schema=schema)
 
 
 def write_study(out: Path, reps: int) -> None:
+    from mlmsim.simstudy.storage import StudyDirectory
     from mlmsim.studies import RunOptions, maas_hox
-    from mlmsim.study.storage import StudyDirectory
 
     study = maas_hox.study(RunOptions(reps=reps))
     directory = StudyDirectory(out)

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 
-from mlmsim.study import Study, load_study, summarise
+from mlmsim.simstudy import Study, load_study, summarise
 
 
 def nothing(condition, rng):

@@ -71,7 +71,7 @@ from mlmsim.planning import (
     power_curve,
     sample_size,
 )
-from mlmsim.study import (
+from mlmsim.simstudy import (
     Study,
     StudyResult,
     load_study,

@@ -32,13 +32,13 @@ import pandas as pd
 import mlmsim
 from mlmsim import __version__
 from mlmsim import modelplots as mp
-from mlmsim.engine.result import DDF_METHODS
+from mlmsim.engine.inference import DDF_METHODS
 from mlmsim.generate.simulate import simulate
 from mlmsim.generate.spec import ModelSpec
 from mlmsim.planning import power_curve
+from mlmsim.simstudy import IncompleteStudyWarning, load_study, summarise, summary_table
+from mlmsim.simstudy.storage import CorruptChunkWarning, OverlappingChunksWarning
 from mlmsim.studies import RunOptions, write_index
-from mlmsim.study import IncompleteStudyWarning, load_study, summarise, summary_table
-from mlmsim.study.storage import CorruptChunkWarning, OverlappingChunksWarning
 
 __all__ = ["main", "build_parser", "fit_to_dict", "CLIError", "EXIT_ERROR", "EXIT_BUG"]
 
@@ -546,7 +546,7 @@ def _registry() -> _Registry:
 
 def _is_module_study(entry: Any) -> bool:
     """A study module (or object) with ``run(out_dir, options)`` and ``report(out_dir)``,
-    rather than a factory returning a :class:`mlmsim.study.Study`."""
+    rather than a factory returning a :class:`mlmsim.simstudy.Study`."""
     return (inspect.ismodule(entry) or not callable(entry)) and callable(
         getattr(entry, "run", None))
 
@@ -692,7 +692,7 @@ def _record_roots(d: Path) -> list[Path]:
 
 def _integrity_lines(roots: list[Path]) -> tuple[list[str], bool]:
     """Per records directory, its replicates expected, present, missing and duplicated
-    (:meth:`mlmsim.study.StudyResult.replicate_count`); and whether every one is
+    (:meth:`mlmsim.simstudy.StudyResult.replicate_count`); and whether every one is
     complete and consistent. Only directories that are not, or that hold replicates
     beyond their latest run's, are given a line."""
 

@@ -1,10 +1,10 @@
 """Where two-level models meet the study runner: a method that fits an lme4 formula and
 a generator that draws from a ``ModelSpec``.
 
-The runner (:mod:`mlmsim.study`) knows nothing of mixed models: it calls
+The runner (:mod:`mlmsim.simstudy`) knows nothing of mixed models: it calls
 ``method(data)`` and ``generate(condition, rng)`` and records what they return.
 :class:`FormulaMethod` fits a formula by ML or REML (batched through
-:func:`mlmsim.fit_batch` where it can) and returns :class:`~mlmsim.study.Estimates`
+:func:`mlmsim.fit_batch` where it can) and returns :class:`~mlmsim.simstudy.Estimates`
 with SEs, intervals (Wald, profile or bootstrap), df and p; :class:`FromSpec` draws each
 replicate with :func:`mlmsim.simulate` and gives the study its true values.
 """
@@ -20,13 +20,15 @@ import pandas as pd
 
 from mlmsim.engine import kenward_roger
 from mlmsim.engine.batch import fit_batch
+from mlmsim.engine.compiled import compile_note
 from mlmsim.engine.control import FitControl
 from mlmsim.engine.fit import fit
-from mlmsim.engine.result import DDF_METHODS, INFORMATION
+from mlmsim.engine.inference import DDF_METHODS, INFORMATION
 from mlmsim.formula import parse_restricted_formula
 from mlmsim.generate.simulate import SimBatch, simulate_batch
-from mlmsim.study.identity import canonical
-from mlmsim.study.runner import FLAGS, Condition, Estimates, t_inference, z_quantile
+from mlmsim.simstudy.conditions import Condition
+from mlmsim.simstudy.identity import canonical
+from mlmsim.simstudy.records import FLAGS, Estimates, t_inference, z_quantile
 
 __all__ = ["FormulaMethod", "FromSpec", "INTERVALS"]
 
@@ -239,6 +241,11 @@ class FormulaMethod:
                       messages=tuple(res.messages[r]), evaluations=int(res.evaluations[r]))
             for r in range(len(datasets))
         ]
+
+    def run_note(self) -> str | None:
+        """The line a run shows before its first replicate: on a fresh install, that numba
+        compiles the fitting kernels first (:func:`mlmsim.engine.compiled.compile_note`)."""
+        return compile_note()
 
     def descriptor(self) -> dict:
         # "options" is what **options used to be (now always empty); ddf and control are

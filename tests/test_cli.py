@@ -391,7 +391,7 @@ def test_missing_subcommand_is_one_line(capsys):
 
 def _tiny_study(quick: bool = False, n_reps: int | None = None, seed: int | None = None):
     """A tiny study: the mean of normal data (for the CLI tests)."""
-    from mlmsim.study import Study
+    from mlmsim.simstudy import Study
 
     def generate(cond, rng):
         return rng.normal(1.0, 1.0, size=cond["size"])
@@ -444,7 +444,7 @@ def _module_study(calls: list):
 
     def report(out_dir):
         calls.append(("report", Path(out_dir)))
-        from mlmsim.study import load_study
+        from mlmsim.simstudy import load_study
 
         n = len(load_study(Path(out_dir) / "records").records)
         (Path(out_dir) / "report.md").write_text(f"# Tiny\n\n{n} records\n")

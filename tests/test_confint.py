@@ -249,7 +249,7 @@ def _slopes(cond, rng):
 @pytest.mark.parametrize("intervals", ["profile", "boot"])
 def test_a_study_records_profile_and_bootstrap_intervals(intervals):
     from mlmsim.methods import FormulaMethod
-    from mlmsim.study import Study
+    from mlmsim.simstudy import Study
 
     formula = "y ~ 1 + x + (1 + x | g)"
     truth = {"Intercept": 1.0, "x": 0.5, "var(Intercept)": 0.5, "cov(x,Intercept)": 0.1,

@@ -14,7 +14,7 @@ import pytest
 import mlmsim
 
 HEAVY = ("numba", "scipy", "pandas", "pyarrow", "formulaic", "matplotlib", "joblib",
-         "mlmsim.engine", "mlmsim.study", "mlmsim.studies", "mlmsim.generate.spec")
+         "mlmsim.engine", "mlmsim.simstudy", "mlmsim.studies", "mlmsim.generate.spec")
 
 
 def test_import_mlmsim_loads_none_of_the_heavy_modules():

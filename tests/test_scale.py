@@ -15,7 +15,7 @@ import pytest
 
 import mlmsim
 from mlmsim.methods import FormulaMethod
-from mlmsim.study import Study
+from mlmsim.simstudy import Study
 
 FORMULA = "y ~ x + (1 + x | g)"
 

@@ -13,8 +13,8 @@ from mlmsim.engine.batch import fit_batch
 from mlmsim.generate.simulate import SimBatch
 from mlmsim.generate.spec import Categorical, Continuous, ModelSpec
 from mlmsim.methods import FormulaMethod, FromSpec
-from mlmsim.study import Study
-from mlmsim.study.runner import Condition
+from mlmsim.simstudy import Study
+from mlmsim.simstudy.conditions import Condition
 
 
 def slope_spec() -> ModelSpec:

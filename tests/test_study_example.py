@@ -10,7 +10,7 @@ import pytest
 from mlmsim.generate.simulate import simulate
 from mlmsim.generate.spec import Continuous, ModelSpec
 from mlmsim.methods import FormulaMethod, FromSpec
-from mlmsim.study import FIT_PARAMETER, Study, summary_table
+from mlmsim.simstudy import FIT_PARAMETER, Study, summary_table
 
 SPEC = ModelSpec(predictors=[Continuous("x")], gamma={"Intercept": 10.0, "x": 2.0},
                  random=["Intercept", "x"], T=[[4.0, 0.5], [0.5, 1.0]], sigma2=9.0)

@@ -8,7 +8,7 @@ import pytest
 
 from mlmsim import fit
 from mlmsim.methods import FormulaMethod
-from mlmsim.study import Study, summarise
+from mlmsim.simstudy import Study, summarise
 
 FORMULA = "y ~ 1 + x + (1 + x | g)"
 TRUTH = {"Intercept": 1.0, "x": 0.5, "var(Intercept)": 0.5, "cov(x,Intercept)": 0.1,
@@ -68,11 +68,11 @@ def test_chunks_written_without_evaluations_read_with_nulls(tmp_path):
     the column comes back null (pyarrow), the other records unchanged."""
     import pyarrow as pa
 
-    from mlmsim.study.runner import _with_added_columns
+    from mlmsim.simstudy.records import with_added_columns
 
     rec = study().run(progress=False).records
     old = pa.Table.from_pandas(rec.drop(columns=["evaluations"]), preserve_index=False)
-    back = _with_added_columns(old).to_pandas()
+    back = with_added_columns(old).to_pandas()
     assert list(back.columns) == list(rec.columns)
     assert back.evaluations.isna().all()
     pd.testing.assert_frame_equal(back.drop(columns=["evaluations"]),

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from mlmsim.generate.spec import SizeList
+from mlmsim.simstudy import load_study, summarise
 from mlmsim.studies import RunOptions, hessian
-from mlmsim.study import load_study, summarise
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""What the identity of a study definition captures (mlmsim.study.identity)."""
+"""What the identity of a study definition captures (mlmsim.simstudy.identity)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mlmsim.generate.spec import Continuous, ModelSpec
-from mlmsim.study.identity import (
+from mlmsim.simstudy.identity import (
     DefinitionError,
     canonical,
     changed_parts,

@@ -21,14 +21,14 @@ from hypothesis import strategies as st
 from mlmsim.generate.simulate import simulate
 from mlmsim.generate.spec import Continuous, ModelSpec
 from mlmsim.methods import FormulaMethod
-from mlmsim.study import (
+from mlmsim.simstudy import (
     DefinitionError,
     IncompleteStudyWarning,
     Study,
     StudyDirectoryError,
     load_study,
 )
-from mlmsim.study.storage import MANIFEST, OverlappingChunksWarning
+from mlmsim.simstudy.storage import MANIFEST, OverlappingChunksWarning
 
 SPEC = ModelSpec(predictors=[Continuous("x")], gamma={"Intercept": 1.0, "x": 0.5},
                  random=["Intercept"], T=[[1.0]], sigma2=9.0)

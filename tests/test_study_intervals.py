@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mlmsim.study.intervals import (
+from mlmsim.simstudy.intervals import (
     clopper_pearson_interval,
     is_proportion,
     proportion_interval,

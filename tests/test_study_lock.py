@@ -17,9 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mlmsim.study import StudyDirectoryError, load_study
-from mlmsim.study.runner import StudyLockedError
-from mlmsim.study.storage import LOCK, StudyDirectory
+from mlmsim.simstudy import StudyDirectoryError, load_study
+from mlmsim.simstudy.storage import LOCK, StudyDirectory, StudyLockedError
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="no flock on Windows")
 
@@ -33,7 +32,7 @@ REPO = TESTS.parent
 RUNNER = textwrap.dedent("""
     import json, os, sys, time
     import test_study_storage as t
-    from mlmsim.study import StudyDirectoryError
+    from mlmsim.simstudy import StudyDirectoryError
     out, go = sys.argv[1], sys.argv[2]
     study = t.build_study()
     print("ready", flush=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlmsim.study import FIT_PARAMETER, Estimates, Study, summarise, summary_table
+from mlmsim.simstudy import FIT_PARAMETER, Estimates, Study, summarise, summary_table
 
 
 def fixed_records() -> pd.DataFrame:
@@ -153,7 +153,7 @@ def draw(cond, rng):
 
 
 def test_streamed_summary_equals_in_memory(tmp_path, monkeypatch):
-    from mlmsim.study import measures
+    from mlmsim.simstudy import measures
 
     monkeypatch.setattr(measures, "_BATCH_ROWS", 20)  # pool many small batches
     study = Study({"study": range(3)}, draw, {"mean": mean_known_sigma(0.8)},

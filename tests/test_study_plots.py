@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from mlmsim.study import Study, plot_measure  # noqa: E402
+from mlmsim.simstudy import Study, plot_measure  # noqa: E402
 
 
 def draw(cond, rng):

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlmsim import progress
+from mlmsim import Continuous, FormulaMethod, FromSpec, ModelSpec, progress
 from mlmsim.engine import compiled
 from mlmsim.progress import LineProgress
-from mlmsim.study import Study, load_study
+from mlmsim.simstudy import Study, load_study
 
 
 def _generate(cond, rng):
@@ -124,12 +124,45 @@ def test_a_resumed_run_says_so(tmp_path, capsys, monkeypatch):
     assert err.strip() == "b: resuming: 16 of 16 replicates done"
 
 
+class _Announcing:
+    """A method with a note for the start of a run (the AnnouncesRun protocol)."""
+
+    def __init__(self, note):
+        self.note = note
+
+    def __call__(self, data):
+        return _mean(data)
+
+    def run_note(self):
+        return self.note
+
+
+def test_a_methods_note_is_shown_once_before_the_run(tmp_path, capsys):
+    methods = {"a": _Announcing("warming up"), "b": _Announcing("warming up"),
+               "c": _Announcing(None), "d": _mean}
+    study = Study({"size": [4]}, _generate, methods, n_reps=2, seed=5)
+    study.run(tmp_path / "a", label="s")
+    assert capsys.readouterr().err.count("s: warming up") == 1
+    study.run(tmp_path / "a", label="s")             # nothing left to run: no note
+    assert "warming up" not in capsys.readouterr().err
+    study.run(tmp_path / "b", label="s", progress=False)
+    assert capsys.readouterr().err == ""
+    _study(2).run(tmp_path / "c", label="s")       # a study that fits no model says nothing
+    assert "compile" not in capsys.readouterr().err
+
+
 def test_the_first_compile_is_announced_once_per_cache_state(tmp_path, capsys, monkeypatch):
+    def fit_study():
+        spec = ModelSpec(predictors=[Continuous("x")], gamma={"Intercept": 1.0, "x": 0.5},
+                         random=["Intercept"], T=[[0.2]], sigma2=1.0)
+        return Study(None, FromSpec(spec, 10, 5), {"REML": FormulaMethod("y ~ x + (1 | g)")},
+                     n_reps=2, seed=5)
+
     monkeypatch.setattr(compiled, "kernels_cached", lambda: False)
-    _study(2).run(tmp_path / "a", label="b")
-    assert "the first fit compiles them, once" in capsys.readouterr().err
+    fit_study().run(tmp_path / "a", label="b")
+    assert capsys.readouterr().err.count("the first fit compiles them, once") == 1
     monkeypatch.setattr(compiled, "kernels_cached", lambda: True)
-    _study(2).run(tmp_path / "c", label="b")
+    fit_study().run(tmp_path / "c", label="b")
     assert "compiles" not in capsys.readouterr().err
 
 
@@ -205,9 +238,9 @@ def test_cli_report_after_fewer_reps(tmp_path, capsys, monkeypatch):
 def test_runs_are_recorded_and_reported(tmp_path):
     """Each finished run appends its wall-clock time to the manifest; a report states the
     total (item: every report states its run time)."""
+    from mlmsim.simstudy import summarise
+    from mlmsim.simstudy.storage import StudyDirectory
     from mlmsim.studies._report import run_lines, wall_clock
-    from mlmsim.study import summarise
-    from mlmsim.study.storage import StudyDirectory
 
     _study(5).run(tmp_path / "records", progress=False)
     _study(8).run(tmp_path / "records", progress=False)   # resumes: 3 more per condition
@@ -237,8 +270,8 @@ def test_durations_for_people():
 def test_blocks_run_once_are_not_a_resumed_study(tmp_path):
     """A study of two blocks (two record directories), each run once: one run of each,
     not "2 runs (a resumed study)"."""
+    from mlmsim.simstudy import summarise
     from mlmsim.studies._report import run_lines
-    from mlmsim.study import summarise
 
     for block in ("slope", "intercept"):
         _study(3).run(tmp_path / "records" / block, progress=False)

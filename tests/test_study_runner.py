@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from mlmsim.methods import FormulaMethod
-from mlmsim.study import RECORD_COLUMNS, Estimates, Study, replicate_rng
+from mlmsim.simstudy import RECORD_COLUMNS, Estimates, Study, replicate_rng
 
 
 def normal_sample(cond, rng):
@@ -375,7 +375,7 @@ def test_bookkeeping_overhead_is_small():
 def _as_written_before_df_and_p(out_dir):
     """Rewrite every chunk file of a study directory as mlmsim wrote them before the
     ``df`` and ``p`` columns existed (valid files: checksums and metadata in order)."""
-    from mlmsim.study.storage import StudyDirectory
+    from mlmsim.simstudy.storage import StudyDirectory
 
     directory = StudyDirectory(out_dir)
     definition = directory.read_manifest()["definition_hash"]
@@ -393,7 +393,7 @@ def test_records_written_before_df_and_p_still_load_summarise_and_resume(tmp_pat
     """Old chunks have no df and p columns: they are read with both null, summarise as
     before, and a run resumes in their directory (the definition hash is unchanged) with
     new chunks next to them."""
-    from mlmsim.study import load_study, summarise
+    from mlmsim.simstudy import load_study, summarise
 
     out = tmp_path / "study"
     fresh = make_study(n_reps=20).run(progress=False).records

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlmsim.study.seeds import (
+from mlmsim.simstudy.seeds import (
     as_root_seed,
     method_rng,
     replicate_rng,

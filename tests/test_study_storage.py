@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlmsim.study import CorruptChunkWarning, Study, StudyDirectoryError, load_study
-from mlmsim.study.storage import (
+from mlmsim.simstudy import CorruptChunkWarning, Study, StudyDirectoryError, load_study
+from mlmsim.simstudy.storage import (
     MANIFEST,
     StudyDirectory,
     describe_callable,
@@ -175,7 +175,7 @@ def test_overlapping_identical_chunks_resume_and_differing_ones_are_refused(tmp_
     build_study(n_reps=10).run(tmp_path, chunk_size=5, progress=False)
     directory = StudyDirectory(tmp_path)
     study = build_study(n_reps=10)
-    from mlmsim.study.runner import run_chunk
+    from mlmsim.simstudy.execution import run_chunk
 
     extra = run_chunk(study._plan(), 0, 3, 8)  # the same records (but seconds) again
     directory.write_chunk(extra, 0, 3, 8, study.definition_hash)
@@ -203,7 +203,7 @@ def test_overlapping_chunks_warn_when_loaded(tmp_path, capsys):
     some replicates: load_study and `mlmsim study report` say how many records repeat
     and which files overlap, and read every replicate once."""
     from mlmsim import cli
-    from mlmsim.study.storage import OverlappingChunksWarning
+    from mlmsim.simstudy.storage import OverlappingChunksWarning
 
     out, other = tmp_path / "study", tmp_path / "other"
     build_study(n_reps=12).run(out, chunk_size=4, progress=False)
@@ -328,7 +328,7 @@ def test_sigkill_part_way_then_resume(tmp_path, reference):
 # left work on Arrow's thread pools after it returned, and a process that exited right
 # after a read died of SIGABRT now and then ("terminate called without an active
 # exception"; about 1 run in 40 on the reader alone). The reader alone is
-# mlmsim/study/storage.py loaded by its path (it imports no other part of mlmsim), so a
+# mlmsim/simstudy/storage.py loaded by its path (it imports no other part of mlmsim), so a
 # process starts in under a second; the slow tests also run the whole package.
 READ_AND_EXIT = """
 import importlib.util, sys
@@ -340,7 +340,8 @@ d = storage.StudyDirectory(sys.argv[2])
 for chunk in d.chunk_files():
     d.read_chunk(chunk)
 """
-LOAD_AND_EXIT = "import sys; from mlmsim.study import load_study; load_study(sys.argv[1]).records"
+LOAD_AND_EXIT = ("import sys; from mlmsim.simstudy import load_study; "
+                 "load_study(sys.argv[1]).records")
 
 
 @pytest.fixture(scope="module")
@@ -364,14 +365,14 @@ def _failed_exits(code: str, args: list[str], runs: int) -> list[str]:
 
 
 def test_reading_chunks_then_exiting_never_aborts(study_dir):
-    storage = REPO / "mlmsim" / "study" / "storage.py"
+    storage = REPO / "mlmsim" / "simstudy" / "storage.py"
     assert len(list((study_dir / "chunks").glob("c*.parquet"))) == 40
     assert _failed_exits(READ_AND_EXIT, [str(storage), str(study_dir)], 16) == []
 
 
 @pytest.mark.slow
 def test_reading_chunks_then_exiting_never_aborts_300_runs(study_dir):
-    storage = REPO / "mlmsim" / "study" / "storage.py"
+    storage = REPO / "mlmsim" / "simstudy" / "storage.py"
     assert _failed_exits(READ_AND_EXIT, [str(storage), str(study_dir)], 300) == []
 
 

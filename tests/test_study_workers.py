@@ -16,7 +16,7 @@ import pytest
 RUN = textwrap.dedent("""
     import sys, time
     import numpy as np
-    from mlmsim.study import Study
+    from mlmsim.simstudy import Study
 
     def slow(cond, rng):
         time.sleep(0.05)

@@ -31,16 +31,15 @@ import pandas as pd
 from mlmsim.covparms import covparm_names
 from mlmsim.engine import inference, kenward_roger
 from mlmsim.engine.control import FitControl, StopReason
-from mlmsim.engine.deviance import ThetaMap
+from mlmsim.engine.deviance import ThetaMap, method_name
 from mlmsim.engine.estimates import Estimates, estimates, messages
-from mlmsim.engine.fit import method_name
-from mlmsim.engine.optimize import OptResult, minimize_theta
-from mlmsim.engine.result import (
+from mlmsim.engine.inference import (
     DDF_METHODS,
     KR_NEEDS_REML,
     column_variables,
     columns_varying_within,
 )
+from mlmsim.engine.optimize import OptResult, minimize_theta
 from mlmsim.engine.stats import (
     Centering,
     GroupStats,

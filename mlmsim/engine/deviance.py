@@ -39,7 +39,19 @@ from mlmsim.engine import kernels
 from mlmsim.engine.gls import Stats, qtoken
 from mlmsim.engine.stats import GroupStats, flat_arrays, kernel_array
 
-__all__ = ["ThetaMap", "deviance", "deviance_grad"]
+__all__ = ["METHODS", "ThetaMap", "deviance", "deviance_grad", "method_name"]
+
+#: the two criteria: the profiled -2 log-likelihood (ML) and the restricted one (REML)
+METHODS = ("ML", "REML")
+
+
+def method_name(method: str) -> str:
+    """'ML' or 'REML' (case-insensitive), else a ValueError naming the choices."""
+    m = str(method).upper()
+    if m not in METHODS:
+        raise ValueError(f"method must be 'ML' or 'REML', got {method!r}")
+    return m
+
 
 @dataclass(frozen=True)
 class ThetaMap:

@@ -13,18 +13,20 @@ variance, as SAS's NOBOUND allows); where some V_j is not, the result says so
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from mlmsim.covparms import covparm_names
 from mlmsim.engine import inference, phi_kernel
-from mlmsim.engine.deviance import ThetaMap
-from mlmsim.engine.fit import method_name
+from mlmsim.engine.deviance import ThetaMap, method_name
 from mlmsim.engine.gls import Stats, qtoken
-from mlmsim.engine.result import FitResult
 from mlmsim.engine.stats import centred_group_stats, flat_arrays
 from mlmsim.formula import Design
+
+if TYPE_CHECKING:  # evaluate takes a FitResult without importing it: result imports this
+    from mlmsim.engine.result import FitResult
 
 __all__ = ["Evaluation", "evaluate"]
 
@@ -101,12 +103,12 @@ def evaluate(model: FitResult | Design, *, theta: np.ndarray | None = None,
     """
     if (theta is None) == (phi is None):
         raise ValueError("give exactly one of theta= and phi=")
-    if isinstance(model, FitResult):
-        design = model.design
-        method = method_name(method or model.method)
-    elif isinstance(model, Design):
+    if isinstance(model, Design):
         design = model
         method = method_name(method or "REML")
+    elif isinstance(getattr(model, "design", None), Design):  # a FitResult
+        design = model.design
+        method = method_name(method or model.method)
     else:
         raise ValueError(f"evaluate takes a FitResult or a Design, got {type(model).__name__}")
     reml = method == "REML"

@@ -18,7 +18,7 @@ import pandas as pd
 from mlmsim.covparms import covparm_names
 from mlmsim.engine import inference
 from mlmsim.engine.control import FitControl
-from mlmsim.engine.deviance import ThetaMap
+from mlmsim.engine.deviance import ThetaMap, method_name
 from mlmsim.engine.estimates import estimates_and_ranef, notes
 from mlmsim.engine.optimize import OptResult, minimize_theta
 from mlmsim.engine.result import FitArrays, FitResult
@@ -27,17 +27,8 @@ from mlmsim.engine.unbounded import unbounded_estimates
 from mlmsim.engine.units import UnitScale, unit_scale
 from mlmsim.formula import Design, model_design
 
-__all__ = ["fit", "fit_design", "result_from_theta", "Centering", "method_name"]
+__all__ = ["fit", "fit_design", "result_from_theta", "Centering"]
 
-_METHODS = ("ML", "REML")
-
-
-def method_name(method: str) -> str:
-    """'ML' or 'REML' (case-insensitive), else a ValueError naming the choices."""
-    m = str(method).upper()
-    if m not in _METHODS:
-        raise ValueError(f"method must be 'ML' or 'REML', got {method!r}")
-    return m
 
 
 def fit(formula: str, data: pd.DataFrame, method: str = "REML", *,

@@ -54,9 +54,22 @@ __all__ = [
     "satterthwaite_many",
     "phi_pass",
     "theta_jacobians",
+    "DDF_METHODS",
+    "INFORMATION",
+    "KR_NEEDS_REML",
+    "column_variables",
+    "columns_varying_within",
     "containment_df",
     "between_within_df",
 ]
+
+#: the denominator-df methods of the fixed effects' t tests
+DDF_METHODS = ("satterthwaite", "kenward-roger", "containment", "between-within", "residual")
+#: where the covariance parameters' SEs come from: the observed or the expected information
+INFORMATION = ("observed", "expected")
+KR_NEEDS_REML = ("Kenward-Roger needs a REML fit (as lmerTest and SAS DDFM=KR); refit with "
+                 "method='REML'")
+
 
 @dataclass(frozen=True)
 class CovStructure:
@@ -361,6 +374,24 @@ def between_within_df(st: GroupStats, X_varies: np.ndarray) -> np.ndarray:
     p_between = int((~X_varies).sum())
     p_within = int(X_varies.sum())
     return np.where(X_varies, N - J - p_within, J - p_between).astype(float)
+
+
+def column_variables(name: str) -> frozenset:
+    """Variables of a column name: 'Intercept' -> {}, 'x:z' -> {x, z}, 'f[T.b]' -> {f}."""
+    if name == "Intercept":
+        return frozenset()
+    return frozenset(part.split("[")[0] for part in name.split(":"))
+
+
+def columns_varying_within(X: np.ndarray, codes: np.ndarray, J: int) -> np.ndarray:
+    """True for columns of X that are not constant within every group."""
+    n = np.bincount(codes, minlength=J)
+    s = np.zeros((J, X.shape[1]))
+    np.add.at(s, codes, X)
+    mean = s / np.maximum(n, 1)[:, None]
+    dev = np.abs(X - mean[codes]).max(axis=0)
+    scale = np.maximum(np.abs(X).max(axis=0), 1e-300)
+    return dev > 1e-10 * scale
 
 
 def wald_p(t: np.ndarray, df: np.ndarray | None) -> np.ndarray:

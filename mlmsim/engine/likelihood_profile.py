@@ -38,6 +38,7 @@ from scipy import stats as sps
 
 from mlmsim.engine import inference, phi_kernel
 from mlmsim.engine.bootstrap import reported
+from mlmsim.engine.evaluate import evaluate
 from mlmsim.engine.gls import Stats, qtoken
 from mlmsim.engine.stats import centred_group_stats, flat_arrays, group_stats
 
@@ -413,8 +414,6 @@ class _Profiler:
 def _gls_beta(crit: _Criterion, par: np.ndarray, d) -> np.ndarray:
     """GLS fixed effects at lme4-scale ``par`` (the fit's order), via :func:`evaluate`'s
     kernel on the uncentred design."""
-    from mlmsim.engine.evaluate import evaluate
-
     return evaluate(d, phi=crit.phi(par), method="REML" if crit.reml else "ML").fixef.to_numpy()
 
 

@@ -18,19 +18,23 @@ import pandas as pd
 from scipy import stats as sps
 
 from mlmsim.engine import inference, kenward_roger
+from mlmsim.engine.bootstrap import bootstrap
+from mlmsim.engine.inference import (
+    DDF_METHODS,
+    INFORMATION,
+    KR_NEEDS_REML,
+    column_variables,
+    columns_varying_within,
+)
+from mlmsim.engine.likelihood_profile import profile, profile_confint
 
 if TYPE_CHECKING:
     from mlmsim.engine.control import OptSummary
     from mlmsim.engine.stats import GroupStats
     from mlmsim.formula import Design
 
-__all__ = ["FitResult", "FitArrays", "simulate_responses", "DDF_METHODS",
-           "INFORMATION", "column_variables", "columns_varying_within"]
+__all__ = ["FitResult", "FitArrays", "simulate_responses"]
 
-DDF_METHODS = ("satterthwaite", "kenward-roger", "containment", "between-within", "residual")
-INFORMATION = ("observed", "expected")
-KR_NEEDS_REML = ("Kenward-Roger needs a REML fit (as lmerTest and SAS DDFM=KR); refit with "
-                 "method='REML'")
 
 
 @dataclass(frozen=True)
@@ -483,8 +487,6 @@ class FitResult:
         if kind == "boot" and type not in ("perc", "basic"):
             raise ValueError(f"type must be 'perc' or 'basic', got {type!r}")
         if kind == "profile":
-            from mlmsim.engine.likelihood_profile import profile_confint
-
             return profile_confint(self, parm, level, criterion, n_jobs=n_jobs)
         names = self._parm(parm)
         if kind not in ("boot", "wald"):
@@ -521,8 +523,6 @@ class FitResult:
         """The likelihood profile of one parameter (zeta as in lme4, with the other
         parameters re-optimised), traced between its level-``level`` limits; ``.plot()``
         draws it (:class:`~mlmsim.engine.likelihood_profile.ParameterProfile`)."""
-        from mlmsim.engine.likelihood_profile import profile
-
         return profile(self, parm, level=level, n=n, criterion=criterion)
 
     def bootstrap(self, nsim: int = 1000, rng=None, *, n_jobs: int = 1,
@@ -530,8 +530,6 @@ class FitResult:
         """Parametric bootstrap (lme4's ``bootMer(use.u = FALSE)``): ``nsim`` data sets
         from the fit, refitted in batches (:class:`~mlmsim.engine.bootstrap.Bootstrap`:
         the distribution, failed and singular counts, ``confint``)."""
-        from mlmsim.engine.bootstrap import bootstrap
-
         return bootstrap(self, nsim, rng, n_jobs=n_jobs, progress=progress)
 
     def simulate(self, nsim: int = 1, rng: np.random.Generator | int | None = None) -> np.ndarray:
@@ -637,21 +635,3 @@ def _fmt_p_sas(p: float) -> str:
     if not np.isfinite(p):
         return "."
     return "<.0001" if p < 1e-4 else f"{p:.4f}"
-
-
-def column_variables(name: str) -> frozenset:
-    """Variables of a column name: 'Intercept' -> {}, 'x:z' -> {x, z}, 'f[T.b]' -> {f}."""
-    if name == "Intercept":
-        return frozenset()
-    return frozenset(part.split("[")[0] for part in name.split(":"))
-
-
-def columns_varying_within(X: np.ndarray, codes: np.ndarray, J: int) -> np.ndarray:
-    """True for columns of X that are not constant within every group."""
-    n = np.bincount(codes, minlength=J)
-    s = np.zeros((J, X.shape[1]))
-    np.add.at(s, codes, X)
-    mean = s / np.maximum(n, 1)[:, None]
-    dev = np.abs(X - mean[codes]).max(axis=0)
-    scale = np.maximum(np.abs(X).max(axis=0), 1e-300)
-    return dev > 1e-10 * scale

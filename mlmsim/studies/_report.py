@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from mlmsim.progress import duration
-from mlmsim.study.intervals import proportion_interval
-from mlmsim.study.storage import StudyDirectory
+from mlmsim.simstudy.intervals import proportion_interval
+from mlmsim.simstudy.storage import StudyDirectory
 
 __all__ = ["markdown_table", "fmt", "with_mcse", "with_interval", "direction",
            "proportion_direction", "difference", "run_lines", "wall_clock", "ran_design",
@@ -53,7 +53,7 @@ def with_mcse(estimate: float, mcse: float, digits: int = 3) -> str:
 
 def with_interval(estimate: float, n: float, digits: int = 3, level: float = 0.95) -> str:
     """``p [lower, upper]``: a proportion over n replicates with its Wilson interval
-    (:mod:`mlmsim.study.intervals`), which is not empty at 0 or 1."""
+    (:mod:`mlmsim.simstudy.intervals`), which is not empty at 0 or 1."""
     if estimate is None or n is None or not np.isfinite(estimate) or not n > 0:
         return "—"
     lo, hi = proportion_interval(estimate, n, level)
@@ -209,7 +209,7 @@ def _reps(lo: int, hi: int) -> str:
 def wall_clock(out_dir: str | Path | None) -> tuple[float, int, int, int]:
     """(wall-clock seconds, runs, replicates run, study directories with a run) over the
     finished runs that the manifests under ``out_dir`` record (one directory per block
-    of a study; :meth:`mlmsim.study.StudyDirectory.record_run`); (nan, 0, 0, 0) when
+    of a study; :meth:`mlmsim.simstudy.StudyDirectory.record_run`); (nan, 0, 0, 0) when
     none is recorded."""
 
     seconds, n_runs, n_reps, n_dirs = 0.0, 0, 0, 0
@@ -228,7 +228,7 @@ def run_lines(summaries: Mapping[str, pd.DataFrame], full: Design | Mapping[str,
               out_dir: str | Path | None = None) -> tuple[list[str], bool]:
     """The "What ran" section of a report and whether the run is the full design.
 
-    ``summaries``: block name -> :func:`mlmsim.study.summarise` of its records (one
+    ``summaries``: block name -> :func:`mlmsim.simstudy.summarise` of its records (one
     entry for a study of one block); ``full``: the full design (a grid, or a frame of
     conditions), or one per block keyed by block name; ``full_reps``: its replicates per
     condition (or one per block); ``command``: how to run the full study. Everything

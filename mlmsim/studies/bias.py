@@ -35,6 +35,7 @@ from mlmsim.generate.spec import (
     tau0_sq_from_icc,
 )
 from mlmsim.methods import FormulaMethod, FromSpec
+from mlmsim.simstudy import Study, load_study, plot_measure, summarise
 from mlmsim.studies import RunOptions
 from mlmsim.studies._report import (
     difference,
@@ -45,7 +46,6 @@ from mlmsim.studies._report import (
     with_interval,
     with_mcse,
 )
-from mlmsim.study import Study, load_study, plot_measure, summarise
 
 TITLE = "Bias and coverage of ML vs REML for gamma, T and sigma^2 (random slope + cross-level)"
 

@@ -65,6 +65,8 @@ from mlmsim import fit, fit_batch
 from mlmsim.centering import FORMS, add_centered, centered_forms
 from mlmsim.generate.spec import Continuous, GroupCentered, GroupMean, ModelSpec
 from mlmsim.methods import FromSpec
+from mlmsim.simstudy import Estimates, Study, load_study, plot_measure
+from mlmsim.simstudy.storage import MANIFEST
 from mlmsim.studies import RunOptions
 from mlmsim.studies._report import (
     fmt,
@@ -74,8 +76,6 @@ from mlmsim.studies._report import (
     with_interval,
     with_mcse,
 )
-from mlmsim.study import Estimates, Study, load_study, plot_measure
-from mlmsim.study.storage import MANIFEST
 
 __all__ = ["TITLE", "run", "report", "model_spec", "truth", "FiveForms", "PAIRS", "WITHIN"]
 

@@ -78,16 +78,16 @@ from mlmsim.generate.spec import (
     T_from_sd_corr,
 )
 from mlmsim.methods import FormulaMethod, FromSpec
-from mlmsim.studies import RunOptions
-from mlmsim.studies._report import fmt, markdown_table, run_lines, with_interval, with_mcse
-from mlmsim.study import (
+from mlmsim.simstudy import (
     FIT_PARAMETER,
     Study,
     load_study,
     plot_measure,
     summarise,
 )
-from mlmsim.study.intervals import proportion_interval
+from mlmsim.simstudy.intervals import proportion_interval
+from mlmsim.studies import RunOptions
+from mlmsim.studies._report import fmt, markdown_table, run_lines, with_interval, with_mcse
 
 __all__ = ["TITLE", "BLOCKS", "run", "report", "studies", "exact_zero_probability", "anova_zero",
            "conditions", "slope_spec", "discrete_spec", "level2_spec", "ri_spec",
@@ -308,7 +308,7 @@ _FIT_COLUMNS = ["condition", "rep", "method", "converged", "singular", "hessian_
 
 def fit_flags(source) -> pd.DataFrame:
     """One row per fit (condition, rep, method) with its flags, error and messages and the
-    condition variables, from a :class:`~mlmsim.study.StudyResult` (read chunk by chunk)
+    condition variables, from a :class:`~mlmsim.simstudy.StudyResult` (read chunk by chunk)
     or from records (a DataFrame with the condition variables)."""
     keys = ["condition", "rep", "method"]
     if isinstance(source, pd.DataFrame):

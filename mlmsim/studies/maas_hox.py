@@ -30,6 +30,7 @@ import pandas as pd
 
 from mlmsim.generate.spec import Continuous, Level2Continuous, ModelSpec
 from mlmsim.methods import FormulaMethod, FromSpec
+from mlmsim.simstudy import Study, load_study, plot_measure, summarise
 from mlmsim.studies import RunOptions
 from mlmsim.studies._report import (
     fmt,
@@ -39,7 +40,6 @@ from mlmsim.studies._report import (
     with_interval,
     with_mcse,
 )
-from mlmsim.study import Study, load_study, plot_measure, summarise
 
 TITLE = "Maas and Hox (2005): sufficient sample sizes, REML non-coverage and bias"
 

@@ -60,6 +60,8 @@ import pandas as pd
 
 from mlmsim.generate.spec import Continuous, Level2Binary, Level2Continuous, ModelSpec
 from mlmsim.methods import FormulaMethod, FromSpec
+from mlmsim.simstudy import Study, load_study, plot_measure, summarise
+from mlmsim.simstudy.intervals import is_proportion, proportion_interval
 from mlmsim.studies import RunOptions
 from mlmsim.studies._report import (
     direction,
@@ -68,8 +70,6 @@ from mlmsim.studies._report import (
     run_lines,
     with_mcse,
 )
-from mlmsim.study import Study, load_study, plot_measure, summarise
-from mlmsim.study.intervals import is_proportion, proportion_interval
 
 TITLE = ("Small groups: type I error, power and coverage of Wald z, containment, "
          "Satterthwaite and Kenward-Roger tests; Wald, profile and bootstrap intervals of "

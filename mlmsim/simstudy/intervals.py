@@ -30,7 +30,7 @@ import numpy as np
 __all__ = ["wilson_interval", "clopper_pearson_interval", "proportion_interval",
            "PROPORTION_MEASURES", "is_proportion"]
 
-#: Measures of :func:`mlmsim.study.summarise` that are proportions of replicates, plus the
+#: Measures of :func:`mlmsim.simstudy.summarise` that are proportions of replicates, plus the
 #: names studies give derived ones (``noncover``, a relabelled ``rate``).
 PROPORTION_MEASURES = frozenset({
     "cover", "becover", "rejection", "noncover", "rate", "error_rate", "nonconverged_rate",
@@ -98,7 +98,7 @@ def proportion_interval(estimate: Any, n: Any, level: float = 0.95, *,
                         method: str = "wilson", z: float | None = None
                         ) -> tuple[np.ndarray, np.ndarray]:
     """The interval of a proportion given as an estimate k / n and its n (as
-    :func:`mlmsim.study.summarise` reports it): k = round(estimate n). ``method`` is
+    :func:`mlmsim.simstudy.summarise` reports it): k = round(estimate n). ``method`` is
     "wilson" or "clopper-pearson"; ``z`` (Wilson only) overrides ``level``. A NaN
     estimate gives NaN."""
     est, n = np.broadcast_arrays(np.asarray(estimate, dtype=float),

@@ -1,10 +1,10 @@
 """Figures of performance measures: a measure against a condition variable, with error bars.
 
-This module only draws: it takes the tidy output of :func:`mlmsim.study.summarise`
+This module only draws: it takes the tidy output of :func:`mlmsim.simstudy.summarise`
 (columns condition variables..., method, parameter, measure, estimate, mcse, n) and
 returns a seaborn ``FacetGrid``. Its error bars are estimate +- z MCSE (z = 1.96 by
 default: 95% Monte Carlo intervals), except for proportions (coverage, rejection and
-fit-flag rates, :func:`mlmsim.study.intervals.is_proportion`), whose bars are Wilson
+fit-flag rates, :func:`mlmsim.simstudy.intervals.is_proportion`), whose bars are Wilson
 intervals from the estimate and its n: they stay inside [0, 1] and do not shrink to
 nothing at 0 or 1, where the MCSE sqrt(p (1 - p) / n) is 0.
 
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlmsim.study.intervals import is_proportion, proportion_interval
+from mlmsim.simstudy.intervals import is_proportion, proportion_interval
 
 __all__ = ["plot_measure", "x_positions"]
 
@@ -81,7 +81,7 @@ def plot_measure(summary: pd.DataFrame, measure: str, x: str, *, hue: str | None
     for cover and becover; None draws none. ``path`` saves the figure as PNG.
 
     Error bars: +- ``z`` MCSE, or for a proportion (``proportion=None``: decided by the
-    measure's name, :func:`mlmsim.study.intervals.is_proportion`) the Wilson interval at
+    measure's name, :func:`mlmsim.simstudy.intervals.is_proportion`) the Wilson interval at
     the same z, inside [0, 1]. A numeric ``x`` is spaced by value (:func:`x_positions`).
     At most ``max_cols`` panels side by side: more ``col`` levels are wrapped onto
     further rows, and with both ``row`` and ``col`` the panels are taken row by row and

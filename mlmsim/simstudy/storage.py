@@ -14,7 +14,7 @@ A run writes the directory only while it holds an exclusive OS lock (``flock``) 
 same directory is refused at once with :class:`StudyLockedError`, so two runs never
 compute and write the same chunks side by side. The OS drops the lock when its process
 ends however it ends, so a killed run never blocks the next one, which resumes. Reading
-(:func:`mlmsim.study.load_study`) takes no lock. On platforms without ``fcntl``
+(:func:`mlmsim.simstudy.load_study`) takes no lock. On platforms without ``fcntl``
 (Windows) there is no lock: run one writer at a time there.
 
 Every file is written atomically (a temporary file in the same directory, fsync,
@@ -28,7 +28,7 @@ opening a directory written by someone else cannot run code.
 The identity of a study is the SHA-256 of a canonical JSON form of everything that
 determines a single replicate's records: the conditions table, the data-generating
 callable and everything it uses, the methods and their options, the true values, the
-root seed, the record format and the mlmsim version (:mod:`mlmsim.study.identity`, which
+root seed, the record format and the mlmsim version (:mod:`mlmsim.simstudy.identity`, which
 refuses objects whose value cannot be captured). The manifest keeps the hash of each of
 these parts (``components``) and of the pieces within them (``parts``), so a refused
 resume names what changed. The number of replicates and the chunk size are not part of
@@ -72,7 +72,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mlmsim.study.identity import (
+from mlmsim.simstudy.identity import (
     DefinitionError,
     canonical,
     changed_parts,
@@ -99,7 +99,7 @@ __all__ = [
     "StudyLockedError",
 ]
 
-FORMAT = "mlmsim.study/1"
+FORMAT = "mlmsim.simstudy/1"
 MANIFEST = "manifest.json"
 CHUNK_DIR = "chunks"
 LOCK = "lock.json"

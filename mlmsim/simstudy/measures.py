@@ -56,7 +56,6 @@ Golub and LeVeque), so studies larger than memory can be summarised.
 
 from __future__ import annotations
 
-import os
 import statistics
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -64,11 +63,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlmsim.simstudy.protocols import RecordSource
+from mlmsim.simstudy.records import to_pandas
+
 __all__ = [
     "FIT_MEASURES",
     "FIT_PARAMETER",
     "MEASURES",
-    "summarise",
+    "summarise_records",
     "summary_table",
 ]
 
@@ -104,11 +106,7 @@ def _chunk_source(source: Any, where: Callable | None
                   ) -> tuple[Callable[[], Iterator[pd.DataFrame]], pd.DataFrame | None,
                              list[str] | None]:
     """(a function giving a fresh iterator of record chunks, conditions, method order)."""
-    from mlmsim.study.runner import StudyResult, load_study
-
-    if isinstance(source, str | os.PathLike):
-        source = load_study(source)
-    if isinstance(source, StudyResult):
+    if isinstance(source, RecordSource):
         result = source
 
         def chunks() -> Iterator[pd.DataFrame]:
@@ -131,7 +129,8 @@ def _chunk_source(source: Any, where: Callable | None
         frames = list(source)
         return _chunk_source(pd.concat(frames, ignore_index=True), where)
     else:
-        raise TypeError("summarise() takes records (DataFrame), a StudyResult or a directory")
+        raise TypeError("summarise_records() takes records (a DataFrame, or an iterable "
+                        "of them) or a StudyResult")
     if where is None:
         return chunks, conditions, methods
 
@@ -145,8 +144,6 @@ def _chunk_source(source: Any, where: Callable | None
 def _batches(tables: Iterable, rows: int | None = None) -> Iterator[pd.DataFrame]:
     """Concatenate chunk tables into DataFrames of about ``rows`` rows (bounded memory)."""
     import pyarrow as pa
-
-    from mlmsim.study.runner import to_pandas
 
     rows = rows or _BATCH_ROWS
     pending, n = [], 0
@@ -414,14 +411,15 @@ def _long(measures: dict[str, tuple], index: pd.MultiIndex) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def summarise(source: Any, *, alpha: float = 0.05, level: float = 0.95, null: float = 0.0,
+def summarise_records(source: Any, *, alpha: float = 0.05, level: float = 0.95, null: float = 0.0,
               where: Callable[[pd.DataFrame], Any] | None = None) -> pd.DataFrame:
     """Performance measures with Monte Carlo SEs (module docstring), as a tidy DataFrame.
 
     Parameters
     ----------
-    source : records (DataFrame), a :class:`~mlmsim.study.StudyResult`, or a study
-        directory (read chunk by chunk).
+    source : records (a DataFrame, or an iterable of DataFrames), or records read chunk
+        by chunk (a :class:`~mlmsim.simstudy.protocols.RecordSource`, such as a
+        :class:`~mlmsim.simstudy.results.StudyResult`).
     alpha : level of the Wald test (t test, for records with df) of theta = ``null``
         behind ``rejection``.
     level : confidence level of the Wald interval used where no interval was recorded.
@@ -433,17 +431,12 @@ def summarise(source: Any, *, alpha: float = 0.05, level: float = 0.95, null: fl
     -------
     DataFrame with columns ``condition``, the condition variables, ``method``,
     ``parameter``, ``measure``, ``estimate``, ``mcse``, ``n``: :data:`MEASURES` for each
-    parameter, :data:`FIT_MEASURES` with ``parameter == "(fit)"``. For a study directory
-    (or a StudyResult read from one), ``attrs["replicates"]`` holds the replicates
-    expected, present, missing and duplicated (:class:`~mlmsim.study.ReplicateCount`),
-    and an :class:`~mlmsim.study.IncompleteStudyWarning` says when some are missing.
-    Replicates that overlapping chunk files hold twice are counted once.
+    parameter, :data:`FIT_MEASURES` with ``parameter == "(fit)"``.
+    :func:`mlmsim.simstudy.results.summarise` (``mlmsim.summarise``) also reads a study
+    directory and counts its replicates.
     """
     if not 0.0 < alpha < 1.0 or not 0.0 < level < 1.0:
         raise ValueError("alpha and level must lie in (0, 1)")
-    count = _replicate_count(source)
-    if isinstance(source, str | os.PathLike):
-        source = count[0]
     chunks, conditions, methods = _chunk_source(source, where)
     parts, fit_parts = [], []
     for df in chunks():
@@ -455,7 +448,7 @@ def summarise(source: Any, *, alpha: float = 0.05, level: float = 0.95, null: fl
     columns = ["condition", *cond_vars, "method", "parameter", "measure", "estimate", "mcse",
                "n"]
     if not parts:
-        return _with_count(pd.DataFrame(columns=columns), count[1])
+        return pd.DataFrame(columns=columns)
     allparts = pd.concat(parts, ignore_index=True)
     counts = [f"{k}_{c}" for c in ("cover", "cover_z", "rej", "rej_z") for k in ("n", "hits")]
     acc = _t_based(_pool(allparts, _KEYS, _MOMENTS, [*counts, "n_df"]))
@@ -489,41 +482,7 @@ def summarise(source: Any, *, alpha: float = 0.05, level: float = 0.95, null: fl
     out["method"] = out["method"].astype(str)
     out["parameter"] = out["parameter"].astype(str)
     out["measure"] = out["measure"].astype(str)
-    return _with_count(out[columns].reset_index(drop=True), count[1])
-
-
-def _replicate_count(source: Any) -> tuple[Any, Any]:
-    """(the source, loaded if a directory; its ReplicateCount or None for records in a
-    DataFrame). Warns with :class:`~mlmsim.study.IncompleteStudyWarning` when replicates
-    the study was run with have no records: a deleted or corrupt chunk is never silent."""
-    import warnings
-
-    from mlmsim.study.runner import IncompleteStudyWarning, StudyResult, load_study
-
-    if isinstance(source, str | os.PathLike):
-        source = load_study(source)
-    if not isinstance(source, StudyResult) or source.directory is None:
-        return source, None
-    count = source.replicate_count()
-    if not count.complete:
-        warnings.warn(f"{source.out_dir}: {count.describe()}; the measures use the "
-                      "replicates present (StudyResult.missing() lists the others)",
-                      IncompleteStudyWarning, stacklevel=3)
-    return source, count
-
-
-def _with_count(summary: pd.DataFrame, count: Any) -> pd.DataFrame:
-    """The summary, with ``attrs["replicates"]``: expected, present, missing and
-    duplicated replicates of a study directory (:class:`~mlmsim.study.ReplicateCount`)."""
-    if count is not None:
-        import dataclasses
-
-        summary.attrs["replicates"] = dataclasses.asdict(count)
-    return summary
-
-
-summarize = summarise
-__all__ += ["summarize"]
+    return out[columns].reset_index(drop=True)
 
 
 def summary_table(summary: pd.DataFrame, measures: Sequence[str] = (
