@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import mlmsim  # noqa: E402
-from mlmsim import modelplots  # noqa: E402
+from mlmsim.analysis import modelplots  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "img"
 

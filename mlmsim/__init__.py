@@ -45,11 +45,18 @@ _WHERE, __all__ = _public_names()
 
 
 def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use, and keep the name here."""
+    """Import a public name's module on first use, and keep the name here. A name the
+    stub imports from a package is the package's attribute, or else its submodule
+    (``from mlmsim.analysis import centering``)."""
     if name not in _WHERE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module = import_module(_WHERE[name])
-    value = module if module.__name__ == f"{__name__}.{name}" else getattr(module, name)
+    if module.__name__ == f"{__name__}.{name}":
+        value = module
+    elif hasattr(module, name):
+        value = getattr(module, name)
+    else:
+        value = import_module(f"{module.__name__}.{name}")
     globals()[name] = value
     return value
 

@@ -3,13 +3,21 @@
 
 from types import ModuleType
 
-from mlmsim import centering, datasets, studies
-from mlmsim.centering import (
+from mlmsim import datasets, studies
+from mlmsim.analysis import centering
+from mlmsim.analysis.centering import (
     CenteredForms,
     Equivalence,
     add_centered,
     centered_forms,
     equivalence,
+)
+from mlmsim.analysis.modelplots import (
+    plot_caterpillar,
+    plot_group_lines,
+    plot_variance_function,
+    plot_within_between,
+    within_between_slopes,
 )
 from mlmsim.engine import (
     BatchFit,
@@ -56,13 +64,6 @@ from mlmsim.generate.spec import (
     tau0_sq_from_icc,
 )
 from mlmsim.methods import FormulaMethod, FromSpec
-from mlmsim.modelplots import (
-    plot_caterpillar,
-    plot_group_lines,
-    plot_variance_function,
-    plot_within_between,
-    within_between_slopes,
-)
 from mlmsim.planning import (
     PowerCurve,
     PowerResult,

@@ -24,8 +24,8 @@ from mlmsim.engine.compiled import compile_note
 from mlmsim.engine.control import FitControl
 from mlmsim.engine.fit import fit
 from mlmsim.engine.inference import DDF_METHODS, INFORMATION
-from mlmsim.formula import parse_restricted_formula
 from mlmsim.generate.simulate import SimBatch, simulate_batch
+from mlmsim.model.formula import parse_restricted_formula
 from mlmsim.simstudy.conditions import Condition
 from mlmsim.simstudy.identity import canonical
 from mlmsim.simstudy.records import FLAGS, Estimates, t_inference, z_quantile
@@ -83,7 +83,7 @@ class FormulaMethod:
 
     Every setting is checked here, when the study is defined: an unknown keyword is a
     TypeError, a bad value a ValueError (rather than an error in every replicate). The
-    formula is read with :func:`mlmsim.formula_safe.check_formula`: column names,
+    formula is read with :func:`mlmsim.model.formula_safe.check_formula`: column names,
     numbers, operators and a few functions (log, exp, sqrt, center, scale, ``I()`` of
     arithmetic, ``C()``), since formulaic evaluates a formula as Python and a study
     definition may come from someone else; anything more is refused in one line.

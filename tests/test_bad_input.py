@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mlmsim
-from mlmsim.formula import model_design
+from mlmsim.model.formula import model_design
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import mlmsim
 from mlmsim.engine.batch import fit_arrays, fit_batch
-from mlmsim.formula import stacked_design
+from mlmsim.model.formula import stacked_design
 
 
 def _replicates(seed: int, R: int, J: int, n: int, slope_sd: float, icc_sd: float):

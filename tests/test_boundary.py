@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import mlmsim
 from mlmsim.engine.deviance import ThetaMap
-from mlmsim.formula import model_design
+from mlmsim.model.formula import model_design
 
 _PATH = DATA / "lme4_boundary.json"
 BOUNDARY = json.loads(_PATH.read_text()) if _PATH.exists() else []

@@ -1,4 +1,4 @@
-"""Centering (mlmsim.centering): the derived columns, the five formulas, the exact maps
+"""Centering (mlmsim.analysis.centering): the derived columns, the five formulas, the exact maps
 between equivalent parameterisations, and ``equivalence`` on the seed's NELS-88 table
 and on random two-level data (hypothesis)."""
 
@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 import mlmsim
-from mlmsim import centering as cen
+from mlmsim.analysis import centering as cen
 
 # The seed's table (NELS-88, ML, x = homework), confirmed with lme4
 SEED_DEVIANCE = {
@@ -244,7 +244,7 @@ def test_closed_form_refuses_pairs_that_are_not_equivalent(nels_forms):
 
 def test_equivalence_reports_equivalent_pairs(nels_forms):
     _, fits = nels_forms[True]
-    eq = mlmsim.centering.equivalence(fits["GMC"], fits["RS"])
+    eq = mlmsim.analysis.centering.equivalence(fits["GMC"], fits["RS"])
     assert eq.equivalent and eq.fitted_agree and eq.fits_agree
     assert eq.forms == ("GMC", "RS") and eq.random_slope == (True, True)
     assert abs(eq.deviance_difference) < 1e-6 * eq.deviance_b
@@ -260,7 +260,7 @@ def test_equivalence_reports_equivalent_pairs(nels_forms):
     assert "Equivalent: yes" in text and "U_0j = U'_0j - U'_1j xbar" in text
     assert "Map GMC -> RS" in text and "cov(homework,Intercept)" in text
     assert str(eq) == text
-    ri = mlmsim.centering.equivalence(nels_forms[False][1]["RS+GpM"],
+    ri = mlmsim.analysis.centering.equivalence(nels_forms[False][1]["RS+GpM"],
                                       nels_forms[False][1]["GpMC+GpM"])
     assert ri.equivalent and "gamma*_01 = gamma~_01 - gamma~_10" in ri.reason
     assert ri.mapped.loc["homework_gpm", "fit_a_mapped"] == pytest.approx(4.0233, abs=1e-4)
@@ -277,7 +277,7 @@ def test_equivalence_reports_equivalent_pairs(nels_forms):
 ])
 def test_equivalence_says_why_not(nels_forms, a, b, slope, words):
     _, fits = nels_forms[slope]
-    eq = mlmsim.centering.equivalence(fits[a], fits[b])
+    eq = mlmsim.analysis.centering.equivalence(fits[a], fits[b])
     assert not eq.equivalent and eq.mapped is None and eq.map is None
     assert not eq.fitted_agree and abs(eq.deviance_difference) > 0.1
     for w in words:

@@ -352,7 +352,7 @@ def test_semicolon_separated_file_is_read(tmp_path, capsys):
 
 def test_fit_to_dict_keys_are_documented():
     res = mlmsim.fit(NELS_RIS, mlmsim.datasets.load("nels88"), method="ML")
-    d = cli.fit_to_dict(res)
+    d = res.to_dict()
     doc = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
     for key in d:
         assert f"`{key}`" in doc, key

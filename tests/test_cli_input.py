@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import mlmsim
-from mlmsim.cli import _read_table
+from mlmsim.cli.common import read_table
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,6 @@ def test_semicolon_file_with_decimal_commas_fits_as_the_numbers(pupils, tmp_path
 def test_text_column_with_commas_stays_text(tmp_path):
     path = tmp_path / "mixed.csv"
     path.write_text("school;score;name\n1;1,5;a,b\n1;2,5;c\n2;3,1;d\n2;2,2;e\n3;1,0;f\n")
-    d = _read_table(str(path))
+    d = read_table(str(path))
     assert d["score"].tolist() == [1.5, 2.5, 3.1, 2.2, 1.0]
     assert d["name"].tolist() == ["a,b", "c", "d", "e", "f"]

@@ -69,7 +69,7 @@ def test_scaled_eigh_2x2_equals_lapack():
 def test_column_maxima_with_nan_inf_and_extreme_values():
     """terms.max_abs_by_column (the unit check's pass over X and Z): max |X_ic| per column,
     NaN exactly where the column holds a NaN, in C or Fortran order."""
-    from mlmsim.terms import max_abs_by_column
+    from mlmsim.model.terms import max_abs_by_column
 
     rng = np.random.default_rng(11)
     for trial in range(300):

@@ -29,7 +29,7 @@ import mlmsim
 from mlmsim.engine import inference
 from mlmsim.engine.deviance import ThetaMap, deviance, deviance_grad
 from mlmsim.engine.stats import group_stats
-from mlmsim.formula import model_design
+from mlmsim.model.formula import model_design
 
 LOG2PI = np.log(2.0 * np.pi)
 SETTINGS = settings(max_examples=80, deadline=None,

@@ -13,7 +13,7 @@ import pytest
 from formulaic import model_matrix
 
 import mlmsim
-from mlmsim.formula import model_design, parse_formula
+from mlmsim.model.formula import model_design, parse_formula
 
 
 @pytest.fixture(scope="module")

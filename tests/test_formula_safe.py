@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlmsim.formula_safe import UnsafeFormulaError, check_formula
 from mlmsim.methods import FormulaMethod
+from mlmsim.model.formula_safe import UnsafeFormulaError, check_formula
 
 ALLOWED = [
     "y ~ x + (1 | g)",

@@ -19,7 +19,7 @@ from scipy import stats as sps
 import mlmsim
 from mlmsim.engine import inference
 from mlmsim.engine.stats import group_stats
-from mlmsim.formula import model_design
+from mlmsim.model.formula import model_design
 
 HSB_REF = json.loads((DATA / "hsb_lme4.json").read_text())
 HSB_IDS = [f"{e['model']}-{'REML' if e['reml'] else 'ML'}" for e in HSB_REF]

@@ -20,7 +20,7 @@ import mlmsim
 from mlmsim.engine import fit_design, inference
 from mlmsim.engine.deviance import ThetaMap
 from mlmsim.engine.stats import group_stats
-from mlmsim.formula import model_design
+from mlmsim.model.formula import model_design
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow,

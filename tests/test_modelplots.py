@@ -19,7 +19,7 @@ from matplotlib.collections import LineCollection, PathCollection  # noqa: E402
 from scipy import stats as sps  # noqa: E402
 
 import mlmsim  # noqa: E402
-from mlmsim import modelplots as mp  # noqa: E402
+from mlmsim.analysis import modelplots as mp  # noqa: E402
 
 MODELS = {
     "hsb": ("mathach ~ 1 + cses + (1 + cses | school)", "cses"),

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import mlmsim
-from mlmsim.centering import add_centered, centered_forms, equivalence
+from mlmsim.analysis.centering import add_centered, centered_forms, equivalence
 from mlmsim.cli import main
 from mlmsim.studies import RunOptions
 from mlmsim.studies import centering as study
@@ -120,7 +120,7 @@ def test_batched_and_single_fits_agree(random_slope):
 def test_recorded_t_map_and_mixing_weight_are_exact():
     data = _replicate(13, 0)
     d = add_centered(data, "x", "g")
-    # the T map: the closed form A = [[1, -xbar], [0, 1]] is mlmsim.centering's map
+    # the T map: the closed form A = [[1, -xbar], [0, 1]] is mlmsim.analysis.centering's map
     fits = centered_forms(study.FORMULA, "x", d, random_slope=True).fit("ML")
     mapped = equivalence(fits["GMC"], fits["RS"]).map.map_T(fits["GMC"].T).to_numpy()
     rec = study.FiveForms(True, batch=False)(data).estimate

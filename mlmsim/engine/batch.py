@@ -28,7 +28,6 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from mlmsim.covparms import covparm_names
 from mlmsim.engine import inference, kenward_roger
 from mlmsim.engine.control import FitControl, StopReason
 from mlmsim.engine.deviance import ThetaMap, method_name
@@ -48,9 +47,10 @@ from mlmsim.engine.stats import (
     stack_stats,
 )
 from mlmsim.engine.unbounded import unbounded_estimates
-from mlmsim.formula import StackedDesign, clearly_full_rank, model_design, stacked_design
 from mlmsim.generate.simulate import SimBatch
-from mlmsim.terms import term_products
+from mlmsim.model.covparms import covparm_names
+from mlmsim.model.formula import StackedDesign, clearly_full_rank, model_design, stacked_design
+from mlmsim.model.terms import term_products
 
 __all__ = ["BatchFit", "fit_batch", "fit_arrays", "fit_stats"]
 
@@ -362,7 +362,7 @@ def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REM
     All data sets must give the same fixed and random columns (the same names);
     the number of groups and rows may differ. Data sets with the same rows and
     grouping column and plain numeric terms take a fast lane
-    (:func:`mlmsim.formula.stacked_design`): one stacked design for all. A data set
+    (:func:`mlmsim.model.formula.stacked_design`): one stacked design for all. A data set
     may also be a one-replicate :class:`mlmsim.generate.simulate.SimBatch` (what a study's
     generator draws), read without a DataFrame where the fast lane applies.
     ``control`` goes to the optimiser (:func:`fit_stats`); ``bounded=False`` gives
@@ -401,7 +401,7 @@ def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REM
 def _fit_stacked(stacked: StackedDesign, method: str, control: FitControl | None = None,
                  bounded: bool = True) -> BatchFit | None:
     """Fit a stacked design from its variables and terms (X and Z never formed), or None
-    when a replicate needs :func:`mlmsim.formula.model_design`: a value is missing or
+    when a replicate needs :func:`mlmsim.model.formula.model_design`: a value is missing or
     infinite (then a sum of squares, y'y, a diagonal of X'X or of some A_j, is not
     finite: squares are never negative, so nothing cancels a NaN or an inf), or the
     fixed design is not of full rank (:func:`_full_rank`), where the QR decides which
@@ -425,7 +425,7 @@ def _fit_stacked(stacked: StackedDesign, method: str, control: FitControl | None
 
 def _full_rank(XtX_c: np.ndarray, L: np.ndarray) -> bool:
     """Whether no fixed column of any replicate can be in the span of the others, by
-    :func:`mlmsim.formula.clearly_full_rank` (the test with which ``model_design`` skips
+    :func:`mlmsim.model.formula.clearly_full_rank` (the test with which ``model_design`` skips
     its QR) on X'X. X'X is recovered from the centred X_c'X_c: X = X_c M with
     M = L^{-1} = 2 I - L (L = I - e_0 m', (e_0 m')^2 = 0), so X'X = M' X_c'X_c M."""
     M = 2.0 * np.eye(L.shape[-1]) - L

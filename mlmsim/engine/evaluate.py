@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from mlmsim.covparms import covparm_names
 from mlmsim.engine import inference, phi_kernel
 from mlmsim.engine.deviance import ThetaMap, method_name
 from mlmsim.engine.gls import Stats, qtoken
 from mlmsim.engine.stats import centred_group_stats, flat_arrays
-from mlmsim.formula import Design
+from mlmsim.model.covparms import covparm_names
+from mlmsim.model.formula import Design
 
 if TYPE_CHECKING:  # evaluate takes a FitResult without importing it: result imports this
     from mlmsim.engine.result import FitResult
@@ -89,7 +89,7 @@ class Evaluation:
 
 def evaluate(model: FitResult | Design, *, theta: np.ndarray | None = None,
              phi: np.ndarray | None = None, method: str | None = None) -> Evaluation:
-    """Evaluate ``model`` (a :class:`FitResult`, or a :class:`~mlmsim.formula.Design`)
+    """Evaluate ``model`` (a :class:`FitResult`, or a :class:`~mlmsim.model.formula.Design`)
     at ``theta`` (lme4's order; sigma^2 profiled) or at ``phi`` (T's distinct elements in
     ``covparms`` order, then sigma^2). ``method`` defaults to the fit's (REML for a design).
     The criterion is docs/math.md (4.1)/(4.2) at theta, (6.1) at phi.

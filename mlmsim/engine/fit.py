@@ -2,7 +2,7 @@
 
 Each stage is a public function usable alone (as lme4's ``lFormula`` ->
 ``mkLmerDevfun`` -> ``optimizeLmer`` -> ``mkMerMod``):
-:func:`mlmsim.formula.model_design`, :func:`mlmsim.engine.stats.group_stats`,
+:func:`mlmsim.model.formula.model_design`, :func:`mlmsim.engine.stats.group_stats`,
 :func:`mlmsim.engine.optimize.minimize_theta`, and :func:`result_from_theta`,
 which reads everything off the optimum. :func:`fit` runs them in order.
 Diagnostics live in :func:`mlmsim.engine.estimates.messages` and speak in plain words.
@@ -15,7 +15,6 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from mlmsim.covparms import covparm_names
 from mlmsim.engine import inference
 from mlmsim.engine.control import FitControl
 from mlmsim.engine.deviance import ThetaMap, method_name
@@ -25,7 +24,8 @@ from mlmsim.engine.result import FitArrays, FitResult
 from mlmsim.engine.stats import Centering, GroupStats, centred_group_stats, residual_check
 from mlmsim.engine.unbounded import unbounded_estimates
 from mlmsim.engine.units import UnitScale, unit_scale
-from mlmsim.formula import Design, model_design
+from mlmsim.model.covparms import covparm_names
+from mlmsim.model.formula import Design, model_design
 
 __all__ = ["fit", "fit_design", "result_from_theta", "Centering"]
 
@@ -56,7 +56,7 @@ def fit(formula: str, data: pd.DataFrame, method: str = "REML", *,
 
 def fit_design(design: Design, method: str = "REML", theta0: np.ndarray | None = None, *,
                control: FitControl | dict | None = None, bounded: bool = True) -> FitResult:
-    """Fit from a :class:`~mlmsim.formula.Design` (formula already turned into matrices).
+    """Fit from a :class:`~mlmsim.model.formula.Design` (formula already turned into matrices).
 
     The statistics are computed from the centred y and X (:class:`Centering`), in units
     near 1 where a column's are far from them (:mod:`mlmsim.engine.units`), and the

@@ -9,6 +9,7 @@ plain-language ``messages``. Nothing is printed as a side effect;
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from mlmsim import __version__
 from mlmsim.engine import inference, kenward_roger
 from mlmsim.engine.bootstrap import bootstrap
 from mlmsim.engine.inference import (
@@ -31,7 +33,7 @@ from mlmsim.engine.likelihood_profile import profile, profile_confint
 if TYPE_CHECKING:
     from mlmsim.engine.control import OptSummary
     from mlmsim.engine.stats import GroupStats
-    from mlmsim.formula import Design
+    from mlmsim.model.formula import Design
 
 __all__ = ["FitResult", "FitArrays", "simulate_responses"]
 
@@ -599,6 +601,54 @@ class FitResult:
     def __str__(self) -> str:
         return self.summary()
 
+    def to_dict(self, ddf: str = "satterthwaite", level: float = 0.95) -> dict[str, Any]:
+        """Every number of the fit as plain JSON types (the keys are listed in docs/cli.md;
+        ``mlmsim fit --json`` prints this).
+
+        Floats are Python floats, NaN and infinities None; fixed effects come from
+        ``self.coef_table(ddf)``, covariance parameters from ``self.covparms``.
+        """
+        ct = self.coef_table(ddf=ddf, level=level)
+        fixed = {str(name): {k: _json_number(row[k]) for k in ("estimate", "se", "df", "t", "p",
+                                                        "ci_lower", "ci_upper")}
+                 for name, row in ct.iterrows()}
+        cov = {}
+        for name, row in self.covparms.iterrows():
+            cov[str(name)] = {"sas": str(row["sas"]),
+                              **{k: _json_number(row[k]) for k in ("estimate", "se", "z", "p")}}
+        T = self.T
+        group = self.design.formula.group if self.design is not None else None
+        response = self.design.formula.response if self.design is not None else None
+
+        return {
+            "mlmsim_version": __version__,
+            "formula": self.formula,
+            "method": self.method,
+            "response": response,
+            "group": group,
+            "nobs": int(self.nobs),
+            "ngroups": int(self.ngroups),
+            "n_dropped": int(self.n_dropped),
+            "minus2ll": _json_number(self.deviance),
+            "loglik": _json_number(self.loglik),
+            "aic": _json_number(self.aic),
+            "bic": _json_number(self.bic),
+            "npar": int(self.npar),
+            "ddf_method": ddf,
+            "ci_level": float(level),
+            "fixed_effects": fixed,
+            "covparms": cov,
+            "T": {"names": [str(n) for n in T.index],
+                  "matrix": [[_json_number(v) for v in row] for row in T.to_numpy()]},
+            "sigma2": _json_number(self.sigma2),
+            "theta": [_json_number(v) for v in self.theta],
+            "flags": {"converged": bool(self.converged), "singular": bool(self.singular),
+                      "hessian_pd": bool(self.hessian_pd), "identifiable": bool(self.identifiable)},
+            "messages": [str(m) for m in self.messages],
+            "hessian_eigenvalues": [_json_number(v) for v in self.hessian_eigenvalues],
+            "iterations": int(self.iterations),
+        }
+
 
 def simulate_responses(X: np.ndarray, Z: np.ndarray, codes: np.ndarray, n_groups: int,
                        gamma: np.ndarray, T: np.ndarray, sigma2: float, nsim: int,
@@ -613,6 +663,12 @@ def simulate_responses(X: np.ndarray, Z: np.ndarray, codes: np.ndarray, n_groups
     mean = X @ gamma
     zu = np.einsum("nq,snq->sn", Z, U[:, codes, :])
     return mean + zu + np.sqrt(sigma2) * rng.standard_normal((nsim, X.shape[0]))
+
+
+def _json_number(value: Any) -> float | None:
+    """A float for JSON: NaN and infinities become None (null)."""
+    v = float(value)
+    return v if math.isfinite(v) else None
 
 
 def _num(v: float, width: int) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlmsim.engine import sums
-from mlmsim.terms import identity_terms
+from mlmsim.model.terms import identity_terms
 
 __all__ = ["GroupStats", "Centering", "group_stats", "centred_group_stats",
            "stack_stats", "residual_check", "flat_arrays", "kernel_array"]

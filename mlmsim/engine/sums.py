@@ -14,7 +14,7 @@ from numba import njit
 
 from mlmsim.engine.linalg import ldl
 from mlmsim.engine.tolerances import DEPENDENT_SCREEN
-from mlmsim.terms import fill_terms
+from mlmsim.model.terms import fill_terms
 
 __all__ = ["group_sums_one", "dependence_screen"]
 
@@ -50,7 +50,7 @@ def group_sums_one(y, VX, xterms, VZ, zterms, order, ordered, starts, centre, W,
                    Xty, m):
     """One data set's A_j = Z_j'Z_j, B_j = Z_j'X_j, c_j = Z_j'y_j, X'X, X'y and y'y.
 
-    y (N,); the design columns are products of variables (:mod:`mlmsim.terms`): X's p
+    y (N,); the design columns are products of variables (:mod:`mlmsim.model.terms`): X's p
     columns of VX (N, kx) by ``xterms`` (p, s), Z's q columns of VZ (N, kz) by
     ``zterms`` (q, s) (a plain X is VX = X with xterms = [[0], [1], ...]).
     ``order`` (N,) lists the rows group by group, group j being order[starts[j]:

@@ -8,7 +8,7 @@ Z, a power of 2
     k = 2^(1 - e),  e the binary exponent of the column's largest |value|
 
 (for y: of y - mean(y)), which brings that value into [1, 2), where it lies outside
-[2^-24, 2^25) (:func:`mlmsim.terms.unit_powers`); inside, k = 1, so ordinary data are
+[2^-24, 2^25) (:func:`mlmsim.model.terms.unit_powers`); inside, k = 1, so ordinary data are
 fitted exactly as given. Scaling by a power of 2 is exact in floating point. The fit of
 y_s = k_y y on X_s = X diag(k_x), Z_s = Z diag(k_z) has the estimates (docs/math.md (1.1))
 
@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit
 
 from mlmsim.engine.stats import Centering
-from mlmsim.terms import UNITS_NEAR_ONE, max_abs_by_column, unit_powers
+from mlmsim.model.terms import UNITS_NEAR_ONE, max_abs_by_column, unit_powers
 
 __all__ = ["UnitScale", "unit_scale"]
 

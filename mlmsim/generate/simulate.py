@@ -50,7 +50,7 @@ from mlmsim.generate.spec import (
     group_sizes,
     whole_number,
 )
-from mlmsim.terms import fill_terms, term_products, variable_array
+from mlmsim.model.terms import fill_terms, term_products, variable_array
 
 __all__ = ["simulate", "simulate_batch", "SimBatch", "factor_T", "draw_effects",
            "draw_group_sizes", "as_generator"]
@@ -175,7 +175,7 @@ class SimBatch:
       (the predictor columns and dummies they use), by the layout's terms.
 
     X and Z are formed from the columns when first asked for (the draw itself and a
-    batched fit never need them: see :mod:`mlmsim.terms`).
+    batched fit never need them: see :mod:`mlmsim.model.terms`).
     ``fit_arrays(**batch.arrays(), method="REML")`` fits the true model to all R
     replicates; :meth:`frame` gives replicate r as :func:`simulate`'s DataFrame.
     """
@@ -392,7 +392,7 @@ def _variables(spec: ModelSpec, cols: dict[str, np.ndarray], cats: dict[str, np.
                shape: tuple[int, int]) -> np.ndarray:
     """The variables (R, N, k) that the fixed and random design columns are products of
     (``spec.layout.variables``; its ``fixed_terms`` and ``random_terms`` say how, see
-    :mod:`mlmsim.terms`); ``shape`` is (R, N). A variable is a predictor column, or a
+    :mod:`mlmsim.model.terms`); ``shape`` is (R, N). A variable is a predictor column, or a
     dummy named as formulaic names it, ``f[T.b]`` or ``f[b]``: 1 where f is b."""
     values = []
     for f in spec.layout.variables:
@@ -410,7 +410,7 @@ def _variables(spec: ModelSpec, cols: dict[str, np.ndarray], cats: dict[str, np.
 def _response_many(V, fixed_terms, gamma, random_terms, U, codes, sigma, resid):
     """y[r, i] = sum_c gamma_c X[r, i, c] + sum_k U[r, codes[i], k] Z[r, i, k]
     + sigma resid[r, i], summed in that order, with X and Z the products of the variables
-    V (R, N, k) by their terms (:func:`mlmsim.terms.fill_terms`), one replicate's columns
+    V (R, N, k) by their terms (:func:`mlmsim.model.terms.fill_terms`), one replicate's columns
     at a time and each term as one pass over the rows (which vectorises)."""
     R, N = resid.shape
     p, q = fixed_terms.shape[0], random_terms.shape[0]

@@ -35,8 +35,8 @@ import pandas as pd
 import yaml
 
 from mlmsim import datasets
-from mlmsim.covparms import covparm_names as phi_names
-from mlmsim.terms import term_matrix
+from mlmsim.model.covparms import covparm_names as phi_names
+from mlmsim.model.terms import term_matrix
 
 __all__ = [
     "ModelSpec", "Truth", "DUMMY_COLUMN", "whole_number",
@@ -725,7 +725,7 @@ def tau0_sq_from_icc(icc: float, sigma2: float) -> float:
 def covparm_names(random_names: Sequence[str]) -> list[str]:
     """Covariance-parameter names of an unstructured T, as the engine names them: SAS's
     UN order (row-wise lower triangle, ``cov(a,b)`` with the row variable a first),
-    then ``sigma2`` (:func:`mlmsim.covparms.covparm_names` for one full block).
+    then ``sigma2`` (:func:`mlmsim.model.covparms.covparm_names` for one full block).
 
     >>> covparm_names(["Intercept", "x"])
     ['var(Intercept)', 'cov(x,Intercept)', 'var(x)', 'sigma2']
@@ -793,7 +793,7 @@ class Layout:
     :func:`factor_T` of T in ``random_names`` order. ``variables``: what the design
     columns are products of (predictor names, and dummies such as ``f[T.b]``), and
     ``fixed_terms`` / ``random_terms`` the two designs as terms over them
-    (:mod:`mlmsim.terms`)."""
+    (:mod:`mlmsim.model.terms`)."""
 
     formula: str
     fixed_names: tuple[str, ...]

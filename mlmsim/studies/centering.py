@@ -62,7 +62,7 @@ import numpy as np
 import pandas as pd
 
 from mlmsim import fit, fit_batch
-from mlmsim.centering import FORMS, add_centered, centered_forms
+from mlmsim.analysis.centering import FORMS, add_centered, centered_forms
 from mlmsim.generate.spec import Continuous, GroupCentered, GroupMean, ModelSpec
 from mlmsim.methods import FromSpec
 from mlmsim.simstudy import Estimates, Study, load_study, plot_measure
@@ -628,7 +628,7 @@ def _equivalence_section(wide: pd.DataFrame, dev: pd.DataFrame, tmap: pd.DataFra
                 f"{_e(rs['max'].iloc[0])}: the deviance is flat (quadratic) at the optimum, so "
                 "two fits that stop within the optimiser's tolerance of the same optimum "
                 "differ in the parameters by about the square root of their difference in "
-                "deviance. The map itself is exact (`mlmsim.centering.equivalence`)."]
+                "deviance. The map itself is exact (`mlmsim.analysis.centering.equivalence`)."]
     out += ["", "| model | pair | equivalent | contextual | replicates | min | 5% | median "
             "| 95% | max | > 1e-6 |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for _, r in dev.iterrows():

@@ -30,8 +30,8 @@ import pandas as pd
 from formulaic import Formula, model_matrix
 from formulaic.errors import FormulaicError, FormulaSyntaxError
 
-from mlmsim.formula_safe import check_formula
-from mlmsim.terms import (
+from mlmsim.model.formula_safe import check_formula
+from mlmsim.model.terms import (
     column_max_abs,
     term_matrix,
     term_products,
@@ -203,7 +203,7 @@ def parse_formula(formula: str) -> ParsedFormula:
 
 def parse_restricted_formula(formula: str) -> ParsedFormula:
     """:func:`parse_formula` of a formula that comes from a file, a spec or a study
-    definition: first read with the restricted grammar of :mod:`mlmsim.formula_safe`
+    definition: first read with the restricted grammar of :mod:`mlmsim.model.formula_safe`
     (column names, numbers, operators, a few functions), since formulaic evaluates a
     formula's factors as Python. Anything more is refused with a one-line
     ``UnsafeFormulaError`` (a ValueError); ``fit`` itself keeps formulaic's power."""
@@ -560,7 +560,7 @@ class StackedDesign:
     their products: column t of X is the product of the variables at the indices >= 0
     in row t of ``fixed_terms`` (p, s) (-1 pads; a row of -1 alone is the intercept),
     Z likewise by ``random_terms`` (q, s), as :func:`mlmsim.engine.stats.group_stats`
-    takes them (:func:`mlmsim.terms.term_products` forms them). Group codes (N,) are
+    takes them (:func:`mlmsim.model.terms.term_products` forms them). Group codes (N,) are
     shared by all (the same grouping column). The data sets stay separate arrays: a
     stack of R x N values would be allocated afresh at every batch, and the memory
     system charges each fresh page (measured: 27 page faults per HSB-sized replicate).

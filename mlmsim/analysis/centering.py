@@ -51,15 +51,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from mlmsim.covparms import covparm_names
 from mlmsim.engine.evaluate import evaluate
 from mlmsim.engine.fit import fit, fit_design
 from mlmsim.engine.inference import CovStructure
-from mlmsim.formula import model_design, parse_formula
+from mlmsim.model.covparms import covparm_names
+from mlmsim.model.formula import model_design, parse_formula
 
 if TYPE_CHECKING:
     from mlmsim.engine.result import FitResult
-    from mlmsim.formula import Design
+    from mlmsim.model.formula import Design
 
 __all__ = [
     "FORMS",
