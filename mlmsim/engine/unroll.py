@@ -29,7 +29,7 @@ it compiles), and the general function otherwise. The choice is made when numba 
 call, so only the function that runs is compiled (a branch on ``len(qc)`` at the top of
 the general function would cost nothing at run time, but numba would compile the general
 body, and all it calls, as well). Tests compare every specialised kernel with the general
-one (tests/test_kernels.py).
+one (tests/engine/test_kernels.py).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from mlmsim.simstudy.storage import (
     manifest_checksum,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SLEEP = 0.0  # seconds per replicate; the killed subprocess sets it through the environment
 
 
@@ -291,7 +291,7 @@ def test_sigkill_part_way_then_resume(tmp_path, reference):
     out = tmp_path / "study"
     env = dict(os.environ, MLMSIM_TEST_SLEEP="0.02",
                PYTHONPATH=os.pathsep.join([str(REPO), str(Path(__file__).parent)]))
-    code = ("import test_study_storage as t; "
+    code = ("import test_storage as t; "
             f"t.build_study().run({str(out)!r}, chunk_size=3, n_jobs=1, progress=False)")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=str(tmp_path),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -381,7 +381,7 @@ def test_hessian_in_theta_sigma_matches_finite_differences():
 
     from mlmsim.engine import inference as inf
 
-    ref = json.loads((Path(__file__).parent / "data" / "lme4_boundary.json").read_text())
+    ref = json.loads((Path(__file__).parents[1] / "data" / "lme4_boundary.json").read_text())
     entry = next(e for e in ref if e["id"] == "slope_var0" and not e["reml"])
     res = mlmsim.fit(entry["formula"], pd.read_csv(entry["dataset"]), method="ML")
     pk, cs, tm = res.stats, res.cov_structure, res.theta_map

@@ -12,7 +12,7 @@ from scipy import stats as sps
 
 import mlmsim
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 Z95 = float(sps.chi2.ppf(0.95, 1))
 
 

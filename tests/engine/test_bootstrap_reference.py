@@ -18,8 +18,8 @@ from scipy import stats as sps
 
 import mlmsim
 
-ROOT = Path(__file__).parent.parent
-REF = json.loads((Path(__file__).parent / "data" / "boot_reference.json").read_text())
+ROOT = Path(__file__).parents[2]
+REF = json.loads((Path(__file__).parents[1] / "data" / "boot_reference.json").read_text())
 NAMES = {"(Intercept)": "Intercept", "cses": "cses", "var((Intercept))": "var(Intercept)",
          "var(cses)": "var(cses)", "sigma2": "sigma2",
          "cor((Intercept),cses)": "cov(cses,Intercept)"}

@@ -12,8 +12,8 @@ from scipy import stats as sps
 
 import mlmsim
 
-ROOT = Path(__file__).parent.parent
-REF = json.loads((Path(__file__).parent / "data" / "profile_reference.json").read_text())
+ROOT = Path(__file__).parents[2]
+REF = json.loads((Path(__file__).parents[1] / "data" / "profile_reference.json").read_text())
 MODELS = {m["id"]: m for m in REF["models"]}
 # lme4 interpolates a spline through its profile points; where that spline is poor its
 # limit is off by more than 1e-3. One such limit in these data: Orthodont's sd(age)

@@ -11,7 +11,7 @@ from scipy import stats as sps
 import mlmsim
 
 REF = {(e["model"], e["reml"]): e for e in json.loads(
-    (Path(__file__).parent / "data" / "hsb_lme4.json").read_text())}
+    (Path(__file__).parents[1] / "data" / "hsb_lme4.json").read_text())}
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_mixture_p_values_are_uniform_under_the_null():
 
 
 EXACT = {t["id"]: t for t in json.loads(
-    (Path(__file__).parent / "data" / "exact_lrt_reference.json").read_text())["tests"]}
+    (Path(__file__).parents[1] / "data" / "exact_lrt_reference.json").read_text())["tests"]}
 
 
 @pytest.mark.parametrize("case,nsim,tol", [("dyestuff_rlrt", 1_000_000, 1e-3),
@@ -102,7 +102,7 @@ def test_exact_lrt_matches_rlrsim(case, nsim, tol):
     its p-value (2e6 draws) within 1e-3, or within 4 Monte Carlo SEs at HSB size with
     1e5 draws here (SE sqrt(p (1 - p) / 1e5) = 7.7e-4)."""
     t = EXACT[case]
-    d = pd.read_csv(Path(__file__).parent.parent / t["dataset"], dtype={"g": str})
+    d = pd.read_csv(Path(__file__).parents[2] / t["dataset"], dtype={"g": str})
     fit = mlmsim.fit(t["formula"], d, method="REML" if t["reml"] else "ML")
     res = mlmsim.exact_lrt(fit, nsim=nsim, rng=20261204)
     assert res.statistic == pytest.approx(t["statistic"], rel=1e-6)

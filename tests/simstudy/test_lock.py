@@ -23,15 +23,15 @@ from mlmsim.simstudy.storage import LOCK, StudyDirectory, StudyLockedError
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="no flock on Windows")
 
 TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
+REPO = TESTS.parents[1]
 
-# A runner in a fresh process: the study of test_study_storage (4 conditions x 30
+# A runner in a fresh process: the study of test_storage (4 conditions x 30
 # replicates, MLMSIM_TEST_SLEEP seconds per replicate), started when the file GO exists,
 # so that two runners reach Study.run together. It prints one JSON line: what happened and
 # how long run() took.
 RUNNER = textwrap.dedent("""
     import json, os, sys, time
-    import test_study_storage as t
+    import test_storage as t
     from mlmsim.simstudy import StudyDirectoryError
     out, go = sys.argv[1], sys.argv[2]
     study = t.build_study()
@@ -69,7 +69,7 @@ def stop(*procs: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def reference():
-    import test_study_storage as t
+    import test_storage as t
 
     return t.build_study().run(progress=False).records
 
@@ -113,7 +113,7 @@ def test_two_runners_together_one_runs_one_is_refused_at_once(tmp_path, referenc
 
 
 def test_sigkill_of_the_holder_never_blocks_the_next_run(tmp_path, reference):
-    import test_study_storage as t
+    import test_storage as t
 
     out, go = tmp_path / "study", tmp_path / "go"
     go.touch()
@@ -153,7 +153,7 @@ def test_sigkill_of_the_holder_never_blocks_the_next_run(tmp_path, reference):
 
 
 def test_lock_in_process(tmp_path):
-    import test_study_storage as t
+    import test_storage as t
 
     directory = StudyDirectory(tmp_path / "study")
     with directory.writing():

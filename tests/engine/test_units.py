@@ -12,7 +12,7 @@ correlation-form eigenvalue near 1e-8) could go either way under the rounding of
 different parameterisation; such draws are set aside with ``assume`` (a handful in
 hundreds). Shifts of a random-slope predictor are drawn up to 30 SDs: Z's columns are
 not centred in the statistics, so a shift of s SDs costs about 2 log10(s) digits of them
-(x ~ N(1e4, 10^2), 1e3 SDs, still gets the df to 1e-4: tests/test_inference_reference.py).
+(x ~ N(1e4, 10^2), 1e3 SDs, still gets the df to 1e-4: tests/engine/test_inference_reference.py).
 """
 
 from __future__ import annotations
@@ -138,4 +138,4 @@ def test_slope_model_in_other_units_keeps_every_verdict(method, factor):
     np.testing.assert_allclose(other.T.loc["x", "x"] * factor**2, base.T.loc["x", "x"],
                                rtol=1e-6)
 
-# x ~ N(1e4, 10^2) against the centred model and lmerTest: tests/test_inference_reference.py
+# x ~ N(1e4, 10^2) against the centred model and lmerTest: tests/engine/test_inference_reference.py

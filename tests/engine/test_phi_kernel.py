@@ -1,7 +1,7 @@
 """The compiled phi Hessian (:mod:`mlmsim.engine.phi_kernel`) against finite differences.
 
 Reference: :func:`mlmsim.engine.inference.phi_hessian_fd`, central differences of the
-analytic gradient in phi (which tests/test_deviance.py checks against Richardson
+analytic gradient in phi (which tests/engine/test_deviance.py checks against Richardson
 differences of the objective, itself checked against the dense likelihood), to
 1e-5 relative to the largest absolute element of H; random data sets for q = 1..4,
 p = 1..3, balanced and unbalanced groups, padded empty groups, block-diagonal T,
