@@ -90,12 +90,16 @@ class FormulaMethod:
 
     With ``batch=True`` (the default) the runner fits the replicates of a chunk together
     through :meth:`fit_batch` (``mlmsim.engine.batch.fit_batch``: all replicates in one
-    vectorised pass), in blocks of ``batch_size`` replicates aligned to the replicate
-    index: replicates kB .. (k+1)B - 1 always share a block, whatever the chunk size or the
-    number of workers, so records stay bit-identical across runs. (A batched fit equals the
-    single fit to rounding, about 1e-13, but not bit for bit; a block whose batched fit
-    raises is fitted one replicate at a time.) ``batch=False`` fits every replicate alone
-    with ``mlmsim.fit``.
+    vectorised pass), in blocks of up to ``batch_size`` replicates. A replicate's result
+    does not depend on the block it is fitted in, bit for bit: the batched fit iterates
+    each replicate on its own, and a block that cannot be fitted together (its data sets
+    give different columns, a factor level missing from one) is fitted as batches of one.
+    So ``batch_size`` changes the speed and the memory held, never a record, and is not
+    part of the study's identity. ``batch=False`` fits every replicate alone with
+    ``mlmsim.fit``: the same numbers to rounding on ordinary data, but not bit for bit
+    (:func:`mlmsim.fit` also rescales columns in extreme units, which the batched path does
+    not, and where the likelihood is flat, a handful of rows per random effect, the two
+    optimiser paths may stop at different points), so ``batch`` is part of the identity.
     """
 
     takes_rng = False
@@ -104,7 +108,7 @@ class FormulaMethod:
     DataFrame goes."""
 
     def __init__(self, formula: str, method: str = "REML", *, level: float = 0.95,
-                 name: str | None = None, batch: bool = True, batch_size: int = 32,
+                 name: str | None = None, batch: bool = True, batch_size: int = 256,
                  ddf: str | None = None, control: Any = None, bounded: bool = True,
                  intervals: str = "wald", nsim: int = 200, information: str = "observed",
                  parm: Sequence[str] | None = None):
@@ -211,8 +215,17 @@ class FormulaMethod:
             out["bounded"] = False
         return out
 
-    def _fit_batch(self, datasets: list) -> list[Estimates]:
-        res = fit_batch(self.formula, datasets, method=self.method, **self._fit_options())
+    def _fit_batch(self, datasets: list) -> list[Estimates | Exception]:
+        """One result per data set: its Estimates, or the exception that says why it could
+        not be fitted (as ``mlmsim.fit`` would raise it). A block that cannot be fitted
+        together is fitted one data set at a time, through the same batched path, so that
+        no result depends on the block."""
+        try:
+            res = fit_batch(self.formula, datasets, method=self.method, **self._fit_options())
+        except Exception as exc:  # noqa: BLE001 - each data set's own outcome instead
+            if len(datasets) == 1:
+                return [exc]
+            return [self._fit_batch([d])[0] for d in datasets]
         names = list(res.param_names)
         z = z_quantile(self.level)
         params, se = np.asarray(res.params, dtype=float), np.asarray(res.se, dtype=float)
@@ -234,6 +247,7 @@ class FormulaMethod:
             return None if a is None else dict(zip(names, a[r].tolist(), strict=True))
 
         return [
+            ValueError(res.errors[r]) if res.errors and res.errors[r] is not None else
             Estimates(row(params, r), se=row(se, r), ci_lower=row(lo, r),
                       ci_upper=row(hi, r), df=row(df, r), p=row(pv, r),
                       converged=bool(flags[0][r]), singular=bool(flags[1][r]),
@@ -249,10 +263,10 @@ class FormulaMethod:
 
     def descriptor(self) -> dict:
         # "options" is what **options used to be (now always empty); ddf and control are
-        # added only when set, so that a study without them keeps its definition hash.
+        # added only when set, so that a study without them keeps its definition hash;
+        # batch_size is not part of it (no record depends on it).
         out = {"formula": self.formula, "method": self.method, "level": self.level,
-               "options": canonical({}), "batch": self.fit_batch is not None,
-               "batch_size": self.batch_size}
+               "options": canonical({}), "batch": self.fit_batch is not None}
         if self.ddf is not None:
             out["ddf"] = self.ddf
         if self.control is not None:

@@ -95,6 +95,46 @@ def test_batched_records_do_not_depend_on_chunks_or_workers(batched):
         pd.testing.assert_frame_equal(strip(rec), strip(batched))
 
 
+def mixed_layouts(cond, rng):
+    """Small data sets with a three-level factor: now and then a level is missing (a data
+    set whose columns differ from its block's) and now and then there are fewer
+    observations than random effects (a fit that must fail)."""
+    J = cond.n_groups
+    m = rng.integers(1, 4, size=J)
+    g = np.repeat(np.arange(J), m)
+    n = g.size
+    x = rng.normal(size=n)
+    f = rng.choice(["a", "b", "c"], size=n, p=[0.6, 0.3, 0.1])
+    u = rng.normal(0.0, 0.7, size=(J, 2))
+    y = 1.0 + 0.5 * x + 0.3 * (f == "b") + u[g, 0] + u[g, 1] * x + rng.normal(size=n)
+    return pd.DataFrame({"y": y, "x": x, "f": f, "g": g})
+
+
+def test_records_do_not_depend_on_the_batch():
+    """A replicate's records are the same, bit for bit, whatever block it is fitted in
+    (batch sizes 1, 3 and 256, chunks of 4 or all, two workers): with data sets that
+    cannot share a batch (a missing factor level), fits that fail, and singular fits
+    among them. (batch=False fits with mlmsim.fit: the same to rounding on ordinary data,
+    test_batched_path_matches_single_fits; on data sets of seven rows, as some here, the
+    two optimiser paths may stop at different points of a flat likelihood.)"""
+    formula = "y ~ x + f + (1 + x | g)"
+
+    def run(batch=True, batch_size=256, **kwargs):
+        methods = {"REML": FormulaMethod(formula, "REML", batch=batch, batch_size=batch_size),
+                   "ML": FormulaMethod(formula, "ML", ddf="satterthwaite", batch=batch,
+                                       batch_size=batch_size)}
+        st = Study({"n_groups": [3, 6, 12]}, mixed_layouts, methods, n_reps=24, seed=8)
+        return strip(st.run(progress=False, **kwargs).records)
+
+    base = run()
+    assert base.error.notna().any() and base.error.isna().any()   # fits that fail
+    assert base.singular.fillna(False).any()
+    assert base.groupby(["condition", "rep"]).parameter.nunique().nunique() > 1  # layouts
+    for kwargs in ({"batch_size": 1}, {"batch_size": 3, "chunk_size": 4},
+                   {"chunk_size": 5, "n_jobs": 2}):
+        pd.testing.assert_frame_equal(run(**kwargs), base, check_exact=True)
+
+
 def test_summary_of_a_real_study(batched):
     s = summarise(batched).set_index(
         ["condition", "method", "parameter", "measure"])
@@ -150,12 +190,14 @@ def test_method_and_ddf_in_any_case():
 def test_descriptor_of_the_defaults_is_unchanged_and_settings_change_it():
     """The descriptor enters the study's definition hash: a study defined before ddf and
     control existed must keep its hash (its results directory still resumes), and a
-    study with them must get another one."""
+    study with them must get another one. The batch size is not in it: no record depends
+    on it (test_records_do_not_depend_on_the_batch)."""
     from mlmsim.engine.control import FitControl
 
     base = FormulaMethod(FORMULA, "REML")
     assert base.descriptor() == {"formula": FORMULA, "method": "REML", "level": 0.95,
-                                 "options": {"mapping": []}, "batch": True, "batch_size": 32}
+                                 "options": {"mapping": []}, "batch": True}
+    assert FormulaMethod(FORMULA, "REML", batch_size=7).descriptor() == base.descriptor()
     variants = [FormulaMethod(FORMULA, "REML", ddf=k) for k in DDF_KINDS] + [
         FormulaMethod(FORMULA, "REML", control={"max_iter": 50}),
         FormulaMethod(FORMULA, "REML", control=FitControl(tol=1e-10))]
@@ -236,7 +278,8 @@ def test_a_nan_df_gives_nan_p_and_interval(monkeypatch):
     monkeypatch.setattr(FitResult, "ddf", single)
     monkeypatch.setattr(BatchFit, "ddf", batch)
     for batched in (True, False):
-        rec = ddf_study("satterthwaite", batch=batched, n_reps=4).run(progress=False).records
+        rec = ddf_study("satterthwaite", batch=batched, n_reps=4).run(
+            progress=False, chunk_size=4).records   # one batch: 0, 1, 2, 3
         x = rec[rec.parameter == "x"]
         nan = x.rep % 2 == 0
         assert x.se.notna().all() and x.estimate.notna().all()

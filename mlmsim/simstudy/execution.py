@@ -10,7 +10,6 @@ loky workers (each ends when its parent does, :func:`watch_parent`) or on a
 
 from __future__ import annotations
 
-import math
 import os
 import time
 import warnings
@@ -63,9 +62,11 @@ def run_chunk(plan: Plan, condition: int, start: int, stop: int) -> pa.Table:
     default_rng(s)); then every method on data (method k with its own stream if it asks
     for one). Exceptions are recorded, never raised; warnings become messages.
 
-    One loop for every study: the replicates go in blocks, the lcm of the batched methods'
-    ``batch_size`` (the chunk, when a batched method has none); a study without batched
-    methods is a study of blocks of one, so only one data set is held at a time.
+    One loop for every study: the replicates go in consecutive blocks of the largest
+    batched method's ``batch_size`` (the chunk, when a batched method has none); a study
+    without batched methods is a study of blocks of one, so only one data set is held at
+    a time. Where the blocks fall changes no record (the promise of
+    :class:`~mlmsim.simstudy.protocols.BatchedMethod`).
     """
     cond = plan.conditions[condition]
     seeds = replicate_seeds(plan.root, condition, np.arange(start, stop))
@@ -73,7 +74,7 @@ def run_chunk(plan: Plan, condition: int, start: int, stop: int) -> pa.Table:
                        [m.name for m in plan.methods])
     batched = [batch_spec(m) for m in plan.methods]
     sizes = [spec[1] for spec in batched if spec is not None]
-    block = math.lcm(*sizes) if all(sizes) else stop - start
+    block = (max(sizes) if all(sizes) else stop - start) if sizes else 1
     # the generator's arrays straight to the methods when every method takes them
     draw = plan.generate
     if (sizes and isinstance(draw, DrawsArrays)
@@ -85,9 +86,9 @@ def run_chunk(plan: Plan, condition: int, start: int, stop: int) -> pa.Table:
         warnings.simplefilter("always")
         a = start
         while a < stop:
-            b = min(stop, (a // block + 1) * block)
-            _run_block(plan, draw, cond, a, seeds[a - start:b - start], rngs, rec, batched,
-                       log, offset=a - start)
+            b = min(stop, a + block)
+            _run_block(plan, draw, cond, seeds[a - start:b - start], rngs, rec, batched, log,
+                       offset=a - start)
             a = b
     return rec.table(start, seeds)
 
@@ -98,16 +99,16 @@ def _merge(a: list[str] | None, b: list[str] | None) -> list[str] | None:
     return a or b
 
 
-def _run_block(plan: Plan, draw: Callable, cond: Condition, start: int, seeds: np.ndarray,
+def _run_block(plan: Plan, draw: Callable, cond: Condition, seeds: np.ndarray,
                rngs: Iterator[np.random.Generator], rec: RecordBuffer,
                batched: list[tuple | None], log: list, offset: int = 0) -> None:
-    """Replicates start, start + 1, ... (seeds ``seeds``, their streams the next of
+    """A block of replicates (seeds ``seeds``, their streams the next of
     ``rngs``): draw all (``draw``: the generator, or its arrays), fit each method
     (batched where it can), record in replicate order (at ``offset`` within the chunk).
 
-    A method with a ``batch_size`` B gets the replicates in blocks {r : r // B = k} (those
-    whose generation succeeded); without one, all of them form one batch. A batch that
-    raises, or returns the wrong number of results, is fitted one replicate at a time.
+    A batched method gets the replicates whose generation succeeded, in consecutive
+    batches of its ``batch_size`` (all of them without one). A batch that raises, or
+    returns the wrong number of results, is fitted one replicate at a time.
     """
     clock = time.perf_counter
     n = len(seeds)
@@ -131,10 +132,9 @@ def _run_block(plan: Plan, draw: Callable, cond: Condition, start: int, seeds: n
         if spec is not None and ok:
             fit_batch, size = spec
             singles = []
-            blocks: dict[int, list[int]] = {}
-            for i in ok:
-                blocks.setdefault((start + i) // size if size else 0, []).append(i)
-            for block in blocks.values():
+            step = size or len(ok)
+            blocks = [ok[a:a + step] for a in range(0, len(ok), step)]
+            for block in blocks:
                 t0 = clock()
                 try:
                     results = list(fit_batch([datas[i] for i in block]))

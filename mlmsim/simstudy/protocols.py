@@ -21,7 +21,6 @@ protocol here, checked with ``isinstance`` (structurally: no base class to inher
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -39,7 +38,6 @@ __all__ = [
     "MethodEntry",
     "RecordSource",
     "TakesArrays",
-    "alignment",
     "as_methods",
     "batch_spec",
 ]
@@ -96,8 +94,13 @@ class BatchedMethod(Protocol):
 
     ``fit_batch`` is a callable ``fit_batch(datasets) -> list`` (one result or exception
     per data set, in order), or None when the object fits one at a time. Optional
-    attributes: ``batch_size`` B (absent or None: the whole chunk), the block the runner
-    passes, the replicates r with the same r // B; ``batch = False`` turns batching off.
+    attributes: ``batch_size`` B (absent or None: the whole chunk), the most data sets
+    the runner passes at once; ``batch = False`` turns batching off.
+
+    The runner relies on one promise: each data set's result is the one it would get in
+    any other batch (bit for bit), so that records do not depend on the chunk size, the
+    workers or a resume. A batch that raises, or returns the wrong number of results, is
+    fitted one data set at a time by calling the method.
     """
 
     @property
@@ -191,13 +194,3 @@ def batch_spec(method: MethodEntry) -> tuple[Callable, int | None] | None:
         return None
     size = getattr(fn, "batch_size", None)
     return fit_batch, (int(size) if size else None)
-
-
-def alignment(methods: Sequence[MethodEntry]) -> int:
-    """Chunk boundaries must be multiples of this: the lcm of the methods' batch sizes."""
-    align = 1
-    for m in methods:
-        spec = batch_spec(m)
-        if spec is not None and spec[1]:
-            align = math.lcm(align, spec[1])
-    return align

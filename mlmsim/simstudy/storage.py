@@ -34,11 +34,11 @@ these parts (``components``) and of the pieces within them (``parts``), so a ref
 resume names what changed. The number of replicates and the chunk size are not part of
 the identity: replicate r of condition c has the same seed and the same records whatever
 the total and however replicates are grouped into files, so a study can be resumed with
-another chunk size and extended with more replicates in the same directory. (With a
-batched method, whose fits depend on their block of ``batch_size`` replicates to rounding,
-an extension equals a fresh run bit for bit when the old total was a multiple of the
-batch size.) A directory written for another definition, or by another mlmsim version
-(whose engine may estimate differently), is refused with :class:`StudyDirectoryError`.
+another chunk size and extended with more replicates in the same directory, and the
+records equal a fresh run's bit for bit (a batched method's results do not depend on
+the batch, :class:`~mlmsim.simstudy.protocols.BatchedMethod`). A directory written for
+another definition, or by another mlmsim version (whose engine may estimate
+differently), is refused with :class:`StudyDirectoryError`.
 
 Every field of the manifest is covered by its ``checksum`` (:func:`manifest_checksum`):
 an edited manifest (a root seed, a replicate count, a condition) is refused. Chunk files

@@ -21,10 +21,10 @@ or REML, :class:`~mlmsim.methods.FromSpec` draws each replicate from a ``ModelSp
 
 A method object may offer ``fit_batch(datasets) -> list`` (one result or exception per
 data set) to fit many replicates at once; the runner then uses it, unless the object's
-``batch`` is False. If it also has ``batch_size`` B, the runner passes blocks of the
-replicates r with the same r // B (and keeps chunk boundaries at multiples of B), so a
-batched result that depends on its batch, even to rounding, is still the same in every
-run; without ``batch_size`` the batch is the chunk.
+``batch`` is False, in batches of up to its ``batch_size`` (the chunk without one). A
+data set's result must not depend on the batch it is fitted in
+(:class:`~mlmsim.simstudy.protocols.BatchedMethod`), as :class:`mlmsim.methods.FormulaMethod`'s
+does not, bit for bit: so chunks fall anywhere.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from mlmsim import __version__
 from mlmsim.progress import progress_reporter, say
@@ -53,7 +52,7 @@ from mlmsim.simstudy.execution import (
     run_chunk,
 )
 from mlmsim.simstudy.identity import canonical, digest, form_digest, form_parts
-from mlmsim.simstudy.protocols import AnnouncesRun, KnowsTruth, alignment, as_methods
+from mlmsim.simstudy.protocols import AnnouncesRun, KnowsTruth, as_methods
 from mlmsim.simstudy.records import RECORD_FORMAT, to_pandas
 from mlmsim.simstudy.results import StudyResult
 from mlmsim.simstudy.seeds import as_root_seed, replicate_rng, replicate_seed
@@ -229,17 +228,9 @@ class Study:
                              replicate_rng(self.replicate_seed(condition, rep)))
 
     def run_replicate(self, condition: int, rep: int) -> pd.DataFrame:
-        """The records of one replicate, computed again: identical to the run's (but seconds).
-
-        With a batched method the replicate's whole block (:class:`mlmsim.methods.FormulaMethod`) is
-        fitted, since a batched fit depends on its block to rounding.
-        """
-        align = alignment(self._methods)
-        start = rep // align * align
-        stop = min(start + align, self.n_reps) if rep < self.n_reps else rep + 1
-        table = run_chunk(self._plan(), condition, start, stop)
-        table = table.filter(pc.equal(table.column("rep"), rep))
-        return to_pandas(table)
+        """The records of one replicate, computed again, alone: identical to the run's (but
+        seconds)."""
+        return to_pandas(run_chunk(self._plan(), condition, rep, rep + 1))
 
     # -- running ------------------------------------------------------------
     def run(self, out_dir: str | os.PathLike | None = None, *, n_jobs: int = 1,
@@ -257,8 +248,7 @@ class Study:
             ``scheduler`` is its address or a ``Client``; None starts a LocalCluster with
             ``n_jobs`` single-threaded worker processes).
         chunk_size : replicates per chunk (per task and per file); default
-            ceil(total / max(16, 4 workers)), at most 10,000 and at most ``n_reps``;
-            rounded up to a multiple of the batched methods' ``batch_size``.
+            ceil(total / max(16, 4 workers)), at most 10,000 and at most ``n_reps``.
         progress : None (default): a tqdm bar of replicates done on a terminal, else a
             plain line every few seconds (:mod:`mlmsim.progress`); True: the bar;
             False: nothing. Unless False, a resumed run first says how many replicates
@@ -306,8 +296,6 @@ class Study:
         chunk_size = int(chunk_size)
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
-        align = alignment(self._methods)
-        chunk_size = math.ceil(chunk_size / align) * align
         tasks, n_done = chunk_tasks(len(self._conds), self.n_reps, chunk_size, done)
         tables: dict[tuple[int, int], pa.Table] = {}
         total = len(self._conds) * self.n_reps

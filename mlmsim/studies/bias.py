@@ -92,13 +92,13 @@ def _studies(options: RunOptions):
     reps = options.reps or (20 if options.quick else 1000)
     slope = slope_spec({"icc": 0.2})
     slope_study = Study(grid, FromSpec(slope_spec, "n_groups", "group_size"),
-                        {"ML": FormulaMethod(slope.formula, "ML", batch_size=250),
-                         "REML": FormulaMethod(slope.formula, "REML", batch_size=250)},
+                        {"ML": FormulaMethod(slope.formula, "ML"),
+                         "REML": FormulaMethod(slope.formula, "REML")},
                         n_reps=reps, seed=options.seed)
     ri = intercept_spec({"icc": 0.2})
     ri_study = Study(grid, FromSpec(intercept_spec, "n_groups", "group_size"),
-                     {"ML": FormulaMethod(ri.formula, "ML", batch_size=250),
-                      "REML": FormulaMethod(ri.formula, "REML", batch_size=250),
+                     {"ML": FormulaMethod(ri.formula, "ML"),
+                      "REML": FormulaMethod(ri.formula, "REML"),
                       "ML untruncated": untruncated_ml},
                      n_reps=reps, seed=options.seed + 1)
     return {"slope": slope_study, "intercept": ri_study}

@@ -93,7 +93,6 @@ SIGMA2 = 9.0
 CONDITIONS = {"J": [20, 50], "nj": [5, 20], "contextual": [0.0, 1.0], "tau11": [0.0, 1.0]}
 FULL_REPS = 2000
 QUICK_REPS = 25
-BATCH_SIZE = 25  # divides both; replicate blocks (and so records) are the same in both
 RECORD_VERSION = 1  # bump when the recorded quantities change (part of the study's identity)
 
 FORMULA = "y ~ x + (1 | g)"
@@ -257,13 +256,13 @@ class FiveForms:
     ``FiveForms(random_slope=False)`` fits ``y ~ x + (1 | g)`` and its four other forms
     (method RI); ``random_slope=True`` gives each form a random slope of its level-1
     variable (method RS). Calling it fits each form with ``mlmsim.fit``; the runner uses
-    :meth:`fit_batch` (``mlmsim.fit_batch`` per form over a block of ``batch_size``
-    replicates, equal to the single fits to rounding) unless ``batch`` is False.
+    :meth:`fit_batch` (``mlmsim.fit_batch`` per form over a batch of up to ``batch_size``
+    replicates; a replicate's fits do not depend on its batch) unless ``batch`` is False.
     """
 
     takes_rng = False
 
-    def __init__(self, random_slope: bool, *, batch: bool = True, batch_size: int = BATCH_SIZE):
+    def __init__(self, random_slope: bool, *, batch: bool = True, batch_size: int = 256):
         self.random_slope = bool(random_slope)
         self.name = "RS" if self.random_slope else "RI"
         self.forms = centered_forms(FORMULA, X, random_slope=self.random_slope)
@@ -290,13 +289,24 @@ class FiveForms:
 
     def _fit_batch(self, datasets: list) -> list:
         datas = [add_centered(d, X, GROUP) for d in datasets]
-        batches = {f: fit_batch(self.forms[f], datas, method="ML") for f in FORMS}
-        return [_quantities({f: _FormFit.of_batch(batches[f], r) for f in FORMS}, d,
-                            self.random_slope) for r, d in enumerate(datas)]
+        fits = {f: self._form_fits(f, datas) for f in FORMS}
+        return [_quantities({f: fits[f][r] for f in FORMS}, d, self.random_slope)
+                for r, d in enumerate(datas)]
+
+    def _form_fits(self, form: str, datas: list) -> list[_FormFit]:
+        """One form fitted by ML to each data set: together, or one data set at a time
+        where the batch cannot be fitted together, so that no fit depends on its batch."""
+        try:
+            b = fit_batch(self.forms[form], datas, method="ML")
+        except Exception as exc:  # noqa: BLE001 - each data set's own outcome instead
+            if len(datas) == 1:
+                return [_FormFit(error=f"{type(exc).__name__}: {exc}")]
+            return [self._form_fits(form, [d])[0] for d in datas]
+        return [_FormFit.of_batch(b, r) for r in range(len(datas))]
 
     def descriptor(self) -> dict:
         return {"formulas": self.formulas(), "method": "ML", "batch": self.batch,
-                "batch_size": self.batch_size, "records": RECORD_VERSION}
+                "records": RECORD_VERSION}
 
     def __repr__(self) -> str:
         return f"FiveForms(random_slope={self.random_slope})"

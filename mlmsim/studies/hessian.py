@@ -254,12 +254,11 @@ def _seed(options: RunOptions, block: str) -> int:
 
 
 def _methods(block: str) -> dict:
-    def both(formula: str, prefix: str = "", batch_size: int = 32) -> dict:
-        return {f"{prefix}{m}": FormulaMethod(formula, m, batch_size=batch_size)
-                for m in ("ML", "REML")}
+    def both(formula: str, prefix: str = "") -> dict:
+        return {f"{prefix}{m}": FormulaMethod(formula, m) for m in ("ML", "REML")}
 
     if block == "slope":
-        return both(SLOPE_FORMULA, batch_size=128)
+        return both(SLOPE_FORMULA)
     if block == "discrete":
         out = {}
         for label, formula in DISCRETE_FORMULAS.items():
@@ -271,7 +270,7 @@ def _methods(block: str) -> dict:
             out |= both(formula, f"{label} ")
         return out
     if block == "ri":
-        return {**both(RI_FORMULA, batch_size=256), ANOVA: anova_zero}
+        return {**both(RI_FORMULA), ANOVA: anova_zero}
     raise ValueError(f"unknown block {block!r}")
 
 

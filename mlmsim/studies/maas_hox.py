@@ -69,11 +69,10 @@ def study(options: RunOptions):
     grid = QUICK if options.quick else FULL
     reps = options.reps or (25 if options.quick else 1000)
     formula = spec({"icc": 0.2}).formula
-    methods = {"REML": FormulaMethod(formula, "REML", batch_size=250),
-               "REML-nobound": FormulaMethod(formula, "REML", bounded=False, batch_size=250),
+    methods = {"REML": FormulaMethod(formula, "REML"),
+               "REML-nobound": FormulaMethod(formula, "REML", bounded=False),
                "REML-nobound-expected": FormulaMethod(formula, "REML", bounded=False,
-                                                      information="expected",
-                                                      batch_size=250)}
+                                                      information="expected")}
     return Study(grid, FromSpec(spec, "n_groups", "group_size"), methods, n_reps=reps,
                  seed=options.seed)
 

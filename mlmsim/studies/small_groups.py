@@ -88,7 +88,6 @@ them (with the engine's 300 the same fits converge, to the same estimates); the 
 have no maximum with every V_j positive definite and would run to the limit."""
 ALPHA = 0.05
 LEVEL = 0.95
-BATCH = 250
 
 MODELS = {"ri": "random intercept, level-2 treatment W",
           "rs": "Maas and Hox: random intercept and slope, cross-level X:Z"}
@@ -155,15 +154,14 @@ def _methods(block: str, formula: str) -> dict:
                                               parm=variances, name="REML profile"),
                 "REML bootstrap": FormulaMethod(formula, "REML", intervals="boot",
                                                 nsim=NSIM, name="REML bootstrap")}
-    b = {"batch_size": BATCH}
-    return {"REML": FormulaMethod(formula, "REML", **b),
-            "REML containment": FormulaMethod(formula, "REML", ddf="containment", **b),
-            "REML Satterthwaite": FormulaMethod(formula, "REML", ddf="satterthwaite", **b),
-            "REML KR": FormulaMethod(formula, "REML", ddf="kenward-roger", **b),
-            "REML expected": FormulaMethod(formula, "REML", information="expected", **b),
-            "ML": FormulaMethod(formula, "ML", **b),
+    return {"REML": FormulaMethod(formula, "REML"),
+            "REML containment": FormulaMethod(formula, "REML", ddf="containment"),
+            "REML Satterthwaite": FormulaMethod(formula, "REML", ddf="satterthwaite"),
+            "REML KR": FormulaMethod(formula, "REML", ddf="kenward-roger"),
+            "REML expected": FormulaMethod(formula, "REML", information="expected"),
+            "ML": FormulaMethod(formula, "ML"),
             "REML unbounded": FormulaMethod(formula, "REML", bounded=False,
-                                            control={"max_iter": UNBOUNDED_MAX_ITER}, **b)}
+                                            control={"max_iter": UNBOUNDED_MAX_ITER})}
 
 
 def _studies(options: RunOptions) -> dict:

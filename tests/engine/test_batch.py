@@ -291,3 +291,47 @@ def test_fit_arrays_with_a_shared_design_equals_the_stacked_one():
 def test_fast_lane_with_the_grouping_factor_as_a_predictor():
     """A numeric grouping column may also be a fixed predictor (a trend over groups)."""
     _assert_equal_to_single_fits("y ~ x + g + (1 | g)", _frames_with(5), "ML")
+
+
+def _batch_rows(b, rows):
+    """What a replicate's batched fit reports: estimates, SEs, deviance, flags, messages,
+    evaluations, error."""
+    return [(np.asarray(b.params)[r].tobytes(), np.asarray(b.se)[r].tobytes(),
+             float(b.deviance[r]), bool(b.converged[r]), bool(b.singular[r]),
+             bool(b.hessian_pd[r]), bool(b.identifiable[r]), tuple(b.messages[r]),
+             int(b.evaluations[r]), b.errors[r] if b.errors else None) for r in rows]
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), unbalanced=st.booleans(), slope=st.booleans(),
+       method=st.sampled_from(["ML", "REML"]), bounded=st.booleans(),
+       cuts=st.lists(st.integers(1, 8), min_size=1, max_size=3, unique=True))
+def test_a_replicates_batched_fit_does_not_depend_on_its_batch(seed, unbalanced, slope,
+                                                               method, bounded, cuts):
+    """Bit for bit: every block of a partition of the data sets gives each replicate the
+    fit the whole batch gives it (the fast lane of equal rows, the per-data-set designs of
+    unequal ones, and a data set with a missing value, which sends its whole batch to the
+    designs)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(9):
+        J = int(rng.integers(4, 12))
+        m = rng.integers(2, 7, size=J) if unbalanced else np.full(J, 4)
+        g = np.repeat(np.arange(J), m)
+        x = rng.standard_normal(g.size)
+        u = rng.normal(0.0, [0.8, 0.4], size=(J, 2))
+        y = 1.0 + 0.5 * x + u[g, 0] + u[g, 1] * x + rng.standard_normal(g.size)
+        frames.append(pd.DataFrame({"y": y, "x": x, "g": g}))
+    if seed % 3 == 0:
+        frames[4].loc[2, "x"] = np.nan
+    formula = "y ~ x + (1 + x | g)" if slope else "y ~ x + (1 | g)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = _batch_rows(fit_batch(formula, frames, method=method, bounded=bounded),
+                            range(9))
+        edges = [0, *sorted(cuts), 9]
+        parts = []
+        for a, b in zip(edges[:-1], edges[1:], strict=True):
+            part = fit_batch(formula, frames[a:b], method=method, bounded=bounded)
+            parts += _batch_rows(part, range(b - a))
+    assert parts == whole
