@@ -25,8 +25,9 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
+from mlmsim.generate.predictors import Continuous  # noqa: E402
 from mlmsim.generate.simulate import simulate, simulate_batch  # noqa: E402
-from mlmsim.generate.spec import Continuous, ModelSpec  # noqa: E402
+from mlmsim.generate.spec import ModelSpec  # noqa: E402
 
 TARGET_BATCH = 0.2  # seconds for 1,000 replicates of 30 groups of 5
 

@@ -35,34 +35,27 @@ from mlmsim.engine import (
     fit_batch,
     lrt,
 )
-from mlmsim.generate.simulate import (
-    SimBatch,
-    simulate,
-    simulate_batch,
-)
-from mlmsim.generate.spec import (
+from mlmsim.generate.covariance import T_from_sd_corr, tau0_sq_from_icc
+from mlmsim.generate.distributions import ChiSquare, Discrete, Normal, StudentT
+from mlmsim.generate.predictors import (
     Binary,
     Categorical,
-    ChiSquare,
     Complement,
     Continuous,
-    Discrete,
     GroupCentered,
     GroupMean,
     Indicator,
     Level2Binary,
     Level2Continuous,
-    ModelSpec,
-    Normal,
-    PoissonSizes,
-    SizeList,
-    StudentT,
-    T_from_sd_corr,
-    Truth,
-    UniformSizes,
     Values,
-    tau0_sq_from_icc,
 )
+from mlmsim.generate.simulate import (
+    SimBatch,
+    simulate,
+    simulate_batch,
+)
+from mlmsim.generate.sizes import PoissonSizes, SizeList, UniformSizes
+from mlmsim.generate.spec import ModelSpec, Truth
 from mlmsim.methods import FormulaMethod, FromSpec
 from mlmsim.planning import (
     PowerCurve,

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from mlmsim.engine.batch import fit_batch
+from mlmsim.generate.predictors import Categorical, Continuous
 from mlmsim.generate.simulate import SimBatch
-from mlmsim.generate.spec import Categorical, Continuous, ModelSpec
+from mlmsim.generate.spec import ModelSpec
 from mlmsim.methods import FormulaMethod, FromSpec
 from mlmsim.simstudy import Study
 from mlmsim.simstudy.conditions import Condition

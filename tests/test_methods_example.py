@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mlmsim.generate.predictors import Continuous
 from mlmsim.generate.simulate import simulate
-from mlmsim.generate.spec import Continuous, ModelSpec
+from mlmsim.generate.spec import ModelSpec
 from mlmsim.methods import FormulaMethod, FromSpec
 from mlmsim.simstudy import FIT_PARAMETER, Study, summary_table
 

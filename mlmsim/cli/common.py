@@ -53,26 +53,24 @@ class Parser(argparse.ArgumentParser):
 
 # argument types
 
-def positive_int(text: str) -> int:
+def _whole(text: str, minimum: int, what: str) -> int:
+    """``text`` as a whole number of at least ``minimum``, else argparse's one-line error."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") \
+        raise argparse.ArgumentTypeError(f"expected a {what} whole number, got {text!r}") \
             from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be a {what} whole number, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _whole(text, 1, "positive")
 
 
 def seed_value(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative whole number, got {text!r}") \
-            from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative whole number, got {value}")
-    return value
+    return _whole(text, 0, "non-negative")
 
 
 # reading and writing files

@@ -27,29 +27,23 @@ import numpy as np
 import pandas as pd
 from numba import njit
 
-from mlmsim.generate.spec import (
-    DUMMY_COLUMN,
-    SYMMETRY_TOL,
+from mlmsim.generate.checks import whole_number
+from mlmsim.generate.covariance import SYMMETRY_TOL, factor_T
+from mlmsim.generate.distributions import Distribution, Normal
+from mlmsim.generate.predictors import (
     Binary,
     Categorical,
     Complement,
     Continuous,
-    Distribution,
     GroupCentered,
     GroupMean,
     Indicator,
     Level2Binary,
     Level2Continuous,
-    ModelSpec,
-    Normal,
-    PoissonSizes,
-    SizeList,
-    UniformSizes,
     Values,
-    factor_T,
-    group_sizes,
-    whole_number,
 )
+from mlmsim.generate.sizes import PoissonSizes, SizeList, UniformSizes, group_sizes
+from mlmsim.generate.spec import DUMMY_COLUMN, ModelSpec
 from mlmsim.model.terms import fill_terms, term_products, variable_array
 
 __all__ = ["simulate", "simulate_batch", "SimBatch", "factor_T", "draw_effects",

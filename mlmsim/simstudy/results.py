@@ -307,12 +307,10 @@ def summarise(source: Any, *, alpha: float = 0.05, level: float = 0.95, null: fl
     ----------
     source : records (a DataFrame, or an iterable of DataFrames), a :class:`StudyResult`,
         or a study directory (read chunk by chunk, :func:`load_study`).
-    alpha : level of the Wald test (t test, for records with df) of theta = ``null``
-        behind ``rejection``.
-    level : confidence level of the Wald interval used where no interval was recorded.
-    null : theta_0 of the rejection rate.
-    where : optional row filter ``where(records_chunk) -> boolean mask`` applied before
-        summarising, e.g. ``lambda r: r.converged.fillna(False)``.
+    alpha, level, null, where : as for
+        :func:`~mlmsim.simstudy.measures.summarise_records` (the test behind
+        ``rejection``, the Wald interval where none was recorded, theta_0, a row filter
+        such as ``lambda r: r.converged.fillna(False)``).
 
     Returns
     -------

@@ -27,13 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mlmsim.generate.spec import (
-    Continuous,
-    Level2Continuous,
-    ModelSpec,
-    T_from_sd_corr,
-    tau0_sq_from_icc,
-)
+from mlmsim.generate.covariance import T_from_sd_corr, tau0_sq_from_icc
+from mlmsim.generate.predictors import Continuous, Level2Continuous
+from mlmsim.generate.spec import ModelSpec
 from mlmsim.methods import FormulaMethod, FromSpec
 from mlmsim.simstudy import Study, load_study, plot_measure, summarise
 from mlmsim.studies import RunOptions

@@ -63,7 +63,8 @@ import pandas as pd
 
 from mlmsim import fit, fit_batch
 from mlmsim.analysis.centering import FORMS, add_centered, centered_forms
-from mlmsim.generate.spec import Continuous, GroupCentered, GroupMean, ModelSpec
+from mlmsim.generate.predictors import Continuous, GroupCentered, GroupMean
+from mlmsim.generate.spec import ModelSpec
 from mlmsim.methods import FromSpec
 from mlmsim.simstudy import Estimates, Study, load_study, plot_measure
 from mlmsim.simstudy.storage import MANIFEST

@@ -68,15 +68,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from mlmsim.generate.spec import (
-    Binary,
-    Complement,
-    Continuous,
-    Level2Binary,
-    ModelSpec,
-    SizeList,
-    T_from_sd_corr,
-)
+from mlmsim.generate.covariance import T_from_sd_corr
+from mlmsim.generate.predictors import Binary, Complement, Continuous, Level2Binary
+from mlmsim.generate.sizes import SizeList
+from mlmsim.generate.spec import ModelSpec
 from mlmsim.methods import FormulaMethod, FromSpec
 from mlmsim.simstudy import (
     FIT_PARAMETER,

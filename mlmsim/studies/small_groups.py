@@ -58,7 +58,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mlmsim.generate.spec import Continuous, Level2Binary, Level2Continuous, ModelSpec
+from mlmsim.generate.predictors import Continuous, Level2Binary, Level2Continuous
+from mlmsim.generate.spec import ModelSpec
 from mlmsim.methods import FormulaMethod, FromSpec
 from mlmsim.simstudy import Study, load_study, plot_measure, summarise
 from mlmsim.simstudy.intervals import is_proportion, proportion_interval

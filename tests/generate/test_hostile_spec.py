@@ -14,7 +14,8 @@ import time
 import pytest
 
 from mlmsim import cli
-from mlmsim.generate.spec import MAX_SPEC_BYTES, MAX_SPEC_DEPTH, MAX_SPEC_NODES, ModelSpec
+from mlmsim.generate.spec import ModelSpec
+from mlmsim.generate.spec_files import MAX_SPEC_BYTES, MAX_SPEC_DEPTH, MAX_SPEC_NODES
 
 BIG = "1" + "0" * 400  # 10**400: a whole number beyond the largest float (about 1.8e308)
 TOO_BIG_FOR_FLOAT = "1" + "0" * 309  # 10**309, the smallest power of ten beyond it

@@ -22,6 +22,20 @@ from formulaic import model_matrix
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mlmsim.generate.covariance import T_from_sd_corr
+from mlmsim.generate.distributions import ChiSquare, Discrete, Normal, StudentT
+from mlmsim.generate.predictors import (
+    Binary,
+    Categorical,
+    Complement,
+    Continuous,
+    GroupCentered,
+    GroupMean,
+    Indicator,
+    Level2Binary,
+    Level2Continuous,
+    Values,
+)
 from mlmsim.generate.simulate import (
     SimBatch,
     as_generator,
@@ -31,27 +45,8 @@ from mlmsim.generate.simulate import (
     simulate,
     simulate_batch,
 )
-from mlmsim.generate.spec import (
-    Binary,
-    Categorical,
-    ChiSquare,
-    Complement,
-    Continuous,
-    Discrete,
-    GroupCentered,
-    GroupMean,
-    Indicator,
-    Level2Binary,
-    Level2Continuous,
-    ModelSpec,
-    Normal,
-    PoissonSizes,
-    SizeList,
-    StudentT,
-    T_from_sd_corr,
-    UniformSizes,
-    Values,
-)
+from mlmsim.generate.sizes import PoissonSizes, SizeList, UniformSizes
+from mlmsim.generate.spec import ModelSpec
 
 FAMILY_ALPHA = 1e-6
 PROPERTY = settings(max_examples=25, deadline=None,

@@ -14,29 +14,22 @@ import pytest
 import yaml
 from formulaic import model_matrix
 
-from mlmsim.generate.spec import (
+from mlmsim.generate.covariance import T_from_sd_corr, covparm_names, tau0_sq_from_icc
+from mlmsim.generate.distributions import ChiSquare, Discrete, Normal, StudentT
+from mlmsim.generate.predictors import (
     Binary,
     Categorical,
-    ChiSquare,
     Complement,
     Continuous,
-    Discrete,
     GroupCentered,
     GroupMean,
     Indicator,
     Level2Binary,
     Level2Continuous,
-    ModelSpec,
-    Normal,
-    PoissonSizes,
-    SizeList,
-    StudentT,
-    T_from_sd_corr,
-    UniformSizes,
     Values,
-    covparm_names,
-    tau0_sq_from_icc,
 )
+from mlmsim.generate.sizes import PoissonSizes, SizeList, UniformSizes
+from mlmsim.generate.spec import ModelSpec
 
 
 def slope_spec(**changes) -> ModelSpec:

@@ -66,7 +66,8 @@ def test_a_study_definition_runs_no_code_through_its_formula(tmp_path):
 
 
 def test_the_formulas_of_specs_and_package_studies_pass():
-    from mlmsim.generate.spec import Categorical, Continuous, Level2Continuous, ModelSpec
+    from mlmsim.generate.predictors import Categorical, Continuous, Level2Continuous
+    from mlmsim.generate.spec import ModelSpec
 
     spec = ModelSpec(predictors=[Continuous("x"), Level2Continuous("z"),
                                  Categorical("f", levels=["a", "b", "c"])],

@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from mlmsim.generate.spec import Continuous, ModelSpec
+from mlmsim.generate.predictors import Continuous
+from mlmsim.generate.spec import ModelSpec
 from mlmsim.simstudy.identity import (
     DefinitionError,
     canonical,

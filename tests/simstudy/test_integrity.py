@@ -18,8 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mlmsim.generate.predictors import Continuous
 from mlmsim.generate.simulate import simulate
-from mlmsim.generate.spec import Continuous, ModelSpec
+from mlmsim.generate.spec import ModelSpec
 from mlmsim.methods import FormulaMethod
 from mlmsim.simstudy import (
     DefinitionError,

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlmsim.generate.spec import SizeList
+from mlmsim.generate.sizes import SizeList
 from mlmsim.simstudy import load_study, summarise
 from mlmsim.studies import RunOptions, hessian
 
