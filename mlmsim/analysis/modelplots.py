@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from mlmsim.model.layout import DesignLayout
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
@@ -72,22 +74,29 @@ def _design(fit: FitResult):
     return fit.design
 
 
-def _variables(name: str) -> list[str] | None:
+def _layout(fit: FitResult) -> DesignLayout:
+    """What the design's columns are made of (:class:`~mlmsim.model.layout.DesignLayout`)."""
+    d = _design(fit)
+    return d.layout if d.layout is not None else DesignLayout.from_names(d.fixed_names,
+                                                                         d.random_names)
+
+
+def _variables(layout: DesignLayout, name: str) -> list[str] | None:
     """Data variables of a design column: 'Intercept' -> [], 'x:z' -> [x, z]; None when the
     column is not a plain product of data columns (a factor level, a transform)."""
-    if name == "Intercept":
-        return []
-    parts = name.split(":")
-    return parts if all(_PLAIN.match(p) for p in parts) else None
+    column = layout.column(name)
+    return list(column.factors) if column.plain else None
 
 
-def _product_parts(name: str, columns: set[str]) -> list[str] | None:
+def _product_parts(layout: DesignLayout, name: str) -> list[str] | None:
     """The factors of a product column such as 'x:z' or 'x:f[T.b]': data variables, or
     factor-level dummies that are design columns of their own (their values are then read
-    from the design); None for anything else (a transform)."""
-    parts = _variables(name)
+    from the design); None for anything else (a transform). A product with a factor level
+    is read from its name, formulaic's 'x:f[T.b]', whose parts the layout does not keep."""
+    parts = _variables(layout, name)
     if parts is not None:
         return parts
+    columns = {*layout.fixed_names, *layout.random_names}
     parts = name.split(":")
     if len(parts) > 1 and all(_PLAIN.match(p) or p in columns for p in parts):
         return parts
@@ -100,9 +109,10 @@ def default_x(fit: FitResult) -> str:
 
     Raises ValueError when the model has neither (a null model).
     """
+    layout = _layout(fit)
     for names in (fit.random_names, fit.fixed_names):
         for n in names:
-            v = _variables(n)
+            v = _variables(layout, n)
             if v is not None and len(v) == 1:
                 return n
     raise ValueError(f"the model {fit.formula!r} has no predictor to put on the x axis; "
@@ -148,9 +158,9 @@ def _line_parts(fit: FitResult, names: tuple[str, ...], M: np.ndarray, x: str,
     J, k = d.ngroups, len(names)
     a, b = np.zeros((J, k)), np.zeros((J, k))
     a_all, b_all = np.zeros(k), np.zeros(k)
-    columns = set(d.fixed_names) | set(d.random_names)
+    layout = _layout(fit)
     for i, name in enumerate(names):
-        vs = _product_parts(name, columns)
+        vs = _product_parts(layout, name)
         if vs is None or x not in vs:
             if vs is None and re.search(rf"\b{re.escape(x)}\b", name):
                 raise ValueError(f"{x!r} enters the model through the column {name!r}; group "
@@ -216,7 +226,9 @@ def plot_group_lines(fit: FitResult, x: str | None = None, n_groups: int | None 
     d = _design(fit)
     x = default_x(fit) if x is None else x
     xv = _values(fit, x, data)
-    in_model = any(x in (_variables(n) or ()) for n in (*d.fixed_names, *d.random_names))
+    layout = _layout(fit)
+    in_model = any(x in (_variables(layout, n) or ()) for n in (*d.fixed_names,
+                                                                 *d.random_names))
     if xv is None or not in_model:
         raise ValueError(f"{x!r} is not a predictor of the model {fit.formula!r}; choose one "
                          f"of {', '.join(n for n in fit.fixed_names if n != 'Intercept')}")

@@ -35,7 +35,6 @@ from mlmsim.engine.estimates import Estimates, estimates, messages
 from mlmsim.engine.inference import (
     DDF_METHODS,
     KR_NEEDS_REML,
-    column_variables,
     columns_varying_within,
 )
 from mlmsim.engine.optimize import OptResult, minimize_theta
@@ -50,6 +49,7 @@ from mlmsim.engine.unbounded import unbounded_estimates
 from mlmsim.generate.simulate import SimBatch
 from mlmsim.model.covparms import covparm_names
 from mlmsim.model.formula import StackedDesign, clearly_full_rank, model_design, stacked_design
+from mlmsim.model.layout import DesignLayout
 from mlmsim.model.terms import term_products
 
 __all__ = ["BatchFit", "fit_batch", "fit_arrays", "fit_stats"]
@@ -98,6 +98,7 @@ class BatchFit:
     varies_within: Callable[[], np.ndarray] | None = field(default=None, repr=False,
                                                            compare=False)
     bounded: bool = True
+    layout: DesignLayout | None = field(default=None, repr=False, compare=False)
 
     @property
     def n(self) -> int:
@@ -135,8 +136,9 @@ class BatchFit:
         elif kind == "kenward-roger":
             out = self._kr()[3].copy()
         elif kind == "containment":
-            fv = [column_variables(n) for n in self.fixed_names]
-            rv = [column_variables(n) for n in self.random_names]
+            layout = self.layout or DesignLayout.from_names(self.fixed_names,
+                                                            self.random_names)
+            fv, rv = layout.fixed_variables(), layout.random_variables()
             for r in np.flatnonzero(fitted):
                 out[r] = inference.containment_df(_one(stats, r), fv, rv, [])
         else:
@@ -395,7 +397,8 @@ def fit_batch(formula: str, datasets: Sequence[pd.DataFrame], method: str = "REM
     centering = Centering(np.stack([c.L for _, c in parts]), np.stack([c.offset for _, c in parts]))
     fitted = fit_stats(stats, first.blocks, method, first.fixed_names, first.random_names,
                        control, centering, bounded)
-    return replace(fitted, varies_within=functools.partial(_varies_designs, designs))
+    return replace(fitted, varies_within=functools.partial(_varies_designs, designs),
+                   layout=first.layout)
 
 
 def _fit_stacked(stacked: StackedDesign, method: str, control: FitControl | None = None,
@@ -420,7 +423,7 @@ def _fit_stacked(stacked: StackedDesign, method: str, control: FitControl | None
                        stacked.random_names, control, centering, bounded)
     return replace(fitted, varies_within=functools.partial(
         _varies_stacked, stacked.variables, stacked.fixed_terms, stacked.group_codes,
-        stacked.group_labels.shape[0]))
+        stacked.group_labels.shape[0]), layout=stacked.layout)
 
 
 def _full_rank(XtX_c: np.ndarray, L: np.ndarray) -> bool:

@@ -57,7 +57,6 @@ __all__ = [
     "DDF_METHODS",
     "INFORMATION",
     "KR_NEEDS_REML",
-    "column_variables",
     "columns_varying_within",
     "containment_df",
     "between_within_df",
@@ -374,13 +373,6 @@ def between_within_df(st: GroupStats, X_varies: np.ndarray) -> np.ndarray:
     p_between = int((~X_varies).sum())
     p_within = int(X_varies.sum())
     return np.where(X_varies, N - J - p_within, J - p_between).astype(float)
-
-
-def column_variables(name: str) -> frozenset:
-    """Variables of a column name: 'Intercept' -> {}, 'x:z' -> {x, z}, 'f[T.b]' -> {f}."""
-    if name == "Intercept":
-        return frozenset()
-    return frozenset(part.split("[")[0] for part in name.split(":"))
 
 
 def columns_varying_within(X: np.ndarray, codes: np.ndarray, J: int) -> np.ndarray:

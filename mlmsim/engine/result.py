@@ -25,10 +25,10 @@ from mlmsim.engine.inference import (
     DDF_METHODS,
     INFORMATION,
     KR_NEEDS_REML,
-    column_variables,
     columns_varying_within,
 )
 from mlmsim.engine.likelihood_profile import profile, profile_confint
+from mlmsim.model.layout import DesignLayout
 
 if TYPE_CHECKING:
     from mlmsim.engine.control import OptSummary
@@ -380,9 +380,10 @@ class FitResult:
         if method == "satterthwaite":
             return inference.satterthwaite_df(*self._satterthwaite_terms())
         if method == "containment":
-            fv = [column_variables(n) for n in self.fixef.index]
-            rv = [column_variables(n) for n in self.random_names]
-            return inference.containment_df(st, fv, rv, [])
+            layout = (d.layout if d is not None and d.layout is not None else
+                      DesignLayout.from_names(self.fixef.index, self.random_names))
+            return inference.containment_df(st, layout.fixed_variables(),
+                                            layout.random_variables(), [])
         varies = columns_varying_within(d.X, d.group_codes, d.ngroups)
         return inference.between_within_df(st, varies)
 

@@ -31,6 +31,7 @@ from formulaic import Formula, model_matrix
 from formulaic.errors import FormulaicError, FormulaSyntaxError
 
 from mlmsim.model.formula_safe import check_formula
+from mlmsim.model.layout import Column, DesignLayout
 from mlmsim.model.terms import (
     column_max_abs,
     term_matrix,
@@ -92,6 +93,7 @@ class Design:
     used_rows: np.ndarray
     dropped_fixed: tuple[str, ...] = ()
     row_index: pd.Index | None = None
+    layout: DesignLayout | None = None
 
     @property
     def nobs(self) -> int:
@@ -326,12 +328,15 @@ def _is_fast(terms, cols: dict[str, np.ndarray]) -> bool:
 
 
 def _matrix(rhs: str, data: pd.DataFrame, cols: dict[str, np.ndarray], n: int):
+    """The design columns of a right-hand side: (matrix (n, k), names, the columns of each
+    formula term, their :class:`~mlmsim.model.layout.Column` (what each is made of, from
+    the formula's terms))."""
     terms = _term_factors(rhs)
     if _is_fast(terms, cols):  # products of plain columns, as the batched fast lane has them
         used = sorted({f for fs in terms for f in fs if f != "1"})
         idx, names = _term_indices(terms, {v: k for k, v in enumerate(used)})
         mat = term_products(variable_array([cols[v] for v in used], (n,)), term_matrix(idx))
-        return mat, names, [[i] for i in range(len(names))]
+        return mat, names, [[i] for i in range(len(names))], _product_columns(terms, names)
     try:
         with np.errstate(all="ignore"):  # non-finite values of transforms: dropped, counted
             mm = model_matrix(rhs, data, na_action="ignore", ensure_full_rank=True)
@@ -340,9 +345,22 @@ def _matrix(rhs: str, data: pd.DataFrame, cols: dict[str, np.ndarray], n: int):
                          ) from None
     names = list(mm.columns)
     # group columns by the formula term that produced them (for '||' blocks)
-    term_slices = mm.model_spec.term_indices
-    groups = [list(idx) for idx in term_slices.values()]
-    return np.asarray(mm, dtype=float), names, groups
+    spec = mm.model_spec
+    groups = [list(idx) for idx in spec.term_indices.values()]
+    columns: list[Column] = [Column.from_name(nm) for nm in names]
+    for term, idx in spec.term_indices.items():
+        factors = [str(f) for f in term.factors if str(f) != "1"]
+        plain = all(f in cols and _PLAIN.fullmatch(f) for f in factors)
+        variables = frozenset(factors)  # a factor or a transform is a variable of its own
+        for i in idx:
+            columns[i] = Column(names[i], variables, plain, tuple(factors) if plain else ())
+    return np.asarray(mm, dtype=float), names, groups, columns
+
+
+def _product_columns(terms, names: list[str]) -> list[Column]:
+    """The plain product columns of terms over data columns (``_term_indices``' names)."""
+    return [Column.product(nm, [f for f in fs if f != "1"])
+            for nm, fs in zip(names, terms, strict=True)]
 
 
 def model_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
@@ -406,11 +424,11 @@ def model_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
     if n == 0:
         raise ValueError("no rows left after dropping rows with missing or non-finite values")
     used_rows = np.arange(n) if keep is None else np.flatnonzero(keep)
-    X, fixed_names, _ = _matrix(pf.fixed, data, cols, n)
-    Zs, rnames, blocks = [], [], []
+    X, fixed_names, _, fixed_columns = _matrix(pf.fixed, data, cols, n)
+    Zs, rnames, blocks, rcolumns = [], [], [], []
     offset = 0
     for term in pf.random:
-        Zt, names_t, groups_t = _matrix(term.expr, data, cols, n)
+        Zt, names_t, groups_t, columns_t = _matrix(term.expr, data, cols, n)
         if Zt.shape[1] == 0:
             raise ValueError(f"random-effects term ({term.expr} | {term.group}) has no columns")
         if term.correlated:
@@ -419,6 +437,7 @@ def model_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
             blocks.extend(tuple(offset + i for i in grp) for grp in groups_t)
         Zs.append(Zt)
         rnames.extend(names_t)
+        rcolumns.extend(columns_t)
         offset += Zt.shape[1]
     Z = np.column_stack(Zs) if len(Zs) > 1 else Zs[0]
     # a transform of finite data can be non-finite (log of a value <= 0): those rows are
@@ -492,6 +511,8 @@ def model_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
         used_rows=used_rows,
         dropped_fixed=tuple(dropped),
         row_index=data.index,
+        layout=DesignLayout(tuple(c for c in fixed_columns if c.name in fixed_names),
+                            tuple(rcolumns), tuple(blocks)),
     )
 
 
@@ -577,6 +598,7 @@ class StackedDesign:
     fixed_names: tuple[str, ...]
     random_names: tuple[str, ...]
     blocks: tuple[tuple[int, ...], ...]
+    layout: DesignLayout | None = None
 
 
 def stacked_design(formula: str | ParsedFormula, datasets) -> StackedDesign | None:
@@ -699,9 +721,10 @@ def _stack(pf: ParsedFormula, cols: dict[str, list[np.ndarray]], groups: np.ndar
     fixed_terms, fixed_names = _term_indices(terms[0], index)
     if not fixed_names or len(fixed_names) >= n:
         return None
-    rterms, rnames, blocks, offset = [], [], [], 0
+    rterms, rnames, blocks, offset, rcolumns = [], [], [], 0, []
     for term, factors in zip(pf.random, terms[1:], strict=True):
         t_idx, names_t = _term_indices(factors, index)
+        rcolumns.extend(_product_columns(factors, names_t))
         if term.correlated:
             blocks.append(tuple(range(offset, offset + len(names_t))))
         else:
@@ -714,9 +737,11 @@ def _stack(pf: ParsedFormula, cols: dict[str, list[np.ndarray]], groups: np.ndar
     y = tuple(cols[pf.response])
     per_set = zip(*(cols[name] for name in names), strict=True) if names else [()] * len(y)
     variables = tuple(variable_array(values, (n,)) for values in per_set)
+    layout = DesignLayout(tuple(_product_columns(terms[0], fixed_names)),
+                          tuple(rcolumns), tuple(blocks))
     return StackedDesign(pf, y, variables, names, term_matrix(fixed_terms),
                          term_matrix(rterms), codes, labels,
-                         tuple(fixed_names), tuple(rnames), tuple(blocks))
+                         tuple(fixed_names), tuple(rnames), tuple(blocks), layout)
 
 
 def _term_indices(terms, index: dict[str, int]) -> tuple[list[list[int]], list[str]]:

@@ -1,0 +1,77 @@
+"""A design's layout comes from the formula's terms: what each column is made of, for the
+containment df and the model plots, without reading column names back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mlmsim
+from mlmsim.model.formula import model_design, stacked_design
+from mlmsim.model.layout import Column, DesignLayout
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(4)
+    n = 80
+    return pd.DataFrame({"y": rng.normal(size=n), "x": rng.normal(size=n),
+                         "z": rng.normal(size=n), "f": rng.choice(list("abc"), n),
+                         "g": np.repeat(np.arange(10), 8)})
+
+
+def test_columns_are_read_from_the_terms(data):
+    lay = model_design("y ~ x * z + f + log(z + 5) + (1 + x | g)", data).layout
+    by = {c.name: c for c in lay.fixed}
+    assert by["Intercept"] == Column("Intercept", frozenset(), True, ())
+    assert by["x:z"] == Column("x:z", frozenset({"x", "z"}), True, ("x", "z"))
+    assert by["f[T.b]"].variables == {"f"} and not by["f[T.b]"].plain
+    assert by["log(z + 5)"].variables == {"log(z + 5)"} and not by["log(z + 5)"].plain
+    assert lay.random_names == ("Intercept", "x") and lay.blocks == ((0, 1),)
+    assert lay.column("x") == by["x"]
+    with pytest.raises(KeyError):
+        lay.column("w")
+
+
+def test_uncorrelated_terms_give_a_block_each(data):
+    lay = model_design("y ~ x + (1 + x || g)", data).layout
+    assert lay.blocks == ((0,), (1,))
+
+
+@pytest.mark.parametrize("formula", ["y ~ x * z + (1 + x | g)", "y ~ x + z + (1 | g)",
+                                     "y ~ x + (1 + x || g)"])
+def test_stacked_and_single_designs_have_one_layout(data, formula):
+    assert stacked_design(formula, [data, data]).layout == model_design(formula, data).layout
+
+
+@pytest.mark.parametrize("formula", ["y ~ x * z + f + log(z + 5) + (1 + x | g)",
+                                     "y ~ x:f + C(f) + (1 | g)", "y ~ x + (0 + z | g)"])
+def test_names_alone_give_the_same_variables(data, formula):
+    """Arrays fitted without a formula carry only names; the layout read from them agrees
+    with the terms' on every column's variables and plainness."""
+    lay = model_design(formula, data).layout
+    named = DesignLayout.from_names(lay.fixed_names, lay.random_names, lay.blocks)
+    assert named == lay
+
+
+def test_a_dropped_collinear_column_leaves_the_layout(data):
+    d = data.assign(x2=2.0 * data["x"])
+    with pytest.warns(UserWarning, match="rank deficient"):
+        des = model_design("y ~ x + x2 + (1 | g)", d)
+    assert des.layout.fixed_names == des.fixed_names == ("Intercept", "x")
+
+
+def test_containment_df_reads_the_layout(data):
+    """Containment df of a fit and of a batch (from the stacked layout, or from names for
+    arrays) agree."""
+    formula = "y ~ x * z + (1 + x | g)"
+    single = mlmsim.fit(formula, data, method="REML").ddf("containment")
+    batch = mlmsim.fit_batch(formula, [data, data], method="REML")
+    assert batch.layout == model_design(formula, data).layout
+    np.testing.assert_array_equal(batch.ddf("containment")[0], single)
+    d = model_design(formula, data)
+    arrays = mlmsim.fit_arrays(d.y[None], d.X, d.Z, d.group_codes, method="REML",
+                               fixed_names=d.fixed_names, random_names=d.random_names)
+    assert arrays.layout is None
+    np.testing.assert_array_equal(arrays.ddf("containment")[0], single)
