@@ -91,13 +91,12 @@ def _variables(layout: DesignLayout, name: str) -> list[str] | None:
 def _product_parts(layout: DesignLayout, name: str) -> list[str] | None:
     """The factors of a product column such as 'x:z' or 'x:f[T.b]': data variables, or
     factor-level dummies that are design columns of their own (their values are then read
-    from the design); None for anything else (a transform). A product with a factor level
-    is read from its name, formulaic's 'x:f[T.b]', whose parts the layout does not keep."""
+    from the design); None for anything else (a transform)."""
     parts = _variables(layout, name)
     if parts is not None:
         return parts
     columns = {*layout.fixed_names, *layout.random_names}
-    parts = name.split(":")
+    parts = list(layout.column(name).parts)
     if len(parts) > 1 and all(_PLAIN.match(p) or p in columns for p in parts):
         return parts
     return None

@@ -52,6 +52,8 @@ from mlmsim.generate.spec_files import (
     read_spec_file,
     spec_kwargs,
 )
+from mlmsim.model.formula import formula_layout
+from mlmsim.model.layout import Column
 from mlmsim.model.terms import term_matrix
 
 __all__ = [
@@ -420,8 +422,6 @@ class ModelSpec:
         return _ReadOnlyDict(out)
 
     def _build_layout(self) -> Layout:
-        from formulaic import model_matrix
-
         known = self.columns()
         terms: list[str] = []
         for key in self.gamma:
@@ -443,8 +443,8 @@ class ModelSpec:
             else:
                 sample[p.name] = np.array([0.0, 1.0])
         frame = pd.DataFrame(sample, index=range(2))
-        fixed_names = tuple(str(c) for c in model_matrix(fixed, frame).columns)
-        random_names = tuple(str(c) for c in model_matrix(rand, frame).columns)
+        design = formula_layout(formula, frame)  # the layout the fit will read
+        fixed_names, random_names = design.fixed_names, design.random_names
         for key in self.gamma:
             if key not in fixed_names:
                 raise ValueError(
@@ -460,13 +460,13 @@ class ModelSpec:
         factor = factor_T(self.T[np.ix_(order, order)])
         variables: list[str] = []
 
-        def terms(names: tuple[str, ...]) -> np.ndarray:
-            factors = [[f for f in name.split(":") if f != "Intercept"] for name in names]
-            for f in (f for fs in factors for f in fs if f not in variables):
+        def terms(columns: tuple[Column, ...]) -> np.ndarray:
+            """Each column as the product of its parts (data columns, a level's dummy)."""
+            for f in (f for c in columns for f in c.parts if f not in variables):
                 variables.append(f)
-            return term_matrix([[variables.index(f) for f in fs] for fs in factors])
+            return term_matrix([[variables.index(f) for f in c.parts] for c in columns])
 
-        fixed_terms, random_terms = terms(fixed_names), terms(random_names)
+        fixed_terms, random_terms = terms(design.fixed), terms(design.random)
         for a in (gamma, factor, fixed_terms, random_terms):
             a.setflags(write=False)
         return Layout(formula, fixed_names, random_names, order, gamma, factor,

@@ -42,7 +42,7 @@ from mlmsim.model.terms import (
 
 __all__ = ["RandomTerm", "ParsedFormula", "Design", "StackedDesign", "parse_formula",
            "parse_restricted_formula",
-           "model_design", "stacked_design", "clearly_full_rank"]
+           "model_design", "stacked_design", "formula_layout", "clearly_full_rank"]
 
 
 @dataclass(frozen=True)
@@ -352,8 +352,10 @@ def _matrix(rhs: str, data: pd.DataFrame, cols: dict[str, np.ndarray], n: int):
         factors = [str(f) for f in term.factors if str(f) != "1"]
         plain = all(f in cols and _PLAIN.fullmatch(f) for f in factors)
         variables = frozenset(factors)  # a factor or a transform is a variable of its own
-        for i in idx:
-            columns[i] = Column(names[i], variables, plain, tuple(factors) if plain else ())
+        for i in idx:  # formulaic names a product column by its parts' names, joined by ':'
+            parts = () if names[i] == "Intercept" else tuple(names[i].split(":"))
+            columns[i] = Column(names[i], variables, plain, tuple(factors) if plain else (),
+                                parts)
     return np.asarray(mm, dtype=float), names, groups, columns
 
 
@@ -361,6 +363,40 @@ def _product_columns(terms, names: list[str]) -> list[Column]:
     """The plain product columns of terms over data columns (``_term_indices``' names)."""
     return [Column.product(nm, [f for f in fs if f != "1"])
             for nm, fs in zip(names, terms, strict=True)]
+
+
+def _random_part(pf: ParsedFormula, data: pd.DataFrame, cols: dict[str, np.ndarray], n: int
+                 ) -> tuple[list[np.ndarray], list[str], list[tuple[int, ...]], list[Column]]:
+    r"""The random-effect columns of every bar term: their matrices, names, blocks of T (one
+    per ``|`` term, one per term of a ``||`` term) and :class:`Column`\ s."""
+    Zs, names, blocks, columns = [], [], [], []
+    offset = 0
+    for term in pf.random:
+        Zt, names_t, groups_t, columns_t = _matrix(term.expr, data, cols, n)
+        if Zt.shape[1] == 0:
+            raise ValueError(f"random-effects term ({term.expr} | {term.group}) has no columns")
+        if term.correlated:
+            blocks.append(tuple(range(offset, offset + Zt.shape[1])))
+        else:
+            blocks.extend(tuple(offset + i for i in grp) for grp in groups_t)
+        Zs.append(Zt)
+        names.extend(names_t)
+        columns.extend(columns_t)
+        offset += Zt.shape[1]
+    return Zs, names, blocks, columns
+
+
+def formula_layout(formula: str | ParsedFormula, frame: pd.DataFrame) -> DesignLayout:
+    """The :class:`~mlmsim.model.layout.DesignLayout` that ``formula`` gives on data with
+    ``frame``'s columns and types (a few rows suffice; none of a fit's checks): what a
+    :class:`~mlmsim.generate.spec.ModelSpec` compiles its generator from, so that the
+    generator and the fit read one layout of the same formula."""
+    pf = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
+    cols = {str(c): _float_values(v) for c, v in frame.items() if _is_numeric(v)}
+    n = int(frame.shape[0])
+    _, _, _, fixed_columns = _matrix(pf.fixed, frame, cols, n)
+    _, _, blocks, rcolumns = _random_part(pf, frame, cols, n)
+    return DesignLayout(tuple(fixed_columns), tuple(rcolumns), tuple(blocks))
 
 
 def model_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
@@ -425,20 +461,7 @@ def model_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
         raise ValueError("no rows left after dropping rows with missing or non-finite values")
     used_rows = np.arange(n) if keep is None else np.flatnonzero(keep)
     X, fixed_names, _, fixed_columns = _matrix(pf.fixed, data, cols, n)
-    Zs, rnames, blocks, rcolumns = [], [], [], []
-    offset = 0
-    for term in pf.random:
-        Zt, names_t, groups_t, columns_t = _matrix(term.expr, data, cols, n)
-        if Zt.shape[1] == 0:
-            raise ValueError(f"random-effects term ({term.expr} | {term.group}) has no columns")
-        if term.correlated:
-            blocks.append(tuple(range(offset, offset + Zt.shape[1])))
-        else:
-            blocks.extend(tuple(offset + i for i in grp) for grp in groups_t)
-        Zs.append(Zt)
-        rnames.extend(names_t)
-        rcolumns.extend(columns_t)
-        offset += Zt.shape[1]
+    Zs, rnames, blocks, rcolumns = _random_part(pf, data, cols, n)
     Z = np.column_stack(Zs) if len(Zs) > 1 else Zs[0]
     # a transform of finite data can be non-finite (log of a value <= 0): those rows are
     # dropped as a missing value is

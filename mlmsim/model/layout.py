@@ -33,12 +33,15 @@ class Column:
     """One design column: its ``name``, the model ``variables`` (its term's factors) it is
     made of, and whether it is ``plain`` (a product of numeric data columns as they are:
     the intercept, ``x``, ``x:z``); ``factors`` are those data columns in the term's order
-    when it is plain, else empty."""
+    when it is plain, else empty; ``parts`` the one-factor columns it is the product of
+    (``x:f[T.b]`` -> ``x``, ``f[T.b]``: a data column, a factor level's dummy or a
+    transform; none for the intercept)."""
 
     name: str
     variables: frozenset[str]
     plain: bool
     factors: tuple[str, ...] = ()
+    parts: tuple[str, ...] = ()
 
     @classmethod
     def from_name(cls, name: str) -> Column:
@@ -46,16 +49,16 @@ class Column:
         'x:z' (plain), 'f[T.b]' or 'x:f[T.b]' (a factor level), 'log(x)' (a transform)."""
         if name == "Intercept":
             return cls(name, frozenset(), True)
-        parts = name.split(":")
+        parts = tuple(name.split(":"))
         plain = all(_PLAIN.match(p) for p in parts)
         variables = frozenset(p.split("[")[0] for p in parts)
-        return cls(name, variables, plain, tuple(parts) if plain else ())
+        return cls(name, variables, plain, parts if plain else (), parts)
 
     @classmethod
     def product(cls, name: str, factors: Sequence[str]) -> Column:
         """A plain column, the product of the data columns ``factors`` (none: the
         intercept)."""
-        return cls(name, frozenset(factors), True, tuple(factors))
+        return cls(name, frozenset(factors), True, tuple(factors), tuple(factors))
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,12 @@ def data():
 
 
 def test_columns_are_read_from_the_terms(data):
-    lay = model_design("y ~ x * z + f + log(z + 5) + (1 + x | g)", data).layout
+    lay = model_design("y ~ x * z + f + x:f + log(z + 5) + (1 + x | g)", data).layout
     by = {c.name: c for c in lay.fixed}
-    assert by["Intercept"] == Column("Intercept", frozenset(), True, ())
-    assert by["x:z"] == Column("x:z", frozenset({"x", "z"}), True, ("x", "z"))
+    assert by["Intercept"] == Column("Intercept", frozenset(), True, (), ())
+    assert by["x:z"] == Column("x:z", frozenset({"x", "z"}), True, ("x", "z"), ("x", "z"))
     assert by["f[T.b]"].variables == {"f"} and not by["f[T.b]"].plain
+    assert by["x:f[T.b]"].parts == ("x", "f[T.b]") and by["x:f[T.b]"].variables == {"x", "f"}
     assert by["log(z + 5)"].variables == {"log(z + 5)"} and not by["log(z + 5)"].plain
     assert lay.random_names == ("Intercept", "x") and lay.blocks == ((0, 1),)
     assert lay.column("x") == by["x"]
@@ -75,3 +76,19 @@ def test_containment_df_reads_the_layout(data):
                                fixed_names=d.fixed_names, random_names=d.random_names)
     assert arrays.layout is None
     np.testing.assert_array_equal(arrays.ddf("containment")[0], single)
+
+
+def test_the_generator_and_the_fit_read_one_layout():
+    """A ModelSpec compiles its generator from the layout its formula gives
+    (formula_layout), the one the fit of its data reads."""
+    spec = mlmsim.ModelSpec(
+        predictors=[mlmsim.Continuous("x"), mlmsim.Categorical("f", ["a", "b", "c"]),
+                    mlmsim.Level2Continuous("z")],
+        gamma={"Intercept": 1.0, "x": 0.5, "f[T.b]": 0.2, "x:f[T.c]": 0.3, "x:z": 0.1},
+        random=["Intercept", "x"], T=[[1.0, 0.1], [0.1, 0.25]], sigma2=1.0)
+    data = mlmsim.simulate(spec, 12, 8, rng=np.random.default_rng(2))
+    fitted = model_design(spec.formula, data).layout
+    assert (spec.layout.fixed_names, spec.layout.random_names) == (fitted.fixed_names,
+                                                                   fitted.random_names)
+    parts = {p for c in (*fitted.fixed, *fitted.random) for p in c.parts}
+    assert set(spec.layout.variables) == parts
