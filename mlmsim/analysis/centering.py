@@ -55,7 +55,13 @@ from mlmsim.engine.evaluate import evaluate
 from mlmsim.engine.fit import fit, fit_design
 from mlmsim.engine.inference import CovStructure
 from mlmsim.model.covparms import covparm_names
-from mlmsim.model.formula import model_design, parse_formula
+from mlmsim.model.formula import (
+    model_design,
+    needed_columns,
+    parse_formula,
+    required_columns,
+    term_factors,
+)
 
 if TYPE_CHECKING:
     from mlmsim.engine.result import FitResult
@@ -191,12 +197,9 @@ def add_centered(data: pd.DataFrame, x: str, group: str) -> pd.DataFrame:
 # ---- the five formulas -------------------------------------------------------------------
 
 
-def _word(x: str) -> re.Pattern:
-    return re.compile(r"(?<![A-Za-z0-9_.])" + re.escape(x) + r"(?![A-Za-z0-9_.])")
-
-
 def _split_plus(text: str) -> list[str]:
-    """Top-level ``+``-separated terms of a right-hand side."""
+    """Top-level ``+``-separated pieces of a right-hand side, as written (each is then
+    read by the formula parser: :func:`_terms_of`)."""
     pieces, depth, cur = [], 0, []
     for ch in text:
         depth += (ch == "(") - (ch == ")")
@@ -207,6 +210,34 @@ def _split_plus(text: str) -> list[str]:
             cur.append(ch)
     pieces.append("".join(cur).strip())
     return [p for p in pieces if p]
+
+
+def _terms_of(piece: str) -> list[tuple[str, ...]]:
+    """The terms a piece of a right-hand side stands for, each the tuple of its factors,
+    as the formula parser reads them ('x*z' -> x, z, x:z), without the implicit
+    intercept."""
+    return [t for t in term_factors(piece) if t != ("1",)]
+
+
+def _enters(piece: str, x: str) -> bool:
+    """Whether ``x`` is a factor of a term of the piece (x, x:z, x*z). A transform of x
+    (log(x), I(x**2)) is refused: the five forms replace x itself."""
+    if piece in ("0", "1", "-1"):
+        return False
+    if any(x in t for t in _terms_of(piece)):
+        return True
+    if x in required_columns(piece):
+        raise ValueError(f"{x!r} enters {piece!r} through a transform; the centred forms "
+                         "replace x itself: make the transform a column of its own")
+    return False
+
+
+def _with_column(piece: str, x: str, col: str) -> str:
+    """The piece with the factor ``x`` replaced by ``col``, written from its terms (the
+    piece as written when x is not in it)."""
+    if not _enters(piece, x):
+        return piece
+    return " + ".join(":".join(col if f == x else f for f in t) for t in _terms_of(piece))
 
 
 def _normalise_form(form: str) -> str:
@@ -272,8 +303,8 @@ class CenteredForms:
         """
         if isinstance(fit_or_formula, str):
             pf = parse_formula(fit_or_formula)
-            fixed = [t.strip() for t in _split_plus(pf.fixed)]
-            rand = [t.strip() for r in pf.random for t in _split_plus(r.expr)]
+            fixed = [":".join(t) for t in term_factors(pf.fixed)]
+            rand = [":".join(t) for r in pf.random for t in term_factors(r.expr)]
         else:
             fixed, rand = list(fit_or_formula.fixed_names), list(fit_or_formula.random_names)
         got = _classify(fixed, rand, self.x, self.columns)
@@ -300,8 +331,8 @@ class CenteredForms:
         db = model_design(self.formulas[tgt], self.data)
         xa, xb = _x_column(src, self.x, self.columns), _x_column(tgt, self.x, self.columns)
         for d, col in ((da, xa), (db, xb)):
-            pat = _word(col)
-            other = [n for n in d.fixed_names + d.random_names if pat.search(n) and n != col]
+            other = [c.name for c in (*d.layout.fixed, *d.layout.random)
+                     if col in c.variables and c.name != col]
             if other:
                 raise ValueError(
                     f"the closed form needs {col!r} as a main effect only, but the model has "
@@ -370,34 +401,33 @@ def centered_forms(formula: str, x: str, data: pd.DataFrame | None = None, *,
         raise ValueError(f"{x!r} is the {'grouping factor' if x == group else 'response'}; "
                          "centre a level-1 predictor")
     cols = centered_names(x)
-    used = [c for c in cols.values() if _word(c).search(formula)]
+    used = [c for c in cols.values() if c in needed_columns(pf)]
     if used:
         raise ValueError(f"pass the raw-score (RS) formula: {formula!r} already uses "
                          f"{', '.join(used)}")
-    pat = _word(x)
     fixed = _split_plus(pf.fixed)
-    if not any(pat.search(t) for t in fixed):
+    if not any(_enters(t, x) for t in fixed):
         fixed.append(x)
     bars = [(_split_plus(r.expr), r.correlated) for r in pf.random]
-    has_slope = any(pat.search(t) for terms, _ in bars for t in terms)
+    has_slope = any(_enters(t, x) for terms, _ in bars for t in terms)
     if random_slope is True and not has_slope:
         bars[0] = (bars[0][0] + [x], bars[0][1])
     elif random_slope is False and has_slope:
-        kept = [([t for t in terms if not pat.search(t)], c) for terms, c in bars]
+        kept = [([t for t in terms if not _enters(t, x)], c) for terms, c in bars]
         bars = [(t, c) for t, c in kept if any(s not in ("0", "-1") for s in t)]
         if not bars:
             bars = [(["1"], True)]
-    slope = any(pat.search(t) for terms, _ in bars for t in terms)
+    slope = any(_enters(t, x) for terms, _ in bars for t in terms)
     formulas = {}
     for form in FORMS:
         col = _x_column(form, x, cols)
-        fx = [pat.sub(col, t) for t in fixed]
+        fx = [_with_column(t, x, col) for t in fixed]
         if form.endswith("+GpM"):
             at = 1 + (fixed.index(x) if x in fixed
-                      else max(i for i, t in enumerate(fixed) if pat.search(t)))
+                      else max(i for i, t in enumerate(fixed) if _enters(t, x)))
             fx.insert(at, cols["GpM"])
-        rand = [f"({' + '.join(pat.sub(col, t) for t in terms)} {'|' if c else '||'} {group})"
-                for terms, c in bars]
+        rand = [f"({' + '.join(_with_column(t, x, col) for t in terms)} "
+                f"{'|' if c else '||'} {group})" for terms, c in bars]
         formulas[form] = f"{pf.response} ~ {' + '.join(fx)} + {' + '.join(rand)}"
     xbar = None
     if data is not None:

@@ -96,6 +96,7 @@ def set_field(obj: Any, name: str, value: Any) -> None:
 
 
 def plain(value: Any) -> Any:
+    """A field's value as plain data: tuples as lists (nested too), the rest as it is."""
     if isinstance(value, tuple):
         return [plain(v) for v in value]
     return value

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from mlmsim import datasets
-from mlmsim.generate.checks import number, set_field, whole_number
+from mlmsim.generate.checks import kind_dict, number, set_field, whole_number
 
 __all__ = [
     "SizeList",
@@ -56,7 +56,7 @@ class SizeList:
         return cls.from_data(datasets.load(name), "school", resample=resample)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "sizes": list(self.sizes), "resample": self.resample}
+        return kind_dict(self)
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class PoissonSizes:
         set_field(self, "mean", mean)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "mean": self.mean, "minimum": self.minimum}
+        return kind_dict(self)
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class UniformSizes:
         set_field(self, "high", high)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "low": self.low, "high": self.high}
+        return kind_dict(self)
 
 
 GroupSizes = int | SizeList | PoissonSizes | UniformSizes

@@ -42,7 +42,8 @@ from mlmsim.model.terms import (
 
 __all__ = ["RandomTerm", "ParsedFormula", "Design", "StackedDesign", "parse_formula",
            "parse_restricted_formula",
-           "model_design", "stacked_design", "formula_layout", "clearly_full_rank"]
+           "model_design", "stacked_design", "formula_layout", "clearly_full_rank",
+           "term_factors", "required_columns", "needed_columns"]
 
 
 @dataclass(frozen=True)
@@ -247,22 +248,23 @@ def _parse_rhs(rhs: str) -> Formula:
 
 
 @lru_cache(maxsize=512)
-def _term_factors(rhs: str) -> tuple[tuple[str, ...], ...]:
+def term_factors(rhs: str) -> tuple[tuple[str, ...], ...]:
     """The terms of a right-hand side as tuples of factor expressions ('1' is the intercept)."""
     return tuple(tuple(str(f) for f in term.factors) for term in _parse_rhs(rhs))
 
 
 @lru_cache(maxsize=512)
-def _required_columns(rhs: str) -> frozenset[str]:
+def required_columns(rhs: str) -> frozenset[str]:
+    """The data columns a right-hand side reads (inside transforms too)."""
     return frozenset(_parse_rhs(rhs).required_variables)
 
 
 @lru_cache(maxsize=256)
-def _needed_columns(pf: ParsedFormula) -> tuple[str, ...]:
+def needed_columns(pf: ParsedFormula) -> tuple[str, ...]:
     """Every data column the formula uses (response, grouping factor, predictors)."""
-    needed = {pf.response, pf.group} | _required_columns(pf.fixed)
+    needed = {pf.response, pf.group} | required_columns(pf.fixed)
     for term in pf.random:
-        needed |= _required_columns(term.expr)
+        needed |= required_columns(term.expr)
     return tuple(sorted(needed))
 
 
@@ -331,7 +333,7 @@ def _matrix(rhs: str, data: pd.DataFrame, cols: dict[str, np.ndarray], n: int):
     """The design columns of a right-hand side: (matrix (n, k), names, the columns of each
     formula term, their :class:`~mlmsim.model.layout.Column` (what each is made of, from
     the formula's terms))."""
-    terms = _term_factors(rhs)
+    terms = term_factors(rhs)
     if _is_fast(terms, cols):  # products of plain columns, as the batched fast lane has them
         used = sorted({f for fs in terms for f in fs if f != "1"})
         idx, names = _term_indices(terms, {v: k for k, v in enumerate(used)})
@@ -418,7 +420,7 @@ def model_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
     if data.shape[0] == 0:
         raise ValueError("data has no rows: an empty data frame cannot be fitted")
     g = pf.group
-    needed = _needed_columns(pf)
+    needed = needed_columns(pf)
     missing = [c for c in needed if c not in data.columns]
     if missing:
         raise ValueError(
@@ -663,8 +665,8 @@ def _is_sim_batch(d) -> bool:
 
 def _plain_terms(pf: ParsedFormula) -> bool:
     """Every term is "1", a column name or a product of column names."""
-    needed = _needed_columns(pf)
-    terms = [_term_factors(pf.fixed)] + [_term_factors(t.expr) for t in pf.random]
+    needed = needed_columns(pf)
+    terms = [term_factors(pf.fixed)] + [term_factors(t.expr) for t in pf.random]
     plain = {f for ts in terms for fs in ts for f in fs if f != "1"}
     return all(_PLAIN.fullmatch(f) and f in needed for f in plain)
 
@@ -674,7 +676,7 @@ def _frame_columns(pf: ParsedFormula, datasets):
     float arrays (N,); the grouping column's values (N,) and N. None unless every data
     set has the same grouping column, with no value missing."""
     first = datasets[0]
-    needed = _needed_columns(pf)
+    needed = needed_columns(pf)
     if any(c not in first.columns for c in needed) or not _plain_terms(pf):
         return None
     if any(not _is_numeric(first[c]) for c in needed):
@@ -708,7 +710,7 @@ def _batch_columns(pf: ParsedFormula, batches):
     A SimBatch's rows are sorted by group, so equal group sizes mean equal codes."""
     first = batches[0]
     spec = first.spec
-    needed = _needed_columns(pf)
+    needed = needed_columns(pf)
     if not _plain_terms(pf):
         return None
     for b in batches:
@@ -736,7 +738,7 @@ def _stack(pf: ParsedFormula, cols: dict[str, list[np.ndarray]], groups: np.ndar
     J = labels.shape[0]
     if J < 2 or J >= n:
         return None
-    terms = [_term_factors(pf.fixed)] + [_term_factors(t.expr) for t in pf.random]
+    terms = [term_factors(pf.fixed)] + [term_factors(t.expr) for t in pf.random]
     names = tuple(sorted({f for ts in terms for fs in ts for f in fs if f != "1"}))
     if any(v not in cols for v in names):  # e.g. the grouping factor of a SimBatch
         return None

@@ -109,6 +109,11 @@ def test_five_formulas_random_intercept_and_slope():
     # x is added when the formula lacks it; names containing x are left alone
     assert cen.centered_forms("y ~ 1 + x2 + (1 | g)", "x")["GpMC"] == \
         "y ~ 1 + x2 + x_gpmc + (1 | g)"
+    # the formula is edited as terms: x is replaced where it is a factor of a term (a
+    # product written x*z stands for its terms), and the GpM column follows x's term
+    assert cen.centered_forms("y ~ x*z + w + (1 | g)", "x")["GpMC+GpM"] == \
+        "y ~ x_gpmc + z + x_gpmc:z + x_gpm + w + (1 | g)"
+    assert cen.centered_forms("y ~ z:x + (1 | g)", "x")["GMC"] == "y ~ z:x_gmc + (1 | g)"
 
 
 def test_formula_errors():
@@ -120,6 +125,8 @@ def test_formula_errors():
         cen.centered_forms("y ~ x + (1 | g)", "x")["CWC"]
     with pytest.raises(ValueError, match="no data"):
         cen.centered_forms("y ~ x + (1 | g)", "x").fit()
+    with pytest.raises(ValueError, match="through a transform"):  # log(x_gmc) is no centring
+        cen.centered_forms("y ~ log(x) + (1 | g)", "x")
 
 
 def test_form_of_recognises_fits_and_formulas(nels_forms):
