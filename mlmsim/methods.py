@@ -30,10 +30,24 @@ from mlmsim.simstudy.conditions import Condition
 from mlmsim.simstudy.identity import canonical
 from mlmsim.simstudy.records import FLAGS, Estimates, t_inference, z_quantile
 
-__all__ = ["FormulaMethod", "FromSpec", "INTERVALS"]
+__all__ = ["FormulaMethod", "FromSpec", "INTERVALS", "each_alone_if_needed"]
 
 #: the intervals a :class:`FormulaMethod` can record
 INTERVALS = ("wald", "profile", "boot")
+
+
+def each_alone_if_needed(fit_together: Callable[[list], list], datasets: list,
+                         failed: Callable[[Exception], Any]) -> list:
+    """``fit_together(datasets)``, or, where the batch cannot be fitted together (it
+    raises: data sets that give different columns), each data set through
+    ``fit_together([d])``, and ``failed(exception)`` for one that cannot be fitted even
+    alone: so no data set's result depends on the batch it came in."""
+    try:
+        return fit_together(datasets)
+    except Exception as exc:  # noqa: BLE001 - each data set's own outcome instead
+        if len(datasets) == 1:
+            return [failed(exc)]
+        return [each_alone_if_needed(fit_together, [d], failed)[0] for d in datasets]
 
 
 class FormulaMethod:
@@ -220,12 +234,10 @@ class FormulaMethod:
         not be fitted (as ``mlmsim.fit`` would raise it). A block that cannot be fitted
         together is fitted one data set at a time, through the same batched path, so that
         no result depends on the block."""
-        try:
-            res = fit_batch(self.formula, datasets, method=self.method, **self._fit_options())
-        except Exception as exc:  # noqa: BLE001 - each data set's own outcome instead
-            if len(datasets) == 1:
-                return [exc]
-            return [self._fit_batch([d])[0] for d in datasets]
+        return each_alone_if_needed(self._fit_together, datasets, lambda exc: exc)
+
+    def _fit_together(self, datasets: list) -> list[Estimates | Exception]:
+        res = fit_batch(self.formula, datasets, method=self.method, **self._fit_options())
         names = list(res.param_names)
         z = z_quantile(self.level)
         params, se = np.asarray(res.params, dtype=float), np.asarray(res.se, dtype=float)

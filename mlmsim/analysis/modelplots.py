@@ -76,9 +76,7 @@ def _design(fit: FitResult):
 
 def _layout(fit: FitResult) -> DesignLayout:
     """What the design's columns are made of (:class:`~mlmsim.model.layout.DesignLayout`)."""
-    d = _design(fit)
-    return d.layout if d.layout is not None else DesignLayout.from_names(d.fixed_names,
-                                                                         d.random_names)
+    return _design(fit).layout
 
 
 def _variables(layout: DesignLayout, name: str) -> list[str] | None:

@@ -380,7 +380,7 @@ class FitResult:
         if method == "satterthwaite":
             return inference.satterthwaite_df(*self._satterthwaite_terms())
         if method == "containment":
-            layout = (d.layout if d is not None and d.layout is not None else
+            layout = (d.layout if d is not None else  # arrays without a formula: names
                       DesignLayout.from_names(self.fixef.index, self.random_names))
             return inference.containment_df(st, layout.fixed_variables(),
                                             layout.random_variables(), [])

@@ -79,6 +79,7 @@ class Design:
     random-effect columns it covers (one block per ``|`` term, one block per
     term of a ``||`` term). ``used_rows`` are the positions (0-based, in the
     input data) of the rows used, ``row_index`` their labels in the input's index.
+    ``layout`` says what each column is made of (:class:`~mlmsim.model.layout.DesignLayout`).
     """
 
     formula: ParsedFormula
@@ -92,9 +93,9 @@ class Design:
     blocks: tuple[tuple[int, ...], ...]
     n_dropped: int
     used_rows: np.ndarray
+    layout: DesignLayout
     dropped_fixed: tuple[str, ...] = ()
     row_index: pd.Index | None = None
-    layout: DesignLayout | None = None
 
     @property
     def nobs(self) -> int:
@@ -623,7 +624,7 @@ class StackedDesign:
     fixed_names: tuple[str, ...]
     random_names: tuple[str, ...]
     blocks: tuple[tuple[int, ...], ...]
-    layout: DesignLayout | None = None
+    layout: DesignLayout
 
 
 def stacked_design(formula: str | ParsedFormula, datasets) -> StackedDesign | None:

@@ -65,7 +65,7 @@ from mlmsim import fit, fit_batch
 from mlmsim.analysis.centering import FORMS, add_centered, centered_forms
 from mlmsim.generate.predictors import Continuous, GroupCentered, GroupMean
 from mlmsim.generate.spec import ModelSpec
-from mlmsim.methods import FromSpec
+from mlmsim.methods import FromSpec, each_alone_if_needed
 from mlmsim.simstudy import Estimates, Study, load_study, plot_measure
 from mlmsim.simstudy.storage import MANIFEST
 from mlmsim.studies import RunOptions
@@ -297,13 +297,12 @@ class FiveForms:
     def _form_fits(self, form: str, datas: list) -> list[_FormFit]:
         """One form fitted by ML to each data set: together, or one data set at a time
         where the batch cannot be fitted together, so that no fit depends on its batch."""
-        try:
-            b = fit_batch(self.forms[form], datas, method="ML")
-        except Exception as exc:  # noqa: BLE001 - each data set's own outcome instead
-            if len(datas) == 1:
-                return [_FormFit(error=f"{type(exc).__name__}: {exc}")]
-            return [self._form_fits(form, [d])[0] for d in datas]
-        return [_FormFit.of_batch(b, r) for r in range(len(datas))]
+        def together(ds: list) -> list[_FormFit]:
+            b = fit_batch(self.forms[form], ds, method="ML")
+            return [_FormFit.of_batch(b, r) for r in range(len(ds))]
+
+        return each_alone_if_needed(
+            together, datas, lambda exc: _FormFit(error=f"{type(exc).__name__}: {exc}"))
 
     def descriptor(self) -> dict:
         return {"formulas": self.formulas(), "method": "ML", "batch": self.batch,
