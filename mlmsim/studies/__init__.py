@@ -13,6 +13,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 __all__ = ["RunOptions", "names", "get", "write_index"]
 
@@ -38,6 +39,12 @@ class RunOptions:
     scheduler: str | None = None
     seed: int = 20261125
     progress: bool | None = None
+
+    def run(self, study: Any, out_dir: Path, label: str) -> Any:
+        """``study.run`` into ``out_dir`` with these options' workers, backend, scheduler
+        and progress, its bar and lines named ``label``."""
+        return study.run(out_dir, n_jobs=self.n_jobs, backend=self.backend,
+                         scheduler=self.scheduler, progress=self.progress, label=label)
 
 
 def names() -> list[str]:

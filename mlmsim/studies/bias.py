@@ -104,9 +104,7 @@ def run(out_dir: Path, options: RunOptions) -> None:
     """Run both blocks into ``out_dir/records/{slope,intercept}``, then :func:`report`."""
     out_dir = Path(out_dir)
     for name, study in _studies(options).items():
-        study.run(out_dir / "records" / name, n_jobs=options.n_jobs, backend=options.backend,
-                  scheduler=options.scheduler, progress=options.progress,
-                  label=f"bias/{name}")
+        options.run(study, out_dir / "records" / name, f"bias/{name}")
     report(out_dir)
 
 

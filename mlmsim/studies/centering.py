@@ -326,9 +326,7 @@ def run(out_dir: Path, options: RunOptions | None = None) -> None:
     """Run the replicates into ``out_dir/records``, then :func:`report`."""
     options = options or RunOptions()
     out_dir = Path(out_dir)
-    build(options).run(out_dir / "records", n_jobs=options.n_jobs, backend=options.backend,
-                       scheduler=options.scheduler, progress=options.progress,
-                       label="centering")
+    options.run(build(options), out_dir / "records", "centering")
     report(out_dir)
 
 

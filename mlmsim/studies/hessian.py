@@ -288,9 +288,7 @@ def run(out_dir: Path, options: RunOptions) -> None:
     """Run the four blocks into ``out_dir/records/<block>``, then :func:`report`."""
     out_dir = Path(out_dir)
     for block, study in studies(options).items():
-        study.run(out_dir / "records" / block, n_jobs=options.n_jobs, backend=options.backend,
-                  scheduler=options.scheduler, progress=options.progress,
-                  label=f"hessian/{block}")
+        options.run(study, out_dir / "records" / block, f"hessian/{block}")
     report(out_dir)
 
 

@@ -81,9 +81,7 @@ def study(options: RunOptions):
 def run(out_dir: Path, options: RunOptions) -> None:
     """Run the design into ``out_dir/records``, then :func:`report`."""
     out_dir = Path(out_dir)
-    study(options).run(out_dir / "records", n_jobs=options.n_jobs, backend=options.backend,
-                       scheduler=options.scheduler, progress=options.progress,
-                       label="maas_hox")
+    options.run(study(options), out_dir / "records", "maas_hox")
     report(out_dir)
 
 

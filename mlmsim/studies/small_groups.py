@@ -184,9 +184,7 @@ def run(out_dir: Path, options: RunOptions) -> None:
     """Run the four blocks into ``out_dir/records/<block>``, then :func:`report`."""
     out_dir = Path(out_dir)
     for block, study in _studies(options).items():
-        study.run(out_dir / "records" / block, n_jobs=options.n_jobs,
-                  backend=options.backend, scheduler=options.scheduler,
-                  progress=options.progress, label=f"small_groups/{block}")
+        options.run(study, out_dir / "records" / block, f"small_groups/{block}")
     report(out_dir)
 
 
