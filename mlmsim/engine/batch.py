@@ -55,7 +55,6 @@ from mlmsim.model.terms import term_products
 __all__ = ["BatchFit", "fit_batch", "fit_arrays", "fit_stats"]
 
 
-
 def _per_replicate(name: str, doc: str) -> property:
     """A read-only attribute of :class:`BatchFit` that is the Estimates field ``name``."""
     return property(lambda self: getattr(self.estimates, name), doc=doc)

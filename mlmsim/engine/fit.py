@@ -30,7 +30,6 @@ from mlmsim.model.formula import Design, model_design
 __all__ = ["fit", "fit_design", "result_from_theta", "Centering"]
 
 
-
 def fit(formula: str, data: pd.DataFrame, method: str = "REML", *,
         control: FitControl | dict | None = None, bounded: bool = True) -> FitResult:
     """Fit a two-level linear mixed model by ML or REML from an lme4 formula.

@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["FitResult", "FitArrays", "simulate_responses"]
 
 
-
 @dataclass(frozen=True)
 class FitArrays:
     """The arrays behind a :class:`FitResult`'s labelled views: beta (p,), vcov (p, p),

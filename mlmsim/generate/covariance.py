@@ -30,7 +30,6 @@ PSD_TOL = 1e-10
 RANK_TOL = 1e-10
 
 
-
 def T_from_sd_corr(sd: Sequence[float], corr: Any = None) -> np.ndarray:  # noqa: N802
     """T = D C D with D = diag(sd), C the correlation matrix of U_j.
 

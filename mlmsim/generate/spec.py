@@ -84,7 +84,6 @@ class Truth:
         return pd.concat([self.gamma, cov]).rename("truth")
 
 
-
 #: a dummy-coded design column's name, ``var[T.level]`` or ``var[level]``
 DUMMY_COLUMN = re.compile(r"(?P<var>[A-Za-z_][A-Za-z0-9_]*)\[(?P<t>T\.)?(?P<level>[^\]]+)\]")
 

@@ -87,7 +87,6 @@ group_sizes: 10          # or [8, 12, ...], {kind: poisson, mean: 10},
 """
 
 
-
 def size_message(n_bytes: int | None, what: str = "the spec") -> str:
     """``n_bytes`` None: the size is unknown (a device or a pipe), but over the limit."""
     size = f"{n_bytes} bytes" if n_bytes is not None else f"over {MAX_SPEC_BYTES} bytes"

@@ -23,7 +23,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Column", "DesignLayout"]
+__all__ = ["Column", "DesignLayout", "LaidOut"]
 
 _PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
@@ -99,3 +99,22 @@ class DesignLayout:
     def random_variables(self) -> list[frozenset[str]]:
         """The data variables of each random-effect column."""
         return [c.variables for c in self.random]
+
+
+class LaidOut:
+    """A design that carries its ``layout`` and reads its column names and blocks of T
+    from it (``Design``, ``StackedDesign``)."""
+
+    layout: DesignLayout
+
+    @property
+    def fixed_names(self) -> tuple[str, ...]:
+        return self.layout.fixed_names
+
+    @property
+    def random_names(self) -> tuple[str, ...]:
+        return self.layout.random_names
+
+    @property
+    def blocks(self) -> tuple[tuple[int, ...], ...]:
+        return self.layout.blocks

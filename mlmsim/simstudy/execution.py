@@ -45,14 +45,10 @@ class Plan:
     truths: tuple[dict[str, float], ...]
 
 
-
-
 def _warning_texts(log: list, start: int) -> list[str]:
     texts = [f"{w.category.__name__}: {w.message}" for w in log[start:]]
     del log[start:]
     return texts
-
-
 
 
 def run_chunk(plan: Plan, condition: int, start: int, stop: int) -> pa.Table:
