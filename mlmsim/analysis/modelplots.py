@@ -22,7 +22,6 @@ not when mlmsim is imported.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -48,7 +47,6 @@ __all__ = [
     "default_x",
 ]
 
-_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 _MAX_TICK_LABELS = 40
 
 
@@ -94,9 +92,9 @@ def _product_parts(layout: DesignLayout, name: str) -> list[str] | None:
     if parts is not None:
         return parts
     columns = {*layout.fixed_names, *layout.random_names}
-    parts = list(layout.column(name).parts)
-    if len(parts) > 1 and all(_PLAIN.match(p) or p in columns for p in parts):
-        return parts
+    parts = layout.column(name).parts
+    if len(parts) > 1 and all(p.kind == "data" or p.name in columns for p in parts):
+        return [p.name for p in parts]
     return None
 
 
@@ -159,7 +157,7 @@ def _line_parts(fit: FitResult, names: tuple[str, ...], M: np.ndarray, x: str,
     for i, name in enumerate(names):
         vs = _product_parts(layout, name)
         if vs is None or x not in vs:
-            if vs is None and re.search(rf"\b{re.escape(x)}\b", name):
+            if vs is None and x in layout.column(name).inputs:
                 raise ValueError(f"{x!r} enters the model through the column {name!r}; group "
                                  "lines need it to enter linearly (as x or x:z)")
             a[:, i] = _group_means(M[:, i], codes, n)

@@ -331,7 +331,11 @@ def _minimize(theta, st, rows, cols, reml, max_iter, tol, gtol, max_step, edge, 
             if (code == _DECREMENT or code == _FLOOR) and dec > 0.0:
                 # the last Newton step, taken when it does not raise the deviance: one
                 # evaluation that takes the estimate from ~1e-6 of a standard error of the
-                # optimum to rounding level (the digits that lme4 and SAS print)
+                # optimum to rounding level on the exact Hessian (quadratic), to about 1e-8
+                # on a BFGS matrix (superlinear; measured against fits run to the rounding
+                # floor), both far below the digits that lme4 and SAS print. The exact
+                # Hessian here would cost k + 1 evaluations more per fit (+27% of the time
+                # of a random slope fit, J = 30, n = 10): not spent.
                 for i in range(k):
                     trial[i] = theta[i] + p[i]
                 ft = deviance_one(trial, st, rows, cols, reml, True, g_new, w, qc)

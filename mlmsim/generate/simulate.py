@@ -43,7 +43,7 @@ from mlmsim.generate.predictors import (
     Values,
 )
 from mlmsim.generate.sizes import PoissonSizes, SizeList, UniformSizes, group_sizes
-from mlmsim.generate.spec import DUMMY_COLUMN, ModelSpec
+from mlmsim.generate.spec import ModelSpec
 from mlmsim.model.terms import fill_terms, term_products, variable_array
 
 __all__ = ["simulate", "simulate_batch", "SimBatch", "factor_T", "draw_effects",
@@ -165,8 +165,8 @@ class SimBatch:
       Shared by all replicates: random group sizes are drawn once per batch.
     - ``columns``: each numeric predictor, (R, N); ``categories``: each categorical
       predictor as level codes (R, N) into its ``levels``.
-    - ``variables`` (R, N, k): what X and Z are products of, ``spec.layout.variables``
-      (the predictor columns and dummies they use), by the layout's terms.
+    - ``variables`` (R, N, k): what X and Z are products of, ``spec.compiled.variables``
+      (the predictor columns and coding columns they use), by the compiled terms.
 
     X and Z are formed from the columns when first asked for (the draw itself and a
     batched fit never need them: see :mod:`mlmsim.model.terms`).
@@ -188,11 +188,11 @@ class SimBatch:
 
     @cached_property
     def X(self) -> np.ndarray:
-        return term_products(self.variables, self.spec.layout.fixed_terms)
+        return term_products(self.variables, self.spec.compiled.fixed_terms)
 
     @cached_property
     def Z(self) -> np.ndarray:
-        return term_products(self.variables, self.spec.layout.random_terms)
+        return term_products(self.variables, self.spec.compiled.random_terms)
 
     @property
     def n_replicates(self) -> int:
@@ -280,14 +280,14 @@ def simulate_batch(spec: ModelSpec, n_replicates: int, n_groups: int | None = No
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.intp)
     columns, categories = _draw_predictors(spec, R, sizes, codes, starts, gen)
     if spec.u_components is None:
-        F = spec.layout.factor
+        F = spec.compiled.factor
         U = spec.u_dist.standard(gen, (R, J, F.shape[1])) @ F.T
     else:  # checked when the spec was built
         U = _draw_components(spec.T_engine, spec.u_components, (R, J), gen)
     resid = spec.r_dist.standard(gen, (R, N))
-    layout = spec.layout
+    compiled = spec.compiled
     variables = _variables(spec, columns, categories, (R, N))
-    y = _response_many(variables, layout.fixed_terms, layout.gamma, layout.random_terms, U,
+    y = _response_many(variables, compiled.fixed_terms, compiled.gamma, compiled.random_terms, U,
                        codes, math.sqrt(spec.sigma2), resid)
     return SimBatch(spec, y, U, sizes, columns, categories, variables)
 
@@ -385,18 +385,17 @@ def _draw_predictors(spec: ModelSpec, R: int, sizes: np.ndarray, codes: np.ndarr
 def _variables(spec: ModelSpec, cols: dict[str, np.ndarray], cats: dict[str, np.ndarray],
                shape: tuple[int, int]) -> np.ndarray:
     """The variables (R, N, k) that the fixed and random design columns are products of
-    (``spec.layout.variables``; its ``fixed_terms`` and ``random_terms`` say how, see
-    :mod:`mlmsim.model.terms`); ``shape`` is (R, N). A variable is a predictor column, or a
-    dummy named as formulaic names it, ``f[T.b]`` or ``f[b]``: 1 where f is b."""
+    (``spec.compiled.variables``; its ``fixed_terms`` and ``random_terms`` say how, see
+    :mod:`mlmsim.model.terms`); ``shape`` is (R, N). A variable is a predictor column, or
+    a column of a categorical predictor's coding (a :class:`~mlmsim.model.layout.Part`
+    such as ``f[T.b]``): its coding's value at each row's level code."""
     values = []
-    for f in spec.layout.variables:
-        if f in cols:
-            values.append(cols[f])
+    for part in spec.compiled.variables:
+        if part.kind == "level":
+            coding = np.asarray(part.values(spec.predictor(part.variable).levels))  # type: ignore[attr-defined]
+            values.append(coding[cats[part.variable]])
         else:
-            m = DUMMY_COLUMN.fullmatch(f)
-            var, level = m["var"], m["level"]  # type: ignore[index]
-            idx = spec.predictor(var).levels.index(level)  # type: ignore[attr-defined]
-            values.append((cats[var] == idx).astype(float))
+            values.append(cols[part.name])
     return np.require(variable_array(values, shape), np.float64, ["C", "W"])
 
 

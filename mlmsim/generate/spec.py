@@ -21,7 +21,6 @@ estimates). Drawing data from it is :mod:`mlmsim.generate.simulate`'s job.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,13 +52,12 @@ from mlmsim.generate.spec_files import (
     spec_kwargs,
 )
 from mlmsim.model.formula import formula_layout
-from mlmsim.model.layout import Column
+from mlmsim.model.layout import Column, DesignLayout, Part
 from mlmsim.model.terms import term_matrix
 
 __all__ = [
     "Truth",
-    "DUMMY_COLUMN",
-    "Layout",
+    "Compiled",
     "ModelSpec",
 ]
 
@@ -84,10 +82,6 @@ class Truth:
         return pd.concat([self.gamma, cov]).rename("truth")
 
 
-#: a dummy-coded design column's name, ``var[T.level]`` or ``var[level]``
-DUMMY_COLUMN = re.compile(r"(?P<var>[A-Za-z_][A-Za-z0-9_]*)\[(?P<t>T\.)?(?P<level>[^\]]+)\]")
-
-
 class _ReadOnlyDict(dict):
     """A dict that refuses changes (a spec's gamma); pickles and compares as a dict."""
 
@@ -105,25 +99,24 @@ class _ReadOnlyDict(dict):
 
 
 @dataclass(frozen=True)
-class Layout:
-    """How a spec's names map onto design columns (built once, when the spec is).
+class Compiled:
+    """The arrays the generator draws a spec's data with (built once, when the spec is).
 
-    ``fixed_names`` and ``random_names`` are in the order the engine gives them for
-    :attr:`ModelSpec.formula`; ``random_order[k]`` is the position in ``spec.random``
-    of ``random_names[k]``; ``gamma`` the true fixed effects in ``fixed_names`` order
-    (0 for columns the formula makes that gamma does not name); ``factor`` F (q x r),
-    :func:`factor_T` of T in ``random_names`` order. ``variables``: what the design
-    columns are products of (predictor names, and dummies such as ``f[T.b]``), and
-    ``fixed_terms`` / ``random_terms`` the two designs as terms over them
-    (:mod:`mlmsim.model.terms`)."""
+    ``layout`` is the :class:`~mlmsim.model.layout.DesignLayout` of ``formula`` (the one
+    the fit of the data reads); ``random_order[k]`` is the position in ``spec.random`` of
+    ``layout.random_names[k]``; ``gamma`` the true fixed effects in ``layout.fixed_names``
+    order (0 for columns the formula makes that gamma does not name); ``factor`` F
+    (q x r), :func:`factor_T` of T in ``layout.random_names`` order. ``variables``: the
+    parts the design columns are products of (predictor columns, and columns of a
+    categorical predictor's coding such as ``f[T.b]``), and ``fixed_terms`` /
+    ``random_terms`` the two designs as terms over them (:mod:`mlmsim.model.terms`)."""
 
     formula: str
-    fixed_names: tuple[str, ...]
-    random_names: tuple[str, ...]
+    layout: DesignLayout
     random_order: tuple[int, ...]
     gamma: np.ndarray
     factor: np.ndarray
-    variables: tuple[str, ...]
+    variables: tuple[Part, ...]
     fixed_terms: np.ndarray
     random_terms: np.ndarray
 
@@ -226,7 +219,7 @@ class ModelSpec:
         if self.n_groups is not None:
             set_field(self, "n_groups",
                       whole_number(self.n_groups, "n_groups (the number of groups)"))
-        set_field(self, "_layout", self._build_layout())
+        set_field(self, "_compiled", self._compile())
         set_field(self, "_u_components", self._check_u_components())
 
     def _check_u_mapping(self, random: tuple[str, ...]) -> _ReadOnlyDict:
@@ -420,7 +413,7 @@ class ModelSpec:
             out[key] = number(value, f"gamma[{key!r}]")
         return _ReadOnlyDict(out)
 
-    def _build_layout(self) -> Layout:
+    def _compile(self) -> Compiled:
         known = self.columns()
         terms: list[str] = []
         for key in self.gamma:
@@ -442,8 +435,8 @@ class ModelSpec:
             else:
                 sample[p.name] = np.array([0.0, 1.0])
         frame = pd.DataFrame(sample, index=range(2))
-        design = formula_layout(formula, frame)  # the layout the fit will read
-        fixed_names, random_names = design.fixed_names, design.random_names
+        layout = formula_layout(formula, frame)  # the layout the fit will read
+        fixed_names, random_names = layout.fixed_names, layout.random_names
         for key in self.gamma:
             if key not in fixed_names:
                 raise ValueError(
@@ -457,29 +450,39 @@ class ModelSpec:
         order = tuple(self.random.index(r) for r in random_names)
         gamma = np.array([self.gamma.get(n, 0.0) for n in fixed_names])
         factor = factor_T(self.T[np.ix_(order, order)])
-        variables: list[str] = []
+        variables: list[Part] = []
 
         def terms(columns: tuple[Column, ...]) -> np.ndarray:
-            """Each column as the product of its parts (data columns, a level's dummy)."""
-            for f in (f for c in columns for f in c.parts if f not in variables):
-                variables.append(f)
-            return term_matrix([[variables.index(f) for f in c.parts] for c in columns])
+            """Each column as the product of its parts (data columns, a level's coding)."""
+            for c in columns:
+                if not c.parts and c.name != "Intercept":
+                    raise ValueError(f"the generator cannot draw the column {c.name!r}")
+            for part in (p for c in columns for p in c.parts if p not in variables):
+                variables.append(part)
+            return term_matrix([[variables.index(p) for p in c.parts] for c in columns])
 
-        fixed_terms, random_terms = terms(design.fixed), terms(design.random)
+        fixed_terms, random_terms = terms(layout.fixed), terms(layout.random)
         for a in (gamma, factor, fixed_terms, random_terms):
             a.setflags(write=False)
-        return Layout(formula, fixed_names, random_names, order, gamma, factor,
-                      tuple(variables), fixed_terms, random_terms)
+        return Compiled(formula, layout, order, gamma, factor, tuple(variables), fixed_terms,
+                        random_terms)
 
     # ---- derived ----------------------------------------------------------
     @property
-    def layout(self) -> Layout:
-        return self._layout  # type: ignore[attr-defined]
+    def compiled(self) -> Compiled:
+        """The generator's arrays (:class:`Compiled`)."""
+        return self._compiled  # type: ignore[attr-defined]
+
+    @property
+    def layout(self) -> DesignLayout:
+        """The :class:`~mlmsim.model.layout.DesignLayout` of :attr:`formula`: the columns
+        the fit of the spec's data has, and what each is made of."""
+        return self.compiled.layout
 
     @property
     def formula(self) -> str:
         """The lme4 formula of the true model, e.g. ``y ~ 1 + x + z + x:z + (1 + x | g)``."""
-        return self.layout.formula
+        return self.compiled.formula
 
     @property
     def fixed_names(self) -> tuple[str, ...]:
@@ -494,7 +497,7 @@ class ModelSpec:
     @property
     def T_engine(self) -> np.ndarray:  # noqa: N802 - the seed's notation
         """T with rows and columns in :attr:`random_names` order."""
-        o = list(self.layout.random_order)
+        o = list(self.compiled.random_order)
         return self.T[np.ix_(o, o)]
 
     @property
@@ -502,7 +505,7 @@ class ModelSpec:
         """The true gamma, T and sigma^2, named and ordered as the engine's estimates."""
         names = list(self.random_names)
         return Truth(
-            gamma=pd.Series(self.layout.gamma, index=list(self.fixed_names), name="gamma"),
+            gamma=pd.Series(self.compiled.gamma, index=list(self.fixed_names), name="gamma"),
             T=pd.DataFrame(self.T_engine, index=names, columns=names),
             sigma2=self.sigma2,
         )

@@ -19,6 +19,7 @@ counted (``Design.n_dropped``), as SAS reports "Observations Not Used".
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import warnings
@@ -31,7 +32,7 @@ from formulaic import Formula, model_matrix
 from formulaic.errors import FormulaicError, FormulaSyntaxError
 
 from mlmsim.model.formula_safe import check_formula
-from mlmsim.model.layout import Column, DesignLayout, LaidOut
+from mlmsim.model.layout import Column, DesignLayout, LaidOut, Part
 from mlmsim.model.terms import (
     column_max_abs,
     term_matrix,
@@ -348,16 +349,51 @@ def _matrix(rhs: str, data: pd.DataFrame, cols: dict[str, np.ndarray], n: int):
     # group columns by the formula term that produced them (for '||' blocks)
     spec = mm.model_spec
     groups = [list(idx) for idx in spec.term_indices.values()]
-    columns: list[Column] = [Column.from_name(nm) for nm in names]
-    for term, idx in spec.term_indices.items():
-        factors = [str(f) for f in term.factors if str(f) != "1"]
+    columns: list[Column] = []
+    data_columns = spec.variables_by_source.get("data", set())
+    for structure, idx in zip(spec.structure, spec.term_indices.values(), strict=True):
+        factors = [str(f) for f in structure.term.factors if str(f) != "1"]
         plain = all(f in cols and _PLAIN.fullmatch(f) for f in factors)
         variables = frozenset(factors)  # a factor or a transform is a variable of its own
-        for i in idx:  # formulaic names a product column by its parts' names, joined by ':'
-            parts = () if names[i] == "Intercept" else tuple(names[i].split(":"))
-            columns[i] = Column(names[i], variables, plain, tuple(factors) if plain else (),
-                                parts)
+        inputs = frozenset(spec.term_variables[structure.term] & data_columns)
+        parts = _term_parts(spec, structure, cols)
+        for k, i in enumerate(idx):
+            columns.append(Column(names[i], variables, plain, tuple(factors) if plain else (),
+                                  parts[k] if parts else (), inputs))
     return np.asarray(mm, dtype=float), names, groups, columns
+
+
+def _factor_parts(spec, factor: str, reduced: bool, cols: dict[str, np.ndarray]) -> list[Part]:
+    """The columns formulaic encodes one factor of a term into: a categorical variable's
+    coding columns (named by its contrasts, with the coding's value at each level), else
+    the factor itself as one column (a data column or a transform)."""
+    state = spec.encoder_state.get(factor, (None, {}))[1]
+    contrasts = state.get("contrasts") if isinstance(state, dict) else None
+    if contrasts is None:
+        kind = "data" if factor in cols and _PLAIN.fullmatch(factor) else "transform"
+        return [Part(factor, factor, kind)]
+    coding = contrasts.get_coding_matrix(reduced_rank=reduced)
+    name = contrasts.contrasts.get_factor_format(contrasts.levels, reduced_rank=reduced)
+    levels = tuple(coding.index)
+    return [Part(name.format(name=factor, field=field), factor, "level", levels,
+                 tuple(float(v) for v in coding[field])) for field in coding.columns]
+
+
+def _term_parts(spec, structure, cols: dict[str, np.ndarray]) -> list[tuple[Part, ...]] | None:
+    r"""The :class:`~mlmsim.model.layout.Part`\ s of each column of one encoded formula
+    term, in formulaic's order: for each of the term's scoped terms, the row-wise Kronecker
+    product of its factors' encodings, the last factor varying slowest. None when that
+    does not give the term's columns by name (a transform that makes several columns, a
+    scaled term): the columns then carry no parts."""
+    out: list[tuple[Part, ...]] = []
+    for scoped in structure.scoped_terms:
+        if scoped.scale != 1:
+            return None
+        encodings = [_factor_parts(spec, str(f.factor), f.reduced, cols)
+                     for f in scoped.factors]
+        out.extend(product[::-1] for product in itertools.product(*reversed(encodings)))
+    names = [":".join(p.name for p in parts) or "Intercept" for parts in out]
+    return out if names == list(structure.columns) else None
 
 
 def _product_columns(terms, names: list[str]) -> list[Column]:

@@ -264,8 +264,9 @@ def test_spec_is_immutable_picklable_and_replaceable():
         spec.sigma2 = 3.0  # type: ignore[misc]
     again = pickle.loads(pickle.dumps(spec))
     assert again == spec and hash(again) == hash(spec) and again.formula == spec.formula
-    layout = again.layout  # as sent to a worker: its arrays stay read-only
-    for a in (layout.gamma, layout.factor, layout.fixed_terms, layout.random_terms):
+    compiled = again.compiled  # as sent to a worker: its arrays stay read-only
+    for a in (compiled.gamma, compiled.factor, compiled.fixed_terms,
+              compiled.random_terms):
         with pytest.raises(ValueError):
             a[...] = 0
     other = dataclasses.replace(spec, sigma2=4.0)

@@ -9,7 +9,7 @@ import pytest
 
 import mlmsim
 from mlmsim.model.formula import model_design, stacked_design
-from mlmsim.model.layout import Column, DesignLayout
+from mlmsim.model.layout import Column, DesignLayout, Part
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +18,7 @@ def data():
     n = 80
     return pd.DataFrame({"y": rng.normal(size=n), "x": rng.normal(size=n),
                          "z": rng.normal(size=n), "f": rng.choice(list("abc"), n),
+                         "h": rng.choice(list("uv"), n),
                          "g": np.repeat(np.arange(10), 8)})
 
 
@@ -25,10 +26,16 @@ def test_columns_are_read_from_the_terms(data):
     lay = model_design("y ~ x * z + f + x:f + log(z + 5) + (1 + x | g)", data).layout
     by = {c.name: c for c in lay.fixed}
     assert by["Intercept"] == Column("Intercept", frozenset(), True, (), ())
-    assert by["x:z"] == Column("x:z", frozenset({"x", "z"}), True, ("x", "z"), ("x", "z"))
+    assert by["x:z"] == Column("x:z", frozenset({"x", "z"}), True, ("x", "z"),
+                               (Part("x", "x"), Part("z", "z")), frozenset({"x", "z"}))
     assert by["f[T.b]"].variables == {"f"} and not by["f[T.b]"].plain
-    assert by["x:f[T.b]"].parts == ("x", "f[T.b]") and by["x:f[T.b]"].variables == {"x", "f"}
-    assert by["log(z + 5)"].variables == {"log(z + 5)"} and not by["log(z + 5)"].plain
+    assert by["f[T.b]"].parts == (Part("f[T.b]", "f", "level", ("a", "b", "c"),
+                                       (0.0, 1.0, 0.0)),)
+    assert [p.name for p in by["x:f[T.b]"].parts] == ["x", "f[T.b]"]
+    assert by["x:f[T.b]"].variables == {"x", "f"}
+    log = by["log(z + 5)"]
+    assert log.variables == {"log(z + 5)"} and not log.plain and log.inputs == {"z"}
+    assert log.parts == (Part("log(z + 5)", "log(z + 5)", "transform"),)
     assert lay.random_names == ("Intercept", "x") and lay.blocks == ((0, 1),)
     assert lay.column("x") == by["x"]
     with pytest.raises(KeyError):
@@ -53,7 +60,47 @@ def test_names_alone_give_the_same_variables(data, formula):
     with the terms' on every column's variables and plainness."""
     lay = model_design(formula, data).layout
     named = DesignLayout.from_names(lay.fixed_names, lay.random_names, lay.blocks)
-    assert named == lay
+
+    def read(layout):
+        return [(c.name, c.variables, c.plain, c.factors, [(p.name, p.variable, p.kind)
+                                                           for p in c.parts])
+                for c in (*layout.fixed, *layout.random)]
+
+    assert read(named) == read(lay) and named.blocks == lay.blocks
+
+
+SOURCE = {"C(h, contr.sum)": "h", "C(f)": "f", "C(f, contr.sum)": "f"}
+
+
+@pytest.mark.parametrize("formula", [
+    "y ~ x * z + f + x:f + (1 + x | g)", "y ~ 0 + f + x:f + (1 | g)",
+    "y ~ C(h, contr.sum) + f + x:h + (1 + f | g)", "y ~ x:f + C(f) + (0 + h | g)",
+    "y ~ C(f, contr.sum) * x + (1 | g)", "y ~ f:h:x + (1 + h || g)"])
+def test_parts_rebuild_every_column(data, formula):
+    """Each column equals the product of its parts: data columns as they are, a level's
+    column its coding's value at each row's level (treatment, sum and full-rank codings,
+    products of two factors), so the generator can draw it from level codes."""
+    d = model_design(formula, data)
+    for names, M in ((d.fixed_names, d.X), (d.random_names, d.Z)):
+        for k, name in enumerate(names):
+            col = d.layout.column(name)
+            assert col.parts or name == "Intercept"
+            value = np.ones(len(data))
+            for p in col.parts:
+                if p.kind == "level":
+                    source = data[SOURCE.get(p.variable, p.variable)]
+                    coding = dict(zip(p.levels, p.coding, strict=True))
+                    value = value * source.map(coding).to_numpy()
+                else:
+                    assert p.kind == "data"
+                    value = value * data[p.name].to_numpy()
+            np.testing.assert_array_equal(M[:, k], value)
+
+
+def test_a_transform_of_several_columns_has_no_parts(data):
+    lay = model_design("y ~ poly(x, 2) + (1 | g)", data).layout
+    assert [c.parts for c in lay.fixed[1:]] == [(), ()]
+    assert all(c.inputs == {"x"} for c in lay.fixed[1:])
 
 
 def test_a_dropped_collinear_column_leaves_the_layout(data):
@@ -91,4 +138,4 @@ def test_the_generator_and_the_fit_read_one_layout():
     assert (spec.layout.fixed_names, spec.layout.random_names) == (fitted.fixed_names,
                                                                    fitted.random_names)
     parts = {p for c in (*fitted.fixed, *fitted.random) for p in c.parts}
-    assert set(spec.layout.variables) == parts
+    assert spec.layout == fitted and set(spec.compiled.variables) == parts
