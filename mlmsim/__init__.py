@@ -19,7 +19,6 @@ from __future__ import annotations
 import ast
 from importlib import import_module
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 __version__ = "0.1.0"
@@ -63,8 +62,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-def studies_registry() -> ModuleType:
-    """The registry of the method studies (``mlmsim.studies``: ``names()``, ``get(name)``)."""
-    return import_module(f"{__name__}.studies")

@@ -1,8 +1,6 @@
 """The public API of mlmsim, for type checkers and editors, and the table from which
 ``mlmsim/__init__.py`` imports each name on first use."""
 
-from types import ModuleType
-
 from mlmsim import datasets, studies
 from mlmsim.analysis import centering
 from mlmsim.analysis.centering import (
@@ -76,8 +74,6 @@ from mlmsim.simstudy import (
 
 __version__: str
 
-def studies_registry() -> ModuleType: ...
-
 __all__ = [
     "BatchFit", "Binary", "Bootstrap", "Categorical", "CenteredForms", "ChiSquare",
     "Complement", "Continuous", "Discrete", "Equivalence", "Evaluation", "FitControl",
@@ -89,6 +85,6 @@ __all__ = [
     "datasets", "equivalence", "evaluate", "exact_lrt", "fit", "fit_arrays", "fit_batch",
     "load_study", "lrt", "plot_caterpillar", "plot_group_lines", "plot_measure",
     "plot_variance_function", "plot_within_between", "power", "power_curve", "sample_size",
-    "simulate", "simulate_batch", "studies", "studies_registry", "summarise",
+    "simulate", "simulate_batch", "studies", "summarise",
     "summary_table", "tau0_sq_from_icc", "within_between_slopes",
 ]

@@ -96,3 +96,22 @@ def random_formula(q: int, p_extra: int = 1) -> str:
 def formula_for():
     """``formula_for(q, p_extra)``: the formula matching :func:`simulate_two_level`."""
     return random_formula
+
+
+@pytest.fixture
+def register_study(monkeypatch):
+    """Add a study module (``TITLE``, ``run(out_dir, options)``, ``report(out_dir)``) to
+    the registry the CLI reads, :data:`mlmsim.studies.STUDIES`, for one test: it is
+    imported by the registry's own ``importlib`` path, as a study of one's own is."""
+    import sys
+    import types
+
+    from mlmsim import studies
+
+    def register(name: str, title: str, run, report) -> None:
+        module = types.ModuleType(f"registered_study_{name}")
+        module.TITLE, module.run, module.report = title, run, report
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+        monkeypatch.setitem(studies.STUDIES, name, module.__name__)
+
+    return register

@@ -35,9 +35,8 @@ def test_every_public_name_is_its_modules_object():
                 assert getattr(mlmsim, alias.name) is getattr(module, alias.name)
                 assert alias.name in mlmsim.__all__
                 seen += 1
-    assert seen == len(mlmsim.__all__) - 2            # and __version__, studies_registry
+    assert seen == len(mlmsim.__all__) - 1            # and __version__
     assert set(mlmsim.__all__) <= set(dir(mlmsim))
-    assert mlmsim.studies_registry() is mlmsim.studies
 
 
 def test_an_unknown_name_is_an_attribute_error():

@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import sys
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pandas as pd
 
-import mlmsim
-from mlmsim.cli.common import EXIT_ERROR, CLIError, check_writable, note, one_line, write_text
+from mlmsim import studies
+from mlmsim.cli.common import EXIT_ERROR, CLIError, check_writable, note, write_text
 from mlmsim.simstudy import IncompleteStudyWarning, load_study, summarise, summary_table
 from mlmsim.simstudy.storage import CorruptChunkWarning, OverlappingChunksWarning
 from mlmsim.studies import RunOptions, write_index
@@ -25,52 +24,13 @@ from mlmsim.studies import RunOptions, write_index
 __all__ = ["cmd_study_list", "cmd_study_run", "QUICK_RESULTS", "STUDY_FILE", "cmd_study_report"]
 
 
-class _Registry:
-    """The studies of ``mlmsim.studies_registry()``, loaded one at a time when asked for.
-
-    The registry may return a mapping name -> study, or an object with ``names()`` and
-    ``get(name)`` (such as the :mod:`mlmsim.studies` package)."""
-
-    def __init__(self, reg: Any):
-        if isinstance(reg, Mapping):
-            self.names, self._get = list(reg), reg.__getitem__
-        elif callable(getattr(reg, "names", None)) and callable(getattr(reg, "get", None)):
-            self.names, self._get = list(reg.names()), reg.get
-        else:
-            raise CLIError(f"mlmsim.studies_registry() returned a {type(reg).__name__}, not a "
-                           "mapping of study names", "report this as a bug")
-
-    def key(self, name: str) -> str | None:
-        for candidate in (name, name.replace("-", "_").lower()):
-            if candidate in self.names:
-                return candidate
-        return None
-
-    def get(self, name: str) -> Any:
-        key = self.key(name)
-        if key is None:
-            raise CLIError(f"unknown study {name!r}",
-                           f"choose one of {', '.join(self.names) or '(none)'}; "
-                           "'mlmsim study list' describes them")
-        return self._get(key)
-
-
-def _registry() -> _Registry:
-    """The studies of ``mlmsim.studies_registry()``."""
-    return _Registry(mlmsim.studies_registry())
-
-
-def _is_module_study(entry: Any) -> bool:
-    """A study module (or object) with ``run(out_dir, options)`` and ``report(out_dir)``,
-    rather than a factory returning a :class:`mlmsim.simstudy.Study`."""
-    return (inspect.ismodule(entry) or not callable(entry)) and callable(
-        getattr(entry, "run", None))
-
-
-def _describe(entry: Any) -> str:
-    text = (getattr(entry, "TITLE", None) or getattr(entry, "description", None)
-            or inspect.getdoc(entry) or "")
-    return str(text).strip().split("\n")[0]
+def _study(name: str) -> ModuleType:
+    """The registered study module called ``name`` (:func:`mlmsim.studies.get`)."""
+    if studies.key(name) is None:
+        raise CLIError(f"unknown study {name!r}",
+                       f"choose one of {', '.join(studies.names())}; "
+                       "'mlmsim study list' describes them")
+    return studies.get(name)
 
 
 def _run_options(args: argparse.Namespace) -> RunOptions:
@@ -82,40 +42,15 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
     return RunOptions(**values)
 
 
-def _build_study(name: str, entry: Any, quick: bool, reps: int | None, seed: int | None):
-    build = entry.build if hasattr(entry, "build") else entry
-    wanted = {"quick": quick, "n_reps": reps, "seed": seed}
-    try:
-        params = inspect.signature(build).parameters
-    except (TypeError, ValueError):
-        params = {}
-    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    kwargs = {}
-    for key, value in wanted.items():
-        if key in params or takes_all:
-            kwargs[key] = value
-        elif key != "quick" and value is not None:
-            flag = {"n_reps": "--reps", "seed": "--seed"}[key]
-            raise CLIError(f"study {name!r} does not take {flag}", f"run it without {flag}")
-        elif key == "quick" and value:
-            raise CLIError(f"study {name!r} has no quick version", "run it without --quick")
-    return build(**kwargs)
-
-
 def cmd_study_list(args: argparse.Namespace) -> int:
-    reg = _registry()
-    width = max((len(n) for n in reg.names), default=0)
-    for name in reg.names:
-        try:
-            text = _describe(reg.get(name))
-        except ImportError as exc:  # a study module that cannot be loaded: say so, go on
-            text = f"(cannot be loaded: {one_line(str(exc))})"
-        print(f"{name:<{width}}  {text}".rstrip())
+    width = max(len(n) for n in studies.names())
+    for name in studies.names():
+        print(f"{name:<{width}}  {studies.get(name).TITLE}")
     return 0
 
 
 def cmd_study_run(args: argparse.Namespace) -> int:
-    entry = _registry().get(args.name)
+    module = _study(args.name)
     if args.scheduler is not None and args.backend != "dask":
         raise CLIError("--scheduler needs --backend dask", "add --backend dask")
     if args.jobs == 0 or args.jobs < -1:
@@ -131,40 +66,29 @@ def cmd_study_run(args: argparse.Namespace) -> int:
                        f"write it under {QUICK_RESULTS}/ (the default), or drop --quick")
     out.mkdir(parents=True, exist_ok=True)
     write_text(str(out / STUDY_FILE), json.dumps({"study": args.name}) + "\n")
-    if _is_module_study(entry):
-        entry.run(out, _run_options(args))
-        note(f"study {args.name!r} is in {out}")
-        _print_report(out)
-        return 0
-    study = _build_study(args.name, entry, args.quick, args.reps, args.seed)
-    result = study.run(out, n_jobs=args.jobs, backend=args.backend, scheduler=args.scheduler)
-    note(f"records of study {args.name!r} are in {out}")
-    report = getattr(entry, "report", None)
-    if callable(report):
-        report(result, out)
-    else:
-        _print_summary(result)
+    module.run(out, _run_options(args))
+    note(f"study {args.name!r} is in {out}")
+    _print_report(out)
     return 0
 
 
-def _print_report(out: Path) -> bool:
-    """Print ``out/report.md`` if the study wrote one; return whether it did. A study
-    directory inside ``results/`` also refreshes the index ``results/README.md``."""
+def _print_report(out: Path) -> None:
+    """Print ``out/report.md`` if the study wrote one. A study directory inside
+    ``results/`` also refreshes the index ``results/README.md``."""
     report = out / "report.md"
-    if report.is_file() and out.resolve().parent.name == "results":
-        write_index(out.resolve().parent)
     if not report.is_file():
-        return False
+        return
+    if out.resolve().parent.name == "results":
+        write_index(out.resolve().parent)
     sys.stdout.write(report.read_text())
     note(f"the report is {report}")
-    return True
 
 
 def _print_summary(source: Any, csv: str | None = None) -> None:
     summary = summarise(source)
     if csv:
         write_text(csv, summary.to_csv(index=False))
-        note(f"wrote {csv}")
+        note(f"measures written to {csv}")
     table = summary_table(summary)
 
     with pd.option_context("display.width", 200, "display.max_columns", None,
@@ -179,21 +103,17 @@ STUDY_FILE = "study.json"
 """The file in a study's output folder that names the study ('study report' reads it)."""
 
 
-def _study_of_directory(d: Path, name: str | None) -> Any | None:
+def _study_of_directory(d: Path, name: str | None) -> ModuleType | None:
     """The registered study module that wrote ``d``: ``--study NAME``, else the one named in
     ``d/study.json`` (written by 'study run'), else the one named like the directory
-    (results/bias -> bias); None if there is no such module."""
-
+    (results/bias -> bias); None if there is no such module (records a Study wrote)."""
     if name is None:  # the name 'study run' wrote beside the records
         with contextlib.suppress(OSError, ValueError, AttributeError):
             name = json.loads((d / STUDY_FILE).read_text()).get("study")
-    reg = _registry()
     if name is not None:
-        entry = reg.get(name)
-    else:
-        key = reg.key(d.resolve().name)
-        entry = None if key is None else reg.get(key)
-    return entry if entry is not None and _is_module_study(entry) else None
+        return _study(name)
+    found = studies.key(d.resolve().name)
+    return None if found is None else studies.get(found)
 
 
 def _record_roots(d: Path) -> list[Path]:
@@ -250,12 +170,11 @@ def cmd_study_report(args: argparse.Namespace) -> int:
             warnings.simplefilter("ignore", said)
         if module is not None:
             module.report(d)
-            if args.csv or not _print_report(d):
+            _print_report(d)
+            if args.csv:  # the measures of every block, beside the study's own tables
                 parts = [summarise(load_study(r)).assign(block=r.name) for r in roots]
-                summary = pd.concat(parts, ignore_index=True)
-                if args.csv:
-                    summary.to_csv(args.csv, index=False)
-                    note(f"measures written to {args.csv}")
+                write_text(args.csv, pd.concat(parts, ignore_index=True).to_csv(index=False))
+                note(f"measures written to {args.csv}")
         else:
             _print_summary(load_study(roots[0]), args.csv)
     if args.strict and not sound:

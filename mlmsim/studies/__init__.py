@@ -15,9 +15,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["RunOptions", "names", "get", "write_index"]
+__all__ = ["RunOptions", "STUDIES", "names", "key", "get", "write_index"]
 
-_MODULES = {
+STUDIES = {
     "bias": "mlmsim.studies.bias",
     "maas_hox": "mlmsim.studies.maas_hox",
     "hessian": "mlmsim.studies.hessian",
@@ -25,6 +25,9 @@ _MODULES = {
     "seed_tables": "mlmsim.studies.seed_tables",
     "small_groups": "mlmsim.studies.small_groups",
 }
+"""The registry: each study's name and the module that defines it (``TITLE``,
+``run(out_dir, options)``, ``report(out_dir)``). ``mlmsim study list|run|report`` reads
+it; a study of one's own is listed, run and reported once its name and module are added."""
 
 
 @dataclass(frozen=True)
@@ -49,15 +52,24 @@ class RunOptions:
 
 def names() -> list[str]:
     """The registered study names."""
-    return list(_MODULES)
+    return list(STUDIES)
+
+
+def key(name: str) -> str | None:
+    """The registered name that ``name`` means ('maas-hox' and 'Maas_Hox' mean
+    'maas_hox'), None if none."""
+    for candidate in (name, name.replace("-", "_").lower()):
+        if candidate in STUDIES:
+            return candidate
+    return None
 
 
 def get(name: str) -> ModuleType:
     """The study module called ``name`` (ValueError naming the choices otherwise)."""
-    key = name.replace("-", "_").lower()
-    if key not in _MODULES:
-        raise ValueError(f"unknown study {name!r}; available: {', '.join(_MODULES)}")
-    return importlib.import_module(_MODULES[key])
+    found = key(name)
+    if found is None:
+        raise ValueError(f"unknown study {name!r}; available: {', '.join(STUDIES)}")
+    return importlib.import_module(STUDIES[found])
 
 
 def _first_finding(report: str) -> str:

@@ -21,6 +21,7 @@ from conftest import DATA, lme4_name
 
 import mlmsim
 from mlmsim import cli
+from mlmsim.simstudy import load_study
 
 HSB_RIS = "mathach ~ 1 + cses + (1 + cses | school)"
 NELS_RIS = "math ~ homework + (1 + homework | school)"
@@ -386,7 +387,7 @@ def test_missing_subcommand_is_one_line(capsys):
 
 
 # ---------------------------------------------------------------------------
-# study: the command against a registry (a fake one here; the real one below)
+# study: the command over the registry (a tiny study registered here; the real ones below)
 # ---------------------------------------------------------------------------
 
 def _tiny_study(quick: bool = False, n_reps: int | None = None, seed: int | None = None):
@@ -404,37 +405,9 @@ def _tiny_study(quick: bool = False, n_reps: int | None = None, seed: int | None
                  truth={"mu": 1.0}, n_reps=n_reps or 10, seed=seed if seed is not None else 1)
 
 
-def test_study_list_run_report_with_a_registry(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(mlmsim, "studies_registry", lambda: {"tiny": _tiny_study},
-                        raising=False)
-    assert cli.main(["study", "list"]) == 0
-    listed = capsys.readouterr().out
-    assert listed.startswith("tiny  A tiny study: the mean of normal data")
-    out = tmp_path / "tiny"
-    assert cli.main(["study", "run", "tiny", "--quick", "--reps", "6", "--seed", "3",
-                     "--out", str(out)]) == 0
-    ran = capsys.readouterr()
-    assert f"are in {out}" in ran.err
-    assert "bias" in ran.out and "mu" in ran.out
-    assert (out / "manifest.json").exists()
-    assert cli.main(["study", "report", str(out), "--csv", str(tmp_path / "m.csv")]) == 0
-    rep = capsys.readouterr()
-    assert rep.out == ran.out
-    measures = pd.read_csv(tmp_path / "m.csv")
-    n = measures.loc[(measures.parameter == "mu") & (measures.measure == "bias"), "n"]
-    assert n.tolist() == [6]
-    errors = measures.loc[measures.measure == "n_errors", "estimate"]
-    assert errors.tolist() == [0]
-    assert cli.main(["study", "run", "nope"]) == 2
-    assert "unknown study 'nope'" in capsys.readouterr().err
-    assert cli.main(["study", "run", "tiny", "--scheduler", "tcp://x:1"]) == 2
-    assert "--backend dask" in capsys.readouterr().err
-
-
-def _module_study(calls: list):
+def _register_tiny(register_study, name: str, calls: list) -> None:
     """A study module as mlmsim.studies defines them: TITLE, run(out_dir, options),
     report(out_dir) writing report.md."""
-    import types
 
     def run(out_dir, options):
         calls.append(("run", Path(out_dir), options))
@@ -444,20 +417,19 @@ def _module_study(calls: list):
 
     def report(out_dir):
         calls.append(("report", Path(out_dir)))
-        from mlmsim.simstudy import load_study
-
         n = len(load_study(Path(out_dir) / "records").records)
         (Path(out_dir) / "report.md").write_text(f"# Tiny\n\n{n} records\n")
 
-    return types.SimpleNamespace(TITLE="Tiny: the mean of normal data", run=run, report=report)
+    register_study(name, "Tiny: the mean of normal data", run, report)
 
 
-def test_study_modules_through_the_registry(monkeypatch, capsys, tmp_path):
+def test_study_modules_through_the_registry(register_study, capsys, tmp_path):
     calls: list = []
-    tiny = _module_study(calls)
-    monkeypatch.setattr(mlmsim, "studies_registry", lambda: {"tiny_mean": tiny}, raising=False)
+    _register_tiny(register_study, "tiny_mean", calls)
     assert cli.main(["study", "list"]) == 0
-    assert capsys.readouterr().out == "tiny_mean  Tiny: the mean of normal data\n"
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[-1] == "tiny_mean     Tiny: the mean of normal data"
+    assert [ln.split()[0] for ln in listed] == mlmsim.studies.names()
     out = tmp_path / "tiny_mean"
     assert cli.main(["study", "run", "tiny-mean", "--quick", "--reps", "4", "--seed", "9",
                      "--jobs", "1", "--out", str(out)]) == 0
@@ -479,6 +451,13 @@ def test_study_modules_through_the_registry(monkeypatch, capsys, tmp_path):
     # renamed, the folder still names its study (study.json, written by 'study run')
     assert cli.main(["study", "report", str(elsewhere)]) == 0
     assert capsys.readouterr().out == "# Tiny\n\n4 records\n"
+    # --csv: the report, and the measures of the records beside it
+    assert cli.main(["study", "report", str(elsewhere), "--csv", str(tmp_path / "m.csv")]) == 0
+    assert capsys.readouterr().out == "# Tiny\n\n4 records\n"
+    measures = pd.read_csv(tmp_path / "m.csv")
+    n = measures.loc[(measures.parameter == "mu") & (measures.measure == "bias"), "n"]
+    assert n.tolist() == [4]
+    assert measures.loc[measures.measure == "n_errors", "estimate"].tolist() == [0]
     # without it, a directory of records is still summarised generically
     (elsewhere / "study.json").unlink()
     assert cli.main(["study", "report", str(elsewhere)]) == 0
@@ -487,37 +466,24 @@ def test_study_modules_through_the_registry(monkeypatch, capsys, tmp_path):
     assert "no study records" in capsys.readouterr().err
 
 
-def test_study_registry_with_names_and_get(monkeypatch, capsys, tmp_path):
-    """A registry like the mlmsim.studies package: names() and get(name); a module that
-    cannot be imported is listed as such, and the others still run."""
-    import types
-
-    def get(name):
-        if name == "broken":
-            raise ModuleNotFoundError("No module named 'mlmsim.studies.broken'")
-        return _module_study([])
-
-    registry = types.SimpleNamespace(names=lambda: ["broken", "tiny"], get=get)
-    monkeypatch.setattr(mlmsim, "studies_registry", lambda: registry, raising=False)
-    assert cli.main(["study", "list"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("broken") and "cannot be loaded" in lines[0]
-    assert lines[1] == "tiny    Tiny: the mean of normal data"
-    assert cli.main(["study", "run", "tiny", "--quick", "--out", str(tmp_path / "t")]) == 0
-    assert "10 records" in capsys.readouterr().out
+def test_study_run_refuses_what_it_cannot_do(register_study, capsys, tmp_path):
+    _register_tiny(register_study, "tiny", [])
+    assert cli.main(["study", "run", "nope"]) == 2
+    assert "unknown study 'nope'" in capsys.readouterr().err
+    assert cli.main(["study", "report", str(tmp_path), "--study", "nope"]) == 2
+    assert "unknown study 'nope'" in capsys.readouterr().err
+    assert cli.main(["study", "run", "tiny", "--scheduler", "tcp://x:1"]) == 2
+    assert "--backend dask" in capsys.readouterr().err
 
 
 def test_quick_study_subprocess(tmp_path):
     """The real registry: `mlmsim study list`, a quick run of its first study (in a
     subprocess) and a report of it."""
-    if not hasattr(mlmsim, "studies_registry"):
-        pytest.skip("mlmsim.studies_registry() is not wired yet (the lead wires it)")
     listed = _in_process(["study", "list"])
     assert listed.returncode == 0, listed.stderr
-    loadable = [ln.split()[0] for ln in listed.stdout.splitlines()
-                if ln.strip() and "(cannot be loaded" not in ln]
-    assert loadable, listed.stdout
-    name = loadable[0]
+    names = [ln.split()[0] for ln in listed.stdout.splitlines()]
+    assert names == mlmsim.studies.names(), listed.stdout
+    name = names[0]
     out = tmp_path / name
     proc = run("study", "run", name, "--quick", "--reps", "2", "--seed", "1", "--out", str(out),
                timeout=600)
@@ -549,6 +515,12 @@ def test_spec_example_and_check(tmp_path, capsys):
     checked = capsys.readouterr()
     assert "is a valid spec" in checked.err
     assert ModelSpec.from_yaml(checked.out) == ModelSpec.example()
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("gamma: {Intercept: 1.0\nsigma2: [1, 2\n")
+    assert cli.main(["spec", "check", str(broken)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert f"invalid spec {str(broken)!r}" in err[0] and "is not valid YAML" in err[0]
+    assert len(err) == 1
 
 
 def test_spec_example_simulate_and_fit(tmp_path):

@@ -213,15 +213,15 @@ def test_reps_below_the_folder_reports_the_runs_replicates(tmp_path):
     assert everything.replicate_count().beyond == 0
 
 
-def test_cli_report_after_fewer_reps(tmp_path, capsys, monkeypatch):
+def test_cli_report_after_fewer_reps(tmp_path, capsys, register_study):
     """Through the CLI: 'study run --reps 10' on a 20-replicate folder; the report counts
     10 per condition and says that 10 more are there."""
-    import mlmsim
     from mlmsim import cli
 
-    monkeypatch.setattr(mlmsim, "studies_registry",
-                        lambda: {"tiny": lambda quick=False, n_reps=None, seed=None:
-                                 _study(n_reps or 20)}, raising=False)
+    def run(out_dir, options):
+        _study(options.reps or 20).run(out_dir / "records", progress=False)
+
+    register_study("tiny", "Tiny", run, lambda out_dir: None)
     out = tmp_path / "tiny"
     assert cli.main(["study", "run", "tiny", "--out", str(out)]) == 0
     assert cli.main(["study", "run", "tiny", "--reps", "10", "--out", str(out)]) == 0
