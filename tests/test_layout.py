@@ -1,5 +1,6 @@
 """The package's import structure, read statically from its source: no private name
-crosses a module boundary, and the modules' top-level imports form no cycle."""
+crosses a module boundary, the modules' top-level imports form no cycle, and imports
+inside functions are only of the dependencies loaded on demand."""
 
 from __future__ import annotations
 
@@ -87,6 +88,24 @@ def _inner_imports(module: str, tree: ast.Module) -> set[str]:
     return {m for m in found if m in MODULES and m != module}
 
 
+def _inner_third_party(tree: ast.Module) -> set[str]:
+    """The top-level names of what ``tree`` imports inside its functions, outside the
+    package (relative imports aside)."""
+    found: set[str] = set()
+    for fn in ast.walk(tree):
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    found |= {a.name.split(".")[0] for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and not node.level:
+                    found.add((node.module or "").split(".")[0])
+    return found - {"mlmsim"}
+
+
+#: what is imported where it is first needed, for what only some runs use: figures
+#: (matplotlib, seaborn), worker processes (joblib), progress bars (tqdm) and the dask
+#: extra (distributed)
+ON_DEMAND = {"matplotlib", "seaborn", "joblib", "tqdm", "distributed"}
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -120,11 +139,18 @@ def test_the_top_level_imports_form_no_cycle():
 
 
 def test_no_import_of_the_package_inside_a_function():
-    """Imports inside functions are for optional or heavy third-party dependencies only
-    (matplotlib, scipy, joblib, distributed): the package's own modules are imported at
-    the top, which the no-cycle test then covers."""
+    """The package's own modules are imported at the top, which the no-cycle test then
+    covers."""
     inner = sorted((m, n) for m, t in MODULES.items() for n in _inner_imports(m, t))
     assert inner == [], "import at the top of the module (untangle the cycle if there is one)"
+
+
+def test_imports_inside_functions_are_the_on_demand_dependencies():
+    """Inside a function only what some runs need and others never load (ON_DEMAND); the
+    rest (numpy, pandas, scipy, pyarrow, the standard library) at the top of the module."""
+    inner = {(m, n) for m, t in MODULES.items() for n in _inner_third_party(t)}
+    assert sorted((m, n) for m, n in inner if n not in ON_DEMAND) == []
+    assert {n for _, n in inner} == ON_DEMAND  # each is still loaded on demand somewhere
 
 
 def test_the_checks_find_what_they_look_for():
@@ -140,5 +166,9 @@ def test_the_checks_find_what_they_look_for():
     assert _inner_imports("mlmsim.engine.chunked", ast.parse(
         "import numpy\ndef f():\n    from ..progress import say\n    import scipy\n")) == {
             "mlmsim.progress"}
+    assert _inner_third_party(ast.parse(
+        "import numpy\ndef f():\n    from ..progress import say\n    import scipy.stats\n"
+        "    from mlmsim import fit\n    from pyarrow import parquet\n")) == {"scipy",
+                                                                           "pyarrow"}
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []

@@ -11,6 +11,7 @@ loky workers (each ends when its parent does, :func:`watch_parent`) or on a
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -194,8 +195,6 @@ def watch_parent(parent: int) -> None:
     ``parent`` no longer exists. At most one such thread per process (found by its name,
     so that no module state is kept); a no-op in the parent itself.
     """
-    import threading
-
     if os.getpid() == parent or any(t.name == _WATCHDOG for t in threading.enumerate()):
         return
     started_by = os.getppid()

@@ -26,6 +26,7 @@ import statistics
 from typing import Any
 
 import numpy as np
+from scipy import special
 
 __all__ = ["wilson_interval", "clopper_pearson_interval", "proportion_interval",
            "PROPORTION_MEASURES", "is_proportion"]
@@ -79,17 +80,18 @@ def wilson_interval(k: Any, n: Any, level: float = 0.95, *, z: float | None = No
 
 def clopper_pearson_interval(k: Any, n: Any, level: float = 0.95
                              ) -> tuple[np.ndarray, np.ndarray]:
-    """The Clopper-Pearson (exact) interval (lower, upper) for k successes in n trials."""
-    from scipy import stats
-
+    """The Clopper-Pearson (exact) interval (lower, upper) for k successes in n trials:
+    the alpha/2 quantile of Beta(k, n - k + 1) and the 1 - alpha/2 quantile of
+    Beta(k + 1, n - k) (the inverse regularised incomplete beta function, which
+    ``scipy.stats.beta.ppf`` evaluates too)."""
     k, n = _counts(k, n)
     alpha = 1.0 - level
     _z(level)  # checks level
     with np.errstate(invalid="ignore", divide="ignore"):
-        lo = np.where(k > 0, stats.beta.ppf(alpha / 2.0, np.maximum(k, 1e-300),
-                                             n - k + 1.0), 0.0)
-        hi = np.where(k < n, stats.beta.ppf(1.0 - alpha / 2.0, k + 1.0,
-                                            np.maximum(n - k, 1e-300)), 1.0)
+        lo = np.where(k > 0, special.betaincinv(np.maximum(k, 1e-300), n - k + 1.0,
+                                                alpha / 2.0), 0.0)
+        hi = np.where(k < n, special.betaincinv(k + 1.0, np.maximum(n - k, 1e-300),
+                                                1.0 - alpha / 2.0), 1.0)
     nan = ~(n > 0)
     return np.where(nan, np.nan, lo), np.where(nan, np.nan, hi)
 

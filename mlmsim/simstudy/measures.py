@@ -62,6 +62,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+from scipy import special
 
 from mlmsim.simstudy.protocols import RecordSource
 from mlmsim.simstudy.records import to_pandas
@@ -143,8 +145,6 @@ def _chunk_source(source: Any, where: Callable | None
 
 def _batches(tables: Iterable, rows: int | None = None) -> Iterator[pd.DataFrame]:
     """Concatenate chunk tables into DataFrames of about ``rows`` rows (bounded memory)."""
-    import pyarrow as pa
-
     rows = rows or _BATCH_ROWS
     pending, n = [], 0
     for table in tables:
@@ -225,9 +225,7 @@ def _t_crit(q: float, dof: np.ndarray, use: np.ndarray) -> np.ndarray:
     """The q quantile of t on dof where ``use``, NaN elsewhere."""
     out = np.full(dof.shape, np.nan)
     if use.any():
-        from scipy import stats as sps
-
-        out[use] = sps.t.ppf(q, dof[use])
+        out[use] = special.stdtrit(dof[use], q)
     return out
 
 

@@ -18,6 +18,7 @@ smallest gap between x values, so their error bars do not hide one another.
 from __future__ import annotations
 
 import os
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -150,8 +151,6 @@ def plot_measure(summary: pd.DataFrame, measure: str, x: str, *, hue: str | None
 
 
 def _phi(z: float) -> float:
-    import statistics
-
     return statistics.NormalDist().cdf(z)
 
 

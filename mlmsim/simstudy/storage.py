@@ -70,6 +70,7 @@ except ImportError:  # Windows: no flock; the directory is then not locked (see 
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mlmsim.simstudy.identity import (
@@ -247,8 +248,6 @@ class Overlaps:
 
 
 def _rows_of(table: pa.Table, lo: int, hi: int) -> pa.Table:
-    import pyarrow.compute as pc
-
     reps = table.column("rep")
     return table.filter(pc.and_(pc.greater_equal(reps, lo), pc.less(reps, hi)))
 

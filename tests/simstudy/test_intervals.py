@@ -62,3 +62,17 @@ def test_which_measures_are_proportions():
         assert is_proportion(m)
     for m in ("bias", "relbias", "empse", "n_fits", "mean_seconds"):
         assert not is_proportion(m)
+
+
+def test_clopper_pearson_is_scipy_stats_beta_quantiles():
+    """The interval's ends are the Beta quantiles scipy.stats computes, to the last bit."""
+    rng = np.random.default_rng(3)
+    n = rng.integers(1, 5000, 2000).astype(float)
+    k = np.minimum(np.floor(rng.uniform(0, 1, n.size) * (n + 1)), n)
+    for level in (0.9, 0.95, 0.99):
+        lo, hi = clopper_pearson_interval(k, n, level)
+        a = (1 - level) / 2
+        np.testing.assert_array_equal(
+            lo, np.where(k > 0, stats.beta.ppf(a, np.maximum(k, 1e-300), n - k + 1), 0.0))
+        np.testing.assert_array_equal(
+            hi, np.where(k < n, stats.beta.ppf(1 - a, k + 1, np.maximum(n - k, 1e-300)), 1.0))
