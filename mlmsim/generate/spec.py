@@ -52,7 +52,7 @@ from mlmsim.generate.spec_files import (
     spec_kwargs,
 )
 from mlmsim.model.formula import formula_layout
-from mlmsim.model.layout import Column, DesignLayout, Part
+from mlmsim.model.layout import Column, DesignLayout, LaidOut, Part
 from mlmsim.model.terms import term_matrix
 
 __all__ = [
@@ -129,8 +129,10 @@ class Compiled:
 
 
 @dataclass(frozen=True, eq=False)
-class ModelSpec:
-    """The true two-level model of a simulation (the seed's notation).
+class ModelSpec(LaidOut):
+    """The true two-level model of a simulation (the seed's notation). Like a design, it
+    reads its ``fixed_names`` and ``random_names`` (in the engine's order for
+    :attr:`formula`) from its :attr:`layout`.
 
     Parameters
     ----------
@@ -483,16 +485,6 @@ class ModelSpec:
     def formula(self) -> str:
         """The lme4 formula of the true model, e.g. ``y ~ 1 + x + z + x:z + (1 + x | g)``."""
         return self.compiled.formula
-
-    @property
-    def fixed_names(self) -> tuple[str, ...]:
-        """Fixed-effect column names, in the engine's order for :attr:`formula`."""
-        return self.layout.fixed_names
-
-    @property
-    def random_names(self) -> tuple[str, ...]:
-        """Random-effect column names, in the engine's order for :attr:`formula`."""
-        return self.layout.random_names
 
     @property
     def T_engine(self) -> np.ndarray:  # noqa: N802 - the seed's notation

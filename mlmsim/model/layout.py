@@ -144,7 +144,7 @@ class DesignLayout:
 
 class LaidOut:
     """A design that carries its ``layout`` and reads its column names and blocks of T
-    from it (``Design``, ``StackedDesign``)."""
+    from it (``Design``, ``StackedDesign``, and the true model's ``ModelSpec``)."""
 
     layout: DesignLayout
 

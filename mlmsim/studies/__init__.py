@@ -49,6 +49,12 @@ class RunOptions:
         return study.run(out_dir, n_jobs=self.n_jobs, backend=self.backend,
                          scheduler=self.scheduler, progress=self.progress, label=label)
 
+    def run_blocks(self, blocks: dict[str, Any], out_dir: Path, name: str) -> None:
+        """:meth:`run` each block of a study (block name -> ``Study``) into
+        ``out_dir/records/<block>``, labelled ``name/<block>``."""
+        for block, study in blocks.items():
+            self.run(study, Path(out_dir) / "records" / block, f"{name}/{block}")
+
 
 def names() -> list[str]:
     """The registered study names."""

@@ -102,9 +102,7 @@ def _studies(options: RunOptions):
 
 def run(out_dir: Path, options: RunOptions) -> None:
     """Run both blocks into ``out_dir/records/{slope,intercept}``, then :func:`report`."""
-    out_dir = Path(out_dir)
-    for name, study in _studies(options).items():
-        options.run(study, out_dir / "records" / name, f"bias/{name}")
+    options.run_blocks(_studies(options), out_dir, "bias")
     report(out_dir)
 
 

@@ -286,9 +286,7 @@ def studies(options: RunOptions) -> dict:
 
 def run(out_dir: Path, options: RunOptions) -> None:
     """Run the four blocks into ``out_dir/records/<block>``, then :func:`report`."""
-    out_dir = Path(out_dir)
-    for block, study in studies(options).items():
-        options.run(study, out_dir / "records" / block, f"hessian/{block}")
+    options.run_blocks(studies(options), out_dir, "hessian")
     report(out_dir)
 
 

@@ -182,9 +182,7 @@ def _studies(options: RunOptions) -> dict:
 
 def run(out_dir: Path, options: RunOptions) -> None:
     """Run the four blocks into ``out_dir/records/<block>``, then :func:`report`."""
-    out_dir = Path(out_dir)
-    for block, study in _studies(options).items():
-        options.run(study, out_dir / "records" / block, f"small_groups/{block}")
+    options.run_blocks(_studies(options), out_dir, "small_groups")
     report(out_dir)
 
 
