@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import pickle
 import re
 import warnings
 from dataclasses import dataclass
@@ -351,12 +352,13 @@ def _matrix(rhs: str, data: pd.DataFrame, cols: dict[str, np.ndarray], n: int):
     groups = [list(idx) for idx in spec.term_indices.values()]
     columns: list[Column] = []
     data_columns = spec.variables_by_source.get("data", set())
+    encodings: dict[tuple[str, bool], list[Part]] = {}  # a factor's, once per call
     for structure, idx in zip(spec.structure, spec.term_indices.values(), strict=True):
         factors = [str(f) for f in structure.term.factors if str(f) != "1"]
         plain = all(f in cols and _PLAIN.fullmatch(f) for f in factors)
         variables = frozenset(factors)  # a factor or a transform is a variable of its own
         inputs = frozenset(spec.term_variables[structure.term] & data_columns)
-        parts = _term_parts(spec, structure, cols)
+        parts = _term_parts(spec, structure, cols, encodings)
         for k, i in enumerate(idx):
             columns.append(Column(names[i], variables, plain, tuple(factors) if plain else (),
                                   parts[k] if parts else (), inputs))
@@ -372,26 +374,60 @@ def _factor_parts(spec, factor: str, reduced: bool, cols: dict[str, np.ndarray])
     if contrasts is None:
         kind = "data" if factor in cols and _PLAIN.fullmatch(factor) else "transform"
         return [Part(factor, factor, kind)]
-    coding = contrasts.get_coding_matrix(reduced_rank=reduced)
-    name = contrasts.contrasts.get_factor_format(contrasts.levels, reduced_rank=reduced)
-    levels = tuple(coding.index)
-    return [Part(name.format(name=factor, field=field), factor, "level", levels,
-                 tuple(float(v) for v in coding[field])) for field in coding.columns]
+    name, fields, levels, values = _coding(_Contrasts(contrasts, reduced))
+    return [Part(name.format(name=factor, field=field), factor, "level", levels, values[j])
+            for j, field in enumerate(fields)]
 
 
-def _term_parts(spec, structure, cols: dict[str, np.ndarray]) -> list[tuple[Part, ...]] | None:
+class _Contrasts:
+    """formulaic's contrasts of a categorical factor (its ``ContrastsState``) and the
+    rank asked for, hashed by what the coding depends on: the contrasts (their pickled
+    bytes, exact where a printed custom matrix would be abridged) and the levels."""
+
+    def __init__(self, state, reduced: bool):
+        self.state, self.reduced = state, reduced
+        self.key = (pickle.dumps(state.contrasts), tuple(state.levels), reduced)
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Contrasts) and self.key == other.key
+
+
+@lru_cache(maxsize=256)
+def _coding(contrasts: _Contrasts) -> tuple[str, tuple, tuple, tuple[tuple[float, ...], ...]]:
+    """(name format, field of each coding column, levels, each column's value at the
+    levels) of a factor's coding; kept across fits, since formulaic builds its coding
+    matrix as a DataFrame (0.2 ms) each time it is asked."""
+    state, reduced = contrasts.state, contrasts.reduced
+    coding = state.get_coding_matrix(reduced_rank=reduced)
+    values = coding.to_numpy(dtype=float)
+    return (state.contrasts.get_factor_format(state.levels, reduced_rank=reduced),
+            tuple(coding.columns), tuple(coding.index),
+            tuple(tuple(values[:, j].tolist()) for j in range(values.shape[1])))
+
+
+def _term_parts(spec, structure, cols: dict[str, np.ndarray],
+                encodings: dict[tuple[str, bool], list[Part]]
+                ) -> list[tuple[Part, ...]] | None:
     r"""The :class:`~mlmsim.model.layout.Part`\ s of each column of one encoded formula
     term, in formulaic's order: for each of the term's scoped terms, the row-wise Kronecker
     product of its factors' encodings, the last factor varying slowest. None when that
     does not give the term's columns by name (a transform that makes several columns, a
-    scaled term): the columns then carry no parts."""
+    scaled term): the columns then carry no parts. ``encodings`` keeps each factor's
+    parts across the terms of one formula."""
     out: list[tuple[Part, ...]] = []
     for scoped in structure.scoped_terms:
         if scoped.scale != 1:
             return None
-        encodings = [_factor_parts(spec, str(f.factor), f.reduced, cols)
-                     for f in scoped.factors]
-        out.extend(product[::-1] for product in itertools.product(*reversed(encodings)))
+        factors = []
+        for f in scoped.factors:
+            key = (str(f.factor), bool(f.reduced))
+            if key not in encodings:
+                encodings[key] = _factor_parts(spec, key[0], key[1], cols)
+            factors.append(encodings[key])
+        out.extend(product[::-1] for product in itertools.product(*reversed(factors)))
     names = [":".join(p.name for p in parts) or "Intercept" for parts in out]
     return out if names == list(structure.columns) else None
 

@@ -69,17 +69,22 @@ def test_names_alone_give_the_same_variables(data, formula):
     assert read(named) == read(lay) and named.blocks == lay.blocks
 
 
-SOURCE = {"C(h, contr.sum)": "h", "C(f)": "f", "C(f, contr.sum)": "f"}
+SOURCE = {"C(h, contr.sum)": "h", "C(f)": "f", "C(f, contr.sum)": "f",
+          "C(f, contr.custom([[1, 0], [0, 1], [2, 5]]))": "f",
+          "C(f, contr.custom([[1, 0], [0, 1], [2, 6]]))": "f"}
 
 
 @pytest.mark.parametrize("formula", [
     "y ~ x * z + f + x:f + (1 + x | g)", "y ~ 0 + f + x:f + (1 | g)",
     "y ~ C(h, contr.sum) + f + x:h + (1 + f | g)", "y ~ x:f + C(f) + (0 + h | g)",
-    "y ~ C(f, contr.sum) * x + (1 | g)", "y ~ f:h:x + (1 + h || g)"])
+    "y ~ C(f, contr.sum) * x + (1 | g)", "y ~ f:h:x + (1 + h || g)",
+    "y ~ C(f, contr.custom([[1, 0], [0, 1], [2, 5]])) + (1 | g)",
+    "y ~ C(f, contr.custom([[1, 0], [0, 1], [2, 6]])) + (1 | g)"])
 def test_parts_rebuild_every_column(data, formula):
     """Each column equals the product of its parts: data columns as they are, a level's
     column its coding's value at each row's level (treatment, sum and full-rank codings,
-    products of two factors), so the generator can draw it from level codes."""
+    products of two factors, custom codings that differ in one value), so the generator
+    can draw it from level codes."""
     d = model_design(formula, data)
     for names, M in ((d.fixed_names, d.X), (d.random_names, d.Z)):
         for k, name in enumerate(names):
