@@ -61,6 +61,7 @@ from mlmsim.model.formula import (
     parse_formula,
     required_columns,
     term_factors,
+    top_level_pieces,
 )
 
 if TYPE_CHECKING:
@@ -195,21 +196,6 @@ def add_centered(data: pd.DataFrame, x: str, group: str) -> pd.DataFrame:
 
 
 # ---- the five formulas -------------------------------------------------------------------
-
-
-def _split_plus(text: str) -> list[str]:
-    """Top-level ``+``-separated pieces of a right-hand side, as written (each is then
-    read by the formula parser: :func:`_terms_of`)."""
-    pieces, depth, cur = [], 0, []
-    for ch in text:
-        depth += (ch == "(") - (ch == ")")
-        if ch == "+" and depth == 0:
-            pieces.append("".join(cur).strip())
-            cur = []
-        else:
-            cur.append(ch)
-    pieces.append("".join(cur).strip())
-    return [p for p in pieces if p]
 
 
 def _terms_of(piece: str) -> list[tuple[str, ...]]:
@@ -405,10 +391,10 @@ def centered_forms(formula: str, x: str, data: pd.DataFrame | None = None, *,
     if used:
         raise ValueError(f"pass the raw-score (RS) formula: {formula!r} already uses "
                          f"{', '.join(used)}")
-    fixed = _split_plus(pf.fixed)
+    fixed = top_level_pieces(pf.fixed)
     if not any(_enters(t, x) for t in fixed):
         fixed.append(x)
-    bars = [(_split_plus(r.expr), r.correlated) for r in pf.random]
+    bars = [(top_level_pieces(r.expr), r.correlated) for r in pf.random]
     has_slope = any(_enters(t, x) for terms, _ in bars for t in terms)
     if random_slope is True and not has_slope:
         bars[0] = (bars[0][0] + [x], bars[0][1])

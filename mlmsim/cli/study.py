@@ -65,7 +65,7 @@ def cmd_study_run(args: argparse.Namespace) -> int:
                        "full runs, and only a full run may change them",
                        f"write it under {QUICK_RESULTS}/ (the default), or drop --quick")
     out.mkdir(parents=True, exist_ok=True)
-    write_text(str(out / STUDY_FILE), json.dumps({"study": args.name}) + "\n")
+    write_text(str(out / STUDY_FILE), json.dumps({"study": studies.key(args.name)}) + "\n")
     module.run(out, _run_options(args))
     note(f"study {args.name!r} is in {out}")
     _print_report(out)

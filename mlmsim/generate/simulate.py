@@ -44,6 +44,7 @@ from mlmsim.generate.predictors import (
 )
 from mlmsim.generate.sizes import PoissonSizes, SizeList, UniformSizes, group_sizes
 from mlmsim.generate.spec import ModelSpec
+from mlmsim.model.layout import DesignLayout, LaidOut
 from mlmsim.model.terms import fill_terms, term_products, variable_array
 
 __all__ = ["simulate", "simulate_batch", "SimBatch", "factor_T", "draw_effects",
@@ -150,7 +151,7 @@ def draw_group_sizes(rule: Any, n_groups: int | None, rng: Any = None) -> np.nda
 # ---------------------------------------------------------------------------
 
 @dataclass(frozen=True, eq=False)
-class SimBatch:
+class SimBatch(LaidOut):
     """R simulated data sets of one spec with one group layout, as arrays.
 
     Shapes (R replicates, J groups, N = sum n_j rows, p fixed and q random effects):
@@ -207,12 +208,9 @@ class SimBatch:
         return int(self.y.shape[1])
 
     @property
-    def fixed_names(self) -> tuple[str, ...]:
-        return self.spec.fixed_names
-
-    @property
-    def random_names(self) -> tuple[str, ...]:
-        return self.spec.random_names
+    def layout(self) -> DesignLayout:
+        """The spec's :class:`~mlmsim.model.layout.DesignLayout` (X's and Z's columns)."""
+        return self.spec.layout
 
     def arrays(self) -> dict[str, Any]:
         """Keyword arguments for ``mlmsim.fit_arrays``: y, X, Z, codes, fixed_names,

@@ -456,8 +456,8 @@ class ModelSpec(LaidOut):
 
         def terms(columns: tuple[Column, ...]) -> np.ndarray:
             """Each column as the product of its parts (data columns, a level's coding)."""
-            for c in columns:
-                if not c.parts and c.name != "Intercept":
+            for c in columns:  # (the intercept is the product of no parts, of nothing)
+                if not c.parts and c.variables:
                     raise ValueError(f"the generator cannot draw the column {c.name!r}")
             for part in (p for c in columns for p in c.parts if p not in variables):
                 variables.append(part)

@@ -45,7 +45,7 @@ from mlmsim.model.terms import (
 __all__ = ["RandomTerm", "ParsedFormula", "Design", "StackedDesign", "parse_formula",
            "parse_restricted_formula",
            "model_design", "stacked_design", "formula_layout", "clearly_full_rank",
-           "term_factors", "required_columns", "needed_columns"]
+           "term_factors", "required_columns", "needed_columns", "top_level_pieces"]
 
 
 @dataclass(frozen=True)
@@ -215,22 +215,28 @@ def parse_restricted_formula(formula: str) -> ParsedFormula:
     return parse_formula(check_formula(formula))
 
 
-def _fixed_terms_text(text: str, formula: str) -> str:
-    """The fixed part as a formulaic right-hand side, with the cut-out bars' ``+`` removed.
-
-    Only bar terms given means an intercept-only fixed part, as in lme4.
-    """
+def top_level_pieces(text: str) -> list[str]:
+    """The ``+``-separated pieces of a right-hand side outside any parentheses, as
+    written and without empty ones: 'x + (1 + x | g) + log(z + 1)' -> ['x',
+    '(1 + x | g)', 'log(z + 1)']."""
     pieces, depth, current = [], 0, []
     for ch in text:
-        depth += ch == "("
-        depth -= ch == ")"
+        depth += (ch == "(") - (ch == ")")
         if ch == "+" and depth == 0:
             pieces.append("".join(current).strip())
             current = []
         else:
             current.append(ch)
     pieces.append("".join(current).strip())
-    cleaned = " + ".join(p for p in pieces if p) or "1"
+    return [p for p in pieces if p]
+
+
+def _fixed_terms_text(text: str, formula: str) -> str:
+    """The fixed part as a formulaic right-hand side, with the cut-out bars' ``+`` removed.
+
+    Only bar terms given means an intercept-only fixed part, as in lme4.
+    """
+    cleaned = " + ".join(top_level_pieces(text)) or "1"
     _check_syntax(cleaned, formula)
     return cleaned
 

@@ -144,7 +144,8 @@ class DesignLayout:
 
 class LaidOut:
     """A design that carries its ``layout`` and reads its column names and blocks of T
-    from it (``Design``, ``StackedDesign``, and the true model's ``ModelSpec``)."""
+    from it (``Design``, ``StackedDesign``, the true model's ``ModelSpec`` and its draws'
+    ``SimBatch``)."""
 
     layout: DesignLayout
 

@@ -435,6 +435,7 @@ def test_study_modules_through_the_registry(register_study, capsys, tmp_path):
                      "--jobs", "1", "--out", str(out)]) == 0
     ran = capsys.readouterr()
     assert ran.out == "# Tiny\n\n4 records\n"
+    assert json.loads((out / "study.json").read_text()) == {"study": "tiny_mean"}
     (kind, where, options), _ = calls[:2]
     assert kind == "run" and where == out
     assert (options.quick, options.reps, options.seed, options.n_jobs) == (True, 4, 9, 1)

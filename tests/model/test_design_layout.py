@@ -144,3 +144,4 @@ def test_the_generator_and_the_fit_read_one_layout():
                                                                    fitted.random_names)
     parts = {p for c in (*fitted.fixed, *fitted.random) for p in c.parts}
     assert spec.layout == fitted and set(spec.compiled.variables) == parts
+

@@ -13,7 +13,7 @@ import pytest
 from formulaic import model_matrix
 
 import mlmsim
-from mlmsim.model.formula import model_design, parse_formula
+from mlmsim.model.formula import model_design, parse_formula, top_level_pieces
 
 
 @pytest.fixture(scope="module")
@@ -244,3 +244,9 @@ def test_group_labels_and_codes(df):
     assert d.ngroups == df.g.nunique()
     assert d.nobs == len(df)
     np.testing.assert_array_equal(d.group_labels[d.group_codes], d2.g.to_numpy())
+
+
+def test_top_level_pieces_split_on_plus_outside_parentheses():
+    assert top_level_pieces("x + (1 + x | g) + log(z + 1) + x:f") == [
+        "x", "(1 + x | g)", "log(z + 1)", "x:f"]
+    assert top_level_pieces(" + x +  + ") == ["x"] and top_level_pieces("") == []
