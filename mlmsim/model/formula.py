@@ -33,7 +33,7 @@ from formulaic import Formula, model_matrix
 from formulaic.errors import FormulaicError, FormulaSyntaxError
 
 from mlmsim.model.formula_safe import check_formula
-from mlmsim.model.layout import Column, DesignLayout, LaidOut, Part
+from mlmsim.model.layout import PLAIN_NAME, Column, DesignLayout, LaidOut, Part
 from mlmsim.model.terms import (
     column_max_abs,
     term_matrix,
@@ -328,12 +328,11 @@ def _float_values(values: pd.Series) -> np.ndarray:
     return values.to_numpy(dtype=float, na_value=np.nan)
 
 
-_PLAIN = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
 
 
 def _is_fast(terms, cols: dict[str, np.ndarray]) -> bool:
     """True when every factor is a plain name of a numeric column (no transforms)."""
-    return all(f == "1" or (f in cols and _PLAIN.fullmatch(f)) for fs in terms for f in fs)
+    return all(f == "1" or (f in cols and PLAIN_NAME.fullmatch(f)) for fs in terms for f in fs)
 
 
 def _matrix(rhs: str, data: pd.DataFrame, cols: dict[str, np.ndarray], n: int):
@@ -358,13 +357,12 @@ def _matrix(rhs: str, data: pd.DataFrame, cols: dict[str, np.ndarray], n: int):
     groups = [list(idx) for idx in spec.term_indices.values()]
     columns: list[Column] = []
     data_columns = spec.variables_by_source.get("data", set())
-    encodings: dict[tuple[str, bool], list[Part]] = {}  # a factor's, once per call
     for structure, idx in zip(spec.structure, spec.term_indices.values(), strict=True):
         factors = [str(f) for f in structure.term.factors if str(f) != "1"]
-        plain = all(f in cols and _PLAIN.fullmatch(f) for f in factors)
+        plain = all(f in cols and PLAIN_NAME.fullmatch(f) for f in factors)
         variables = frozenset(factors)  # a factor or a transform is a variable of its own
         inputs = frozenset(spec.term_variables[structure.term] & data_columns)
-        parts = _term_parts(spec, structure, cols, encodings)
+        parts = _term_parts(spec, structure, cols)
         for k, i in enumerate(idx):
             columns.append(Column(names[i], variables, plain, tuple(factors) if plain else (),
                                   parts[k] if parts else (), inputs))
@@ -378,7 +376,7 @@ def _factor_parts(spec, factor: str, reduced: bool, cols: dict[str, np.ndarray])
     state = spec.encoder_state.get(factor, (None, {}))[1]
     contrasts = state.get("contrasts") if isinstance(state, dict) else None
     if contrasts is None:
-        kind = "data" if factor in cols and _PLAIN.fullmatch(factor) else "transform"
+        kind = "data" if factor in cols and PLAIN_NAME.fullmatch(factor) else "transform"
         return [Part(factor, factor, kind)]
     name, fields, levels, values = _coding(_Contrasts(contrasts, reduced))
     return [Part(name.format(name=factor, field=field), factor, "level", levels, values[j])
@@ -414,25 +412,18 @@ def _coding(contrasts: _Contrasts) -> tuple[str, tuple, tuple, tuple[tuple[float
             tuple(tuple(values[:, j].tolist()) for j in range(values.shape[1])))
 
 
-def _term_parts(spec, structure, cols: dict[str, np.ndarray],
-                encodings: dict[tuple[str, bool], list[Part]]
-                ) -> list[tuple[Part, ...]] | None:
+def _term_parts(spec, structure, cols: dict[str, np.ndarray]) -> list[tuple[Part, ...]] | None:
     r"""The :class:`~mlmsim.model.layout.Part`\ s of each column of one encoded formula
     term, in formulaic's order: for each of the term's scoped terms, the row-wise Kronecker
     product of its factors' encodings, the last factor varying slowest. None when that
     does not give the term's columns by name (a transform that makes several columns, a
-    scaled term): the columns then carry no parts. ``encodings`` keeps each factor's
-    parts across the terms of one formula."""
+    scaled term): the columns then carry no parts."""
     out: list[tuple[Part, ...]] = []
     for scoped in structure.scoped_terms:
         if scoped.scale != 1:
             return None
-        factors = []
-        for f in scoped.factors:
-            key = (str(f.factor), bool(f.reduced))
-            if key not in encodings:
-                encodings[key] = _factor_parts(spec, key[0], key[1], cols)
-            factors.append(encodings[key])
+        factors = [_factor_parts(spec, str(f.factor), f.reduced, cols)
+                   for f in scoped.factors]
         out.extend(product[::-1] for product in itertools.product(*reversed(factors)))
     names = [":".join(p.name for p in parts) or "Intercept" for parts in out]
     return out if names == list(structure.columns) else None
@@ -740,7 +731,7 @@ def _plain_terms(pf: ParsedFormula) -> bool:
     needed = needed_columns(pf)
     terms = [term_factors(pf.fixed)] + [term_factors(t.expr) for t in pf.random]
     plain = {f for ts in terms for fs in ts for f in fs if f != "1"}
-    return all(_PLAIN.fullmatch(f) and f in needed for f in plain)
+    return all(PLAIN_NAME.fullmatch(f) and f in needed for f in plain)
 
 
 def _frame_columns(pf: ParsedFormula, datasets):

@@ -26,9 +26,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Column", "DesignLayout", "LaidOut", "Part"]
+__all__ = ["Column", "DesignLayout", "LaidOut", "Part", "PLAIN_NAME"]
 
-_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+#: the name of a data column as it is (not a transform, not a factor level), to be
+#: ``fullmatch``-ed: ``x``, ``ses.centered``, ``_x``
+PLAIN_NAME = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class Part:
     @classmethod
     def from_name(cls, name: str) -> Part:
         """A part known only by its name: 'x' (data), 'f[T.b]' (a level), 'log(x)'."""
-        if _PLAIN.match(name):
+        if PLAIN_NAME.fullmatch(name):
             return cls(name, name)
         variable = name.split("[")[0]
         return cls(name, variable, "level" if variable != name else "transform")
