@@ -124,21 +124,51 @@ def test_unbounded_criterion_equals_a_dense_brute_force_optimum(seed, method, sl
     # a brute-force search started next to the estimate finds nothing lower: a minimum
     local = optimize.minimize(crit, np.asarray(res.phi) * (1 + 1e-3) + 1e-4,
                               method="Nelder-Mead", options=nm)
-    local = optimize.minimize(crit, local.x, method="Powell",
-                              options={"xtol": 1e-10, "ftol": 1e-14, "maxiter": 40000})
     assert res.deviance == pytest.approx(local.fun, abs=1e-6)
     assert res.deviance <= local.fun + 1e-8
-    # from the bounded estimate, the brute force reaches the same minimum, or else runs to
-    # the edge of the region (a V_j singular), where the criterion has no lower bound
+    # Powell from there, and the brute force from the bounded estimate, reach the same
+    # minimum, or else run to the edge of the region (a V_j singular), where the criterion
+    # has no lower bound (test_the_criterion_has_no_lower_bound_at_the_edge); Powell's line
+    # searches can leap there from the minimum itself
     start = np.asarray(bounded.phi, dtype=float)
     simplex = np.vstack([start, start + 0.2 * start[-1] * np.eye(start.size)])
     brute = optimize.minimize(crit, start, method="Nelder-Mead",
                               options={**nm, "initial_simplex": simplex})
-    brute = optimize.minimize(crit, brute.x, method="Powell",
-                              options={"xtol": 1e-10, "ftol": 1e-14, "maxiter": 40000})
-    if abs(brute.fun - res.deviance) > 1e-6:
-        assert brute.fun < res.deviance
-        assert _smallest_V_eigenvalue(brute.x, res) < 1e-8 * brute.x[-1]
+    for x in (local.x, brute.x):
+        found = optimize.minimize(crit, x, method="Powell",
+                                  options={"xtol": 1e-10, "ftol": 1e-14, "maxiter": 40000})
+        if abs(found.fun - res.deviance) > 1e-6:
+            assert found.fun < res.deviance
+            assert _smallest_V_eigenvalue(found.x, res) < 1e-8 * found.x[-1]
+
+
+def test_the_criterion_has_no_lower_bound_at_the_edge():
+    """The draw that showed it (seed 1837, ML, random slope): the unbounded fit converges
+    to an interior minimum, and from there the ML criterion first rises, then falls
+    without bound as one V_j turns singular (like log of its smallest eigenvalue), so a
+    search that reaches the edge finds values below any interior minimum."""
+    df = _small_slope_data(1837)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = mlmsim.fit("y ~ x + (1 + x | g)", df, method="ML", bounded=False)
+    assert res.converged and any("NOBOUND" in m for m in res.messages)
+    d, cs = res.design, res.cov_structure
+    phi = np.asarray(res.phi, dtype=float)
+    assert _dense_criterion(phi, d.X, d.Z, d.group_codes, d.y, cs.rows, cs.cols,
+                            False) == pytest.approx(res.deviance, abs=1e-8)
+    # move cov(x, Intercept) towards the value where V_3 is singular
+    edge = phi.copy()
+    edge[1] = optimize.brentq(lambda c: _smallest_V_eigenvalue(
+        np.r_[phi[0], c, phi[2:]], res), phi[1], -0.05)
+    values, eigen = [], []
+    for t in (0.0, 0.5, 0.99, 0.9999, 0.999999):
+        p = phi + t * (edge - phi)
+        values.append(_dense_criterion(p, d.X, d.Z, d.group_codes, d.y, cs.rows, cs.cols,
+                                       False))
+        eigen.append(_smallest_V_eigenvalue(p, res))
+    assert values[1] > values[0]                          # a minimum inside
+    assert values[2] > values[3] > values[4] and values[4] < values[0] - 5
+    assert eigen[4] < 1e-5 * eigen[0]
 
 
 def _smallest_V_eigenvalue(phi, res) -> float:
